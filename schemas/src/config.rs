@@ -1,0 +1,71 @@
+//! Connection settings shared by every service (each service embeds these in its own config).
+
+use serde::Deserialize;
+
+/// How to reach the Kafka-API broker.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated (`host:port`).
+    pub brokers: String,
+    /// Partitions per topic when the service creates missing topics.
+    pub partitions: i32,
+    /// Create missing topics at start.
+    pub create_topics: bool,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self { brokers: "127.0.0.1:9092".into(), partitions: 6, create_topics: true }
+    }
+}
+
+/// How to reach ClickHouse (HTTP interface).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP URL of the server.
+    pub url: String,
+    /// Database holding the metering tables (created by the migrations).
+    pub database: String,
+    /// User name.
+    pub user: String,
+    /// Password (may be empty on a local server).
+    pub password: secrecy::SecretString,
+    /// Apply pending migrations at start.
+    pub migrate: bool,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            database: "metering".into(),
+            user: "default".into(),
+            password: secrecy::SecretString::from(""),
+            migrate: true,
+        }
+    }
+}
+
+impl ClickHouseConfig {
+    /// A client for the configured database (validation off: see INFRA.md, 18.16).
+    pub fn client(&self) -> clickhouse::Client {
+        use secrecy::ExposeSecret;
+        let mut client = clickhouse::Client::default()
+            .with_url(&self.url)
+            .with_user(&self.user)
+            .with_database(&self.database)
+            .with_validation(false);
+        let password = self.password.expose_secret();
+        if !password.is_empty() {
+            client = client.with_password(password);
+        }
+        client
+    }
+
+    /// A client without a database, for `CREATE DATABASE`.
+    pub fn server_client(&self) -> clickhouse::Client {
+        self.client().with_database("default")
+    }
+}

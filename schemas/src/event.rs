@@ -1,0 +1,529 @@
+//! The usage event (CloudEvents 1.0 JSON plus `tenant`) and its validation with per-field errors.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::catalog::{Aggregation, Catalog};
+
+/// Longest accepted `id`, `subject`, `source` (bytes).
+pub const MAX_ID_LEN: usize = 256;
+/// Longest accepted dimension value (bytes).
+pub const MAX_DIMENSION_LEN: usize = 128;
+/// Largest accepted `data` object, serialized (bytes).
+pub const MAX_DATA_BYTES: usize = 16 * 1024;
+/// Largest accepted quantity.
+pub const MAX_QUANTITY: f64 = 1e15;
+
+/// A validated usage event, as produced to the events topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageEvent {
+    /// CloudEvents spec version, always "1.0".
+    pub specversion: String,
+    /// Client-chosen id; (tenant, id) is unique: a retry with the same id counts once.
+    pub id: String,
+    /// Producer of the event.
+    pub source: String,
+    /// The meter key.
+    #[serde(rename = "type")]
+    pub meter: String,
+    /// The customer.
+    #[serde(rename = "subject")]
+    pub customer: String,
+    /// When the usage happened (UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// Event payload (endpoint, quantity, anything else).
+    pub data: Map<String, Value>,
+    /// The tenant, taken from the API key.
+    pub tenant: String,
+    /// When the ingest accepted it (UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub receivedat: OffsetDateTime,
+}
+
+impl UsageEvent {
+    /// The Kafka message key: all events of a customer land in one partition.
+    pub fn partition_key(&self) -> String {
+        format!("{}/{}", self.tenant, self.customer)
+    }
+}
+
+/// What a meter makes of one event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measure {
+    /// Value added to the meter (1 for count meters).
+    pub quantity: f64,
+    /// Breakdown dimension value ("" when absent).
+    pub endpoint: String,
+    /// Distinct value for unique-count meters ("" otherwise).
+    pub unique_key: String,
+}
+
+/// Why one field of one event is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    /// Position of the event in the request (0 for a single event).
+    pub index: usize,
+    /// JSON path of the field (`subject`, `data.quantity`).
+    pub field: String,
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human explanation.
+    pub reason: String,
+}
+
+/// Machine-readable reasons for rejecting an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The event is not a JSON object.
+    NotAnObject,
+    /// A required field is missing.
+    Required,
+    /// A field has the wrong JSON type.
+    WrongType,
+    /// A field's value is out of range or badly formed.
+    InvalidValue,
+    /// A string is too long.
+    TooLong,
+    /// The `type` is not a configured meter.
+    UnknownMeter,
+    /// The event time is older than the lateness window.
+    TooLate,
+    /// The event time is too far in the future.
+    InFuture,
+    /// The event names another tenant than the API key.
+    TenantMismatch,
+    /// A customer-scoped key sent an event for another customer.
+    CustomerForbidden,
+}
+
+impl ErrorCode {
+    /// The code as it appears in JSON and in the dead-letter table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotAnObject => "not_an_object",
+            Self::Required => "required",
+            Self::WrongType => "wrong_type",
+            Self::InvalidValue => "invalid_value",
+            Self::TooLong => "too_long",
+            Self::UnknownMeter => "unknown_meter",
+            Self::TooLate => "too_late",
+            Self::InFuture => "in_future",
+            Self::TenantMismatch => "tenant_mismatch",
+            Self::CustomerForbidden => "customer_forbidden",
+        }
+    }
+
+    /// Whether this is an authorization problem (403) rather than bad input (400).
+    pub fn is_forbidden(self) -> bool {
+        matches!(self, Self::TenantMismatch | Self::CustomerForbidden)
+    }
+}
+
+/// The time window an event must fall into, relative to when it was received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Oldest accepted event age.
+    pub max_late: time::Duration,
+    /// Furthest accepted distance into the future.
+    pub max_future: time::Duration,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self { max_late: time::Duration::days(35), max_future: time::Duration::minutes(5) }
+    }
+}
+
+/// Who sends the events and when they arrived.
+#[derive(Debug, Clone)]
+pub struct Intake<'a> {
+    /// Tenant of the API key (or of the Kafka message, in the aggregator).
+    pub tenant: &'a str,
+    /// Customer the key is restricted to, if any.
+    pub customer_scope: Option<&'a str>,
+    /// Arrival time: the reference for the lateness window and the default event time.
+    pub received_at: OffsetDateTime,
+    /// Lateness window.
+    pub window: Window,
+}
+
+/// Whether `s` is 1..=max of `[A-Za-z0-9_.-]`.
+pub fn is_token(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+struct Checker {
+    index: usize,
+    errors: Vec<FieldError>,
+}
+
+impl Checker {
+    fn fail(&mut self, field: &str, code: ErrorCode, reason: impl Into<String>) {
+        self.errors.push(FieldError {
+            index: self.index,
+            field: field.into(),
+            code,
+            reason: reason.into(),
+        });
+    }
+
+    /// A required or optional string field, checked for type, emptiness, length and control chars.
+    fn string<'v>(
+        &mut self,
+        obj: &'v Map<String, Value>,
+        field: &str,
+        required: bool,
+    ) -> Option<&'v str> {
+        match obj.get(field) {
+            None | Some(Value::Null) => {
+                if required {
+                    self.fail(field, ErrorCode::Required, format!("`{field}` is required"));
+                }
+                None
+            }
+            Some(Value::String(s)) => {
+                if s.trim().is_empty() {
+                    self.fail(field, ErrorCode::InvalidValue, format!("`{field}` must not be empty"));
+                    None
+                } else if s.len() > MAX_ID_LEN {
+                    self.fail(
+                        field,
+                        ErrorCode::TooLong,
+                        format!("`{field}` is {} bytes; at most {MAX_ID_LEN}", s.len()),
+                    );
+                    None
+                } else if s.chars().any(char::is_control) {
+                    self.fail(
+                        field,
+                        ErrorCode::InvalidValue,
+                        format!("`{field}` contains control characters"),
+                    );
+                    None
+                } else {
+                    Some(s)
+                }
+            }
+            Some(other) => {
+                self.fail(
+                    field,
+                    ErrorCode::WrongType,
+                    format!("`{field}` must be a string, got {}", json_type(other)),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The JSON type name of a value, for error messages.
+pub fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Validates one event (a JSON value) and returns it normalized with what its meter makes of it,
+/// or every problem found, each with its field.
+pub fn validate(
+    value: &Value,
+    index: usize,
+    intake: &Intake<'_>,
+    catalog: &Catalog,
+) -> Result<(UsageEvent, Measure), Vec<FieldError>> {
+    let mut c = Checker { index, errors: Vec::new() };
+    let Some(obj) = value.as_object() else {
+        c.fail(
+            "",
+            ErrorCode::NotAnObject,
+            format!("an event must be a JSON object, got {}", json_type(value)),
+        );
+        return Err(c.errors);
+    };
+
+    match obj.get("specversion") {
+        None => {}
+        Some(Value::String(v)) if v == "1.0" => {}
+        Some(other) => c.fail(
+            "specversion",
+            ErrorCode::InvalidValue,
+            format!("only CloudEvents specversion \"1.0\" is supported, got {other}"),
+        ),
+    }
+    let id = c.string(obj, "id", true);
+    let source = c.string(obj, "source", false).unwrap_or("api");
+    let customer = c.string(obj, "subject", true);
+    let meter_key = c.string(obj, "type", true);
+    let meter = meter_key.and_then(|k| {
+        let m = catalog.meter(k);
+        if m.is_none() {
+            let known: Vec<&str> = catalog.meters.iter().map(|m| m.key.as_str()).collect();
+            c.fail("type", ErrorCode::UnknownMeter, format!("unknown meter {k:?}; known: {known:?}"));
+        }
+        m
+    });
+
+    if let Some(tenant) = c.string(obj, "tenant", false) {
+        if tenant != intake.tenant {
+            c.fail(
+                "tenant",
+                ErrorCode::TenantMismatch,
+                format!("the event names tenant {tenant:?} but the API key belongs to another tenant"),
+            );
+        }
+    }
+    if let (Some(scope), Some(customer)) = (intake.customer_scope, customer) {
+        if scope != customer {
+            c.fail(
+                "subject",
+                ErrorCode::CustomerForbidden,
+                format!("this API key may only send events for customer {scope:?}"),
+            );
+        }
+    }
+
+    let time = match obj.get("time") {
+        None | Some(Value::Null) => Some(intake.received_at),
+        Some(Value::String(s)) => match OffsetDateTime::parse(s, &Rfc3339) {
+            Ok(t) => {
+                let t = t.to_offset(time::UtcOffset::UTC);
+                if t < intake.received_at - intake.window.max_late {
+                    c.fail(
+                        "time",
+                        ErrorCode::TooLate,
+                        format!(
+                            "event time {s} is more than {} days before arrival",
+                            intake.window.max_late.whole_days()
+                        ),
+                    );
+                    None
+                } else if t > intake.received_at + intake.window.max_future {
+                    c.fail(
+                        "time",
+                        ErrorCode::InFuture,
+                        format!(
+                            "event time {s} is more than {} s after arrival",
+                            intake.window.max_future.whole_seconds()
+                        ),
+                    );
+                    None
+                } else {
+                    Some(t)
+                }
+            }
+            Err(e) => {
+                c.fail("time", ErrorCode::InvalidValue, format!("`time` is not RFC 3339: {e}"));
+                None
+            }
+        },
+        Some(other) => {
+            c.fail(
+                "time",
+                ErrorCode::WrongType,
+                format!("`time` must be an RFC 3339 string, got {}", json_type(other)),
+            );
+            None
+        }
+    };
+
+    let empty = Map::new();
+    let data = match obj.get("data") {
+        None | Some(Value::Null) => Some(&empty),
+        Some(Value::Object(d)) => {
+            let size = serde_json::to_string(d).map(|s| s.len()).unwrap_or(usize::MAX);
+            if size > MAX_DATA_BYTES {
+                c.fail(
+                    "data",
+                    ErrorCode::TooLong,
+                    format!("`data` is {size} bytes; at most {MAX_DATA_BYTES}"),
+                );
+                None
+            } else {
+                Some(d)
+            }
+        }
+        Some(other) => {
+            c.fail("data", ErrorCode::WrongType, format!("`data` must be an object, got {}", json_type(other)));
+            None
+        }
+    };
+
+    let measure = match (meter, data) {
+        (Some(meter), Some(data)) => measure(&mut c, meter, data),
+        _ => None,
+    };
+
+    match (id, customer, meter_key, time, data, measure) {
+        (Some(id), Some(customer), Some(meter), Some(time), Some(data), Some(measure))
+            if c.errors.is_empty() =>
+        {
+            Ok((
+                UsageEvent {
+                    specversion: "1.0".into(),
+                    id: id.into(),
+                    source: source.into(),
+                    meter: meter.into(),
+                    customer: customer.into(),
+                    time,
+                    data: data.clone(),
+                    tenant: intake.tenant.into(),
+                    receivedat: intake.received_at,
+                },
+                measure,
+            ))
+        }
+        _ => Err(c.errors),
+    }
+}
+
+fn measure(c: &mut Checker, meter: &crate::catalog::Meter, data: &Map<String, Value>) -> Option<Measure> {
+    let mut ok = true;
+    let endpoint = match meter.dimension.as_deref().map(|d| (d, data.get(d))) {
+        None | Some((_, None | Some(Value::Null))) => String::new(),
+        Some((d, Some(Value::String(s)))) => {
+            if s.len() > MAX_DIMENSION_LEN || s.chars().any(char::is_control) {
+                c.fail(
+                    &format!("data.{d}"),
+                    ErrorCode::InvalidValue,
+                    format!("`data.{d}` must be at most {MAX_DIMENSION_LEN} bytes without control characters"),
+                );
+                ok = false;
+            }
+            s.clone()
+        }
+        Some((d, Some(other))) => {
+            c.fail(&format!("data.{d}"), ErrorCode::WrongType, format!("`data.{d}` must be a string, got {}", json_type(other)));
+            ok = false;
+            String::new()
+        }
+    };
+    let quantity = match (meter.aggregation, meter.value_property.as_deref()) {
+        (Aggregation::Count | Aggregation::UniqueCount, _) | (_, None) => 1.0,
+        (_, Some(p)) => match data.get(p) {
+            None | Some(Value::Null) => match meter.default_value {
+                Some(v) => v,
+                None => {
+                    c.fail(&format!("data.{p}"), ErrorCode::Required, format!("meter {:?} needs `data.{p}`", meter.key));
+                    ok = false;
+                    0.0
+                }
+            },
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(q) if q.is_finite() && (0.0..=MAX_QUANTITY).contains(&q) => q,
+                _ => {
+                    c.fail(
+                        &format!("data.{p}"),
+                        ErrorCode::InvalidValue,
+                        format!("`data.{p}` must be a finite number from 0 to {MAX_QUANTITY:e}, got {n}"),
+                    );
+                    ok = false;
+                    0.0
+                }
+            },
+            Some(other) => {
+                c.fail(&format!("data.{p}"), ErrorCode::WrongType, format!("`data.{p}` must be a number, got {}", json_type(other)));
+                ok = false;
+                0.0
+            }
+        },
+    };
+    let unique_key = match (meter.aggregation, meter.unique_property.as_deref()) {
+        (Aggregation::UniqueCount, Some(p)) => match data.get(p) {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => {
+                c.fail(&format!("data.{p}"), ErrorCode::Required, format!("meter {:?} needs `data.{p}` (string or number)", meter.key));
+                ok = false;
+                String::new()
+            }
+        },
+        _ => String::new(),
+    };
+    ok.then_some(Measure { quantity, endpoint, unique_key })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn intake(now: OffsetDateTime) -> Intake<'static> {
+        Intake { tenant: "acme", customer_scope: None, received_at: now, window: Window::default() }
+    }
+
+    #[test]
+    fn a_minimal_event_gets_defaults() {
+        let now = OffsetDateTime::now_utc();
+        let v = json!({"id": "e1", "type": "api_call", "subject": "c1", "data": {"endpoint": "analyze"}});
+        let (e, m) = validate(&v, 0, &intake(now), &Catalog::default()).expect("valid");
+        assert_eq!((e.time, e.tenant.as_str(), e.source.as_str()), (now, "acme", "api"));
+        assert_eq!(m, Measure { quantity: 1.0, endpoint: "analyze".into(), unique_key: String::new() });
+        assert_eq!(e.partition_key(), "acme/c1");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let now = OffsetDateTime::now_utc();
+        let v = json!({"specversion": "0.3", "id": 5, "type": "nope", "time": "yesterday",
+                        "data": {"quantity": -1}, "tenant": "globex"});
+        let errors = validate(&v, 3, &intake(now), &Catalog::default()).expect_err("invalid");
+        let got: Vec<(&str, ErrorCode)> = errors.iter().map(|e| (e.field.as_str(), e.code)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("specversion", ErrorCode::InvalidValue),
+                ("id", ErrorCode::WrongType),
+                ("subject", ErrorCode::Required),
+                ("type", ErrorCode::UnknownMeter),
+                ("tenant", ErrorCode::TenantMismatch),
+                ("time", ErrorCode::InvalidValue),
+            ]
+        );
+        assert!(errors.iter().all(|e| e.index == 3));
+    }
+
+    #[test]
+    fn quantities_and_windows_are_checked() {
+        let now = OffsetDateTime::now_utc();
+        let cat = Catalog::default();
+        let fmt = |t: OffsetDateTime| t.format(&Rfc3339).expect("format");
+        let cases = [
+            (json!({"quantity": -1}), None, "data.quantity", ErrorCode::InvalidValue),
+            (json!({"quantity": "NaN"}), None, "data.quantity", ErrorCode::WrongType),
+            (json!({"quantity": 1e300}), None, "data.quantity", ErrorCode::InvalidValue),
+            (json!({"endpoint": 7}), None, "data.endpoint", ErrorCode::WrongType),
+            (json!({}), Some(fmt(now - time::Duration::days(36))), "time", ErrorCode::TooLate),
+            (json!({}), Some(fmt(now + time::Duration::minutes(6))), "time", ErrorCode::InFuture),
+        ];
+        for (data, time, field, code) in cases {
+            let v = json!({"id": "e", "type": "api_call", "subject": "c", "data": data, "time": time});
+            let errors = validate(&v, 0, &intake(now), &cat).expect_err("invalid");
+            assert_eq!((errors[0].field.as_str(), errors[0].code), (field, code), "{v}");
+        }
+        let edge = json!({"id": "e", "type": "api_call", "subject": "c",
+                          "time": fmt(now - time::Duration::days(35) + time::Duration::seconds(1))});
+        assert!(validate(&edge, 0, &intake(now), &cat).is_ok());
+    }
+
+    #[test]
+    fn customer_scoped_keys_only_send_for_their_customer() {
+        let now = OffsetDateTime::now_utc();
+        let mut i = intake(now);
+        i.customer_scope = Some("c1");
+        let other = json!({"id": "e", "type": "api_call", "subject": "c2"});
+        let errors = validate(&other, 0, &i, &Catalog::default()).expect_err("forbidden");
+        assert!(errors[0].code.is_forbidden());
+        let own = json!({"id": "e", "type": "api_call", "subject": "c1"});
+        assert!(validate(&own, 0, &i, &Catalog::default()).is_ok());
+    }
+}

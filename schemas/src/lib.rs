@@ -1,0 +1,24 @@
+//! Shared vocabulary of the metering pipeline: events, catalog, topics, migrations, API types.
+//!
+//! # Layout
+//! - [`event`]: the CloudEvents usage event and its validation with per-field errors.
+//! - [`catalog`]: meters and plans as configuration (`catalog.toml` is the default).
+//! - [`topics`]: Kafka topic names.
+//! - [`config`]: broker and ClickHouse connection settings embedded in every service's config.
+//! - [`migrate`]: numbered ClickHouse DDL (`migrations/`) and the runner.
+//! - [`api`]: HTTP request/response bodies.
+//! - [`rows`]: ClickHouse row structs, shared by writers and readers.
+
+pub mod api;
+pub mod catalog;
+pub mod config;
+mod error;
+pub mod event;
+pub mod migrate;
+pub mod rows;
+pub mod topics;
+
+pub use catalog::Catalog;
+pub use error::{Error, Result};
+pub use event::UsageEvent;
+pub use topics::Topics;

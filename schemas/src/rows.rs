@@ -1,0 +1,206 @@
+//! ClickHouse row structs and the column types each one expects (checked against `system.columns`).
+//!
+//! The `clickhouse` client runs with validation off (18.16 lacks `RowBinaryWithNamesAndTypes`), so a
+//! struct that drifts from its table would decode garbage silently. [`Table::COLUMNS`] is the contract;
+//! the schema test compares it with the struct and with the live server.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// A row struct bound to a table, with the ClickHouse type of each field in order.
+pub trait Table: clickhouse::Row {
+    /// Table name.
+    const TABLE: &'static str;
+    /// `(column, ClickHouse type)` in struct field order.
+    const COLUMNS: &'static [(&'static str, &'static str)];
+}
+
+/// One counted usage event.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct RawEventRow {
+    /// Tenant.
+    pub tenant: String,
+    /// Customer (`subject`).
+    pub customer: String,
+    /// Meter (`type`).
+    pub meter: String,
+    /// Breakdown dimension.
+    pub endpoint: String,
+    /// Event id.
+    pub id: String,
+    /// Event source.
+    pub source: String,
+    /// Event time.
+    #[serde(with = "clickhouse::serde::time::datetime")]
+    pub time: OffsetDateTime,
+    /// Arrival time at the ingest.
+    #[serde(with = "clickhouse::serde::time::datetime")]
+    pub received_at: OffsetDateTime,
+    /// Value added to the meter.
+    pub quantity: f64,
+    /// Distinct value (unique-count meters).
+    pub unique_key: String,
+    /// `data` as JSON text.
+    pub data: String,
+    /// Kafka topic the event was read from.
+    pub kafka_topic: String,
+    /// Kafka partition.
+    pub kafka_partition: u32,
+    /// Kafka offset.
+    pub kafka_offset: u64,
+}
+
+impl Table for RawEventRow {
+    const TABLE: &'static str = "events_raw";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("tenant", "String"),
+        ("customer", "String"),
+        ("meter", "String"),
+        ("endpoint", "String"),
+        ("id", "String"),
+        ("source", "String"),
+        ("time", "DateTime('UTC')"),
+        ("received_at", "DateTime('UTC')"),
+        ("quantity", "Float64"),
+        ("unique_key", "String"),
+        ("data", "String"),
+        ("kafka_topic", "String"),
+        ("kafka_partition", "UInt32"),
+        ("kafka_offset", "UInt64"),
+    ];
+}
+
+/// An event that could not be counted, with the reason.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct DeadLetterRow {
+    /// Tenant, when known ("" otherwise).
+    pub tenant: String,
+    /// Arrival time.
+    #[serde(with = "clickhouse::serde::time::datetime")]
+    pub received_at: OffsetDateTime,
+    /// Where it was rejected: `intake` or `aggregator`.
+    pub stage: String,
+    /// Machine-readable reason (`too_late`, `malformed_json`, ...).
+    pub reason_code: String,
+    /// Human reason.
+    pub reason: String,
+    /// Event id, when known.
+    pub event_id: String,
+    /// The payload as received (truncated to 64 KiB).
+    pub payload: String,
+    /// Kafka topic ("" for intake rejections not read from Kafka).
+    pub kafka_topic: String,
+    /// Kafka partition.
+    pub kafka_partition: u32,
+    /// Kafka offset.
+    pub kafka_offset: u64,
+}
+
+impl Table for DeadLetterRow {
+    const TABLE: &'static str = "dead_letters";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("tenant", "String"),
+        ("received_at", "DateTime('UTC')"),
+        ("stage", "String"),
+        ("reason_code", "String"),
+        ("reason", "String"),
+        ("event_id", "String"),
+        ("payload", "String"),
+        ("kafka_topic", "String"),
+        ("kafka_partition", "UInt32"),
+        ("kafka_offset", "UInt64"),
+    ];
+}
+
+/// Last stored offset of a partition.
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Serialize, Deserialize)]
+pub struct OffsetRow {
+    /// Topic.
+    pub kafka_topic: String,
+    /// Partition.
+    pub kafka_partition: u32,
+    /// Last offset whose data is stored.
+    pub kafka_offset: u64,
+}
+
+impl Table for OffsetRow {
+    const TABLE: &'static str = "consumer_offsets";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("kafka_topic", "String"),
+        ("kafka_partition", "UInt32"),
+        ("kafka_offset", "UInt64"),
+    ];
+}
+
+/// An API key (hash only).
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Serialize, Deserialize)]
+pub struct ApiKeyRow {
+    /// Hex SHA-256 of the key.
+    pub key_hash: String,
+    /// First characters of the key, to recognize it in listings.
+    pub key_prefix: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Customer scope ("" = the whole tenant).
+    pub customer: String,
+    /// Scopes: `ingest`, `read`, `admin`.
+    pub scopes: Vec<String>,
+    /// Label.
+    pub name: String,
+    /// 1 when revoked.
+    pub revoked: u8,
+    /// Version: the newest row per key wins.
+    #[serde(with = "clickhouse::serde::time::datetime")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Table for ApiKeyRow {
+    const TABLE: &'static str = "api_keys";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("key_hash", "String"),
+        ("key_prefix", "String"),
+        ("tenant", "String"),
+        ("customer", "String"),
+        ("scopes", "Array(String)"),
+        ("name", "String"),
+        ("revoked", "UInt8"),
+        ("updated_at", "DateTime('UTC')"),
+    ];
+}
+
+/// A sum rollup row (any granularity; the time column is named after the grain).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct RollupRow {
+    /// Tenant.
+    pub tenant: String,
+    /// Customer.
+    pub customer: String,
+    /// Meter.
+    pub meter: String,
+    /// Dimension.
+    pub endpoint: String,
+    /// Bucket start (seconds since epoch).
+    pub bucket: u32,
+    /// Events in the bucket.
+    pub events: u64,
+    /// Sum of quantities.
+    pub quantity: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clickhouse::Row;
+
+    fn names<T: Table>() -> Vec<&'static str> {
+        T::COLUMNS.iter().map(|(n, _)| *n).collect()
+    }
+
+    #[test]
+    fn declared_columns_follow_the_struct_fields() {
+        assert_eq!(names::<RawEventRow>(), RawEventRow::COLUMN_NAMES);
+        assert_eq!(names::<DeadLetterRow>(), DeadLetterRow::COLUMN_NAMES);
+        assert_eq!(names::<OffsetRow>(), OffsetRow::COLUMN_NAMES);
+        assert_eq!(names::<ApiKeyRow>(), ApiKeyRow::COLUMN_NAMES);
+    }
+}
