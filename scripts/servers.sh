@@ -46,7 +46,7 @@ start_clickhouse() {
   if ch_up; then echo "clickhouse: already up (http $CH_HTTP_PORT, tcp $CH_TCP_PORT)"; return; fi
   if ! alive "$pid"; then
     clickhouse_config "$dir" "$CH_HTTP_PORT" "$CH_TCP_PORT" >/dev/null
-    (cd "$dir" && setsid nohup "$CH_SERVER" --config-file="$dir/config.xml" >"$log" 2>&1 </dev/null & echo $! >"$pid")
+    (cd "$dir"; setsid nohup "$CH_SERVER" --config-file="$dir/config.xml" >"$log" 2>&1 </dev/null & echo $! >"$pid")
   fi
   wait_for clickhouse ch_up "$pid" "$log"
   echo "clickhouse: up (http $CH_HTTP_PORT, tcp $CH_TCP_PORT, pid $(cat "$pid"))"
@@ -60,9 +60,9 @@ start_tansu() {
   if [[ "$DURABLE" == 1 ]]; then engine="sqlite://tansu.db"; fi
   if ! alive "$pid"; then
     echo "$engine" >"$dir/mode"
-    (cd "$dir" && setsid nohup "$TANSU" broker \
+    (cd "$dir"; setsid nohup "$TANSU" broker \
         --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --storage-engine "$engine" >"$log" 2>&1 </dev/null & echo $! >"$pid")
+        --cluster-id metering --storage-engine "$engine" >"$log" 2>&1 </dev/null & echo $! >"$pid")
   fi
   wait_for tansu kafka_up "$pid" "$log"
   echo "tansu: up (port $KAFKA_PORT, $(cat "$dir/mode"), pid $(cat "$pid"))"
@@ -79,6 +79,8 @@ stop_pid() {
   rm -f "$2"; echo "$1: stopped (pid $p)"
 }
 
+stop_all() { stop_pid tansu "$DATA/tansu/tansu.pid" & stop_pid clickhouse "$DATA/clickhouse/clickhouse.pid"; wait; }
+
 status() {
   if ch_up; then echo "clickhouse: up (http $CH_HTTP_PORT, tcp $CH_TCP_PORT)"; else echo "clickhouse: down (http $CH_HTTP_PORT, tcp $CH_TCP_PORT)"; fi
   if kafka_up; then echo "tansu: up (port $KAFKA_PORT, $(cat "$DATA/tansu/mode" 2>/dev/null || echo unknown))"; else echo "tansu: down (port $KAFKA_PORT)"; fi
@@ -94,7 +96,7 @@ esac
 for a in "$@"; do [[ "$a" == --durable ]] && DURABLE=1 || usage; done
 case "$cmd" in
   start) start_clickhouse; start_tansu ;;
-  stop) stop_pid tansu "$DATA/tansu/tansu.pid"; stop_pid clickhouse "$DATA/clickhouse/clickhouse.pid" ;;
+  stop) stop_all ;;
   status) status ;;
-  restart) "$0" stop; "$0" start "$@" ;;
+  restart) stop_all; start_clickhouse; start_tansu ;;
 esac

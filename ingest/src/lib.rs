@@ -1,1 +1,26 @@
-//! Placeholder until the crate is written.
+//! The ingest service: authenticated event intake into the durable event log.
+//!
+//! A `202 Accepted` means every event of the batch was acknowledged by the broker (acks=all,
+//! idempotent producer); an invalid batch is refused whole with per-field errors and nothing of it
+//! reaches the events topic (it is kept on the rejected topic for the dead-letter table).
+//!
+//! # Layout
+//! - [`config`]: the typed, layered configuration.
+//! - [`keys`]: API key creation, hashing and the in-memory key store.
+//! - [`producer`]: the acks=all producer.
+//! - [`http`]: routes and middleware.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`app`]: build, serve, shut down.
+//! - [`error`]: the crate error and HTTP error rendering.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod producer;
+
+pub use app::App;
+pub use config::Config;
+pub use error::{ApiError, Error, Result};

@@ -49,19 +49,11 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 PARTITION BY toYYYYMM(received_at)
 ORDER BY (tenant, received_at, reason_code);
 
--- Last Kafka offset whose data is in ClickHouse, per topic and partition. Written by the same
--- insert as the data (materialized views), read back when a partition is assigned.
+-- Last Kafka offset whose data is in ClickHouse, per topic and partition. The aggregator inserts a row
+-- after each batch's data was acknowledged, and reads the maximum back when a partition is assigned.
 CREATE TABLE IF NOT EXISTS consumer_offsets (
     kafka_topic String,
     kafka_partition UInt32,
     kafka_offset UInt64
 ) ENGINE = ReplacingMergeTree(kafka_offset)
 ORDER BY (kafka_topic, kafka_partition);
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS consumer_offsets_raw_mv TO consumer_offsets AS
-SELECT kafka_topic, kafka_partition, max(kafka_offset) AS kafka_offset
-FROM events_raw GROUP BY kafka_topic, kafka_partition;
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS consumer_offsets_dead_mv TO consumer_offsets AS
-SELECT kafka_topic, kafka_partition, max(kafka_offset) AS kafka_offset
-FROM dead_letters WHERE kafka_topic != '' GROUP BY kafka_topic, kafka_partition;

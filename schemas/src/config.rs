@@ -69,3 +69,23 @@ impl ClickHouseConfig {
         self.client().with_database("default")
     }
 }
+
+/// Loads a service config: defaults, then the TOML file (if given), then `PREFIX_*` environment
+/// variables with `__` between nesting levels (`INGEST_KAFKA__BROKERS`). Unknown keys are errors.
+pub fn load<T: serde::de::DeserializeOwned>(
+    env_prefix: &str,
+    file: Option<&std::path::Path>,
+) -> Result<T, Box<figment::Error>> {
+    use figment::providers::{Env, Format, Toml};
+    let mut f = figment::Figment::new();
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(Box::new(figment::Error::from(format!(
+                "config file {} does not exist",
+                path.display()
+            ))));
+        }
+        f = f.merge(Toml::file(path));
+    }
+    f.merge(Env::prefixed(env_prefix).split("__")).extract().map_err(Box::new)
+}

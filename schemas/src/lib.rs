@@ -4,6 +4,7 @@
 //! - [`event`]: the CloudEvents usage event and its validation with per-field errors.
 //! - [`catalog`]: meters and plans as configuration (`catalog.toml` is the default).
 //! - [`topics`]: Kafka topic names.
+//! - [`kafka`]: broker client settings and topic creation.
 //! - [`config`]: broker and ClickHouse connection settings embedded in every service's config.
 //! - [`migrate`]: numbered ClickHouse DDL (`migrations/`) and the runner.
 //! - [`api`]: HTTP request/response bodies.
@@ -14,6 +15,7 @@ pub mod catalog;
 pub mod config;
 mod error;
 pub mod event;
+pub mod kafka;
 pub mod migrate;
 pub mod rows;
 pub mod topics;

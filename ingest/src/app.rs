@@ -1,0 +1,97 @@
+//! Building and running the ingest: migrations, topics, keys, producer, HTTP server, shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::{AppState, router};
+use crate::keys::KeyStore;
+use crate::metrics::Metrics;
+use crate::producer::EventProducer;
+use crate::Result;
+
+/// A built ingest, bound to its port, not yet serving.
+#[derive(Debug)]
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl App {
+    /// Applies migrations (if configured), creates topics, loads keys and binds the listener.
+    pub async fn build(config: Config) -> Result<Self> {
+        config.validate()?;
+        let catalog = schemas::Catalog::load(config.catalog.as_deref())?;
+        if config.clickhouse.migrate {
+            schemas::migrate::run(&config.clickhouse).await?;
+        }
+        if config.kafka.create_topics {
+            schemas::kafka::ensure_topics(&config.kafka, &config.topics).await?;
+        }
+        let keys = KeyStore::new(config.clickhouse.client());
+        keys.refresh().await?;
+        let producer = EventProducer::new(
+            &config.kafka,
+            config.topics.clone(),
+            Duration::from_millis(config.produce_timeout_ms),
+        )?;
+        let listener = TcpListener::bind(config.listen).await?;
+        let state = AppState {
+            config: Arc::new(config),
+            catalog: Arc::new(catalog),
+            keys,
+            producer,
+            metrics: Arc::new(Metrics::default()),
+        };
+        Ok(Self { listener, state })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| self.state.config.listen)
+    }
+
+    /// The handlers' state (tests read metrics from it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `cancel` fires, then drains requests and unsent messages within the grace period.
+    pub async fn run(self, cancel: CancellationToken) -> Result<()> {
+        let state = self.state;
+        let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+        let mut tasks = JoinSet::new();
+        {
+            let (keys, cancel) = (state.keys.clone(), cancel.clone());
+            let every = Duration::from_secs(state.config.key_refresh_secs);
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep(every) => {
+                            if let Err(e) = keys.refresh().await {
+                                tracing::warn!(error = %e, "reloading API keys failed");
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        tracing::info!(addr = %self.listener.local_addr()?, "ingest listening");
+        let app = router(state.clone());
+        let shutdown = cancel.clone();
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await?;
+        cancel.cancel();
+        state.producer.flush(grace).await;
+        let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        tracing::info!("ingest stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+//! The ingest's configuration: defaults, then a TOML file, then `INGEST_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use schemas::config::{ClickHouseConfig, KafkaConfig};
+use schemas::topics::Topics;
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Environment variable prefix (`INGEST_KAFKA__BROKERS=...`).
+pub const ENV_PREFIX: &str = "INGEST_";
+
+/// Everything the ingest service needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP API (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Broker connection.
+    pub kafka: KafkaConfig,
+    /// ClickHouse connection (API keys; migrations at start).
+    pub clickhouse: ClickHouseConfig,
+    /// Topic names.
+    pub topics: Topics,
+    /// Meter and plan catalog file; the built-in catalog when absent.
+    pub catalog: Option<PathBuf>,
+    /// Most events in one `POST /v1/events`.
+    pub max_batch_events: usize,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// How long the broker may take to acknowledge a batch before the answer is 503 (ms).
+    pub produce_timeout_ms: u64,
+    /// How often API keys are reloaded from ClickHouse (s).
+    pub key_refresh_secs: u64,
+    /// How long shutdown waits for requests in flight and unsent messages (s).
+    pub shutdown_grace_secs: u64,
+    /// Oldest accepted event time, in days before arrival.
+    pub max_late_days: i64,
+    /// Furthest accepted event time after arrival, in seconds.
+    pub max_future_secs: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            kafka: KafkaConfig::default(),
+            clickhouse: ClickHouseConfig::default(),
+            topics: Topics::default(),
+            catalog: None,
+            max_batch_events: 1000,
+            max_body_bytes: 1024 * 1024,
+            produce_timeout_ms: 10_000,
+            key_refresh_secs: 5,
+            shutdown_grace_secs: 10,
+            max_late_days: 35,
+            max_future_secs: 300,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the layered configuration and validates it.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self> {
+        let config: Self =
+            schemas::config::load(ENV_PREFIX, file).map_err(|e| Error::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |m: &str| Err(Error::Config(m.into()));
+        if self.max_batch_events == 0 {
+            return fail("max_batch_events must be at least 1");
+        }
+        if self.max_body_bytes < 1024 {
+            return fail("max_body_bytes must be at least 1024");
+        }
+        if self.produce_timeout_ms < 100 {
+            return fail("produce_timeout_ms must be at least 100");
+        }
+        if self.key_refresh_secs == 0 {
+            return fail("key_refresh_secs must be at least 1");
+        }
+        if self.max_late_days <= 0 || self.max_future_secs < 0 {
+            return fail("max_late_days must be positive and max_future_secs not negative");
+        }
+        schemas::migrate::check_identifier(&self.clickhouse.database)?;
+        Ok(())
+    }
+
+    /// The event time window.
+    pub fn window(&self) -> schemas::event::Window {
+        schemas::event::Window {
+            max_late: time::Duration::days(self.max_late_days),
+            max_future: time::Duration::seconds(self.max_future_secs),
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! HTTP routes: event intake, health, readiness, metrics; request ids and per-route metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json};
+use http_body_util::BodyExt;
+use schemas::Catalog;
+use schemas::api::Accepted;
+use schemas::event::{Intake, UsageEvent};
+use serde_json::Value;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::keys::{KeyInfo, KeyStore, Scope};
+use crate::metrics::{CodeLabels, Metrics, RequestLabels, RouteLabels};
+use crate::producer::{EventProducer, MAX_REJECTED_PAYLOAD, Rejection};
+
+/// Shared state of the handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Effective configuration.
+    pub config: Arc<Config>,
+    /// Meters and plans.
+    pub catalog: Arc<Catalog>,
+    /// API keys.
+    pub keys: KeyStore,
+    /// The producer.
+    pub producer: EventProducer,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// The router with every route and layer.
+pub fn router(state: AppState) -> Router {
+    let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
+    Router::new()
+        .route("/v1/events", post(post_events))
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let start = Instant::now();
+    let response = next.run(req).await;
+    let labels = RequestLabels { route: route.clone(), status: response.status().as_u16() };
+    state.metrics.requests.get_or_create(&labels).inc();
+    state
+        .metrics
+        .request_duration
+        .get_or_create(&RouteLabels { route })
+        .observe(start.elapsed().as_secs_f64());
+    response
+}
+
+fn request_id(id: &Option<Extension<RequestId>>) -> Option<String> {
+    id.as_ref().and_then(|Extension(r)| r.header_value().to_str().ok().map(String::from))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let keys = state.keys.is_loaded();
+    let broker = state.producer.ping().await;
+    let status = if keys && broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(serde_json::json!({"keys_loaded": keys, "broker": broker}))).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Resolves the `Authorization: Bearer` key and checks its scope.
+pub async fn authenticate(keys: &KeyStore, headers: &HeaderMap, scope: Scope) -> Result<KeyInfo, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing_api_key", "send `Authorization: Bearer <api key>`"))?;
+    let key = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("missing_api_key", "the Authorization header must be `Bearer <api key>`"))?;
+    let info = keys
+        .authenticate(key)
+        .await
+        .ok_or_else(|| ApiError::unauthorized("invalid_api_key", "unknown or revoked API key"))?;
+    if !info.allows(scope) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!("this key lacks the `{}` scope", scope.as_str()),
+        ));
+    }
+    Ok(info)
+}
+
+/// Reads at most `limit` bytes of the body; more is a 413.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body exceeds {limit} bytes; split it into smaller batches"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "body_read_failed", format!("cannot read the body: {e}"))),
+    }
+}
+
+async fn post_events(
+    State(state): State<AppState>,
+    rid: Option<Extension<RequestId>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let rid = request_id(&rid);
+    match intake(&state, &headers, body).await {
+        Ok(accepted) => (StatusCode::ACCEPTED, Json(Accepted { accepted })).into_response(),
+        Err(e) => e.with_request_id(rid).into_response(),
+    }
+}
+
+async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usize, ApiError> {
+    let key = authenticate(&state.keys, headers, Scope::Ingest).await?;
+    let body = read_body(body, headers, state.config.max_body_bytes).await?;
+    let received_at = now_millis();
+    let reject = |code: &'static str, reason: String| {
+        state.metrics.events_rejected.get_or_create(&CodeLabels { code: code.into() }).inc();
+        keep_rejection(state, &key.tenant, received_at, code, reason, &body);
+    };
+
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            let message = format!("the body is not valid JSON: {e}");
+            reject("malformed_json", message.clone());
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", message));
+        }
+    };
+    let items: Vec<&Value> = match &value {
+        Value::Array(items) => items.iter().collect(),
+        single => vec![single],
+    };
+    if items.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty_batch", "the batch holds no events"));
+    }
+    if items.len() > state.config.max_batch_events {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_events",
+            format!("{} events in one request; at most {}", items.len(), state.config.max_batch_events),
+        ));
+    }
+
+    let ctx = Intake {
+        tenant: &key.tenant,
+        customer_scope: key.customer.as_deref(),
+        received_at,
+        window: state.config.window(),
+    };
+    let mut events: Vec<UsageEvent> = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match schemas::event::validate(item, i, &ctx, &state.catalog) {
+            Ok((event, _)) => events.push(event),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if !errors.is_empty() {
+        let forbidden = errors.iter().any(|e| e.code.is_forbidden());
+        let bad = errors.iter().map(|e| e.index).collect::<std::collections::BTreeSet<_>>().len();
+        let (status, code) = if forbidden {
+            (StatusCode::FORBIDDEN, "forbidden")
+        } else {
+            (StatusCode::BAD_REQUEST, "invalid_events")
+        };
+        let reason = serde_json::to_string(&errors).unwrap_or_default();
+        reject(code, reason);
+        let mut err = ApiError::new(
+            status,
+            code,
+            format!("{bad} of {} events are invalid; nothing was accepted", items.len()),
+        );
+        err.details = errors;
+        return Err(err);
+    }
+
+    match state.producer.send_events(&events).await {
+        Ok(n) => {
+            state.metrics.events_accepted.inc_by(n as u64);
+            Ok(n)
+        }
+        Err(e) => {
+            state.metrics.produce_failures.get_or_create(&CodeLabels { code: e.code().into() }).inc();
+            tracing::warn!(error = %e, events = events.len(), "batch not acknowledged");
+            Err(ApiError::unavailable(
+                e.code(),
+                "the event log did not acknowledge the batch; retry it unchanged (same ids count once)",
+                1,
+            ))
+        }
+    }
+}
+
+/// Keeps a refused batch on the rejected topic without delaying the answer.
+fn keep_rejection(
+    state: &AppState,
+    tenant: &str,
+    receivedat: time::OffsetDateTime,
+    code: &str,
+    reason: String,
+    body: &[u8],
+) {
+    let cut = body.len().min(MAX_REJECTED_PAYLOAD);
+    let rejection = Rejection {
+        tenant: tenant.into(),
+        receivedat,
+        reason_code: code.into(),
+        reason,
+        payload: String::from_utf8_lossy(&body[..cut]).into_owned(),
+    };
+    let producer = state.producer.clone();
+    tokio::spawn(async move {
+        if let Err(e) = producer.send_rejection(&rejection).await {
+            tracing::warn!(error = %e, "could not keep a rejected batch");
+        }
+    });
+}
+
+/// Now, truncated to milliseconds (the Kafka timestamp resolution).
+pub fn now_millis() -> time::OffsetDateTime {
+    let now = time::OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000).unwrap_or(now)
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Idempotent installer for local dev/CI infrastructure: ClickHouse (apt), tansu Kafka-API broker (cargo), chdb (pip).
+# Usage: scripts/install.sh [clickhouse] [tansu] [chdb]   (default: all)
+set -euo pipefail
+
+TANSU_ROOT="$HOME/.cache/metering/tansu"
+SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+APT_UPDATED=0
+
+apt_install() { # apt_install PKG...: install the missing ones; apt-get update only if something is missing
+  local missing=()
+  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  STATE=installed
+  if [[ $APT_UPDATED == 0 ]]; then $SUDO apt-get -o DPkg::Lock::Timeout=120 update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -qq -o DPkg::Lock::Timeout=120 --no-install-recommends -y "${missing[@]}" >/dev/null
+}
+
+# report NAME FN: run FN (which sets STATE=installed when it installs something) and print one line.
+report() { STATE="ok (cached)"; "$2"; echo "$1: $STATE"; }
+
+do_curl() { apt_install curl; }
+do_clickhouse() { apt_install clickhouse-server clickhouse-client; }
+do_tansu() {
+  [[ -x "$TANSU_ROOT/bin/tansu" ]] && return 0
+  STATE=installed
+  # Never run two builds into the same root: wait for one already under way.
+  while pgrep -f "^([^ ]*/)?cargo install tansu" >/dev/null; do echo "tansu: waiting for a running cargo install" >&2; sleep 30; done
+  [[ -x "$TANSU_ROOT/bin/tansu" ]] && return 0
+  cargo install tansu --locked --features dynostore,libsql,postgres --root "$TANSU_ROOT"
+}
+do_chdb() {
+  python3 -c 'import chdb' 2>/dev/null && return 0
+  STATE=installed
+  python3 -m pip install -q --root-user-action=ignore chdb-core  # import name: chdb
+  python3 -c 'import chdb'
+}
+
+[[ $# -gt 0 ]] || set -- clickhouse tansu chdb
+report curl do_curl
+for c in "$@"; do
+  case "$c" in
+    clickhouse|tansu|chdb) report "$c" "do_$c" ;;
+    *) echo "unknown component: $c (clickhouse|tansu|chdb)" >&2; exit 2 ;;
+  esac
+done
