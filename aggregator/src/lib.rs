@@ -1,1 +1,25 @@
-//! Placeholder until the crate is written.
+//! The aggregator: a consumer group that folds usage events into ClickHouse with exactly-once effect.
+//!
+//! Offsets live with the data: after a batch is in ClickHouse its last offset per partition is
+//! stored there too and read back when a partition is assigned; events are deduplicated by
+//! (tenant, id) within the lateness window; Kafka commits follow ClickHouse, only for owned partitions.
+//!
+//! # Layout
+//! - [`config`]: the typed, layered configuration.
+//! - [`decode`]: message → raw-event row or dead letter.
+//! - [`sink`]: idempotent batch writes and stored offsets.
+//! - [`consumer`]: the loop, batching, rebalance handling, commits.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`app`]: build, run, shut down.
+
+pub mod app;
+pub mod config;
+pub mod consumer;
+pub mod decode;
+mod error;
+pub mod metrics;
+pub mod sink;
+
+pub use app::App;
+pub use config::Config;
+pub use error::{Error, Result};

@@ -8,12 +8,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::Result;
 use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::producer::EventProducer;
-use crate::Result;
 
 /// A built ingest, bound to its port, not yet serving.
 #[derive(Debug)]
@@ -53,7 +53,9 @@ impl App {
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| self.state.config.listen)
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.state.config.listen)
     }
 
     /// The handlers' state (tests read metrics from it).
@@ -90,7 +92,8 @@ impl App {
             .await?;
         cancel.cancel();
         state.producer.flush(grace).await;
-        let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        let _ =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         tracing::info!("ingest stopped");
         Ok(())
     }

@@ -16,7 +16,9 @@ use schemas::Catalog;
 use schemas::api::Accepted;
 use schemas::event::{Intake, UsageEvent};
 use serde_json::Value;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
@@ -68,7 +70,10 @@ async fn record_metrics(State(state): State<AppState>, req: Request, next: Next)
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let start = Instant::now();
     let response = next.run(req).await;
-    let labels = RequestLabels { route: route.clone(), status: response.status().as_u16() };
+    let labels = RequestLabels {
+        route: route.clone(),
+        status: response.status().as_u16(),
+    };
     state.metrics.requests.get_or_create(&labels).inc();
     state
         .metrics
@@ -79,7 +84,8 @@ async fn record_metrics(State(state): State<AppState>, req: Request, next: Next)
 }
 
 fn request_id(id: &Option<Extension<RequestId>>) -> Option<String> {
-    id.as_ref().and_then(|Extension(r)| r.header_value().to_str().ok().map(String::from))
+    id.as_ref()
+        .and_then(|Extension(r)| r.header_value().to_str().ok().map(String::from))
 }
 
 async fn not_found() -> ApiError {
@@ -89,30 +95,50 @@ async fn not_found() -> ApiError {
 async fn readyz(State(state): State<AppState>) -> Response {
     let keys = state.keys.is_loaded();
     let broker = state.producer.ping().await;
-    let status = if keys && broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(serde_json::json!({"keys_loaded": keys, "broker": broker}))).into_response()
+    let status = if keys && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({"keys_loaded": keys, "broker": broker})),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()
 }
 
 /// Resolves the `Authorization: Bearer` key and checks its scope.
-pub async fn authenticate(keys: &KeyStore, headers: &HeaderMap, scope: Scope) -> Result<KeyInfo, ApiError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing_api_key", "send `Authorization: Bearer <api key>`"))?;
+pub async fn authenticate(
+    keys: &KeyStore,
+    headers: &HeaderMap,
+    scope: Scope,
+) -> Result<KeyInfo, ApiError> {
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthorized("missing_api_key", "send `Authorization: Bearer <api key>`")
+    })?;
     let key = value
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|k| !k.is_empty())
-        .ok_or_else(|| ApiError::unauthorized("missing_api_key", "the Authorization header must be `Bearer <api key>`"))?;
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "missing_api_key",
+                "the Authorization header must be `Bearer <api key>`",
+            )
+        })?;
     let info = keys
         .authenticate(key)
         .await
@@ -128,7 +154,11 @@ pub async fn authenticate(keys: &KeyStore, headers: &HeaderMap, scope: Scope) ->
 }
 
 /// Reads at most `limit` bytes of the body; more is a 413.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -145,8 +175,17 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<byte
     }
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "body_read_failed", format!("cannot read the body: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "body_read_failed",
+            format!("cannot read the body: {e}"),
+        )),
     }
 }
 
@@ -168,7 +207,11 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
     let body = read_body(body, headers, state.config.max_body_bytes).await?;
     let received_at = now_millis();
     let reject = |code: &'static str, reason: String| {
-        state.metrics.events_rejected.get_or_create(&CodeLabels { code: code.into() }).inc();
+        state
+            .metrics
+            .events_rejected
+            .get_or_create(&CodeLabels { code: code.into() })
+            .inc();
         keep_rejection(state, &key.tenant, received_at, code, reason, &body);
     };
 
@@ -177,7 +220,11 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
         Err(e) => {
             let message = format!("the body is not valid JSON: {e}");
             reject("malformed_json", message.clone());
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", message));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                message,
+            ));
         }
     };
     let items: Vec<&Value> = match &value {
@@ -185,13 +232,21 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
         single => vec![single],
     };
     if items.is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty_batch", "the batch holds no events"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty_batch",
+            "the batch holds no events",
+        ));
     }
     if items.len() > state.config.max_batch_events {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_events",
-            format!("{} events in one request; at most {}", items.len(), state.config.max_batch_events),
+            format!(
+                "{} events in one request; at most {}",
+                items.len(),
+                state.config.max_batch_events
+            ),
         ));
     }
 
@@ -211,7 +266,11 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
     }
     if !errors.is_empty() {
         let forbidden = errors.iter().any(|e| e.code.is_forbidden());
-        let bad = errors.iter().map(|e| e.index).collect::<std::collections::BTreeSet<_>>().len();
+        let bad = errors
+            .iter()
+            .map(|e| e.index)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
         let (status, code) = if forbidden {
             (StatusCode::FORBIDDEN, "forbidden")
         } else {
@@ -222,7 +281,10 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
         let mut err = ApiError::new(
             status,
             code,
-            format!("{bad} of {} events are invalid; nothing was accepted", items.len()),
+            format!(
+                "{bad} of {} events are invalid; nothing was accepted",
+                items.len()
+            ),
         );
         err.details = errors;
         return Err(err);
@@ -234,7 +296,13 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
             Ok(n)
         }
         Err(e) => {
-            state.metrics.produce_failures.get_or_create(&CodeLabels { code: e.code().into() }).inc();
+            state
+                .metrics
+                .produce_failures
+                .get_or_create(&CodeLabels {
+                    code: e.code().into(),
+                })
+                .inc();
             tracing::warn!(error = %e, events = events.len(), "batch not acknowledged");
             Err(ApiError::unavailable(
                 e.code(),
@@ -273,5 +341,6 @@ fn keep_rejection(
 /// Now, truncated to milliseconds (the Kafka timestamp resolution).
 pub fn now_millis() -> time::OffsetDateTime {
     let now = time::OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000).unwrap_or(now)
+    now.replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap_or(now)
 }

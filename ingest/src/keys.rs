@@ -89,7 +89,9 @@ pub async fn create_key(
         )));
     }
     if scopes.is_empty() {
-        return Err(crate::Error::Config("a key needs at least one scope".into()));
+        return Err(crate::Error::Config(
+            "a key needs at least one scope".into(),
+        ));
     }
     let key = generate_key();
     let row = ApiKeyRow {
@@ -128,7 +130,9 @@ const MISS_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 impl KeyStore {
     /// An empty store reading from `client`; call [`KeyStore::refresh`] before use.
     pub fn new(client: clickhouse::Client) -> Self {
-        let long_ago = Instant::now().checked_sub(MISS_REFRESH_INTERVAL).unwrap_or_else(Instant::now);
+        let long_ago = Instant::now()
+            .checked_sub(MISS_REFRESH_INTERVAL)
+            .unwrap_or_else(Instant::now);
         Self {
             client,
             inner: Arc::default(),
@@ -164,11 +168,19 @@ impl KeyStore {
 
     /// Whether keys were loaded at least once.
     pub fn is_loaded(&self) -> bool {
-        self.inner.read().map(|i| i.loaded_at.is_some()).unwrap_or(false)
+        self.inner
+            .read()
+            .map(|i| i.loaded_at.is_some())
+            .unwrap_or(false)
     }
 
     fn get(&self, hash: &str) -> Option<KeyInfo> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).keys.get(hash).cloned()
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys
+            .get(hash)
+            .cloned()
     }
 
     /// Looks a presented key up; an unknown key triggers at most one reload per second, so a key
@@ -201,14 +213,24 @@ mod tests {
         assert_eq!(a.len(), 3 + 48);
         assert_eq!(hash_key(&a).len(), 64);
         assert_ne!(hash_key(&a), hash_key(&b));
-        assert_eq!(hash_key("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]
     fn admin_implies_every_scope() {
-        let k = KeyInfo { tenant: "t".into(), customer: None, scopes: vec![Scope::Admin] };
+        let k = KeyInfo {
+            tenant: "t".into(),
+            customer: None,
+            scopes: vec![Scope::Admin],
+        };
         assert!(k.allows(Scope::Ingest) && k.allows(Scope::Read));
-        let r = KeyInfo { scopes: vec![Scope::Read], ..k };
+        let r = KeyInfo {
+            scopes: vec![Scope::Read],
+            ..k
+        };
         assert!(!r.allows(Scope::Ingest));
     }
 }

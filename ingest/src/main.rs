@@ -63,7 +63,12 @@ async fn main() -> anyhow::Result<()> {
             let applied = schemas::migrate::run(&config.clickhouse).await?;
             println!("applied migrations: {applied:?}");
         }
-        Command::CreateKey { tenant, scopes, customer, name } => {
+        Command::CreateKey {
+            tenant,
+            scopes,
+            customer,
+            name,
+        } => {
             let scopes = scopes
                 .iter()
                 .map(|s| Scope::parse(s.trim()).with_context(|| format!("unknown scope {s:?}")))
@@ -99,10 +104,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]

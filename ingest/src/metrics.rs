@@ -56,11 +56,34 @@ impl Default for Metrics {
         let events_rejected = Family::<CodeLabels, Counter>::default();
         let produce_failures = Family::<CodeLabels, Counter>::default();
         registry.register("http_requests", "HTTP requests answered", requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request latency", request_duration.clone());
-        registry.register("events_accepted", "Events acknowledged by the broker", events_accepted.clone());
-        registry.register("events_rejected", "Events refused at intake, by reason", events_rejected.clone());
-        registry.register("produce_failures", "Batches answered 503, by reason", produce_failures.clone());
-        Self { registry, requests, request_duration, events_accepted, events_rejected, produce_failures }
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            request_duration.clone(),
+        );
+        registry.register(
+            "events_accepted",
+            "Events acknowledged by the broker",
+            events_accepted.clone(),
+        );
+        registry.register(
+            "events_rejected",
+            "Events refused at intake, by reason",
+            events_rejected.clone(),
+        );
+        registry.register(
+            "produce_failures",
+            "Batches answered 503, by reason",
+            produce_failures.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            events_accepted,
+            events_rejected,
+            produce_failures,
+        }
     }
 }
 

@@ -66,7 +66,9 @@ pub struct EventProducer {
 
 impl std::fmt::Debug for EventProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventProducer").field("topics", &self.topics).finish_non_exhaustive()
+        f.debug_struct("EventProducer")
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,7 +84,11 @@ impl EventProducer {
             .set("queue.buffering.max.messages", "200000")
             .set("message.timeout.ms", timeout.as_millis().to_string())
             .create()?;
-        Ok(Self { producer, topics, timeout })
+        Ok(Self {
+            producer,
+            topics,
+            timeout,
+        })
     }
 
     /// Sends every event and waits until the broker acknowledged all of them.
@@ -92,7 +98,10 @@ impl EventProducer {
             let payload = serde_json::to_vec(event)?;
             let key = event.partition_key();
             let ts = (event.receivedat.unix_timestamp_nanos() / 1_000_000) as i64;
-            let record = FutureRecord::to(&self.topics.events).key(&key).payload(&payload).timestamp(ts);
+            let record = FutureRecord::to(&self.topics.events)
+                .key(&key)
+                .payload(&payload)
+                .timestamp(ts);
             match self.producer.send_result(record) {
                 Ok(delivery) => pending.push(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -104,7 +113,11 @@ impl EventProducer {
         let all = futures::future::join_all(pending);
         let results = tokio::time::timeout(self.timeout + Duration::from_secs(1), all)
             .await
-            .map_err(|_| ProduceError::Broker(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)))?;
+            .map_err(|_| {
+                ProduceError::Broker(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageTimedOut,
+                ))
+            })?;
         for r in results {
             match r {
                 Ok(Ok(_)) => {}
@@ -118,7 +131,9 @@ impl EventProducer {
     /// Records a refused batch on the rejected topic (waits for the acknowledgement).
     pub async fn send_rejection(&self, rejection: &Rejection) -> Result<(), ProduceError> {
         let payload = serde_json::to_vec(rejection)?;
-        let record = FutureRecord::to(&self.topics.rejected).key(&rejection.tenant).payload(&payload);
+        let record = FutureRecord::to(&self.topics.rejected)
+            .key(&rejection.tenant)
+            .payload(&payload);
         match self.producer.send(record, Duration::from_secs(1)).await {
             Ok(_) => Ok(()),
             Err((e, _)) => Err(ProduceError::Broker(e)),
@@ -130,7 +145,10 @@ impl EventProducer {
         let producer = self.producer.clone();
         let topic = self.topics.events.clone();
         tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(Some(&topic), Duration::from_secs(2)).is_ok()
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .is_ok()
         })
         .await
         .unwrap_or(false)

@@ -120,8 +120,12 @@ impl Catalog {
         let mut catalog: Catalog =
             toml::from_str(text).map_err(|e| Error::CatalogParse(e.to_string()))?;
         catalog.validate()?;
-        catalog.meter_index =
-            catalog.meters.iter().enumerate().map(|(i, m)| (m.key.clone(), i)).collect();
+        catalog.meter_index = catalog
+            .meters
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.key.clone(), i))
+            .collect();
         Ok(catalog)
     }
 
@@ -157,7 +161,10 @@ impl Catalog {
         let mut seen = std::collections::HashSet::new();
         for m in &self.meters {
             if !crate::event::is_token(&m.key, 64) {
-                return invalid(format!("meter key {:?} must be 1-64 of [A-Za-z0-9_.-]", m.key));
+                return invalid(format!(
+                    "meter key {:?} must be 1-64 of [A-Za-z0-9_.-]",
+                    m.key
+                ));
             }
             if !seen.insert(m.key.as_str()) {
                 return invalid(format!("meter {:?} is defined twice", m.key));
@@ -182,7 +189,10 @@ impl Catalog {
             }
         }
         if !plans.contains(self.default_plan.as_str()) {
-            return invalid(format!("default_plan {:?} is not a plan", self.default_plan));
+            return invalid(format!(
+                "default_plan {:?} is not a plan",
+                self.default_plan
+            ));
         }
         let t = &self.alert_thresholds;
         if t.iter().any(|&x| x == 0 || x > 100) || t.windows(2).any(|w| w[0] >= w[1]) {
@@ -208,7 +218,10 @@ mod tests {
         assert_eq!(limit("professional"), Some(Some(5000)));
         assert_eq!(limit("enterprise"), Some(None));
         assert_eq!(c.plan("starter").map(|p| p.price_cents), Some(2900));
-        assert_eq!(c.meter("api_call").map(|m| m.aggregation), Some(Aggregation::Sum));
+        assert_eq!(
+            c.meter("api_call").map(|m| m.aggregation),
+            Some(Aggregation::Sum)
+        );
         assert_eq!(c.alert_thresholds, vec![75, 80, 90, 100]);
     }
 

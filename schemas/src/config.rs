@@ -16,7 +16,11 @@ pub struct KafkaConfig {
 
 impl Default for KafkaConfig {
     fn default() -> Self {
-        Self { brokers: "127.0.0.1:9092".into(), partitions: 6, create_topics: true }
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            partitions: 6,
+            create_topics: true,
+        }
     }
 }
 
@@ -87,5 +91,7 @@ pub fn load<T: serde::de::DeserializeOwned>(
         }
         f = f.merge(Toml::file(path));
     }
-    f.merge(Env::prefixed(env_prefix).split("__")).extract().map_err(Box::new)
+    f.merge(Env::prefixed(env_prefix).split("__"))
+        .extract()
+        .map_err(Box::new)
 }

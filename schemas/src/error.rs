@@ -21,7 +21,9 @@ pub enum Error {
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
     /// A migration that was applied earlier has been edited since.
-    #[error("migration {version} ({name}) was applied with checksum {applied} but the file now has {current}")]
+    #[error(
+        "migration {version} ({name}) was applied with checksum {applied} but the file now has {current}"
+    )]
     MigrationChanged {
         /// Migration number.
         version: u32,

@@ -134,7 +134,10 @@ pub struct Window {
 
 impl Default for Window {
     fn default() -> Self {
-        Self { max_late: time::Duration::days(35), max_future: time::Duration::minutes(5) }
+        Self {
+            max_late: time::Duration::days(35),
+            max_future: time::Duration::minutes(5),
+        }
     }
 }
 
@@ -155,7 +158,8 @@ pub struct Intake<'a> {
 pub fn is_token(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 struct Checker {
@@ -189,7 +193,11 @@ impl Checker {
             }
             Some(Value::String(s)) => {
                 if s.trim().is_empty() {
-                    self.fail(field, ErrorCode::InvalidValue, format!("`{field}` must not be empty"));
+                    self.fail(
+                        field,
+                        ErrorCode::InvalidValue,
+                        format!("`{field}` must not be empty"),
+                    );
                     None
                 } else if s.len() > MAX_ID_LEN {
                     self.fail(
@@ -241,7 +249,10 @@ pub fn validate(
     intake: &Intake<'_>,
     catalog: &Catalog,
 ) -> Result<(UsageEvent, Measure), Vec<FieldError>> {
-    let mut c = Checker { index, errors: Vec::new() };
+    let mut c = Checker {
+        index,
+        errors: Vec::new(),
+    };
     let Some(obj) = value.as_object() else {
         c.fail(
             "",
@@ -268,7 +279,11 @@ pub fn validate(
         let m = catalog.meter(k);
         if m.is_none() {
             let known: Vec<&str> = catalog.meters.iter().map(|m| m.key.as_str()).collect();
-            c.fail("type", ErrorCode::UnknownMeter, format!("unknown meter {k:?}; known: {known:?}"));
+            c.fail(
+                "type",
+                ErrorCode::UnknownMeter,
+                format!("unknown meter {k:?}; known: {known:?}"),
+            );
         }
         m
     });
@@ -278,7 +293,9 @@ pub fn validate(
             c.fail(
                 "tenant",
                 ErrorCode::TenantMismatch,
-                format!("the event names tenant {tenant:?} but the API key belongs to another tenant"),
+                format!(
+                    "the event names tenant {tenant:?} but the API key belongs to another tenant"
+                ),
             );
         }
     }
@@ -322,7 +339,11 @@ pub fn validate(
                 }
             }
             Err(e) => {
-                c.fail("time", ErrorCode::InvalidValue, format!("`time` is not RFC 3339: {e}"));
+                c.fail(
+                    "time",
+                    ErrorCode::InvalidValue,
+                    format!("`time` is not RFC 3339: {e}"),
+                );
                 None
             }
         },
@@ -330,7 +351,10 @@ pub fn validate(
             c.fail(
                 "time",
                 ErrorCode::WrongType,
-                format!("`time` must be an RFC 3339 string, got {}", json_type(other)),
+                format!(
+                    "`time` must be an RFC 3339 string, got {}",
+                    json_type(other)
+                ),
             );
             None
         }
@@ -340,7 +364,9 @@ pub fn validate(
     let data = match obj.get("data") {
         None | Some(Value::Null) => Some(&empty),
         Some(Value::Object(d)) => {
-            let size = serde_json::to_string(d).map(|s| s.len()).unwrap_or(usize::MAX);
+            let size = serde_json::to_string(d)
+                .map(|s| s.len())
+                .unwrap_or(usize::MAX);
             if size > MAX_DATA_BYTES {
                 c.fail(
                     "data",
@@ -353,7 +379,11 @@ pub fn validate(
             }
         }
         Some(other) => {
-            c.fail("data", ErrorCode::WrongType, format!("`data` must be an object, got {}", json_type(other)));
+            c.fail(
+                "data",
+                ErrorCode::WrongType,
+                format!("`data` must be an object, got {}", json_type(other)),
+            );
             None
         }
     };
@@ -386,7 +416,11 @@ pub fn validate(
     }
 }
 
-fn measure(c: &mut Checker, meter: &crate::catalog::Meter, data: &Map<String, Value>) -> Option<Measure> {
+fn measure(
+    c: &mut Checker,
+    meter: &crate::catalog::Meter,
+    data: &Map<String, Value>,
+) -> Option<Measure> {
     let mut ok = true;
     let endpoint = match meter.dimension.as_deref().map(|d| (d, data.get(d))) {
         None | Some((_, None | Some(Value::Null))) => String::new(),
@@ -402,54 +436,76 @@ fn measure(c: &mut Checker, meter: &crate::catalog::Meter, data: &Map<String, Va
             s.clone()
         }
         Some((d, Some(other))) => {
-            c.fail(&format!("data.{d}"), ErrorCode::WrongType, format!("`data.{d}` must be a string, got {}", json_type(other)));
+            c.fail(
+                &format!("data.{d}"),
+                ErrorCode::WrongType,
+                format!("`data.{d}` must be a string, got {}", json_type(other)),
+            );
             ok = false;
             String::new()
         }
     };
     let quantity = match (meter.aggregation, meter.value_property.as_deref()) {
         (Aggregation::Count | Aggregation::UniqueCount, _) | (_, None) => 1.0,
-        (_, Some(p)) => match data.get(p) {
-            None | Some(Value::Null) => match meter.default_value {
-                Some(v) => v,
-                None => {
-                    c.fail(&format!("data.{p}"), ErrorCode::Required, format!("meter {:?} needs `data.{p}`", meter.key));
-                    ok = false;
-                    0.0
-                }
-            },
-            Some(Value::Number(n)) => match n.as_f64() {
-                Some(q) if q.is_finite() && (0.0..=MAX_QUANTITY).contains(&q) => q,
-                _ => {
-                    c.fail(
+        (_, Some(p)) => {
+            match data.get(p) {
+                None | Some(Value::Null) => match meter.default_value {
+                    Some(v) => v,
+                    None => {
+                        c.fail(
+                            &format!("data.{p}"),
+                            ErrorCode::Required,
+                            format!("meter {:?} needs `data.{p}`", meter.key),
+                        );
+                        ok = false;
+                        0.0
+                    }
+                },
+                Some(Value::Number(n)) => match n.as_f64() {
+                    Some(q) if q.is_finite() && (0.0..=MAX_QUANTITY).contains(&q) => q,
+                    _ => {
+                        c.fail(
                         &format!("data.{p}"),
                         ErrorCode::InvalidValue,
                         format!("`data.{p}` must be a finite number from 0 to {MAX_QUANTITY:e}, got {n}"),
                     );
+                        ok = false;
+                        0.0
+                    }
+                },
+                Some(other) => {
+                    c.fail(
+                        &format!("data.{p}"),
+                        ErrorCode::WrongType,
+                        format!("`data.{p}` must be a number, got {}", json_type(other)),
+                    );
                     ok = false;
                     0.0
                 }
-            },
-            Some(other) => {
-                c.fail(&format!("data.{p}"), ErrorCode::WrongType, format!("`data.{p}` must be a number, got {}", json_type(other)));
-                ok = false;
-                0.0
             }
-        },
+        }
     };
     let unique_key = match (meter.aggregation, meter.unique_property.as_deref()) {
         (Aggregation::UniqueCount, Some(p)) => match data.get(p) {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
             _ => {
-                c.fail(&format!("data.{p}"), ErrorCode::Required, format!("meter {:?} needs `data.{p}` (string or number)", meter.key));
+                c.fail(
+                    &format!("data.{p}"),
+                    ErrorCode::Required,
+                    format!("meter {:?} needs `data.{p}` (string or number)", meter.key),
+                );
                 ok = false;
                 String::new()
             }
         },
         _ => String::new(),
     };
-    ok.then_some(Measure { quantity, endpoint, unique_key })
+    ok.then_some(Measure {
+        quantity,
+        endpoint,
+        unique_key,
+    })
 }
 
 #[cfg(test)]
@@ -458,7 +514,12 @@ mod tests {
     use serde_json::json;
 
     fn intake(now: OffsetDateTime) -> Intake<'static> {
-        Intake { tenant: "acme", customer_scope: None, received_at: now, window: Window::default() }
+        Intake {
+            tenant: "acme",
+            customer_scope: None,
+            received_at: now,
+            window: Window::default(),
+        }
     }
 
     #[test]
@@ -466,8 +527,18 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let v = json!({"id": "e1", "type": "api_call", "subject": "c1", "data": {"endpoint": "analyze"}});
         let (e, m) = validate(&v, 0, &intake(now), &Catalog::default()).expect("valid");
-        assert_eq!((e.time, e.tenant.as_str(), e.source.as_str()), (now, "acme", "api"));
-        assert_eq!(m, Measure { quantity: 1.0, endpoint: "analyze".into(), unique_key: String::new() });
+        assert_eq!(
+            (e.time, e.tenant.as_str(), e.source.as_str()),
+            (now, "acme", "api")
+        );
+        assert_eq!(
+            m,
+            Measure {
+                quantity: 1.0,
+                endpoint: "analyze".into(),
+                unique_key: String::new()
+            }
+        );
         assert_eq!(e.partition_key(), "acme/c1");
     }
 
@@ -477,7 +548,8 @@ mod tests {
         let v = json!({"specversion": "0.3", "id": 5, "type": "nope", "time": "yesterday",
                         "data": {"quantity": -1}, "tenant": "globex"});
         let errors = validate(&v, 3, &intake(now), &Catalog::default()).expect_err("invalid");
-        let got: Vec<(&str, ErrorCode)> = errors.iter().map(|e| (e.field.as_str(), e.code)).collect();
+        let got: Vec<(&str, ErrorCode)> =
+            errors.iter().map(|e| (e.field.as_str(), e.code)).collect();
         assert_eq!(
             got,
             vec![
@@ -498,17 +570,52 @@ mod tests {
         let cat = Catalog::default();
         let fmt = |t: OffsetDateTime| t.format(&Rfc3339).expect("format");
         let cases = [
-            (json!({"quantity": -1}), None, "data.quantity", ErrorCode::InvalidValue),
-            (json!({"quantity": "NaN"}), None, "data.quantity", ErrorCode::WrongType),
-            (json!({"quantity": 1e300}), None, "data.quantity", ErrorCode::InvalidValue),
-            (json!({"endpoint": 7}), None, "data.endpoint", ErrorCode::WrongType),
-            (json!({}), Some(fmt(now - time::Duration::days(36))), "time", ErrorCode::TooLate),
-            (json!({}), Some(fmt(now + time::Duration::minutes(6))), "time", ErrorCode::InFuture),
+            (
+                json!({"quantity": -1}),
+                None,
+                "data.quantity",
+                ErrorCode::InvalidValue,
+            ),
+            (
+                json!({"quantity": "NaN"}),
+                None,
+                "data.quantity",
+                ErrorCode::WrongType,
+            ),
+            (
+                json!({"quantity": 1e300}),
+                None,
+                "data.quantity",
+                ErrorCode::InvalidValue,
+            ),
+            (
+                json!({"endpoint": 7}),
+                None,
+                "data.endpoint",
+                ErrorCode::WrongType,
+            ),
+            (
+                json!({}),
+                Some(fmt(now - time::Duration::days(36))),
+                "time",
+                ErrorCode::TooLate,
+            ),
+            (
+                json!({}),
+                Some(fmt(now + time::Duration::minutes(6))),
+                "time",
+                ErrorCode::InFuture,
+            ),
         ];
         for (data, time, field, code) in cases {
-            let v = json!({"id": "e", "type": "api_call", "subject": "c", "data": data, "time": time});
+            let v =
+                json!({"id": "e", "type": "api_call", "subject": "c", "data": data, "time": time});
             let errors = validate(&v, 0, &intake(now), &cat).expect_err("invalid");
-            assert_eq!((errors[0].field.as_str(), errors[0].code), (field, code), "{v}");
+            assert_eq!(
+                (errors[0].field.as_str(), errors[0].code),
+                (field, code),
+                "{v}"
+            );
         }
         let edge = json!({"id": "e", "type": "api_call", "subject": "c",
                           "time": fmt(now - time::Duration::days(35) + time::Duration::seconds(1))});

@@ -20,7 +20,10 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
 }
 
 /// Creates the pipeline's topics; an existing topic is fine.
-pub async fn ensure_topics(config: &KafkaConfig, topics: &Topics) -> Result<(), rdkafka::error::KafkaError> {
+pub async fn ensure_topics(
+    config: &KafkaConfig,
+    topics: &Topics,
+) -> Result<(), rdkafka::error::KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
     let layout = topics.layout(config.partitions);
     let compacted = [("cleanup.policy", "compact")];

@@ -60,7 +60,11 @@ pub fn split_statements(sql: &str) -> Vec<String> {
         .filter(|l| !l.trim_start().starts_with("--"))
         .map(|l| format!("{l}\n"))
         .collect();
-    text.split(";\n").map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    text.split(";\n")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 #[derive(Debug, clickhouse::Row, Serialize, Deserialize)]
@@ -78,13 +82,21 @@ pub fn check_identifier(name: &str) -> Result<()> {
         && name.len() <= 64
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         && !name.as_bytes()[0].is_ascii_digit();
-    if ok { Ok(()) } else { Err(Error::InvalidIdentifier(name.into())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidIdentifier(name.into()))
+    }
 }
 
 /// The major version of the server (18 for the local 18.16).
 pub async fn server_major(client: &clickhouse::Client) -> Result<u32> {
     let version: String = client.query("SELECT version()").fetch_one().await?;
-    Ok(version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0))
+    Ok(version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0))
 }
 
 /// Creates the database if needed and applies pending migrations. Returns the versions applied now.
@@ -92,7 +104,10 @@ pub async fn run(config: &ClickHouseConfig) -> Result<Vec<u32>> {
     check_identifier(&config.database)?;
     config
         .server_client()
-        .query(&format!("CREATE DATABASE IF NOT EXISTS `{}`", config.database))
+        .query(&format!(
+            "CREATE DATABASE IF NOT EXISTS `{}`",
+            config.database
+        ))
         .execute()
         .await?;
     let client = config.client();
@@ -122,7 +137,12 @@ pub async fn run(config: &ClickHouseConfig) -> Result<Vec<u32>> {
             continue;
         }
         if m.modern_only && major < MODERN_MAJOR {
-            tracing::info!(version = m.version, name = m.name, major, "skipping production-only migration");
+            tracing::info!(
+                version = m.version,
+                name = m.name,
+                major,
+                "skipping production-only migration"
+            );
             continue;
         }
         for statement in m.statements() {
@@ -156,7 +176,11 @@ mod tests {
             assert_eq!(m.modern_only, m.name.ends_with(".modern.sql"));
             for s in m.statements() {
                 assert!(!s.contains(';'), "unsplit statement in {}: {s}", m.name);
-                assert!(s.starts_with("CREATE") || s.starts_with("ALTER"), "{}: {s}", m.name);
+                assert!(
+                    s.starts_with("CREATE") || s.starts_with("ALTER"),
+                    "{}: {s}",
+                    m.name
+                );
             }
         }
     }

@@ -1,1 +1,399 @@
-//! Placeholder until the crate is written.
+//! Test harness: fresh ClickHouse database, topics and consumer group per test (kept when the test
+//! fails), the ingest and aggregator started on port 0, and private server instances for fault tests.
+//!
+//! # Layout
+//! - [`TestEnv`]: per-test resources and app starters.
+//! - [`servers`]: private tansu / ClickHouse processes that a test may stop and restart.
+//! - [`wait_until`]: polling with a deadline instead of fixed sleeps.
+
+pub mod servers;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ingest::keys::Scope;
+use rand::Rng;
+use schemas::config::{ClickHouseConfig, KafkaConfig};
+use schemas::topics::Topics;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Broker address of the shared test servers (`scripts/servers.sh start`).
+pub fn kafka_brokers() -> String {
+    std::env::var("METERING_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// ClickHouse URL of the shared test servers.
+pub fn clickhouse_url() -> String {
+    std::env::var("METERING_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// A compiled binary of the workspace (`scripts/test.sh` builds them before the tests).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/debug/deps/test-hash -> target/debug/name
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Resources of one test. The database is dropped when the test passes and kept when it fails.
+#[derive(Debug)]
+pub struct TestEnv {
+    /// Unique name of this test's resources.
+    pub name: String,
+    /// Broker settings.
+    pub kafka: KafkaConfig,
+    /// ClickHouse settings (database `t_<name>`).
+    pub clickhouse: ClickHouseConfig,
+    /// Topic names (prefix `t_<name>.`).
+    pub topics: Topics,
+    /// Consumer group id.
+    pub group: String,
+}
+
+impl TestEnv {
+    /// Fresh resources on the shared servers, with migrations applied and topics created.
+    pub async fn new(test: &str) -> Self {
+        Self::on(test, &kafka_brokers(), &clickhouse_url(), 4).await
+    }
+
+    /// Fresh resources on the given servers with `partitions` per topic.
+    pub async fn on(test: &str, brokers: &str, clickhouse: &str, partitions: i32) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn,aggregator=info,ingest=info".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let suffix: u32 = rand::rng().random_range(0..1_000_000);
+        let name = format!("{test}_{suffix:06}");
+        let kafka = KafkaConfig {
+            brokers: brokers.into(),
+            partitions,
+            create_topics: true,
+        };
+        let clickhouse = ClickHouseConfig {
+            url: clickhouse.into(),
+            database: format!("t_{name}"),
+            ..ClickHouseConfig::default()
+        };
+        let topics = Topics::with_prefix(&format!("t_{name}."));
+        let env = Self {
+            group: format!("g_{name}"),
+            name,
+            kafka,
+            clickhouse,
+            topics,
+        };
+        schemas::migrate::run(&env.clickhouse)
+            .await
+            .expect("migrations");
+        schemas::kafka::ensure_topics(&env.kafka, &env.topics)
+            .await
+            .expect("topics");
+        env
+    }
+
+    /// A ClickHouse client on this test's database.
+    pub fn ch(&self) -> clickhouse::Client {
+        self.clickhouse.client()
+    }
+
+    /// Ingest config pointing at this test's resources, on a free port.
+    pub fn ingest_config(&self) -> ingest::Config {
+        ingest::Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            kafka: self.kafka.clone(),
+            clickhouse: self.clickhouse.clone(),
+            topics: self.topics.clone(),
+            produce_timeout_ms: 5_000,
+            ..ingest::Config::default()
+        }
+    }
+
+    /// Aggregator config pointing at this test's resources, on a free port.
+    pub fn aggregator_config(&self) -> aggregator::Config {
+        aggregator::Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            kafka: self.kafka.clone(),
+            clickhouse: self.clickhouse.clone(),
+            topics: self.topics.clone(),
+            group_id: self.group.clone(),
+            batch_max_wait_ms: 100,
+            max_retry_backoff_ms: 500,
+            ..aggregator::Config::default()
+        }
+    }
+
+    /// Creates an API key for `tenant`.
+    pub async fn key(&self, tenant: &str, scopes: &[Scope], customer: Option<&str>) -> String {
+        ingest::keys::create_key(&self.ch(), tenant, customer, scopes, "test")
+            .await
+            .expect("create key")
+    }
+
+    /// Starts an ingest with `config`.
+    pub async fn start_ingest_with(&self, config: ingest::Config) -> Running {
+        let app = ingest::App::build(config).await.expect("build ingest");
+        let addr = app.local_addr();
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let task = tokio::spawn(async move { app.run(c).await.map_err(|e| e.to_string()) });
+        Running {
+            url: format!("http://{addr}"),
+            cancel,
+            task,
+        }
+    }
+
+    /// Starts an ingest on this test's resources.
+    pub async fn start_ingest(&self) -> Running {
+        self.start_ingest_with(self.ingest_config()).await
+    }
+
+    /// Starts an in-process aggregator with `config`.
+    pub async fn start_aggregator_with(
+        &self,
+        config: aggregator::Config,
+    ) -> (Running, std::sync::Arc<aggregator::metrics::Metrics>) {
+        let app = aggregator::App::build(config)
+            .await
+            .expect("build aggregator");
+        let addr = app.local_addr();
+        let metrics = app.metrics();
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let task = tokio::spawn(async move { app.run(c).await.map_err(|e| e.to_string()) });
+        (
+            Running {
+                url: format!("http://{addr}"),
+                cancel,
+                task,
+            },
+            metrics,
+        )
+    }
+
+    /// Starts an in-process aggregator on this test's resources.
+    pub async fn start_aggregator(
+        &self,
+    ) -> (Running, std::sync::Arc<aggregator::metrics::Metrics>) {
+        self.start_aggregator_with(self.aggregator_config()).await
+    }
+
+    /// Environment variables that point an aggregator process at this test's resources.
+    pub fn aggregator_env(&self) -> Vec<(String, String)> {
+        let t = &self.topics;
+        [
+            ("AGGREGATOR_LISTEN", "127.0.0.1:0".to_string()),
+            ("AGGREGATOR_KAFKA__BROKERS", self.kafka.brokers.clone()),
+            ("AGGREGATOR_CLICKHOUSE__URL", self.clickhouse.url.clone()),
+            (
+                "AGGREGATOR_CLICKHOUSE__DATABASE",
+                self.clickhouse.database.clone(),
+            ),
+            ("AGGREGATOR_TOPICS__EVENTS", t.events.clone()),
+            ("AGGREGATOR_TOPICS__STATE", t.state.clone()),
+            ("AGGREGATOR_TOPICS__ALERTS", t.alerts.clone()),
+            ("AGGREGATOR_TOPICS__SUBSCRIPTIONS", t.subscriptions.clone()),
+            ("AGGREGATOR_TOPICS__REJECTED", t.rejected.clone()),
+            ("AGGREGATOR_GROUP_ID", self.group.clone()),
+            ("AGGREGATOR_BATCH_MAX_WAIT_MS", "100".to_string()),
+            ("AGGREGATOR_MAX_RETRY_BACKOFF_MS", "500".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// `SELECT count()`-style scalar query on this test's database.
+    pub async fn scalar(&self, sql: &str) -> f64 {
+        let v: f64 = self
+            .ch()
+            .query(sql)
+            .fetch_one()
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        v
+    }
+
+    /// Number of distinct (tenant, id) in events_raw and total rows (they must be equal).
+    pub async fn raw_counts(&self) -> (u64, u64) {
+        let rows: (u64, u64) = self
+            .ch()
+            .query("SELECT count(), uniqExact(tenant, id) FROM events_raw")
+            .fetch_one()
+            .await
+            .expect("raw counts");
+        rows
+    }
+
+    /// Sum of `events` and of `quantity` in a rollup table.
+    pub async fn rollup_totals(&self, table: &str) -> (u64, f64) {
+        let sql = format!("SELECT sum(events), sum(quantity) FROM {table}");
+        let t: (u64, f64) = self
+            .ch()
+            .query(&sql)
+            .fetch_one()
+            .await
+            .expect("rollup totals");
+        t
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "test failed: keeping database {} and topics {}* for inspection",
+                self.clickhouse.database, self.topics.events
+            );
+            return;
+        }
+        let url = self.clickhouse.url.clone();
+        let db = self.clickhouse.database.clone();
+        // Best effort, on a separate thread: Drop may run inside a runtime.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
+                    let c = clickhouse::Client::default()
+                        .with_url(url)
+                        .with_validation(false);
+                    let _ = c
+                        .query(&format!("DROP DATABASE IF EXISTS `{db}`"))
+                        .execute()
+                        .await;
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// A service running in this process.
+#[derive(Debug)]
+pub struct Running {
+    /// Base URL.
+    pub url: String,
+    /// Stops it.
+    pub cancel: CancellationToken,
+    /// Its task.
+    pub task: JoinHandle<Result<(), String>>,
+}
+
+impl Running {
+    /// Cancels and waits for a clean stop.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+        assert!(
+            matches!(r, Ok(Ok(Ok(())))),
+            "service did not stop cleanly: {r:?}"
+        );
+    }
+}
+
+/// One usage event as a client would send it.
+pub fn event(id: &str, customer: &str, endpoint: &str, quantity: u32) -> Value {
+    json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "test",
+        "type": "api_call",
+        "subject": customer,
+        "data": {"endpoint": endpoint, "quantity": quantity},
+    })
+}
+
+/// `n` distinct events over `customers` customers and the four seed endpoints. Returns them and
+/// the total quantity.
+pub fn events(prefix: &str, n: usize, customers: usize) -> (Vec<Value>, f64) {
+    let endpoints = ["analyze", "redact", "report", "drill"];
+    let mut total = 0.0;
+    let v = (0..n)
+        .map(|i| {
+            let q = (i % 3 + 1) as u32;
+            total += f64::from(q);
+            event(
+                &format!("{prefix}-{i}"),
+                &format!("cust_{}", i % customers),
+                endpoints[i % 4],
+                q,
+            )
+        })
+        .collect();
+    (v, total)
+}
+
+/// Posts `events` in batches of `batch` until each batch is accepted (retrying 503s like a client).
+pub async fn send_all(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    events: &[Value],
+    batch: usize,
+) {
+    for chunk in events.chunks(batch) {
+        let body = Value::Array(chunk.to_vec());
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let r = http
+                .post(format!("{url}/v1/events"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == 202 => break,
+                Ok(r) if r.status() == 503 && tries < 600 => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(_) if tries < 600 => tokio::time::sleep(Duration::from_millis(100)).await,
+                other => panic!("batch not accepted: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The aggregator's configuration: defaults, then a TOML file, then `AGGREGATOR_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use schemas::config::{ClickHouseConfig, KafkaConfig};
+use schemas::topics::Topics;
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Environment variable prefix (`AGGREGATOR_KAFKA__BROKERS=...`).
+pub const ENV_PREFIX: &str = "AGGREGATOR_";
+
+/// Everything the aggregator needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoints (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Broker connection.
+    pub kafka: KafkaConfig,
+    /// ClickHouse connection.
+    pub clickhouse: ClickHouseConfig,
+    /// Topic names.
+    pub topics: Topics,
+    /// Meter and plan catalog file; the built-in catalog when absent.
+    pub catalog: Option<PathBuf>,
+    /// Consumer group id.
+    pub group_id: String,
+    /// A batch is written when it holds this many messages...
+    pub batch_max_events: usize,
+    /// ...or when its first message is this old (ms).
+    pub batch_max_wait_ms: u64,
+    /// Duplicates of an event id are recognized for this many days.
+    pub dedup_window_days: i64,
+    /// Oldest counted event time, in days before arrival (older: dead letter).
+    pub max_late_days: i64,
+    /// Furthest counted event time after arrival, in seconds (later: dead letter).
+    pub max_future_secs: i64,
+    /// How long shutdown and rebalance may spend writing the last batch (s).
+    pub shutdown_grace_secs: u64,
+    /// Longest wait between two ClickHouse retries (ms).
+    pub max_retry_backoff_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            kafka: KafkaConfig::default(),
+            clickhouse: ClickHouseConfig::default(),
+            topics: Topics::default(),
+            catalog: None,
+            group_id: "metering-aggregator".into(),
+            batch_max_events: 20_000,
+            batch_max_wait_ms: 200,
+            dedup_window_days: 35,
+            max_late_days: 35,
+            max_future_secs: 300,
+            shutdown_grace_secs: 10,
+            max_retry_backoff_ms: 5_000,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the layered configuration and validates it.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self> {
+        let config: Self =
+            schemas::config::load(ENV_PREFIX, file).map_err(|e| Error::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |m: &str| Err(Error::Config(m.into()));
+        if self.batch_max_events == 0 || self.batch_max_wait_ms == 0 {
+            return fail("batch_max_events and batch_max_wait_ms must be at least 1");
+        }
+        if self.group_id.trim().is_empty() {
+            return fail("group_id must not be empty");
+        }
+        if self.dedup_window_days < self.max_late_days {
+            return fail("dedup_window_days must cover max_late_days");
+        }
+        if self.max_late_days <= 0 || self.max_future_secs < 0 {
+            return fail("max_late_days must be positive and max_future_secs not negative");
+        }
+        schemas::migrate::check_identifier(&self.clickhouse.database)?;
+        Ok(())
+    }
+
+    /// The event time window.
+    pub fn window(&self) -> schemas::event::Window {
+        schemas::event::Window {
+            max_late: time::Duration::days(self.max_late_days),
+            max_future: time::Duration::seconds(self.max_future_secs),
+        }
+    }
+}

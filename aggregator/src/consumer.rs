@@ -1,0 +1,392 @@
+//! The consumer loop: batch by size and time, write through the [`Sink`], then commit; the rebalance
+//! callbacks seek assigned partitions to the offsets stored in ClickHouse and drain on revocation.
+//!
+//! Rebalance callbacks run inside `recv()` of this same task, so they never overlap a flush: when a
+//! partition is revoked, everything read so far is written (or dropped, to be replayed by the next
+//! owner from ClickHouse's offsets) before the partition is given up.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use schemas::Catalog;
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::Result;
+use crate::config::Config;
+use crate::decode::{Decoded, Position, decode_event, decode_rejection};
+use crate::metrics::{Metrics, ReasonLabels};
+use crate::sink::{Batch, Sink};
+
+/// State shared by the loop and the rebalance callbacks.
+#[derive(Debug, Default)]
+struct Shared {
+    batch: Batch,
+    owned: HashSet<(String, i32)>,
+}
+
+/// The consumer context: rebalance handling with ClickHouse offsets.
+#[derive(Debug)]
+pub struct Context {
+    shared: Arc<Mutex<Shared>>,
+    sink: Sink,
+    metrics: Arc<Metrics>,
+    runtime: Handle,
+    cancel: CancellationToken,
+    grace: Duration,
+    max_backoff: Duration,
+}
+
+impl ClientContext for Context {}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Offsets to commit: one past the last written offset, only for partitions still owned.
+pub fn commit_list(
+    last: &std::collections::BTreeMap<(String, i32), i64>,
+    owned: &HashSet<(String, i32)>,
+) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in last {
+        if owned.contains(&(topic.clone(), *partition)) {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1));
+        }
+    }
+    tpl
+}
+
+impl Context {
+    /// Writes the batch, retrying with backoff until it succeeds, `deadline` passes or shutdown.
+    async fn write_with_retry(&self, batch: &Batch, deadline: Option<Instant>) -> bool {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let start = Instant::now();
+            match self.sink.write(batch).await {
+                Ok(outcome) => {
+                    let m = &self.metrics;
+                    m.flush_duration.observe(start.elapsed().as_secs_f64());
+                    m.batches_flushed.inc();
+                    m.events_stored.inc_by(outcome.stored as u64);
+                    m.duplicates_skipped.inc_by(outcome.duplicates as u64);
+                    for d in &batch.dead {
+                        m.dead_letters
+                            .get_or_create(&ReasonLabels {
+                                reason: d.reason_code.clone(),
+                            })
+                            .inc();
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    self.metrics.flush_failures.inc();
+                    tracing::warn!(error = %e, messages = batch.messages, ?backoff, "writing batch failed; retrying");
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() + backoff > d) {
+                return false;
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return false,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.max_backoff);
+        }
+    }
+
+    /// Writes the pending batch and commits its offsets for owned partitions.
+    async fn flush(
+        &self,
+        consumer: &impl Consumer<Self>,
+        mode: CommitMode,
+        deadline: Option<Instant>,
+    ) -> bool
+    where
+        Self: ConsumerContext,
+    {
+        let batch = std::mem::take(&mut lock(&self.shared).batch);
+        if batch.is_empty() {
+            return true;
+        }
+        if !self.write_with_retry(&batch, deadline).await {
+            return false;
+        }
+        let tpl = commit_list(&batch.last, &lock(&self.shared).owned);
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, mode) {
+                tracing::warn!(error = %e, "committing offsets failed (ClickHouse holds them; harmless)");
+            }
+        }
+        true
+    }
+
+    fn assign(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let topics: HashSet<String> = tpl
+            .elements()
+            .iter()
+            .map(|e| e.topic().to_string())
+            .collect();
+        let mut stored: HashMap<String, HashMap<i32, i64>> = HashMap::new();
+        let mut backoff = Duration::from_millis(50);
+        for topic in topics {
+            loop {
+                let r = tokio::task::block_in_place(|| {
+                    self.runtime.block_on(self.sink.stored_offsets(&topic))
+                });
+                match r {
+                    Ok(o) => {
+                        stored.insert(topic.clone(), o);
+                        break;
+                    }
+                    Err(e) if !self.cancel.is_cancelled() => {
+                        tracing::warn!(error = %e, %topic, "reading stored offsets failed; retrying");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(self.max_backoff);
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+        let mut owned = Vec::new();
+        for e in tpl.elements() {
+            let offset = stored
+                .get(e.topic())
+                .and_then(|o| o.get(&e.partition()))
+                .map_or(Offset::Beginning, |o| Offset::Offset(o + 1));
+            owned.push((e.topic().to_string(), e.partition(), offset));
+        }
+        for (topic, partition, offset) in &owned {
+            let _ = tpl.set_partition_offset(topic, *partition, *offset);
+        }
+        if let Err(e) = base.assign(tpl) {
+            tracing::error!(error = %e, "assign failed");
+            return;
+        }
+        tracing::info!(partitions = ?owned, "partitions assigned at stored offsets");
+        let mut shared = lock(&self.shared);
+        shared
+            .owned
+            .extend(owned.into_iter().map(|(t, p, _)| (t, p)));
+        self.metrics
+            .assigned_partitions
+            .set(shared.owned.len() as i64);
+    }
+
+    fn revoke(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let deadline = Some(Instant::now() + self.grace);
+        let written = tokio::task::block_in_place(|| {
+            self.runtime
+                .block_on(self.flush(base, CommitMode::Sync, deadline))
+        });
+        if !written {
+            let dropped = std::mem::take(&mut lock(&self.shared).batch);
+            tracing::warn!(
+                messages = dropped.messages,
+                "batch not written before revocation; the next owner replays it"
+            );
+        }
+        let mut shared = lock(&self.shared);
+        for e in tpl.elements() {
+            shared.owned.remove(&(e.topic().to_string(), e.partition()));
+        }
+        self.metrics
+            .assigned_partitions
+            .set(shared.owned.len() as i64);
+        drop(shared);
+        if let Err(e) = base.unassign() {
+            tracing::error!(error = %e, "unassign failed");
+        }
+        tracing::info!(partitions = tpl.count(), "partitions revoked");
+    }
+}
+
+impl ConsumerContext for Context {
+    fn rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.metrics
+                    .rebalances
+                    .get_or_create(&ReasonLabels {
+                        reason: "assign".into(),
+                    })
+                    .inc();
+                self.assign(base, tpl);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.metrics
+                    .rebalances
+                    .get_or_create(&ReasonLabels {
+                        reason: "revoke".into(),
+                    })
+                    .inc();
+                self.revoke(base, tpl);
+            }
+            other => {
+                tracing::error!(?other, "rebalance error; dropping assignment");
+                let _ = base.unassign();
+                lock(&self.shared).owned.clear();
+            }
+        }
+    }
+}
+
+/// The running consumer.
+#[allow(missing_debug_implementations)]
+pub struct Worker {
+    consumer: StreamConsumer<Context>,
+    shared: Arc<Mutex<Shared>>,
+    catalog: Arc<Catalog>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+}
+
+impl Worker {
+    /// Creates the consumer and subscribes to the events and rejected topics.
+    pub fn new(
+        config: Arc<Config>,
+        catalog: Arc<Catalog>,
+        sink: Sink,
+        metrics: Arc<Metrics>,
+        cancel: CancellationToken,
+    ) -> Result<Self> {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let context = Context {
+            shared: shared.clone(),
+            sink,
+            metrics: metrics.clone(),
+            runtime: Handle::current(),
+            cancel: cancel.clone(),
+            grace: Duration::from_secs(config.shutdown_grace_secs),
+            max_backoff: Duration::from_millis(config.max_retry_backoff_ms),
+        };
+        let consumer: StreamConsumer<Context> = schemas::kafka::client_config(&config.kafka)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("max.poll.interval.ms", "300000")
+            .set("fetch.wait.max.ms", "50")
+            .create_with_context(context)?;
+        consumer.subscribe(&[&config.topics.events, &config.topics.rejected])?;
+        Ok(Self {
+            consumer,
+            shared,
+            catalog,
+            config,
+            metrics,
+            cancel,
+        })
+    }
+
+    /// Reads, batches and writes until cancelled, then writes what is pending and leaves the group.
+    pub async fn run(self) -> Result<()> {
+        let max_events = self.config.batch_max_events;
+        let max_wait = Duration::from_millis(self.config.batch_max_wait_ms);
+        let window = self.config.window();
+        let mut first_at: Option<tokio::time::Instant> = None;
+        loop {
+            let deadline = first_at.map(|t| t + max_wait);
+            let received = tokio::select! {
+                () = self.cancel.cancelled() => break,
+                m = self.consumer.recv() => Some(m),
+                () = sleep_until(deadline) => None,
+            };
+            if let Some(result) = received {
+                match result {
+                    Ok(msg) => {
+                        self.metrics.messages_consumed.inc();
+                        let pos = Position {
+                            topic: msg.topic(),
+                            partition: msg.partition(),
+                            offset: msg.offset(),
+                            timestamp_ms: msg.timestamp().to_millis(),
+                        };
+                        let decoded = if pos.topic == self.config.topics.rejected {
+                            decode_rejection(msg.payload(), &pos)
+                        } else {
+                            decode_event(msg.payload(), &pos, &self.catalog, window)
+                        };
+                        let mut shared = lock(&self.shared);
+                        if !shared
+                            .owned
+                            .contains(&(pos.topic.to_string(), pos.partition))
+                        {
+                            continue;
+                        }
+                        shared.batch.note(pos.topic, pos.partition, pos.offset);
+                        match decoded {
+                            Decoded::Event(row) => shared.batch.events.push(row),
+                            Decoded::Dead(row) => shared.batch.dead.push(row),
+                        }
+                        let started = *first_at.get_or_insert_with(tokio::time::Instant::now);
+                        if shared.batch.messages < max_events && started.elapsed() < max_wait {
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        continue;
+                    }
+                }
+            }
+            // Size or time reached.
+            let context = self.consumer.context();
+            if !context.flush(&self.consumer, CommitMode::Async, None).await {
+                break; // cancelled while retrying: nothing committed, replayed after restart
+            }
+            first_at = None;
+        }
+        let context = self.consumer.context();
+        let deadline = Some(Instant::now() + Duration::from_secs(self.config.shutdown_grace_secs));
+        // A fresh token so the final write may retry within the grace period.
+        let pending = lock(&self.shared).batch.messages;
+        if pending > 0 {
+            let drain = Context {
+                cancel: CancellationToken::new(),
+                ..context.clone_for_drain()
+            };
+            let ok = drain
+                .flush(&self.consumer, CommitMode::Sync, deadline)
+                .await;
+            tracing::info!(pending, written = ok, "drained on shutdown");
+        }
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+}
+
+impl Context {
+    fn clone_for_drain(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            sink: self.sink.clone(),
+            metrics: self.metrics.clone(),
+            runtime: self.runtime.clone(),
+            cancel: self.cancel.clone(),
+            grace: self.grace,
+            max_backoff: self.max_backoff,
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

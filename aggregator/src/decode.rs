@@ -1,0 +1,232 @@
+//! Turns one Kafka message into a raw-event row or a dead-letter row (never nothing).
+
+use schemas::Catalog;
+use schemas::event::{Intake, Window};
+use schemas::rows::{DeadLetterRow, RawEventRow};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+/// Where a message came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Position<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Broker timestamp (ms), the arrival time when the payload lacks one.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// What a message becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// A countable event.
+    Event(RawEventRow),
+    /// An event that cannot be counted, with the reason.
+    Dead(DeadLetterRow),
+}
+
+/// Largest payload kept in a dead letter.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+
+fn arrival(pos: &Position<'_>) -> OffsetDateTime {
+    pos.timestamp_ms
+        .and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
+        .unwrap_or_else(OffsetDateTime::now_utc)
+}
+
+fn dead(
+    pos: &Position<'_>,
+    tenant: &str,
+    received_at: OffsetDateTime,
+    stage: &str,
+    code: &str,
+    reason: String,
+    event_id: &str,
+    payload: &[u8],
+) -> Decoded {
+    let cut = payload.len().min(MAX_PAYLOAD);
+    Decoded::Dead(DeadLetterRow {
+        tenant: tenant.into(),
+        received_at,
+        stage: stage.into(),
+        reason_code: code.into(),
+        reason,
+        event_id: event_id.into(),
+        payload: String::from_utf8_lossy(&payload[..cut]).into_owned(),
+        kafka_topic: pos.topic.into(),
+        kafka_partition: pos.partition as u32,
+        kafka_offset: pos.offset as u64,
+    })
+}
+
+/// Decodes a message of the events topic. The arrival time (`receivedat`, else the broker
+/// timestamp) is the reference for the lateness window, so a replay decides exactly as before.
+pub fn decode_event(
+    payload: Option<&[u8]>,
+    pos: &Position<'_>,
+    catalog: &Catalog,
+    window: Window,
+) -> Decoded {
+    let bytes = payload.unwrap_or_default();
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            let reason = format!("not valid JSON: {e}");
+            return dead(
+                pos,
+                "",
+                arrival(pos),
+                "aggregator",
+                "malformed_json",
+                reason,
+                "",
+                bytes,
+            );
+        }
+    };
+    let tenant = value
+        .get("tenant")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let event_id = value.get("id").and_then(Value::as_str).unwrap_or_default();
+    let received_at = value
+        .get("receivedat")
+        .and_then(Value::as_str)
+        .and_then(|s| OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| arrival(pos));
+    if !schemas::event::is_token(tenant, 64) {
+        let reason = "the event has no valid `tenant`".to_string();
+        return dead(
+            pos,
+            tenant,
+            received_at,
+            "aggregator",
+            "missing_tenant",
+            reason,
+            event_id,
+            bytes,
+        );
+    }
+    let intake = Intake {
+        tenant,
+        customer_scope: None,
+        received_at,
+        window,
+    };
+    match schemas::event::validate(&value, 0, &intake, catalog) {
+        Ok((event, measure)) => Decoded::Event(RawEventRow {
+            tenant: event.tenant,
+            customer: event.customer,
+            meter: event.meter,
+            endpoint: measure.endpoint,
+            id: event.id,
+            source: event.source,
+            time: event.time,
+            received_at: event.receivedat,
+            quantity: measure.quantity,
+            unique_key: measure.unique_key,
+            data: serde_json::to_string(&event.data).unwrap_or_default(),
+            kafka_topic: pos.topic.into(),
+            kafka_partition: pos.partition as u32,
+            kafka_offset: pos.offset as u64,
+        }),
+        Err(errors) => {
+            let code = errors.first().map_or("invalid_value", |e| e.code.as_str());
+            let reason = serde_json::to_string(&errors).unwrap_or_default();
+            dead(
+                pos,
+                tenant,
+                received_at,
+                "aggregator",
+                code,
+                reason,
+                event_id,
+                bytes,
+            )
+        }
+    }
+}
+
+/// A batch refused at intake, as the ingest writes it to the rejected topic.
+#[derive(Debug, serde::Deserialize)]
+struct Rejection {
+    tenant: String,
+    #[serde(with = "time::serde::rfc3339")]
+    receivedat: OffsetDateTime,
+    reason_code: String,
+    reason: String,
+    payload: String,
+}
+
+/// Decodes a message of the rejected topic into a dead letter of stage `intake`.
+pub fn decode_rejection(payload: Option<&[u8]>, pos: &Position<'_>) -> Decoded {
+    let bytes = payload.unwrap_or_default();
+    match serde_json::from_slice::<Rejection>(bytes) {
+        Ok(r) => dead(
+            pos,
+            &r.tenant,
+            r.receivedat,
+            "intake",
+            &r.reason_code,
+            r.reason,
+            "",
+            r.payload.as_bytes(),
+        ),
+        Err(e) => dead(
+            pos,
+            "",
+            arrival(pos),
+            "intake",
+            "malformed_json",
+            format!("unreadable rejection: {e}"),
+            "",
+            bytes,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos() -> Position<'static> {
+        Position {
+            topic: "t",
+            partition: 2,
+            offset: 7,
+            timestamp_ms: Some(1_700_000_000_000),
+        }
+    }
+
+    #[test]
+    fn messages_become_rows_or_dead_letters() {
+        let cat = Catalog::default();
+        let w = Window::default();
+        let ok = br#"{"id":"e1","type":"api_call","subject":"c","tenant":"acme","data":{"endpoint":"redact","quantity":3}}"#;
+        let Decoded::Event(row) = decode_event(Some(ok), &pos(), &cat, w) else {
+            panic!("not an event")
+        };
+        assert_eq!(
+            (row.endpoint.as_str(), row.quantity, row.kafka_offset),
+            ("redact", 3.0, 7)
+        );
+        assert_eq!(row.received_at.unix_timestamp(), 1_700_000_000);
+
+        let cases: [(&[u8], &str); 4] = [
+            (b"{nope", "malformed_json"),
+            (br#"{"id":"e1","type":"api_call","subject":"c"}"#, "missing_tenant"),
+            (br#"{"id":"e1","type":"tokens","subject":"c","tenant":"acme"}"#, "unknown_meter"),
+            (br#"{"id":"e1","type":"api_call","subject":"c","tenant":"acme","time":"2020-01-01T00:00:00Z"}"#, "too_late"),
+        ];
+        for (payload, code) in cases {
+            let Decoded::Dead(d) = decode_event(Some(payload), &pos(), &cat, w) else {
+                panic!("counted {code}")
+            };
+            assert_eq!(d.reason_code, code);
+            assert_eq!((d.kafka_partition, d.kafka_offset), (2, 7));
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The aggregator binary: consume, check the config, or run migrations.
+
+use std::path::PathBuf;
+
+use aggregator::{App, Config};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(about = "Folds usage events from Kafka into ClickHouse")]
+struct Cli {
+    /// TOML config file (environment variables `AGGREGATOR_*` override it).
+    #[arg(long, env = "AGGREGATOR_CONFIG_FILE", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume and aggregate (the default).
+    Serve,
+    /// Validate the configuration and print it (secrets redacted).
+    CheckConfig,
+    /// Apply ClickHouse migrations.
+    Migrate,
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            schemas::Catalog::load(config.catalog.as_deref()).context("loading catalog")?;
+            println!("{config:#?}");
+            println!("configuration OK");
+        }
+        Command::Migrate => {
+            let applied = schemas::migrate::run(&config.clickhouse).await?;
+            println!("applied migrations: {applied:?}");
+        }
+        Command::Serve => {
+            let app = App::build(config).await?;
+            let cancel = CancellationToken::new();
+            let signal = cancel.clone();
+            tokio::spawn(async move {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+                }
+                signal.cancel();
+            });
+            app.run(cancel).await?;
+        }
+    }
+    Ok(())
+}

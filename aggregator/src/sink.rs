@@ -1,0 +1,252 @@
+//! Writes batches to ClickHouse with exactly-once effect: dedup by (tenant, id), then data, then the
+//! batch's offsets, which are read back when a partition is assigned.
+//!
+//! Order of a flush: (1) drop events whose (tenant, id) is already stored (within the dedup window)
+//! or repeated in the batch, and dead letters whose Kafka position is already stored; (2) insert
+//! dead letters; (3) insert raw events (the rollups and the dedup index are filled by the same
+//! insert through materialized views); (4) insert the batch's last offset per partition. A crash
+//! anywhere before (4) replays the batch, and step (1) turns the replay into a no-op.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+
+use schemas::rows::{DeadLetterRow, OffsetRow, RawEventRow, Table};
+use serde::Deserialize;
+
+use crate::Result;
+
+/// Rows read from the broker, waiting to be written.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Countable events.
+    pub events: Vec<RawEventRow>,
+    /// Dead letters.
+    pub dead: Vec<DeadLetterRow>,
+    /// Highest offset read per (topic, partition).
+    pub last: BTreeMap<(String, i32), i64>,
+    /// Messages in the batch.
+    pub messages: usize,
+}
+
+impl Batch {
+    /// Whether nothing was read.
+    pub fn is_empty(&self) -> bool {
+        self.messages == 0
+    }
+
+    /// Records the position of a message that was read.
+    pub fn note(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.messages += 1;
+        let e = self
+            .last
+            .entry((topic.to_string(), partition))
+            .or_insert(offset);
+        *e = (*e).max(offset);
+    }
+}
+
+/// What a flush did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// New events stored.
+    pub stored: usize,
+    /// Events skipped as duplicates.
+    pub duplicates: usize,
+    /// Dead letters stored.
+    pub dead: usize,
+}
+
+/// Ids per dedup lookup query.
+const LOOKUP_CHUNK: usize = 5_000;
+
+/// The ClickHouse side of the aggregator.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    client: clickhouse::Client,
+    dedup_window: time::Duration,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct Key {
+    tenant: String,
+    id: String,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct Position {
+    kafka_partition: u32,
+    kafka_offset: u64,
+}
+
+/// Appends `s` as a ClickHouse string literal.
+fn quote(out: &mut String, s: &str) {
+    out.push('\'');
+    for c in s.chars() {
+        if matches!(c, '\\' | '\'') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+}
+
+fn in_list<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let mut out = String::from("(");
+    for (i, v) in values.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        quote(&mut out, v);
+    }
+    out.push(')');
+    out
+}
+
+impl Sink {
+    /// A sink over `client`, recognizing duplicates for `dedup_window`.
+    pub fn new(client: clickhouse::Client, dedup_window: time::Duration) -> Self {
+        let client = client.with_setting("max_query_size", "16777216");
+        Self {
+            client,
+            dedup_window,
+        }
+    }
+
+    /// The last stored offset per partition of `topic`.
+    pub async fn stored_offsets(&self, topic: &str) -> Result<HashMap<i32, i64>> {
+        let mut sql = String::from(
+            "SELECT kafka_partition, max(kafka_offset) AS kafka_offset FROM consumer_offsets WHERE kafka_topic = ",
+        );
+        quote(&mut sql, topic);
+        sql.push_str(" GROUP BY kafka_partition");
+        let rows: Vec<Position> = self.client.query_raw(&sql).fetch_all().await?;
+        Ok(rows
+            .into_iter()
+            .map(|p| (p.kafka_partition as i32, p.kafka_offset as i64))
+            .collect())
+    }
+
+    /// Which of `events` are already stored, as (tenant, id).
+    async fn stored_ids(&self, events: &[RawEventRow]) -> Result<HashSet<(String, String)>> {
+        let mut found = HashSet::new();
+        let Some(oldest) = events.iter().map(|e| e.received_at).min() else {
+            return Ok(found);
+        };
+        let since = (oldest - self.dedup_window).unix_timestamp().max(0);
+        for chunk in events.chunks(LOOKUP_CHUNK) {
+            let tenants: HashSet<&str> = chunk.iter().map(|e| e.tenant.as_str()).collect();
+            let mut sql = String::with_capacity(chunk.len() * 48 + 200);
+            let _ = write!(
+                sql,
+                "SELECT tenant, id FROM event_ids WHERE received_at >= toDateTime({since}) AND tenant IN {} AND id IN {}",
+                in_list(tenants.into_iter()),
+                in_list(chunk.iter().map(|e| e.id.as_str())),
+            );
+            let rows: Vec<Key> = self.client.query_raw(&sql).fetch_all().await?;
+            found.extend(rows.into_iter().map(|k| (k.tenant, k.id)));
+        }
+        Ok(found)
+    }
+
+    /// Which dead letters are already stored, as (topic, partition, offset).
+    async fn stored_dead(&self, dead: &[DeadLetterRow]) -> Result<HashSet<(String, u32, u64)>> {
+        let mut found = HashSet::new();
+        let topics: HashSet<&str> = dead.iter().map(|d| d.kafka_topic.as_str()).collect();
+        for topic in topics {
+            let rows_of_topic: Vec<&DeadLetterRow> =
+                dead.iter().filter(|d| d.kafka_topic == topic).collect();
+            let mut sql = String::from(
+                "SELECT kafka_partition, kafka_offset FROM dead_letters WHERE kafka_topic = ",
+            );
+            quote(&mut sql, topic);
+            sql.push_str(" AND (kafka_partition, kafka_offset) IN (");
+            for (i, d) in rows_of_topic.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                let _ = write!(sql, "({}, {})", d.kafka_partition, d.kafka_offset);
+            }
+            sql.push(')');
+            let rows: Vec<Position> = self.client.query_raw(&sql).fetch_all().await?;
+            found.extend(
+                rows.into_iter()
+                    .map(|p| (topic.to_string(), p.kafka_partition, p.kafka_offset)),
+            );
+        }
+        Ok(found)
+    }
+
+    async fn insert<T>(&self, rows: &[T]) -> Result<()>
+    where
+        T: Table + clickhouse::RowWrite + for<'a> clickhouse::Row<Value<'a> = T>,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self.client.insert::<T>(T::TABLE).await?;
+        for row in rows {
+            insert.write(row).await?;
+        }
+        insert.end().await?;
+        Ok(())
+    }
+
+    /// Writes `batch` (idempotently: writing it twice stores it once).
+    pub async fn write(&self, batch: &Batch) -> Result<Outcome> {
+        let mut seen = HashSet::with_capacity(batch.events.len());
+        let unique: Vec<&RawEventRow> = batch
+            .events
+            .iter()
+            .filter(|e| seen.insert((e.tenant.as_str(), e.id.as_str())))
+            .collect();
+        let stored = self.stored_ids(&batch.events).await?;
+        let fresh: Vec<RawEventRow> = unique
+            .into_iter()
+            .filter(|e| !stored.contains(&(e.tenant.clone(), e.id.clone())))
+            .cloned()
+            .collect();
+        let dead: Vec<DeadLetterRow> = if batch.dead.is_empty() {
+            Vec::new()
+        } else {
+            let stored = self.stored_dead(&batch.dead).await?;
+            batch
+                .dead
+                .iter()
+                .filter(|d| {
+                    !stored.contains(&(d.kafka_topic.clone(), d.kafka_partition, d.kafka_offset))
+                })
+                .cloned()
+                .collect()
+        };
+        self.insert(&dead).await?;
+        self.insert(&fresh).await?;
+        let offsets: Vec<OffsetRow> = batch
+            .last
+            .iter()
+            .map(|((topic, p), o)| OffsetRow {
+                kafka_topic: topic.clone(),
+                kafka_partition: *p as u32,
+                kafka_offset: *o as u64,
+            })
+            .collect();
+        self.insert(&offsets).await?;
+        Ok(Outcome {
+            stored: fresh.len(),
+            duplicates: batch.events.len() - fresh.len(),
+            dead: dead.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_escaped() {
+        let mut s = String::new();
+        quote(&mut s, r"a'b\c?");
+        assert_eq!(s, r"'a\'b\\c?'");
+        assert_eq!(in_list(["x", "y"].into_iter()), "('x','y')");
+    }
+}

@@ -1,0 +1,141 @@
+//! End to end through the real broker and ClickHouse: exact counts, dedup, durability of a 202,
+//! dead letters, and the offset-commit invariant.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use ingest::keys::Scope;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::{Value, json};
+use tests::{TestEnv, events, send_all, wait_until};
+
+const ROLLUPS: [&str; 4] = [
+    "usage_minute",
+    "usage_hourly",
+    "usage_daily",
+    "usage_monthly",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn n_events_count_exactly_once_in_raw_and_every_rollup_even_when_resent() {
+    let env = TestEnv::new("exact").await;
+    let ingest = env.start_ingest().await;
+    let (agg, metrics) = env.start_aggregator().await;
+    let key = env.key("acme", &[Scope::Ingest], None).await;
+    let http = reqwest::Client::new();
+
+    let n = 3_000;
+    let (mut evs, total) = events("e", n, 25);
+    // A duplicate inside one batch as well.
+    evs.insert(10, evs[3].clone());
+    send_all(&http, &ingest.url, &key, &evs, 500).await;
+    wait_until(
+        Duration::from_secs(30),
+        "all events in events_raw",
+        || async { (env.raw_counts().await.0 >= n as u64).then_some(()) },
+    )
+    .await;
+    // Client retries of every batch: same ids again.
+    send_all(&http, &ingest.url, &key, &evs, 250).await;
+    wait_until(
+        Duration::from_secs(30),
+        "re-sent events processed",
+        || async { (metrics.duplicates_skipped.get() >= (n + 2) as u64 - 1).then_some(()) },
+    )
+    .await;
+
+    assert_eq!(
+        env.raw_counts().await,
+        (n as u64, n as u64),
+        "raw rows, distinct ids"
+    );
+    for table in ROLLUPS {
+        assert_eq!(env.rollup_totals(table).await, (n as u64, total), "{table}");
+    }
+    let per_endpoint: Vec<(String, u64)> = env
+        .ch()
+        .query("SELECT endpoint, sum(events) FROM usage_daily GROUP BY endpoint ORDER BY endpoint")
+        .fetch_all()
+        .await
+        .expect("per endpoint");
+    let expected: Vec<(String, u64)> = ["analyze", "drill", "redact", "report"]
+        .iter()
+        .map(|e| (e.to_string(), n as u64 / 4))
+        .collect();
+    assert_eq!(per_endpoint, expected);
+    assert_eq!(metrics.events_stored.get(), n as u64);
+    agg.stop().await;
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn accepted_means_on_the_broker() {
+    let env = TestEnv::new("durable202").await;
+    let ingest = env.start_ingest().await;
+    let key = env.key("acme", &[Scope::Ingest], None).await;
+    let (evs, _) = events("d", 200, 7);
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/events", ingest.url))
+        .bearer_auth(&key)
+        .json(&evs)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        r.json::<Value>().await.expect("json"),
+        json!({"accepted": 200})
+    );
+    // Straight after the answer, with no aggregator: every event is readable from the topic.
+    let consumer: BaseConsumer = schemas::kafka::client_config(&env.kafka)
+        .set("group.id", format!("{}-reader", env.group))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&[&env.topics.events])
+        .expect("subscribe");
+    let mut ids = HashSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ids.len() < 200 && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let v: Value =
+                serde_json::from_slice(m.payload().unwrap_or_default()).expect("json payload");
+            assert_eq!(v["tenant"], "acme");
+            assert_eq!(
+                m.key(),
+                Some(format!("acme/{}", v["subject"].as_str().unwrap_or_default()).as_bytes())
+            );
+            ids.insert(v["id"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    assert_eq!(ids.len(), 200);
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_unreachable_is_503_with_retry_after() {
+    let env = TestEnv::new("nobroker").await;
+    let key = env.key("acme", &[Scope::Ingest], None).await;
+    let mut config = env.ingest_config();
+    config.kafka.brokers = format!("127.0.0.1:{}", tests::servers::free_port());
+    config.kafka.create_topics = false;
+    config.produce_timeout_ms = 1_000;
+    let ingest = env.start_ingest_with(config).await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/events", ingest.url))
+        .bearer_auth(&key)
+        .json(&tests::event("x1", "c1", "analyze", 1))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "broker_unavailable");
+    ingest.stop().await;
+}
