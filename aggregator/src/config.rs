@@ -28,6 +28,11 @@ pub struct Config {
     pub catalog: Option<PathBuf>,
     /// Consumer group id.
     pub group_id: String,
+    /// Static group membership id (`group.instance.id`): a restarted instance with the same id takes
+    /// its partitions back at once instead of after the session timeout. Unique per instance.
+    pub instance_id: Option<String>,
+    /// Consumer session timeout (ms): how long a vanished member keeps its partitions.
+    pub session_timeout_ms: u64,
     /// A batch is written when it holds this many messages...
     pub batch_max_events: usize,
     /// ...or when its first message is this old (ms).
@@ -53,6 +58,8 @@ impl Default for Config {
             topics: Topics::default(),
             catalog: None,
             group_id: "metering-aggregator".into(),
+            instance_id: None,
+            session_timeout_ms: 6_000,
             batch_max_events: 20_000,
             batch_max_wait_ms: 200,
             dedup_window_days: 35,

@@ -271,13 +271,17 @@ impl Worker {
             grace: Duration::from_secs(config.shutdown_grace_secs),
             max_backoff: Duration::from_millis(config.max_retry_backoff_ms),
         };
-        let consumer: StreamConsumer<Context> = schemas::kafka::client_config(&config.kafka)
+        let mut client = schemas::kafka::client_config(&config.kafka);
+        if let Some(id) = &config.instance_id {
+            client.set("group.instance.id", id);
+        }
+        let consumer: StreamConsumer<Context> = client
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "range")
-            .set("session.timeout.ms", "10000")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", "1000")
             .set("max.poll.interval.ms", "300000")
             .set("fetch.wait.max.ms", "50")

@@ -1,6 +1,7 @@
 //! The idempotent producer: a batch is acknowledged only when the broker has every event (acks=all).
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -57,12 +58,22 @@ pub struct Rejection {
 pub const MAX_REJECTED_PAYLOAD: usize = 64 * 1024;
 
 /// Produces usage events and rejections.
+///
+/// After a broker error the producer is replaced by a fresh one (at most once per
+/// [`RECREATE_INTERVAL`]): an idempotent producer whose broker lost its sequence state (a restart)
+/// otherwise fails every later batch. Events of a failed batch may still land; the client retries
+/// them with the same ids and the aggregator counts them once.
 #[derive(Clone)]
 pub struct EventProducer {
-    producer: FutureProducer,
+    producer: Arc<RwLock<FutureProducer>>,
+    kafka: KafkaConfig,
     topics: Topics,
     timeout: Duration,
+    recreated: Arc<Mutex<Instant>>,
 }
+
+/// Least time between two producer replacements.
+pub const RECREATE_INTERVAL: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for EventProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,6 +86,17 @@ impl std::fmt::Debug for EventProducer {
 impl EventProducer {
     /// An idempotent, acks=all producer whose messages fail after `timeout` unacknowledged.
     pub fn new(kafka: &KafkaConfig, topics: Topics, timeout: Duration) -> Result<Self> {
+        let producer = Self::create(kafka, timeout)?;
+        Ok(Self {
+            producer: Arc::new(RwLock::new(producer)),
+            kafka: kafka.clone(),
+            topics,
+            timeout,
+            recreated: Arc::new(Mutex::new(Instant::now())),
+        })
+    }
+
+    fn create(kafka: &KafkaConfig, timeout: Duration) -> Result<FutureProducer> {
         let producer: FutureProducer = schemas::kafka::client_config(kafka)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -84,15 +106,43 @@ impl EventProducer {
             .set("queue.buffering.max.messages", "200000")
             .set("message.timeout.ms", timeout.as_millis().to_string())
             .create()?;
-        Ok(Self {
-            producer,
-            topics,
-            timeout,
-        })
+        Ok(producer)
+    }
+
+    fn current(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the producer after a broker error (rate-limited).
+    fn recover(&self) {
+        let mut last = self.recreated.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() < RECREATE_INTERVAL {
+            return;
+        }
+        *last = Instant::now();
+        match Self::create(&self.kafka, self.timeout) {
+            Ok(fresh) => {
+                tracing::warn!("replacing the producer after a broker error");
+                *self.producer.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot create a producer"),
+        }
     }
 
     /// Sends every event and waits until the broker acknowledged all of them.
     pub async fn send_events(&self, events: &[UsageEvent]) -> Result<usize, ProduceError> {
+        let result = self.try_send_events(events).await;
+        if matches!(result, Err(ProduceError::Broker(_))) {
+            self.recover();
+        }
+        result
+    }
+
+    async fn try_send_events(&self, events: &[UsageEvent]) -> Result<usize, ProduceError> {
+        let producer = self.current();
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
             let payload = serde_json::to_vec(event)?;
@@ -102,7 +152,7 @@ impl EventProducer {
                 .key(&key)
                 .payload(&payload)
                 .timestamp(ts);
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => pending.push(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     return Err(ProduceError::QueueFull);
@@ -134,7 +184,7 @@ impl EventProducer {
         let record = FutureRecord::to(&self.topics.rejected)
             .key(&rejection.tenant)
             .payload(&payload);
-        match self.producer.send(record, Duration::from_secs(1)).await {
+        match self.current().send(record, Duration::from_secs(1)).await {
             Ok(_) => Ok(()),
             Err((e, _)) => Err(ProduceError::Broker(e)),
         }
@@ -142,7 +192,7 @@ impl EventProducer {
 
     /// Fetches broker metadata (readiness).
     pub async fn ping(&self) -> bool {
-        let producer = self.producer.clone();
+        let producer = self.current();
         let topic = self.topics.events.clone();
         tokio::task::spawn_blocking(move || {
             producer
@@ -156,7 +206,7 @@ impl EventProducer {
 
     /// Waits for queued messages to be delivered, at most `timeout`.
     pub async fn flush(&self, timeout: Duration) {
-        let producer = self.producer.clone();
+        let producer = self.current();
         let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
     }
 }

@@ -178,6 +178,7 @@ fn kafka_internal_port(kafka: &Value) -> u16 {
 }
 
 /// Runs `load` with exactly `vars` as the process environment.
+#[allow(clippy::result_large_err)] // the closure type is figment's
 fn with_env<T>(vars: &BTreeMap<String, String>, load: impl FnOnce() -> T) -> T {
     let mut out = None;
     figment::Jail::expect_with(|jail| {

@@ -1,0 +1,151 @@
+//! Faults under a running stream: the aggregator killed with SIGKILL at random points, the broker
+//! restarted (durable storage), ClickHouse stopped and started. Totals must stay exact.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ingest::keys::Scope;
+use rand::Rng;
+use tests::servers::{Broker, ClickHouse};
+use tests::{TestEnv, events, send_all, wait_until};
+
+const ROLLUPS: [&str; 4] = [
+    "usage_minute",
+    "usage_hourly",
+    "usage_daily",
+    "usage_monthly",
+];
+
+async fn assert_exact(env: &TestEnv, n: u64, total: f64) {
+    wait_until(Duration::from_secs(60), "every event stored", || async {
+        (env.raw_counts().await.0 >= n).then_some(())
+    })
+    .await;
+    // Give a wrongly duplicating pipeline the chance to show it.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(env.raw_counts().await, (n, n), "raw rows, distinct ids");
+    for table in ROLLUPS {
+        assert_eq!(env.rollup_totals(table).await, (n, total), "{table}");
+    }
+}
+
+fn spawn_aggregator(env: &TestEnv) -> Child {
+    Command::new(tests::binary("aggregator"))
+        .envs(env.aggregator_env())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn aggregator")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_the_aggregator_at_random_points_keeps_totals_exact() {
+    let env = TestEnv::new("kill9").await;
+    let ingest = env.start_ingest().await;
+    let key = env.key("acme", &[Scope::Ingest], None).await;
+    let n = 16_000;
+    let (evs, total) = events("k", n, 40);
+    let url = ingest.url.clone();
+    // A stream that lasts through every kill round.
+    let sender = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for chunk in evs.chunks(400) {
+            send_all(&http, &url, &key, chunk, 400).await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    });
+    for round in 0..4 {
+        let mut child = spawn_aggregator(&env);
+        // Kill only once this process is writing: a random point of real work.
+        let before = env.raw_counts().await.0;
+        wait_until(
+            Duration::from_secs(45),
+            "the restarted aggregator to make progress",
+            || async {
+                (env.raw_counts().await.0 > before || env.raw_counts().await.0 >= n as u64)
+                    .then_some(())
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(0..600))).await;
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        eprintln!(
+            "round {round}: killed with {} events stored",
+            env.raw_counts().await.0
+        );
+    }
+    sender.await.expect("sender");
+    let mut child = spawn_aggregator(&env);
+    assert_exact(&env, n as u64, total).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_restart_with_durable_storage_loses_and_doubles_nothing() {
+    let mut broker = Broker::start("restart");
+    let env = TestEnv::on(
+        "brokerrestart",
+        &broker.brokers(),
+        &tests::clickhouse_url(),
+        3,
+    )
+    .await;
+    let ingest = env.start_ingest().await;
+    let (agg, _) = env.start_aggregator().await;
+    let key = env.key("acme", &[Scope::Ingest], None).await;
+    let n = 6_000;
+    let (evs, total) = events("b", n, 20);
+    let (first, second) = evs.split_at(n / 2);
+    let http = reqwest::Client::new();
+    send_all(&http, &ingest.url, &key, first, 300).await;
+    let url = ingest.url.clone();
+    let rest = second.to_vec();
+    let sender = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for chunk in rest.chunks(300) {
+            send_all(&http, &url, &key, chunk, 300).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.restart();
+    sender.await.expect("sender");
+    assert_exact(&env, n as u64, total).await;
+    agg.stop().await;
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clickhouse_stopped_and_started_mid_stream_is_recovered_by_itself() {
+    let mut ch = ClickHouse::start("stopstart");
+    let env = TestEnv::on("chrestart", &tests::kafka_brokers(), &ch.url(), 3).await;
+    let ingest = env.start_ingest().await;
+    let (agg, metrics) = env.start_aggregator().await;
+    let key = env.key("acme", &[Scope::Ingest], None).await;
+    let n = 6_000;
+    let (evs, total) = events("c", n, 20);
+    let url = ingest.url.clone();
+    let sender = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for chunk in evs.chunks(300) {
+            send_all(&http, &url, &key, chunk, 300).await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    ch.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ch.start_again();
+    sender.await.expect("sender");
+    assert_exact(&env, n as u64, total).await;
+    assert!(
+        metrics.flush_failures.get() > 0,
+        "the outage was not noticed: the test did not test it"
+    );
+    agg.stop().await;
+    ingest.stop().await;
+}
