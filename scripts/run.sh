@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: installs and starts the servers, migrates, starts the ingest and the aggregator,
-# sends demo traffic that drives a few customers through the free plan, then shows where to look.
+# sends demo traffic that drives a few customers through the free plan to its limit and upgrades
+# one, then shows where to look.
 # `scripts/run.sh stop` stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ if [[ "${1:-}" == "stop" ]]; then stop_services; bash scripts/servers.sh stop; e
 
 bash scripts/install.sh clickhouse tansu
 bash scripts/servers.sh start
-cargo build --bins -q
+cargo build -q -p ingest -p aggregator --bins
 stop_services
 
 export INGEST_LISTEN="127.0.0.1:$API_PORT" AGGREGATOR_LISTEN="127.0.0.1:$AGG_PORT"
@@ -32,39 +33,40 @@ setsid nohup "$ROOT/target/debug/ingest" >"$RUN/ingest.log" 2>&1 </dev/null & ec
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$API_PORT/readyz" >/dev/null && break; sleep 0.2; done
 curl -sf "http://127.0.0.1:$API_PORT/readyz" >/dev/null || { tail -20 "$RUN/ingest.log"; exit 1; }
 
-KEY=$("$ROOT/target/debug/ingest" create-key --tenant demo --scopes ingest,read --name demo 2>/dev/null)
+KEY=$("$ROOT/target/debug/ingest" create-key --tenant demo --scopes ingest,read,admin --name demo 2>/dev/null)
 echo "$KEY" >"$RUN/demo.key"
 
-# Demo traffic: four customers on the free plan (100 calls/month) at 30 %, 85 %, 100 % and 120 %.
-# The ids are fixed per day: running the demo again re-sends them and they count once.
+# Demo traffic through the seed API (POST /usage/track: check-and-track, blocked at the limit):
+# four customers on the free plan (100 calls/month) try 30, 85, 100 and 120 calls; one customer is
+# then upgraded to Starter. Ids are fixed per day: running the demo again counts nothing twice.
 run_id=$(date +%Y%m%d)
-python3 - "$run_id" >"$RUN/demo-batches.jsonl" <<'PY'
-import json, sys
-run = sys.argv[1]
+python3 - "http://127.0.0.1:$API_PORT" "$KEY" "$run_id" <<'PY'
+import json, sys, urllib.request, urllib.error
+api, key, run = sys.argv[1:4]
+def call(method, path, body=None):
+    req = urllib.request.Request(api + path, method=method, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
 endpoints = ["analyze", "redact", "report", "drill"]
-customers = {"cust_light": 30, "cust_warned": 85, "cust_at_limit": 100, "cust_over": 120}
-batch = []
-for cust, calls in customers.items():
+for cust, calls in {"cust_light": 30, "cust_warned": 85, "cust_at_limit": 100, "cust_over": 120}.items():
+    ok = blocked = 0
     for i in range(calls):
-        batch.append({"specversion": "1.0", "id": f"demo-{run}-{cust}-{i}", "source": "demo",
-                      "type": "api_call", "subject": cust,
-                      "data": {"endpoint": endpoints[i % 4], "quantity": 1}})
-        if len(batch) == 50:
-            print(json.dumps(batch)); batch = []
-if batch: print(json.dumps(batch))
+        status, body = call("POST", f"/usage/track?customer={cust}", {"endpoint": endpoints[i % 4], "id": f"demo-{run}-{cust}-{i}"})
+        if status == 200: ok += 1
+        elif status == 429: blocked += 1
+        else: raise SystemExit(f"unexpected answer {status}: {body}")
+    u = call("GET", f"/v1/customers/{cust}/quota")[1]
+    print(f"{cust:14} tried {calls:3}: {ok:3} tracked, {blocked:2} blocked (429) -> used {u['used']:.0f}/{u['limit']}, warning={u['warning']}")
+status, _ = call("POST", "/v1/customers/cust_at_limit/plan", {"plan": "starter", "id": f"demo-{run}-upgrade"})
+u = call("GET", "/v1/customers/cust_at_limit/quota")[1]
+print(f"cust_at_limit upgraded to {u['plan']} ({status}): used {u['used']:.0f}/{u['limit']}, allowed={u['allowed']}")
 PY
-sent=0
-while read -r batch; do
-  curl -sf -X POST "http://127.0.0.1:$API_PORT/v1/events" -H "Authorization: Bearer $KEY" \
-       -H 'Content-Type: application/json' -d "$batch" >/dev/null
-  sent=$((sent + $(python3 -c 'import json,sys; print(len(json.loads(sys.argv[1])))' "$batch")))
-done <"$RUN/demo-batches.jsonl"
-echo "demo traffic: $sent events accepted (ids demo-$run_id-*; a re-run counts them once)"
-# One invalid event, to show the error answer and the dead-letter table.
-curl -s -X POST "http://127.0.0.1:$API_PORT/v1/events" -H "Authorization: Bearer $KEY" \
-     -d '{"id":"bad-1","type":"api_call","subject":"cust_light","data":{"quantity":-1}}'; echo
-
 Q="SELECT customer, sum(quantity) AS calls, round(100 * calls / 100) AS pct_of_free FROM metering.usage_monthly WHERE tenant = 'demo' AND month = toStartOfMonth(today()) GROUP BY customer ORDER BY calls"
+sent=$((30 + 85 + 100 + 100))
 for _ in $(seq 50); do
   n=$(clickhouse-client -q "SELECT count() FROM metering.events_raw WHERE tenant = 'demo' AND id LIKE 'demo-$run_id-%'")
   [[ "$n" -ge "$sent" ]] && break; sleep 0.2
@@ -77,6 +79,12 @@ Running:
   ingest API     http://127.0.0.1:$API_PORT   (logs .data/run/ingest.log, metrics /metrics)
   aggregator     http://127.0.0.1:$AGG_PORT/metrics   (logs .data/run/aggregator.log)
   ClickHouse     http://127.0.0.1:8123 (database metering), Kafka API 127.0.0.1:9092
+
+Ask for a quota (the pre-flight check) and the seed's usage summary:
+  curl -H 'Authorization: Bearer $KEY' http://127.0.0.1:$API_PORT/v1/customers/cust_warned/quota
+  curl -H 'Authorization: Bearer $KEY' 'http://127.0.0.1:$API_PORT/usage?customer=cust_warned'
+  curl -H 'Authorization: Bearer $KEY' 'http://127.0.0.1:$API_PORT/v1/customers/cust_over/history?granularity=hour&group_by=endpoint'
+  API description: http://127.0.0.1:$API_PORT/openapi.json
 
 Send an event:
   curl -X POST http://127.0.0.1:$API_PORT/v1/events -H 'Authorization: Bearer $KEY' \\

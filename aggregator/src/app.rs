@@ -64,6 +64,7 @@ impl App {
 
     /// Consumes until `cancel` fires, then writes what is pending and leaves the group.
     pub async fn run(self, cancel: CancellationToken) -> Result<()> {
+        let notifier_catalog = self.catalog.clone();
         let worker = Worker::new(
             self.config.clone(),
             self.catalog,
@@ -71,6 +72,9 @@ impl App {
             self.metrics.clone(),
             cancel.clone(),
         )?;
+        // Alert notifications (own consumer group), stopped with the same token.
+        let notifier =
+            crate::notify::start(&self.config, notifier_catalog, &self.metrics, &cancel)?;
         let router = Router::new()
             .route("/metrics", get(metrics))
             .route(
@@ -88,6 +92,9 @@ impl App {
         tracing::info!(group = %self.config.group_id, topic = %self.config.topics.events, "aggregator consuming");
         let result = worker.run().await;
         cancel.cancel();
+        if let Some(notifier) = notifier {
+            notifier.stop().await;
+        }
         let _ = server.await;
         tracing::info!("aggregator stopped");
         result

@@ -7,6 +7,7 @@ use schemas::config::{ClickHouseConfig, KafkaConfig};
 use schemas::topics::Topics;
 use serde::Deserialize;
 
+pub use crate::notify::{NotifyConfig, SmtpConfig, TenantTargets};
 use crate::{Error, Result};
 
 /// Environment variable prefix (`AGGREGATOR_KAFKA__BROKERS=...`).
@@ -47,6 +48,12 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// Longest wait between two ClickHouse retries (ms).
     pub max_retry_backoff_ms: u64,
+    /// Messages re-read before the stored offset when a partition is assigned (duplicates are
+    /// dropped). Must cover the largest producer batch: the local broker (tansu) answers a fetch
+    /// from inside a record batch with the next batch, skipping the rest of the batch.
+    pub resume_rewind: i64,
+    /// Alert notifications (webhooks and email); see [`crate::notify`].
+    pub notify: NotifyConfig,
 }
 
 impl Default for Config {
@@ -67,6 +74,8 @@ impl Default for Config {
             max_future_secs: 300,
             shutdown_grace_secs: 10,
             max_retry_backoff_ms: 5_000,
+            resume_rewind: 10_000,
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -86,6 +95,9 @@ impl Config {
         if self.batch_max_events == 0 || self.batch_max_wait_ms == 0 {
             return fail("batch_max_events and batch_max_wait_ms must be at least 1");
         }
+        if self.resume_rewind < 0 {
+            return fail("resume_rewind must not be negative");
+        }
         if self.group_id.trim().is_empty() {
             return fail("group_id must not be empty");
         }
@@ -96,6 +108,7 @@ impl Config {
             return fail("max_late_days must be positive and max_future_secs not negative");
         }
         schemas::migrate::check_identifier(&self.clickhouse.database)?;
+        self.notify.validate().map_err(Error::Config)?;
         Ok(())
     }
 

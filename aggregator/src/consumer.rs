@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 use crate::config::Config;
-use crate::decode::{Decoded, Position, decode_event, decode_rejection};
+use crate::decode::{Decoded, Position, decode_event, decode_rejection, decode_subscription};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::sink::{Batch, Sink};
+use crate::state::Publisher;
 
 /// State shared by the loop and the rebalance callbacks.
 #[derive(Debug, Default)]
@@ -35,11 +36,13 @@ struct Shared {
 pub struct Context {
     shared: Arc<Mutex<Shared>>,
     sink: Sink,
+    publisher: Publisher,
     metrics: Arc<Metrics>,
     runtime: Handle,
     cancel: CancellationToken,
     grace: Duration,
     max_backoff: Duration,
+    rewind: i64,
 }
 
 impl ClientContext for Context {}
@@ -68,8 +71,23 @@ impl Context {
         let mut backoff = Duration::from_millis(50);
         loop {
             let start = Instant::now();
-            match self.sink.write(batch).await {
-                Ok(outcome) => {
+            let result = async {
+                let outcome = self.sink.write_data(batch).await?;
+                let published = self
+                    .publisher
+                    .publish(batch, time::OffsetDateTime::now_utc())
+                    .await?;
+                self.sink.store_offsets(batch).await?;
+                Ok::<_, crate::Error>((outcome, published))
+            }
+            .await;
+            match result {
+                Ok((outcome, published)) => {
+                    self.metrics
+                        .state_records_published
+                        .inc_by((published.usage + published.plans) as u64);
+                    self.metrics.alerts_fired.inc_by(published.alerts as u64);
+                    self.metrics.subscription_events_stored.inc_by(outcome.subs as u64);
                     let m = &self.metrics;
                     m.flush_duration.observe(start.elapsed().as_secs_f64());
                     m.batches_flushed.inc();
@@ -127,6 +145,7 @@ impl Context {
     }
 
     fn assign(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        self.publisher.forget_plans();
         let topics: HashSet<String> = tpl
             .elements()
             .iter()
@@ -155,10 +174,16 @@ impl Context {
         }
         let mut owned = Vec::new();
         for e in tpl.elements() {
+            // Resume a little before the stored offset: tansu answers a fetch from the middle of
+            // a record batch with the *next* batch, which would skip the rest of that batch.
+            // Re-read events are duplicates and the sink drops them.
             let offset = stored
                 .get(e.topic())
                 .and_then(|o| o.get(&e.partition()))
-                .map_or(Offset::Beginning, |o| Offset::Offset(o + 1));
+                .map_or(Offset::Beginning, |o| {
+                    let from = o + 1 - self.rewind;
+                    if from <= 0 { Offset::Beginning } else { Offset::Offset(from) }
+                });
             owned.push((e.topic().to_string(), e.partition(), offset));
         }
         for (topic, partition, offset) in &owned {
@@ -241,6 +266,54 @@ impl ConsumerContext for Context {
     }
 }
 
+/// A consumer context that resumes `rewind` messages before the committed offset on every
+/// assignment (for consumers that commit to Kafka and deduplicate re-read messages themselves):
+/// tansu answers a fetch from inside a record batch with the next batch, skipping the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct RewindContext {
+    /// Messages to re-read.
+    pub rewind: i64,
+}
+
+impl ClientContext for RewindContext {}
+
+impl ConsumerContext for RewindContext {
+    fn rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let committed = base
+                    .committed_offsets(tpl.clone(), Duration::from_secs(10))
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "reading committed offsets failed; starting from the beginning");
+                        TopicPartitionList::new()
+                    });
+                let mut assign = TopicPartitionList::new();
+                for e in tpl.elements() {
+                    let c = committed
+                        .find_partition(e.topic(), e.partition())
+                        .map(|c| c.offset());
+                    let offset = match c {
+                        Some(Offset::Offset(o)) if o - self.rewind > 0 => Offset::Offset(o - self.rewind),
+                        _ => Offset::Beginning,
+                    };
+                    let _ = assign.add_partition_offset(e.topic(), e.partition(), offset);
+                }
+                if let Err(e) = base.assign(&assign) {
+                    tracing::error!(error = %e, "assign failed");
+                }
+            }
+            _ => {
+                let _ = base.unassign();
+            }
+        }
+    }
+}
+
 /// The running consumer.
 #[allow(missing_debug_implementations)]
 pub struct Worker {
@@ -262,14 +335,22 @@ impl Worker {
         cancel: CancellationToken,
     ) -> Result<Self> {
         let shared = Arc::new(Mutex::new(Shared::default()));
+        let publisher = Publisher::new(
+            sink.client().clone(),
+            &config.kafka,
+            config.topics.clone(),
+            catalog.clone(),
+        )?;
         let context = Context {
             shared: shared.clone(),
             sink,
+            publisher,
             metrics: metrics.clone(),
             runtime: Handle::current(),
             cancel: cancel.clone(),
             grace: Duration::from_secs(config.shutdown_grace_secs),
             max_backoff: Duration::from_millis(config.max_retry_backoff_ms),
+            rewind: config.resume_rewind,
         };
         let mut client = schemas::kafka::client_config(&config.kafka);
         if let Some(id) = &config.instance_id {
@@ -286,7 +367,11 @@ impl Worker {
             .set("max.poll.interval.ms", "300000")
             .set("fetch.wait.max.ms", "50")
             .create_with_context(context)?;
-        consumer.subscribe(&[&config.topics.events, &config.topics.rejected])?;
+        consumer.subscribe(&[
+            &config.topics.events,
+            &config.topics.rejected,
+            &config.topics.subscriptions,
+        ])?;
         Ok(Self {
             consumer,
             shared,
@@ -322,6 +407,8 @@ impl Worker {
                         };
                         let decoded = if pos.topic == self.config.topics.rejected {
                             decode_rejection(msg.payload(), &pos)
+                        } else if pos.topic == self.config.topics.subscriptions {
+                            decode_subscription(msg.payload(), &pos, &self.catalog)
                         } else {
                             decode_event(msg.payload(), &pos, &self.catalog, window)
                         };
@@ -336,6 +423,7 @@ impl Worker {
                         match decoded {
                             Decoded::Event(row) => shared.batch.events.push(row),
                             Decoded::Dead(row) => shared.batch.dead.push(row),
+                            Decoded::Subscription(row) => shared.batch.subs.push(row),
                         }
                         let started = *first_at.get_or_insert_with(tokio::time::Instant::now);
                         if shared.batch.messages < max_events && started.elapsed() < max_wait {
@@ -379,11 +467,13 @@ impl Context {
         Self {
             shared: self.shared.clone(),
             sink: self.sink.clone(),
+            publisher: self.publisher.clone(),
             metrics: self.metrics.clone(),
             runtime: self.runtime.clone(),
             cancel: self.cancel.clone(),
             grace: self.grace,
             max_backoff: self.max_backoff,
+            rewind: self.rewind,
         }
     }
 }

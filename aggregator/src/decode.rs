@@ -2,7 +2,8 @@
 
 use schemas::Catalog;
 use schemas::event::{Intake, Window};
-use schemas::rows::{DeadLetterRow, RawEventRow};
+use schemas::quota::{Change, SubscriptionEvent};
+use schemas::rows::{DeadLetterRow, RawEventRow, SubscriptionRow};
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -26,6 +27,8 @@ pub enum Decoded {
     Event(RawEventRow),
     /// An event that cannot be counted, with the reason.
     Dead(DeadLetterRow),
+    /// A plan change, override or grant.
+    Subscription(SubscriptionRow),
 }
 
 /// Largest payload kept in a dead letter.
@@ -186,6 +189,57 @@ pub fn decode_rejection(payload: Option<&[u8]>, pos: &Position<'_>) -> Decoded {
             bytes,
         ),
     }
+}
+
+/// Decodes a message of `subscription.events`: unknown plans and meters are dead letters.
+pub fn decode_subscription(payload: Option<&[u8]>, pos: &Position<'_>, catalog: &Catalog) -> Decoded {
+    let bytes = payload.unwrap_or_default();
+    let received_at = arrival(pos);
+    let event: SubscriptionEvent = match serde_json::from_slice(bytes) {
+        Ok(e) => e,
+        Err(e) => {
+            let reason = format!("not a subscription event: {e}");
+            return dead(pos, "", received_at, "aggregator", "malformed_subscription", reason, "", bytes);
+        }
+    };
+    let problem = if !schemas::event::is_token(&event.tenant, 64) {
+        Some(("missing_tenant", "the event has no valid `tenant`".to_string()))
+    } else if event.id.trim().is_empty() || event.customer.trim().is_empty() {
+        Some(("required", "`id` and `customer` must not be empty".to_string()))
+    } else {
+        match &event.change {
+            Change::Plan { plan, .. } if catalog.plan(plan).is_none() => {
+                Some(("unknown_plan", format!("unknown plan {plan:?}")))
+            }
+            Change::LimitOverride { meter, .. } | Change::Grant { meter, .. }
+                if catalog.meter(meter).is_none() =>
+            {
+                Some(("unknown_meter", format!("unknown meter {meter:?}")))
+            }
+            _ => None,
+        }
+    };
+    if let Some((code, reason)) = problem {
+        return dead(pos, &event.tenant, received_at, "aggregator", code, reason, &event.id, bytes);
+    }
+    let kind = match event.change {
+        Change::Plan { .. } => "plan",
+        Change::LimitOverride { .. } => "limit_override",
+        Change::Grant { .. } => "grant",
+    };
+    Decoded::Subscription(SubscriptionRow {
+        tenant: event.tenant.clone(),
+        customer: event.customer.clone(),
+        id: event.id.clone(),
+        time: event.time,
+        source: event.source.clone(),
+        kind: kind.into(),
+        body: String::from_utf8_lossy(bytes).into_owned(),
+        received_at,
+        kafka_topic: pos.topic.into(),
+        kafka_partition: pos.partition as u32,
+        kafka_offset: pos.offset as u64,
+    })
 }
 
 #[cfg(test)]

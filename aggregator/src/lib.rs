@@ -8,7 +8,9 @@
 //! - [`config`]: the typed, layered configuration.
 //! - [`decode`]: message → raw-event row or dead letter.
 //! - [`sink`]: idempotent batch writes and stored offsets.
+//! - [`state`]: quota state and alerts published after each batch.
 //! - [`consumer`]: the loop, batching, rebalance handling, commits.
+//! - [`notify`]: alert notifications (signed webhooks, email), once per alert and channel.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`app`]: build, run, shut down.
 
@@ -18,7 +20,9 @@ pub mod consumer;
 pub mod decode;
 mod error;
 pub mod metrics;
+pub mod notify;
 pub mod sink;
+pub mod state;
 
 pub use app::App;
 pub use config::Config;

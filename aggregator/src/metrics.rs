@@ -14,6 +14,13 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// A notification channel label (`webhook`, `email`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    /// Channel.
+    pub channel: String,
+}
+
 /// Every metric the aggregator exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -36,6 +43,18 @@ pub struct Metrics {
     pub rebalances: Family<ReasonLabels, Counter>,
     /// `assigned_partitions`.
     pub assigned_partitions: Gauge,
+    /// `state_records_published_total`: usage and plan records produced to the state topic.
+    pub state_records_published: Counter,
+    /// `alerts_fired_total`: usage thresholds crossed (once per customer, meter, period).
+    pub alerts_fired: Counter,
+    /// `subscription_events_stored_total`: plan changes, overrides and grants stored.
+    pub subscription_events_stored: Counter,
+    /// `notifications_delivered_total{channel}`: alerts delivered (once per alert and channel).
+    pub notifications_delivered: Family<ChannelLabels, Counter>,
+    /// `notifications_failed_total{channel}`: alerts given up on (permanent error or attempts used up).
+    pub notifications_failed: Family<ChannelLabels, Counter>,
+    /// `notification_attempts_total{channel}`: delivery attempts, successful or not.
+    pub notification_attempts: Family<ChannelLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -51,6 +70,12 @@ impl Default for Metrics {
             flush_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             rebalances: Family::default(),
             assigned_partitions: Gauge::default(),
+            state_records_published: Counter::default(),
+            alerts_fired: Counter::default(),
+            subscription_events_stored: Counter::default(),
+            notifications_delivered: Family::default(),
+            notifications_failed: Family::default(),
+            notification_attempts: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -89,6 +114,21 @@ impl Default for Metrics {
             m.flush_duration.clone(),
         );
         r.register(
+            "state_records_published",
+            "Usage and plan records produced to the quota state topic",
+            m.state_records_published.clone(),
+        );
+        r.register(
+            "alerts_fired",
+            "Usage thresholds crossed (once per customer, meter, period and threshold)",
+            m.alerts_fired.clone(),
+        );
+        r.register(
+            "subscription_events_stored",
+            "Plan changes, overrides and grants stored",
+            m.subscription_events_stored.clone(),
+        );
+        r.register(
             "rebalances",
             "Partition assignments and revocations",
             m.rebalances.clone(),
@@ -97,6 +137,21 @@ impl Default for Metrics {
             "assigned_partitions",
             "Partitions owned now",
             m.assigned_partitions.clone(),
+        );
+        r.register(
+            "notifications_delivered",
+            "Alert notifications delivered, by channel",
+            m.notifications_delivered.clone(),
+        );
+        r.register(
+            "notifications_failed",
+            "Alert notifications given up on, by channel",
+            m.notifications_failed.clone(),
+        );
+        r.register(
+            "notification_attempts",
+            "Alert notification delivery attempts, by channel",
+            m.notification_attempts.clone(),
         );
         Self { registry: r, ..m }
     }

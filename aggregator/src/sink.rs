@@ -4,13 +4,14 @@
 //! Order of a flush: (1) drop events whose (tenant, id) is already stored (within the dedup window)
 //! or repeated in the batch, and dead letters whose Kafka position is already stored; (2) insert
 //! dead letters; (3) insert raw events (the rollups and the dedup index are filled by the same
-//! insert through materialized views); (4) insert the batch's last offset per partition. A crash
-//! anywhere before (4) replays the batch, and step (1) turns the replay into a no-op.
+//! insert through materialized views); (4) the caller publishes the quota state read back from
+//! ClickHouse; (5) insert the batch's last offset per partition. A crash anywhere before (5) replays
+//! the batch: step (1) turns the replay into a no-op and step (4) publishes the same state again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
-use schemas::rows::{DeadLetterRow, OffsetRow, RawEventRow, Table};
+use schemas::rows::{DeadLetterRow, OffsetRow, RawEventRow, SubscriptionRow, Table};
 use serde::Deserialize;
 
 use crate::Result;
@@ -22,6 +23,8 @@ pub struct Batch {
     pub events: Vec<RawEventRow>,
     /// Dead letters.
     pub dead: Vec<DeadLetterRow>,
+    /// Plan changes, overrides and grants.
+    pub subs: Vec<SubscriptionRow>,
     /// Highest offset read per (topic, partition).
     pub last: BTreeMap<(String, i32), i64>,
     /// Messages in the batch.
@@ -54,6 +57,8 @@ pub struct Outcome {
     pub duplicates: usize,
     /// Dead letters stored.
     pub dead: usize,
+    /// Subscription events stored.
+    pub subs: usize,
 }
 
 /// Ids per dedup lookup query.
@@ -148,6 +153,22 @@ impl Sink {
         Ok(found)
     }
 
+    /// Which subscription events are already stored, as (tenant, id).
+    async fn stored_sub_ids(&self, subs: &[SubscriptionRow]) -> Result<HashSet<(String, String)>> {
+        let mut found = HashSet::new();
+        for chunk in subs.chunks(LOOKUP_CHUNK) {
+            let tenants: HashSet<&str> = chunk.iter().map(|e| e.tenant.as_str()).collect();
+            let sql = format!(
+                "SELECT tenant, id FROM subscription_events WHERE tenant IN {} AND id IN {}",
+                in_list(tenants.into_iter()),
+                in_list(chunk.iter().map(|e| e.id.as_str())),
+            );
+            let rows: Vec<Key> = self.client.query_raw(&sql).fetch_all().await?;
+            found.extend(rows.into_iter().map(|k| (k.tenant, k.id)));
+        }
+        Ok(found)
+    }
+
     /// Which dead letters are already stored, as (topic, partition, offset).
     async fn stored_dead(&self, dead: &[DeadLetterRow]) -> Result<HashSet<(String, u32, u64)>> {
         let mut found = HashSet::new();
@@ -191,8 +212,15 @@ impl Sink {
         Ok(())
     }
 
-    /// Writes `batch` (idempotently: writing it twice stores it once).
+    /// Writes `batch` and then its offsets (idempotently: writing it twice stores it once).
     pub async fn write(&self, batch: &Batch) -> Result<Outcome> {
+        let outcome = self.write_data(batch).await?;
+        self.store_offsets(batch).await?;
+        Ok(outcome)
+    }
+
+    /// Writes the batch's rows, skipping what is already stored; offsets are not stored yet.
+    pub async fn write_data(&self, batch: &Batch) -> Result<Outcome> {
         let mut seen = HashSet::with_capacity(batch.events.len());
         let unique: Vec<&RawEventRow> = batch
             .events
@@ -218,8 +246,34 @@ impl Sink {
                 .cloned()
                 .collect()
         };
+        let subs: Vec<SubscriptionRow> = if batch.subs.is_empty() {
+            Vec::new()
+        } else {
+            let stored = self.stored_sub_ids(&batch.subs).await?;
+            let mut seen = HashSet::new();
+            batch
+                .subs
+                .iter()
+                .filter(|s| {
+                    !stored.contains(&(s.tenant.clone(), s.id.clone()))
+                        && seen.insert((s.tenant.clone(), s.id.clone()))
+                })
+                .cloned()
+                .collect()
+        };
         self.insert(&dead).await?;
+        self.insert(&subs).await?;
         self.insert(&fresh).await?;
+        Ok(Outcome {
+            stored: fresh.len(),
+            duplicates: batch.events.len() - fresh.len(),
+            dead: dead.len(),
+            subs: subs.len(),
+        })
+    }
+
+    /// Stores the batch's last offset per partition: the position a new owner resumes from.
+    pub async fn store_offsets(&self, batch: &Batch) -> Result<()> {
         let offsets: Vec<OffsetRow> = batch
             .last
             .iter()
@@ -229,12 +283,12 @@ impl Sink {
                 kafka_offset: *o as u64,
             })
             .collect();
-        self.insert(&offsets).await?;
-        Ok(Outcome {
-            stored: fresh.len(),
-            duplicates: batch.events.len() - fresh.len(),
-            dead: dead.len(),
-        })
+        self.insert(&offsets).await
+    }
+
+    /// The client (the state publisher reads rollups with it).
+    pub fn client(&self) -> &clickhouse::Client {
+        &self.client
     }
 }
 

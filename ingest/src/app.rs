@@ -14,6 +14,7 @@ use crate::http::{AppState, router};
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::producer::EventProducer;
+use crate::quota::QuotaView;
 
 /// A built ingest, bound to its port, not yet serving.
 #[derive(Debug)]
@@ -41,12 +42,19 @@ impl App {
             Duration::from_millis(config.produce_timeout_ms),
         )?;
         let listener = TcpListener::bind(config.listen).await?;
+        let catalog = Arc::new(catalog);
+        let view = Arc::new(QuotaView::new(catalog.clone(), config.unknown_customer));
+        let ch = config.clickhouse.client();
+        let baseline = crate::state::load_baseline(&ch, &view).await?;
+        tracing::info!(records = baseline, "quota baseline loaded from ClickHouse");
         let state = AppState {
             config: Arc::new(config),
-            catalog: Arc::new(catalog),
+            catalog,
             keys,
             producer,
             metrics: Arc::new(Metrics::default()),
+            view,
+            ch,
         };
         Ok(Self { listener, state })
     }
@@ -81,6 +89,15 @@ impl App {
                             }
                         }
                     }
+                }
+            });
+        }
+        {
+            let (kafka, topics) = (state.config.kafka.clone(), state.config.topics.clone());
+            let (view, cancel) = (state.view.clone(), cancel.clone());
+            tasks.spawn(async move {
+                if let Err(e) = crate::state::follow(&kafka, &topics, view, cancel).await {
+                    tracing::error!(error = %e, "quota state follower stopped");
                 }
             });
         }

@@ -40,6 +40,9 @@ pub struct Config {
     pub max_late_days: i64,
     /// Furthest accepted event time after arrival, in seconds.
     pub max_future_secs: i64,
+    /// Quota answer for a customer never seen: `default_plan` (a new customer on the free plan)
+    /// or `deny` (reason `unknown_customer`).
+    pub unknown_customer: crate::quota::UnknownCustomer,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             shutdown_grace_secs: 10,
             max_late_days: 35,
             max_future_secs: 300,
+            unknown_customer: crate::quota::UnknownCustomer::DefaultPlan,
         }
     }
 }

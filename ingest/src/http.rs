@@ -40,6 +40,10 @@ pub struct AppState {
     pub producer: EventProducer,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The in-memory quota view.
+    pub view: Arc<crate::quota::QuotaView>,
+    /// ClickHouse (usage breakdowns and history; never on the quota path).
+    pub ch: clickhouse::Client,
 }
 
 const REQUEST_ID: &str = "x-request-id";
@@ -49,6 +53,20 @@ pub fn router(state: AppState) -> Router {
     let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
     Router::new()
         .route("/v1/events", post(post_events))
+        .route("/v1/check", post(crate::query::post_check))
+        .route("/v1/customers/{customer}/quota", get(crate::query::get_quota))
+        .route("/v1/customers/{customer}/usage", get(crate::query::get_usage))
+        .route("/v1/customers/{customer}/history", get(crate::query::get_history))
+        .route("/v1/customers/{customer}/plan", post(crate::query::post_plan))
+        .route(
+            "/v1/customers/{customer}/limits/{meter}",
+            axum::routing::put(crate::query::put_limit).delete(crate::query::delete_limit),
+        )
+        .route("/v1/customers/{customer}/grants", post(crate::query::post_grant))
+        .route("/usage", get(crate::seed::get_usage))
+        .route("/usage/track", post(crate::seed::post_track))
+        .route("/usage/history", get(crate::seed::get_history))
+        .route("/openapi.json", get(openapi))
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -92,17 +110,25 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
+/// The OpenAPI description of the API.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     let keys = state.keys.is_loaded();
     let broker = state.producer.ping().await;
-    let status = if keys && broker {
+    let quota = state.view.is_ready();
+    let status = if keys && broker && quota {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        Json(serde_json::json!({"keys_loaded": keys, "broker": broker})),
+        Json(serde_json::json!({"keys_loaded": keys, "broker": broker, "quota_view": quota})),
     )
         .into_response()
 }
@@ -291,8 +317,10 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
     }
 
     match state.producer.send_events(&events).await {
-        Ok(n) => {
+        Ok(positions) => {
+            let n = positions.len();
             state.metrics.events_accepted.inc_by(n as u64);
+            crate::query::note_accepted(state, &events, &positions);
             Ok(n)
         }
         Err(e) => {

@@ -1,4 +1,5 @@
-//! The ingest service: authenticated event intake into the durable event log.
+//! The ingest service: authenticated event intake into the durable event log, and the quota and
+//! usage query API answered from an in-memory view of the quota state.
 //!
 //! A `202 Accepted` means every event of the batch was acknowledged by the broker (acks=all,
 //! idempotent producer); an invalid batch is refused whole with per-field errors and nothing of it
@@ -8,6 +9,10 @@
 //! - [`config`]: the typed, layered configuration.
 //! - [`keys`]: API key creation, hashing and the in-memory key store.
 //! - [`producer`]: the acks=all producer.
+//! - [`quota`]: the in-memory quota view (plans, daily usage, this instance's pending usage).
+//! - [`state`]: builds the view from ClickHouse at start and follows the state topic.
+//! - [`query`]: quota, check-and-track, usage, history and admin plan endpoints.
+//! - [`seed`]: the seed application's `/usage` endpoints over the native API.
 //! - [`http`]: routes and middleware.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`app`]: build, serve, shut down.
@@ -20,6 +25,10 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod producer;
+pub mod query;
+pub mod quota;
+pub mod seed;
+pub mod state;
 
 pub use app::App;
 pub use config::Config;

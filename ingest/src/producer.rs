@@ -132,8 +132,9 @@ impl EventProducer {
         }
     }
 
-    /// Sends every event and waits until the broker acknowledged all of them.
-    pub async fn send_events(&self, events: &[UsageEvent]) -> Result<usize, ProduceError> {
+    /// Sends every event and waits until the broker acknowledged all of them. Returns each
+    /// event's (partition, offset).
+    pub async fn send_events(&self, events: &[UsageEvent]) -> Result<Vec<(i32, i64)>, ProduceError> {
         let result = self.try_send_events(events).await;
         if matches!(result, Err(ProduceError::Broker(_))) {
             self.recover();
@@ -141,7 +142,10 @@ impl EventProducer {
         result
     }
 
-    async fn try_send_events(&self, events: &[UsageEvent]) -> Result<usize, ProduceError> {
+    async fn try_send_events(
+        &self,
+        events: &[UsageEvent],
+    ) -> Result<Vec<(i32, i64)>, ProduceError> {
         let producer = self.current();
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
@@ -168,14 +172,35 @@ impl EventProducer {
                     RDKafkaErrorCode::MessageTimedOut,
                 ))
             })?;
+        let mut positions = Vec::with_capacity(results.len());
         for r in results {
             match r {
-                Ok(Ok(_)) => {}
+                Ok(Ok(delivery)) => positions.push((delivery.partition, delivery.offset)),
                 Ok(Err((e, _))) => return Err(ProduceError::Broker(e)),
                 Err(_) => return Err(ProduceError::Broker(KafkaError::Canceled)),
             }
         }
-        Ok(events.len())
+        Ok(positions)
+    }
+
+    /// Produces a plan change, override or grant and waits for the acknowledgement; returns its
+    /// (partition, offset).
+    pub async fn send_subscription(
+        &self,
+        event: &schemas::quota::SubscriptionEvent,
+    ) -> Result<(i32, i64), ProduceError> {
+        let payload = serde_json::to_vec(event)?;
+        let key = event.partition_key();
+        let record = FutureRecord::to(&self.topics.subscriptions)
+            .key(&key)
+            .payload(&payload);
+        match self.current().send(record, self.timeout).await {
+            Ok(d) => Ok((d.partition, d.offset)),
+            Err((e, _)) => {
+                self.recover();
+                Err(ProduceError::Broker(e))
+            }
+        }
     }
 
     /// Records a refused batch on the rejected topic (waits for the acknowledgement).

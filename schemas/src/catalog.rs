@@ -119,13 +119,13 @@ impl Catalog {
     pub fn from_toml(text: &str) -> Result<Self> {
         let mut catalog: Catalog =
             toml::from_str(text).map_err(|e| Error::CatalogParse(e.to_string()))?;
-        catalog.validate()?;
         catalog.meter_index = catalog
             .meters
             .iter()
             .enumerate()
             .map(|(i, m)| (m.key.clone(), i))
             .collect();
+        catalog.validate()?;
         Ok(catalog)
     }
 
@@ -186,6 +186,16 @@ impl Catalog {
             }
             if let Some(meter) = p.limits.keys().find(|k| !seen.contains(k.as_str())) {
                 return invalid(format!("plan {:?} limits unknown meter {meter:?}", p.key));
+            }
+            // Quota state is kept per day; distinct counts do not add up across days.
+            if let Some(meter) = p.limits.keys().find(|k| {
+                self.meter(k)
+                    .is_some_and(|m| m.aggregation == Aggregation::UniqueCount)
+            }) {
+                return invalid(format!(
+                    "plan {:?} limits unique_count meter {meter:?}; limits apply to count, sum and max meters",
+                    p.key
+                ));
             }
         }
         if !plans.contains(self.default_plan.as_str()) {

@@ -7,6 +7,7 @@
 //! - [`kafka`]: broker client settings and topic creation.
 //! - [`config`]: broker and ClickHouse connection settings embedded in every service's config.
 //! - [`migrate`]: numbered ClickHouse DDL (`migrations/`) and the runner.
+//! - [`quota`]: plan changes, plan and usage state, billing periods, alerts.
 //! - [`api`]: HTTP request/response bodies.
 //! - [`rows`]: ClickHouse row structs, shared by writers and readers.
 
@@ -17,6 +18,7 @@ mod error;
 pub mod event;
 pub mod kafka;
 pub mod migrate;
+pub mod quota;
 pub mod rows;
 pub mod topics;
 

@@ -36,6 +36,8 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_rollups.sql", false),
     migration!(3, "0003_api_keys.sql", false),
     migration!(4, "0004_retention.modern.sql", true),
+    migration!(5, "0005_quota.sql", false),
+    migration!(6, "0006_alert_deliveries.sql", false),
 ];
 
 /// Oldest ClickHouse major version that gets the `modern_only` migrations.

@@ -168,6 +168,141 @@ impl Table for ApiKeyRow {
     ];
 }
 
+/// A plan change, override or grant consumed from `subscription.events`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct SubscriptionRow {
+    /// Tenant.
+    pub tenant: String,
+    /// Customer.
+    pub customer: String,
+    /// Event id ((tenant, id) is stored once).
+    pub id: String,
+    /// When the change took effect.
+    #[serde(with = "clickhouse::serde::time::datetime")]
+    pub time: OffsetDateTime,
+    /// Who made it.
+    pub source: String,
+    /// `plan`, `limit_override` or `grant`.
+    pub kind: String,
+    /// The whole event as JSON (`schemas::quota::SubscriptionEvent`).
+    pub body: String,
+    /// When the aggregator read it.
+    #[serde(with = "clickhouse::serde::time::datetime")]
+    pub received_at: OffsetDateTime,
+    /// Kafka topic.
+    pub kafka_topic: String,
+    /// Kafka partition.
+    pub kafka_partition: u32,
+    /// Kafka offset.
+    pub kafka_offset: u64,
+}
+
+impl Table for SubscriptionRow {
+    const TABLE: &'static str = "subscription_events";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("tenant", "String"),
+        ("customer", "String"),
+        ("id", "String"),
+        ("time", "DateTime('UTC')"),
+        ("source", "String"),
+        ("kind", "String"),
+        ("body", "String"),
+        ("received_at", "DateTime('UTC')"),
+        ("kafka_topic", "String"),
+        ("kafka_partition", "UInt32"),
+        ("kafka_offset", "UInt64"),
+    ];
+}
+
+/// A usage threshold that fired.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct AlertRow {
+    /// Deterministic alert id.
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Customer.
+    pub customer: String,
+    /// Meter.
+    pub meter: String,
+    /// Percent of the limit.
+    pub threshold: u8,
+    /// Usage when it fired.
+    pub used: f64,
+    /// The limit then.
+    pub limit_value: u64,
+    /// Plan then.
+    pub plan: String,
+    /// Period start.
+    #[serde(with = "clickhouse::serde::time::date")]
+    pub period_start: time::Date,
+    /// Period end (exclusive).
+    #[serde(with = "clickhouse::serde::time::date")]
+    pub period_end: time::Date,
+    /// When it fired.
+    #[serde(with = "clickhouse::serde::time::datetime")]
+    pub fired_at: OffsetDateTime,
+}
+
+impl Table for AlertRow {
+    const TABLE: &'static str = "alerts";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("id", "String"),
+        ("tenant", "String"),
+        ("customer", "String"),
+        ("meter", "String"),
+        ("threshold", "UInt8"),
+        ("used", "Float64"),
+        ("limit_value", "UInt64"),
+        ("plan", "String"),
+        ("period_start", "Date"),
+        ("period_end", "Date"),
+        ("fired_at", "DateTime('UTC')"),
+    ];
+}
+
+/// One attempt to deliver an alert notification (`alert_deliveries`).
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Serialize, Deserialize)]
+pub struct AlertDeliveryRow {
+    /// Alert id (`schemas::quota::Alert::id`).
+    pub alert_id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Customer.
+    pub customer: String,
+    /// `webhook` or `email`.
+    pub channel: String,
+    /// Webhook URL, or the email recipients (comma separated).
+    pub target: String,
+    /// Attempt number for (alert, channel), from 1.
+    pub attempt: u32,
+    /// `delivered`, `retrying` (failed, will be retried) or `failed` (given up).
+    pub status: String,
+    /// HTTP status (webhook) or SMTP reply code (email); 0 when there was no answer.
+    pub http_status: u16,
+    /// Error text ("" when delivered).
+    pub error: String,
+    /// When the attempt ended.
+    #[serde(with = "clickhouse::serde::time::datetime")]
+    pub at: OffsetDateTime,
+}
+
+impl Table for AlertDeliveryRow {
+    const TABLE: &'static str = "alert_deliveries";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("alert_id", "String"),
+        ("tenant", "String"),
+        ("customer", "String"),
+        ("channel", "String"),
+        ("target", "String"),
+        ("attempt", "UInt32"),
+        ("status", "String"),
+        ("http_status", "UInt16"),
+        ("error", "String"),
+        ("at", "DateTime('UTC')"),
+    ];
+}
+
 /// A sum rollup row (any granularity; the time column is named after the grain).
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
 pub struct RollupRow {
@@ -202,5 +337,8 @@ mod tests {
         assert_eq!(names::<DeadLetterRow>(), DeadLetterRow::COLUMN_NAMES);
         assert_eq!(names::<OffsetRow>(), OffsetRow::COLUMN_NAMES);
         assert_eq!(names::<ApiKeyRow>(), ApiKeyRow::COLUMN_NAMES);
+        assert_eq!(names::<AlertDeliveryRow>(), AlertDeliveryRow::COLUMN_NAMES);
+        assert_eq!(names::<SubscriptionRow>(), SubscriptionRow::COLUMN_NAMES);
+        assert_eq!(names::<AlertRow>(), AlertRow::COLUMN_NAMES);
     }
 }

@@ -5,8 +5,12 @@
 //! - [`TestEnv`]: per-test resources and app starters.
 //! - [`servers`]: private tansu / ClickHouse processes that a test may stop and restart.
 //! - [`wait_until`]: polling with a deadline instead of fixed sleeps.
+//! - [`smtp`]: an SMTP sink that records the mail it accepts.
+//! - [`webhook`]: a webhook receiver that records requests and answers scripted statuses.
 
 pub mod servers;
+pub mod smtp;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::time::Duration;

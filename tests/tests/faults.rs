@@ -29,12 +29,20 @@ async fn assert_exact(env: &TestEnv, n: u64, total: f64) {
     }
 }
 
+/// Starts an aggregator process; its log is appended to `.data/test-logs/<test>-aggregator.log`.
 fn spawn_aggregator(env: &TestEnv) -> Child {
+    let dir = tests::workspace_root().join(".data/test-logs");
+    let _ = std::fs::create_dir_all(&dir);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{}-aggregator.log", env.name)))
+        .expect("log file");
     Command::new(tests::binary("aggregator"))
         .envs(env.aggregator_env())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info,rdkafka=warn,librdkafka=warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("spawn aggregator")
 }
@@ -128,19 +136,23 @@ async fn clickhouse_stopped_and_started_mid_stream_is_recovered_by_itself() {
     let key = env.key("acme", &[Scope::Ingest], None).await;
     let n = 6_000;
     let (evs, total) = events("c", n, 20);
-    let url = ingest.url.clone();
-    let sender = tokio::spawn(async move {
-        let http = reqwest::Client::new();
-        for chunk in evs.chunks(300) {
-            send_all(&http, &url, &key, chunk, 300).await;
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (first, second) = evs.split_at(n / 2);
+    let http = reqwest::Client::new();
+    send_all(&http, &ingest.url, &key, first, 300).await;
+    // Stop ClickHouse only once the aggregator is writing, so the outage hits real work.
+    wait_until(Duration::from_secs(30), "the aggregator writing", || async {
+        (metrics.events_stored.get() > 0).then_some(())
+    })
+    .await;
     ch.stop();
+    // The second half arrives while ClickHouse is down: the aggregator must hold it and retry.
+    send_all(&http, &ingest.url, &key, second, 300).await;
+    wait_until(Duration::from_secs(30), "a failed write", || async {
+        (metrics.flush_failures.get() > 0).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     ch.start_again();
-    sender.await.expect("sender");
     assert_exact(&env, n as u64, total).await;
     assert!(
         metrics.flush_failures.get() > 0,

@@ -1,0 +1,453 @@
+//! Quota state and alerts: after a batch is in ClickHouse, read the touched customers' daily usage
+//! and plan history back from ClickHouse, publish it on the compacted state topic, and fire the
+//! usage thresholds they crossed (once per customer, meter, period and threshold).
+//!
+//! Everything published is read back from ClickHouse, which counts each event once, so a replayed
+//! batch publishes the same values again: the state is exactly-once by construction.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use schemas::Catalog;
+use schemas::catalog::Aggregation;
+use schemas::config::KafkaConfig;
+use schemas::quota::{Alert, PlanState, StateRecord, SubscriptionEvent, UsageState, crossed};
+use schemas::rows::AlertRow;
+use schemas::topics::Topics;
+use serde::Deserialize;
+use time::{Date, OffsetDateTime};
+
+use crate::sink::Batch;
+use crate::{Error, Result};
+
+/// Days of usage read back per touched customer (covers a billing period and late events).
+pub const HISTORY_DAYS: i64 = 40;
+
+/// What one publish did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Usage records produced.
+    pub usage: usize,
+    /// Plan records produced.
+    pub plans: usize,
+    /// Alerts fired.
+    pub alerts: usize,
+}
+
+/// Publishes quota state and alerts for the customers a batch touched.
+#[derive(Clone)]
+pub struct Publisher {
+    client: clickhouse::Client,
+    producer: FutureProducer,
+    topics: Topics,
+    catalog: Arc<Catalog>,
+    partitions: i32,
+    plans: Arc<Mutex<HashMap<(String, String), PlanState>>>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct DayRow {
+    tenant: String,
+    customer: String,
+    meter: String,
+    #[serde(with = "clickhouse::serde::time::date")]
+    day: Date,
+    events: u64,
+    quantity: f64,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct SubRow {
+    body: String,
+    kafka_partition: u32,
+    kafka_offset: u64,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct IdRow {
+    id: String,
+}
+
+/// Appends `s` as a ClickHouse string literal.
+fn quote(out: &mut String, s: &str) {
+    out.push('\'');
+    for c in s.chars() {
+        if matches!(c, '\\' | '\'') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+}
+
+fn pairs<'a>(keys: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut out = String::from("(");
+    for (i, (a, b)) in keys.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('(');
+        quote(&mut out, a);
+        out.push(',');
+        quote(&mut out, b);
+        out.push(')');
+    }
+    out.push(')');
+    out
+}
+
+impl Publisher {
+    /// An acks=all producer for the state and alerts topics. Not idempotent: an idempotent producer
+    /// fails every send after a broker restart loses its sequence state, and these records are
+    /// idempotent by themselves (state records are keyed snapshots, alerts are deduplicated by id).
+    /// One request in flight keeps a partition's records in order across retries.
+    pub fn new(
+        client: clickhouse::Client,
+        kafka: &KafkaConfig,
+        topics: Topics,
+        catalog: Arc<Catalog>,
+    ) -> Result<Self> {
+        let producer: FutureProducer = schemas::kafka::client_config(kafka)
+            .set("acks", "all")
+            .set("max.in.flight.requests.per.connection", "1")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", "10000")
+            .create()?;
+        Ok(Self {
+            client,
+            producer,
+            topics,
+            catalog,
+            partitions: kafka.partitions.max(1),
+            plans: Arc::default(),
+        })
+    }
+
+    /// Forgets cached plans (after a rebalance another instance may have folded changes).
+    pub fn forget_plans(&self) {
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    async fn send(&self, topic: &str, partition: Option<i32>, key: &str, payload: &[u8]) -> Result<()> {
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(p) = partition {
+            record = record.partition(p.rem_euclid(self.partitions));
+        }
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| Error::Kafka(e))
+    }
+
+    /// Folds the plan history of `customers` from ClickHouse (customers without changes get the
+    /// default plan) and caches it.
+    async fn load_plans(
+        &self,
+        customers: &BTreeSet<(String, String)>,
+    ) -> Result<HashMap<(String, String), PlanState>> {
+        let mut out = HashMap::new();
+        if customers.is_empty() {
+            return Ok(out);
+        }
+        let sql = format!(
+            "SELECT body, kafka_partition, kafka_offset FROM subscription_events \
+             WHERE (tenant, customer) IN {} ORDER BY tenant, customer, kafka_partition, kafka_offset",
+            pairs(customers.iter().map(|(t, c)| (t.as_str(), c.as_str())))
+        );
+        let rows: Vec<SubRow> = self.client.query_raw(&sql).fetch_all().await?;
+        for (t, c) in customers {
+            out.insert(
+                (t.clone(), c.clone()),
+                PlanState::initial(t, c, &self.catalog),
+            );
+        }
+        for row in rows {
+            let Ok(event) = serde_json::from_str::<SubscriptionEvent>(&row.body) else {
+                continue; // decoded before it was stored; cannot happen
+            };
+            if let Some(state) = out.get_mut(&(event.tenant.clone(), event.customer.clone())) {
+                state.apply(&event);
+                state.partition = row.kafka_partition as i32;
+                state.as_of_offset = state.as_of_offset.max(row.kafka_offset as i64);
+            }
+        }
+        let mut cache = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in &out {
+            cache.insert(k.clone(), v.clone());
+        }
+        Ok(out)
+    }
+
+    async fn plans_for(
+        &self,
+        customers: &BTreeSet<(String, String)>,
+    ) -> Result<HashMap<(String, String), PlanState>> {
+        let mut out = HashMap::new();
+        let mut missing = BTreeSet::new();
+        {
+            let cache = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+            for k in customers {
+                match cache.get(k) {
+                    Some(p) => {
+                        out.insert(k.clone(), p.clone());
+                    }
+                    None => {
+                        missing.insert(k.clone());
+                    }
+                }
+            }
+        }
+        out.extend(self.load_plans(&missing).await?);
+        Ok(out)
+    }
+
+    /// Daily usage of `customers` over the last [`HISTORY_DAYS`] days, per meter.
+    async fn daily_usage(&self, customers: &BTreeSet<(String, String)>) -> Result<Vec<DayRow>> {
+        let list = pairs(customers.iter().map(|(t, c)| (t.as_str(), c.as_str())));
+        let mut sql = String::new();
+        let _ = write!(
+            sql,
+            "SELECT tenant, customer, meter, day, sum(events) AS events, sum(quantity) AS quantity \
+             FROM usage_daily WHERE (tenant, customer) IN {list} AND day >= today() - {HISTORY_DAYS} \
+             GROUP BY tenant, customer, meter, day"
+        );
+        let mut rows: Vec<DayRow> = self.client.query_raw(&sql).fetch_all().await?;
+        let max_meters: Vec<&str> = self
+            .catalog
+            .meters
+            .iter()
+            .filter(|m| m.aggregation == Aggregation::Max)
+            .map(|m| m.key.as_str())
+            .collect();
+        if !max_meters.is_empty() {
+            // Max meters: the day's value is the largest quantity, not the sum.
+            let mut sql = String::new();
+            let mut meters = String::from("(");
+            for (i, m) in max_meters.iter().enumerate() {
+                if i > 0 {
+                    meters.push(',');
+                }
+                quote(&mut meters, m);
+            }
+            meters.push(')');
+            let _ = write!(
+                sql,
+                "SELECT tenant, customer, meter, toDate(hour) AS day, toUInt64(0) AS events, \
+                 maxMerge(quantity_max) AS quantity FROM usage_hourly_states \
+                 WHERE (tenant, customer) IN {list} AND meter IN {meters} \
+                 AND hour >= toDateTime(today() - {HISTORY_DAYS}) GROUP BY tenant, customer, meter, day"
+            );
+            let maxes: Vec<DayRow> = self.client.query_raw(&sql).fetch_all().await?;
+            let by_key: HashMap<(String, String, String, Date), f64> = maxes
+                .into_iter()
+                .map(|r| ((r.tenant, r.customer, r.meter, r.day), r.quantity))
+                .collect();
+            for r in &mut rows {
+                if let Some(q) = by_key.get(&(r.tenant.clone(), r.customer.clone(), r.meter.clone(), r.day)) {
+                    r.quantity = *q;
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Publishes state for everything `batch` touched (also its duplicates: a replay after a crash
+    /// publishes what the crash kept from being published) and fires crossed thresholds.
+    pub async fn publish(&self, batch: &Batch, now: OffsetDateTime) -> Result<Published> {
+        let mut done = Published::default();
+        // Plans first: the usage thresholds below use them.
+        let plan_customers: BTreeSet<(String, String)> = batch
+            .subs
+            .iter()
+            .map(|s| (s.tenant.clone(), s.customer.clone()))
+            .collect();
+        if !plan_customers.is_empty() {
+            let plans = self.load_plans(&plan_customers).await?;
+            for state in plans.into_values() {
+                let partition = state.partition;
+                let record = StateRecord::Plan(state);
+                let payload = serde_json::to_vec(&record).unwrap_or_default();
+                self.send(&self.topics.state, Some(partition), &record.key(), &payload)
+                    .await?;
+                done.plans += 1;
+            }
+        }
+
+        // Usage: the touched (customer, meter, day) keys and each customer's partition.
+        let mut touched: BTreeMap<(String, String), (i32, BTreeSet<(String, Date)>)> = BTreeMap::new();
+        for e in &batch.events {
+            let entry = touched
+                .entry((e.tenant.clone(), e.customer.clone()))
+                .or_insert_with(|| (e.kafka_partition as i32, BTreeSet::new()));
+            entry.1.insert((e.meter.clone(), e.time.date()));
+        }
+        // A plan change may cross thresholds too (a downgrade): check those customers as well.
+        let mut check: BTreeSet<(String, String)> = touched.keys().cloned().collect();
+        check.extend(plan_customers);
+        if check.is_empty() {
+            return Ok(done);
+        }
+        let rows = self.daily_usage(&check).await?;
+        let topic_of_events = batch
+            .last
+            .keys()
+            .find(|(t, _)| *t == self.topics.events)
+            .map(|(t, _)| t.clone())
+            .unwrap_or_else(|| self.topics.events.clone());
+        for r in &rows {
+            let Some((partition, days)) = touched.get(&(r.tenant.clone(), r.customer.clone())) else {
+                continue;
+            };
+            if !days.contains(&(r.meter.clone(), r.day)) {
+                continue;
+            }
+            let as_of = batch
+                .last
+                .get(&(topic_of_events.clone(), *partition))
+                .copied()
+                .unwrap_or(-1);
+            let record = StateRecord::Usage(UsageState {
+                tenant: r.tenant.clone(),
+                customer: r.customer.clone(),
+                meter: r.meter.clone(),
+                day: r.day,
+                quantity: r.quantity,
+                events: r.events,
+                partition: *partition,
+                as_of_offset: as_of,
+            });
+            let payload = serde_json::to_vec(&record).unwrap_or_default();
+            self.send(&self.topics.state, Some(*partition), &record.key(), &payload)
+                .await?;
+            done.usage += 1;
+        }
+        done.alerts = self.fire_alerts(&check, &rows, now).await?;
+        Ok(done)
+    }
+
+    /// Fires the thresholds crossed in the current period that have not fired yet.
+    async fn fire_alerts(
+        &self,
+        customers: &BTreeSet<(String, String)>,
+        rows: &[DayRow],
+        now: OffsetDateTime,
+    ) -> Result<usize> {
+        let thresholds = &self.catalog.alert_thresholds;
+        if thresholds.is_empty() {
+            return Ok(0);
+        }
+        let plans = self.plans_for(customers).await?;
+        let mut used: BTreeMap<(String, String, String), f64> = BTreeMap::new();
+        for r in rows {
+            let Some(plan) = plans.get(&(r.tenant.clone(), r.customer.clone())) else {
+                continue;
+            };
+            if !plan.period(now).contains(r.day) {
+                continue;
+            }
+            let max = self
+                .catalog
+                .meter(&r.meter)
+                .is_some_and(|m| m.aggregation == Aggregation::Max);
+            let slot = used
+                .entry((r.tenant.clone(), r.customer.clone(), r.meter.clone()))
+                .or_insert(0.0);
+            *slot = if max { slot.max(r.quantity) } else { *slot + r.quantity };
+        }
+        let mut candidates = Vec::new();
+        for ((tenant, customer, meter), used) in used {
+            let Some(plan) = plans.get(&(tenant.clone(), customer.clone())) else {
+                continue;
+            };
+            let Some(limit) = plan.limit(&self.catalog, &meter, now) else {
+                continue; // unlimited
+            };
+            let period = plan.period(now);
+            let plan_key = plan
+                .effective_plan(&self.catalog)
+                .map_or_else(|| plan.plan.clone(), |p| p.key.clone());
+            for t in crossed(thresholds, used, limit) {
+                candidates.push(Alert {
+                    id: Alert::make_id(&tenant, &customer, &meter, period.start, t),
+                    tenant: tenant.clone(),
+                    customer: customer.clone(),
+                    meter: meter.clone(),
+                    threshold: t,
+                    used,
+                    limit,
+                    plan: plan_key.clone(),
+                    period_start: period.start,
+                    period_end: period.end,
+                    fired_at: now,
+                });
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let mut sql = String::from("SELECT id FROM alerts WHERE id IN (");
+        for (i, a) in candidates.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            quote(&mut sql, &a.id);
+        }
+        sql.push(')');
+        let fired: HashSet<String> = self
+            .client
+            .query_raw(&sql)
+            .fetch_all::<IdRow>()
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let fresh: Vec<Alert> = candidates
+            .into_iter()
+            .filter(|a| !fired.contains(&a.id))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        // Topic first, then the table: a crash in between re-publishes (the notifier dedups by id)
+        // rather than losing the alert.
+        for a in &fresh {
+            let payload = serde_json::to_vec(a).unwrap_or_default();
+            self.send(&self.topics.alerts, None, &a.id, &payload).await?;
+        }
+        let mut insert = self.client.insert::<AlertRow>("alerts").await?;
+        for a in &fresh {
+            insert
+                .write(&AlertRow {
+                    id: a.id.clone(),
+                    tenant: a.tenant.clone(),
+                    customer: a.customer.clone(),
+                    meter: a.meter.clone(),
+                    threshold: a.threshold,
+                    used: a.used,
+                    limit_value: a.limit,
+                    plan: a.plan.clone(),
+                    period_start: a.period_start,
+                    period_end: a.period_end,
+                    fired_at: a.fired_at,
+                })
+                .await?;
+        }
+        insert.end().await?;
+        for a in &fresh {
+            tracing::info!(alert = %a.id, used = a.used, limit = a.limit, "usage threshold reached");
+        }
+        Ok(fresh.len())
+    }
+}

@@ -1,0 +1,160 @@
+//! Builds the quota view at start (a ClickHouse baseline, then the whole compacted state topic) and
+//! keeps it current by following the state topic. Only this module reads ClickHouse for quota, and
+//! only at start: answers come from memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use schemas::config::KafkaConfig;
+use schemas::quota::{PlanState, StateRecord, SubscriptionEvent, UsageState};
+use schemas::topics::Topics;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::Result;
+use crate::quota::QuotaView;
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct DayRow {
+    tenant: String,
+    customer: String,
+    meter: String,
+    #[serde(with = "clickhouse::serde::time::date")]
+    day: time::Date,
+    events: u64,
+    quantity: f64,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct SubRow {
+    body: String,
+    kafka_partition: u32,
+    kafka_offset: u64,
+}
+
+/// Loads the last 40 days of daily usage and every customer's plan history from ClickHouse.
+/// Returns the number of records applied.
+pub async fn load_baseline(client: &clickhouse::Client, view: &QuotaView) -> Result<usize> {
+    let rows: Vec<DayRow> = client
+        .query(
+            "SELECT tenant, customer, meter, day, sum(events) AS events, sum(quantity) AS quantity \
+             FROM usage_daily WHERE day >= today() - 40 GROUP BY tenant, customer, meter, day",
+        )
+        .fetch_all()
+        .await?;
+    let mut n = rows.len();
+    for r in rows {
+        view.apply(StateRecord::Usage(UsageState {
+            tenant: r.tenant,
+            customer: r.customer,
+            meter: r.meter,
+            day: r.day,
+            quantity: r.quantity,
+            events: r.events,
+            partition: -1,
+            as_of_offset: -1,
+        }));
+    }
+    let subs: Vec<SubRow> = client
+        .query(
+            "SELECT body, kafka_partition, kafka_offset FROM subscription_events \
+             ORDER BY tenant, customer, kafka_partition, kafka_offset",
+        )
+        .fetch_all()
+        .await?;
+    let mut plans: HashMap<(String, String), PlanState> = HashMap::new();
+    for row in subs {
+        let Ok(event) = serde_json::from_str::<SubscriptionEvent>(&row.body) else {
+            continue;
+        };
+        let state = plans
+            .entry((event.tenant.clone(), event.customer.clone()))
+            .or_insert_with(|| PlanState::initial(&event.tenant, &event.customer, view.catalog()));
+        state.apply(&event);
+        state.partition = row.kafka_partition as i32;
+        state.as_of_offset = state.as_of_offset.max(row.kafka_offset as i64);
+    }
+    n += plans.len();
+    for p in plans.into_values() {
+        view.apply(StateRecord::Plan(p));
+    }
+    Ok(n)
+}
+
+/// Follows the state topic from its beginning; marks the view ready once it has read what the
+/// topic held at start. Runs until `cancel`.
+pub async fn follow(
+    kafka: &KafkaConfig,
+    topics: &Topics,
+    view: Arc<QuotaView>,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let consumer: StreamConsumer = schemas::kafka::client_config(kafka)
+        .set("group.id", format!("quota-view-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create()?;
+    let topic = topics.state.clone();
+    let (consumer, targets) = {
+        let c = consumer;
+        let t = topic.clone();
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let md = c.fetch_metadata(Some(&t), Duration::from_secs(10))?;
+            let partitions: Vec<i32> = md
+                .topics()
+                .iter()
+                .flat_map(|mt| mt.partitions().iter().map(|p| p.id()))
+                .collect();
+            let mut tpl = TopicPartitionList::new();
+            let mut targets = HashMap::new();
+            for p in partitions {
+                let (_, high) = c.fetch_watermarks(&t, p, Duration::from_secs(10))?;
+                tpl.add_partition_offset(&t, p, Offset::Beginning)?;
+                if high > 0 {
+                    targets.insert(p, high);
+                }
+            }
+            c.assign(&tpl)?;
+            Ok((c, targets))
+        })
+        .await
+        .map_err(|e| crate::Error::Config(format!("state follower: {e}")))??
+    };
+    let mut waiting = targets;
+    if waiting.is_empty() {
+        view.set_ready();
+    }
+    tracing::info!(topic = %topic, partitions_to_catch_up = waiting.len(), "following quota state");
+    loop {
+        let msg = tokio::select! {
+            () = cancel.cancelled() => break,
+            m = consumer.recv() => m,
+        };
+        match msg {
+            Ok(m) => {
+                if let Some(payload) = m.payload() {
+                    match serde_json::from_slice::<StateRecord>(payload) {
+                        Ok(record) => view.apply(record),
+                        Err(e) => tracing::warn!(error = %e, offset = m.offset(), "unreadable state record"),
+                    }
+                }
+                if !waiting.is_empty() {
+                    if waiting.get(&m.partition()).is_some_and(|&h| m.offset() + 1 >= h) {
+                        waiting.remove(&m.partition());
+                    }
+                    if waiting.is_empty() {
+                        view.set_ready();
+                        tracing::info!(customers = view.customers(), "quota view caught up");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "state follower error"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,521 @@
+//! Quota vocabulary: plan changes (`subscription.events`), the folded per-customer plan state and
+//! the daily usage state (both on the compacted `usage.state` topic), billing periods and alerts.
+//!
+//! Usage state is kept per (tenant, customer, meter, UTC day); a billing period is a range of days,
+//! so any period (calendar month, or anchored to a subscription's start) is a sum of days. Period
+//! anchors are therefore applied at day granularity (UTC midnight of the anchor's day).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::{Date, Month, OffsetDateTime};
+
+use crate::catalog::{Catalog, Plan};
+
+/// A plan change, limit override or add-on grant, as produced to `subscription.events`
+/// (key `tenant/customer`, so a customer's changes are ordered).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionEvent {
+    /// Unique id; (tenant, id) counts once.
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Customer.
+    pub customer: String,
+    /// When the change took effect.
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// Who made it (`admin`, `stripe`, `reconcile`).
+    pub source: String,
+    /// What changed.
+    pub change: Change,
+}
+
+impl SubscriptionEvent {
+    /// The Kafka message key (same as usage events: one partition per customer).
+    pub fn partition_key(&self) -> String {
+        format!("{}/{}", self.tenant, self.customer)
+    }
+}
+
+/// What a subscription event changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// The customer's plan (and Stripe subscription status and period) changed.
+    Plan {
+        /// Plan key from the catalog.
+        plan: String,
+        /// `active`, `trialing`, `past_due`, `unpaid`, `canceled`, ...
+        #[serde(default = "active")]
+        status: String,
+        /// Start of the current billing period (anchors the quota period); none = calendar month.
+        #[serde(default, with = "time::serde::rfc3339::option")]
+        period_start: Option<OffsetDateTime>,
+        /// End of the current billing period, as the billing system says.
+        #[serde(default, with = "time::serde::rfc3339::option")]
+        period_end: Option<OffsetDateTime>,
+        /// Whether the subscription ends at the period end.
+        #[serde(default)]
+        cancel_at_period_end: bool,
+    },
+    /// A per-customer limit for one meter (custom enterprise limits); `limit: null` = unlimited,
+    /// `clear: true` removes the override.
+    LimitOverride {
+        /// Meter key.
+        meter: String,
+        /// The limit; null = unlimited.
+        limit: Option<u64>,
+        /// Remove the override instead of setting it.
+        #[serde(default)]
+        clear: bool,
+    },
+    /// Extra quantity for a meter until `expires_at` (an add-on pack for a period).
+    Grant {
+        /// Meter key.
+        meter: String,
+        /// Extra quantity.
+        quantity: u64,
+        /// When the grant stops counting.
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+    },
+}
+
+fn active() -> String {
+    "active".into()
+}
+
+/// A grant in effect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Id of the subscription event that added it.
+    pub id: String,
+    /// Meter key.
+    pub meter: String,
+    /// Extra quantity.
+    pub quantity: u64,
+    /// When it stops counting.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// A customer's plan, folded from its subscription events in log order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanState {
+    /// Tenant.
+    pub tenant: String,
+    /// Customer.
+    pub customer: String,
+    /// Plan key.
+    pub plan: String,
+    /// Subscription status.
+    pub status: String,
+    /// Billing period anchor; none = calendar month.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub period_start: Option<OffsetDateTime>,
+    /// Billing period end as reported by the billing system.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub period_end: Option<OffsetDateTime>,
+    /// Whether the subscription ends at the period end.
+    #[serde(default)]
+    pub cancel_at_period_end: bool,
+    /// Per-meter limit overrides (`None` = unlimited).
+    #[serde(default)]
+    pub overrides: BTreeMap<String, Option<u64>>,
+    /// Add-on grants, including expired ones (they are filtered at use).
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+    /// Events folded in.
+    pub version: u64,
+    /// Partition of `subscription.events` the changes came from.
+    pub partition: i32,
+    /// Highest offset of that partition folded in.
+    pub as_of_offset: i64,
+}
+
+impl PlanState {
+    /// The state of a customer nobody changed yet: the catalog's default plan.
+    pub fn initial(tenant: &str, customer: &str, catalog: &Catalog) -> Self {
+        Self {
+            tenant: tenant.into(),
+            customer: customer.into(),
+            plan: catalog.default_plan.clone(),
+            status: "active".into(),
+            period_start: None,
+            period_end: None,
+            cancel_at_period_end: false,
+            overrides: BTreeMap::new(),
+            grants: Vec::new(),
+            version: 0,
+            partition: -1,
+            as_of_offset: -1,
+        }
+    }
+
+    /// Applies one event (events must be applied in log order).
+    pub fn apply(&mut self, event: &SubscriptionEvent) {
+        self.version += 1;
+        match &event.change {
+            Change::Plan {
+                plan,
+                status,
+                period_start,
+                period_end,
+                cancel_at_period_end,
+            } => {
+                self.plan.clone_from(plan);
+                self.status.clone_from(status);
+                self.period_start = *period_start;
+                self.period_end = *period_end;
+                self.cancel_at_period_end = *cancel_at_period_end;
+            }
+            Change::LimitOverride {
+                meter,
+                limit,
+                clear,
+            } => {
+                if *clear {
+                    self.overrides.remove(meter);
+                } else {
+                    self.overrides.insert(meter.clone(), *limit);
+                }
+            }
+            Change::Grant {
+                meter,
+                quantity,
+                expires_at,
+            } => {
+                if !self.grants.iter().any(|g| g.id == event.id) {
+                    self.grants.push(Grant {
+                        id: event.id.clone(),
+                        meter: meter.clone(),
+                        quantity: *quantity,
+                        expires_at: *expires_at,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The plan that limits usage: a canceled (or unknown) plan falls back to the default plan.
+    pub fn effective_plan<'c>(&self, catalog: &'c Catalog) -> Option<&'c Plan> {
+        let key = if matches!(
+            self.status.as_str(),
+            "canceled" | "incomplete_expired" | "unpaid"
+        ) {
+            catalog.default_plan.as_str()
+        } else {
+            self.plan.as_str()
+        };
+        catalog
+            .plan(key)
+            .or_else(|| catalog.plan(&catalog.default_plan))
+    }
+
+    /// The limit for `meter` at `now`: override, else the plan's, plus active grants.
+    /// `None` = unlimited.
+    pub fn limit(&self, catalog: &Catalog, meter: &str, now: OffsetDateTime) -> Option<u64> {
+        let base = match self.overrides.get(meter) {
+            Some(o) => *o,
+            None => self.effective_plan(catalog).and_then(|p| p.limit(meter)),
+        }?;
+        let extra: u64 = self
+            .grants
+            .iter()
+            .filter(|g| g.meter == meter && g.expires_at > now)
+            .map(|g| g.quantity)
+            .sum();
+        Some(base.saturating_add(extra))
+    }
+
+    /// The billing period containing `now`.
+    pub fn period(&self, now: OffsetDateTime) -> Period {
+        Period::containing(self.period_start, now)
+    }
+}
+
+/// A billing period: the days `[start, end)` (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Period {
+    /// First day.
+    pub start: Date,
+    /// First day of the next period.
+    pub end: Date,
+}
+
+fn clamp_day(year: i32, month: Month, day: u8) -> Date {
+    let last = month.length(year);
+    Date::from_calendar_date(year, month, day.min(last)).unwrap_or(Date::MIN)
+}
+
+fn add_months(year: i32, month: Month, n: i32) -> (i32, Month) {
+    let idx = year * 12 + (month as i32 - 1) + n;
+    let m = Month::try_from((idx.rem_euclid(12) + 1) as u8).unwrap_or(Month::January);
+    (idx.div_euclid(12), m)
+}
+
+impl Period {
+    /// The period containing `now`: monthly from the anchor's day of month (clamped to short
+    /// months), or the calendar month when there is no anchor or the anchor is in the future.
+    pub fn containing(anchor: Option<OffsetDateTime>, now: OffsetDateTime) -> Self {
+        let today = now.to_offset(time::UtcOffset::UTC).date();
+        let anchor = anchor
+            .map(|a| a.to_offset(time::UtcOffset::UTC).date())
+            .filter(|a| *a <= today);
+        let day = anchor.map_or(1, |a| a.day());
+        let mut start = clamp_day(today.year(), today.month(), day);
+        if start > today {
+            let (y, m) = add_months(today.year(), today.month(), -1);
+            start = clamp_day(y, m, day);
+        }
+        let (y, m) = add_months(start.year(), start.month(), 1);
+        let end = clamp_day(y, m, day);
+        Self { start, end }
+    }
+
+    /// Whether `day` falls in the period.
+    pub fn contains(&self, day: Date) -> bool {
+        self.start <= day && day < self.end
+    }
+
+    /// Start as a UTC timestamp.
+    pub fn start_time(&self) -> OffsetDateTime {
+        self.start.midnight().assume_utc()
+    }
+
+    /// End as a UTC timestamp.
+    pub fn end_time(&self) -> OffsetDateTime {
+        self.end.midnight().assume_utc()
+    }
+}
+
+/// Usage of one meter by one customer on one UTC day, read back from the ClickHouse rollup after
+/// the aggregator stored the events (so it counts each event exactly once).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageState {
+    /// Tenant.
+    pub tenant: String,
+    /// Customer.
+    pub customer: String,
+    /// Meter key.
+    pub meter: String,
+    /// The UTC day.
+    pub day: Date,
+    /// Metered quantity that day (sum, or max for max meters).
+    pub quantity: f64,
+    /// Events that day.
+    pub events: u64,
+    /// Partition of the events topic the customer's events are on.
+    pub partition: i32,
+    /// Every event of that partition up to this offset is included.
+    pub as_of_offset: i64,
+}
+
+/// A record of the compacted `usage.state` topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StateRecord {
+    /// Daily usage.
+    Usage(UsageState),
+    /// Plan state.
+    Plan(PlanState),
+}
+
+impl StateRecord {
+    /// The compaction key: the latest record per key is the state.
+    pub fn key(&self) -> String {
+        match self {
+            Self::Usage(u) => format!("usage/{}/{}/{}/{}", u.tenant, u.customer, u.meter, u.day),
+            Self::Plan(p) => format!("plan/{}/{}", p.tenant, p.customer),
+        }
+    }
+}
+
+/// A usage threshold crossed by a customer in a period, published on `usage.alerts` (key = `id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Deterministic: `tenant:customer:meter:period_start:threshold`; fires once.
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Customer.
+    pub customer: String,
+    /// Meter key.
+    pub meter: String,
+    /// Threshold in percent of the limit.
+    pub threshold: u8,
+    /// Usage when it fired.
+    pub used: f64,
+    /// The limit then.
+    pub limit: u64,
+    /// The customer's plan.
+    pub plan: String,
+    /// Period start (UTC day).
+    pub period_start: Date,
+    /// Period end (exclusive).
+    pub period_end: Date,
+    /// When it fired.
+    #[serde(with = "time::serde::rfc3339")]
+    pub fired_at: OffsetDateTime,
+}
+
+impl Alert {
+    /// The deterministic id of a threshold in a period.
+    pub fn make_id(
+        tenant: &str,
+        customer: &str,
+        meter: &str,
+        period_start: Date,
+        threshold: u8,
+    ) -> String {
+        format!("{tenant}:{customer}:{meter}:{period_start}:{threshold}")
+    }
+}
+
+/// The thresholds (ascending) that `used` reaches against `limit`.
+pub fn crossed(thresholds: &[u8], used: f64, limit: u64) -> Vec<u8> {
+    thresholds
+        .iter()
+        .copied()
+        .filter(|&t| limit == 0 || used * 100.0 >= f64::from(t) * limit as f64)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::{date, datetime};
+
+    #[test]
+    fn calendar_month_without_anchor() {
+        let p = Period::containing(None, datetime!(2026-02-14 10:00 UTC));
+        assert_eq!((p.start, p.end), (date!(2026 - 02 - 01), date!(2026 - 03 - 01)));
+        let p = Period::containing(None, datetime!(2026-12-31 23:59 UTC));
+        assert_eq!((p.start, p.end), (date!(2026 - 12 - 01), date!(2027 - 01 - 01)));
+    }
+
+    #[test]
+    fn anchored_periods_roll_over_on_the_anchor_day_and_clamp_short_months() {
+        let anchor = Some(datetime!(2026-01-31 15:00 UTC));
+        let p = Period::containing(anchor, datetime!(2026-02-10 00:00 UTC));
+        assert_eq!((p.start, p.end), (date!(2026 - 01 - 31), date!(2026 - 02 - 28)));
+        let p = Period::containing(anchor, datetime!(2026-02-28 00:00 UTC));
+        assert_eq!((p.start, p.end), (date!(2026 - 02 - 28), date!(2026 - 03 - 31)));
+        let anchor = Some(datetime!(2026-03-15 15:00 UTC));
+        let p = Period::containing(anchor, datetime!(2026-03-15 01:00 UTC));
+        assert_eq!((p.start, p.end), (date!(2026 - 03 - 15), date!(2026 - 04 - 15)));
+        let p = Period::containing(anchor, datetime!(2026-04-14 23:00 UTC));
+        assert_eq!(p.start, date!(2026 - 03 - 15));
+        // A future anchor falls back to the calendar month.
+        let p = Period::containing(anchor, datetime!(2026-03-10 00:00 UTC));
+        assert_eq!(p.start, date!(2026 - 03 - 01));
+    }
+
+    fn sub(id: &str, change: Change) -> SubscriptionEvent {
+        SubscriptionEvent {
+            id: id.into(),
+            tenant: "t".into(),
+            customer: "c".into(),
+            time: datetime!(2026-03-01 00:00 UTC),
+            source: "admin".into(),
+            change,
+        }
+    }
+
+    #[test]
+    fn folding_plans_overrides_and_grants() {
+        let catalog = Catalog::default();
+        let now = datetime!(2026-03-10 00:00 UTC);
+        let mut s = PlanState::initial("t", "c", &catalog);
+        assert_eq!(s.limit(&catalog, "api_call", now), Some(100));
+        s.apply(&sub(
+            "1",
+            Change::Plan {
+                plan: "starter".into(),
+                status: "active".into(),
+                period_start: None,
+                period_end: None,
+                cancel_at_period_end: false,
+            },
+        ));
+        assert_eq!(s.limit(&catalog, "api_call", now), Some(500));
+        let grant = Change::Grant {
+            meter: "api_call".into(),
+            quantity: 50,
+            expires_at: datetime!(2026-03-20 00:00 UTC),
+        };
+        s.apply(&sub("2", grant.clone()));
+        s.apply(&sub("2", grant));
+        assert_eq!(s.limit(&catalog, "api_call", now), Some(550));
+        assert_eq!(
+            s.limit(&catalog, "api_call", datetime!(2026-03-21 00:00 UTC)),
+            Some(500)
+        );
+        s.apply(&sub(
+            "3",
+            Change::LimitOverride {
+                meter: "api_call".into(),
+                limit: Some(10_000),
+                clear: false,
+            },
+        ));
+        assert_eq!(s.limit(&catalog, "api_call", now), Some(10_050));
+        s.apply(&sub(
+            "4",
+            Change::LimitOverride {
+                meter: "api_call".into(),
+                limit: None,
+                clear: false,
+            },
+        ));
+        assert_eq!(s.limit(&catalog, "api_call", now), None);
+        s.apply(&sub(
+            "5",
+            Change::LimitOverride {
+                meter: "api_call".into(),
+                limit: None,
+                clear: true,
+            },
+        ));
+        s.apply(&sub(
+            "6",
+            Change::Plan {
+                plan: "enterprise".into(),
+                status: "canceled".into(),
+                period_start: None,
+                period_end: None,
+                cancel_at_period_end: false,
+            },
+        ));
+        // Canceled: back to the default plan.
+        assert_eq!(s.limit(&catalog, "api_call", datetime!(2026-03-25 00:00 UTC)), Some(100));
+    }
+
+    #[test]
+    fn thresholds_crossed() {
+        assert_eq!(crossed(&[75, 80, 90, 100], 79.0, 100), vec![75]);
+        assert_eq!(crossed(&[75, 80, 90, 100], 80.0, 100), vec![75, 80]);
+        assert_eq!(crossed(&[75, 80, 90, 100], 120.0, 100), vec![75, 80, 90, 100]);
+        assert!(crossed(&[75], 0.0, 100).is_empty());
+    }
+
+    #[test]
+    fn state_records_round_trip_with_their_kind() {
+        let r = StateRecord::Usage(UsageState {
+            tenant: "t".into(),
+            customer: "c".into(),
+            meter: "api_call".into(),
+            day: date!(2026 - 03 - 01),
+            quantity: 3.0,
+            events: 3,
+            partition: 2,
+            as_of_offset: 41,
+        });
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(json["kind"], "usage");
+        assert_eq!(json["day"], "2026-03-01");
+        assert_eq!(serde_json::from_value::<StateRecord>(json).expect("back"), r);
+        assert_eq!(r.key(), "usage/t/c/api_call/2026-03-01");
+    }
+}
