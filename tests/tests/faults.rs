@@ -161,3 +161,41 @@ async fn clickhouse_stopped_and_started_mid_stream_is_recovered_by_itself() {
     agg.stop().await;
     ingest.stop().await;
 }
+
+/// Invariant 5: quota answers (and check-and-track) never touch ClickHouse: with ClickHouse
+/// stopped they keep answering, from memory, with the right numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quota_checks_answer_with_clickhouse_down() {
+    let mut ch = ClickHouse::start("quotadown");
+    let env = TestEnv::on("quotadown", &tests::kafka_brokers(), &ch.url(), 3).await;
+    let ingest = env.start_ingest().await;
+    let key = env.key("acme", &[Scope::Ingest, Scope::Read], None).await;
+    let http = reqwest::Client::new();
+    wait_until(Duration::from_secs(30), "ingest ready", || async {
+        let r = http.get(format!("{}/readyz", ingest.url)).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    // Touch the key once so it is cached, then take ClickHouse away.
+    let quota = format!("{}/v1/customers/c1/quota", ingest.url);
+    assert_eq!(http.get(&quota).bearer_auth(&key).send().await.expect("quota").status(), 200);
+    tokio::task::block_in_place(|| ch.stop());
+    let check = serde_json::json!({"track": true, "checks": [{"customer": "c1", "endpoint": "analyze"}]});
+    for i in 1..=101 {
+        let v: serde_json::Value = http
+            .post(format!("{}/v1/check", ingest.url))
+            .bearer_auth(&key)
+            .json(&check)
+            .send()
+            .await
+            .expect("check")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(v["results"][0]["tracked"], serde_json::json!(i <= 100), "call {i}: {v}");
+    }
+    let v: serde_json::Value = http.get(&quota).bearer_auth(&key).send().await.expect("quota").json().await.expect("json");
+    assert_eq!((v["used"].clone(), v["allowed"].clone()), (serde_json::json!(100.0), serde_json::json!(false)));
+    tokio::task::block_in_place(|| ch.start_again());
+    ingest.stop().await;
+}

@@ -393,3 +393,23 @@ async fn unknown_customers_follow_the_configured_policy() {
     assert_eq!((s.as_u16(), v["error"]["details"][0]["field"].as_str()), (400, Some("quantity")));
     ingest.stop().await;
 }
+
+#[test]
+fn every_route_of_the_api_is_in_the_openapi_document() {
+    let doc: Value = serde_json::from_str(ingest::http::OPENAPI).expect("openapi.json is JSON");
+    let paths = doc["paths"].as_object().expect("paths");
+    let source = std::fs::read_to_string(tests::workspace_root().join("ingest/src/http.rs")).expect("http.rs");
+    let mut routes = Vec::new();
+    for part in source.split(".route(").skip(1) {
+        let path = part.trim_start().trim_start_matches('"');
+        let path = &path[..path.find('"').expect("quoted route")];
+        routes.push(path.to_string());
+    }
+    assert!(routes.len() >= 10, "routes found: {routes:?}");
+    for r in &routes {
+        assert!(paths.contains_key(r), "route {r} is not documented in ingest/openapi.json");
+    }
+    for p in paths.keys() {
+        assert!(routes.contains(p), "ingest/openapi.json documents {p}, which is not a route");
+    }
+}
