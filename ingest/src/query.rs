@@ -349,23 +349,11 @@ pub async fn track(
 /// them before the aggregator folds them).
 pub fn note_accepted(state: &AppState, events: &[UsageEvent], positions: &[(i32, i64)]) {
     for (e, pos) in events.iter().zip(positions) {
-        let Some(meter) = state.catalog.meter(&e.meter) else {
-            continue;
-        };
-        let quantity = match meter.aggregation {
-            schemas::catalog::Aggregation::Count => 1.0,
-            schemas::catalog::Aggregation::UniqueCount => continue,
-            _ => meter
-                .value_property
-                .as_deref()
-                .and_then(|p| e.data.get(p))
-                .and_then(Value::as_f64)
-                .or(meter.default_value)
-                .unwrap_or(0.0),
-        };
-        state
-            .view
-            .track(&e.tenant, &e.customer, &e.meter, quantity, e.time.date(), *pos);
+        if let Some(quantity) = state.catalog.quantity_of(e) {
+            state
+                .view
+                .track(&e.tenant, &e.customer, &e.meter, quantity, e.time.date(), *pos);
+        }
     }
 }
 

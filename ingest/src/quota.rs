@@ -6,7 +6,8 @@
 //! state that includes its Kafka offset; then the state counts it and the pending entry goes.
 //! Reservation is check-and-add under the customer's lock, so concurrent check-and-track calls on
 //! one instance cannot pass the limit together; across instances the overshoot is bounded by what
-//! the other instances accept during one state round trip (see the README's measurements).
+//! the other instances accept before their events reach this one through the events topic tail
+//! (see the README's measurements).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
@@ -356,7 +357,9 @@ impl QuotaView {
         self.with(tenant, customer, |map| {
             let c = map.entry((tenant.into(), customer.into())).or_default();
             let m = c.meters.entry(meter.into()).or_default();
-            if m.as_of.get(&position.0).is_none_or(|&o| o < position.1) {
+            // Seen already (this instance produced it, or the tail delivered it), or folded.
+            let known = m.pending.iter().any(|p| p.position == Some(position));
+            if !known && m.as_of.get(&position.0).is_none_or(|&o| o < position.1) {
                 m.pending.push(Pending {
                     id,
                     day,
@@ -374,6 +377,8 @@ impl QuotaView {
                 .get_mut(&(tenant.to_string(), customer.to_string()))
                 .and_then(|c| c.meters.get_mut(meter))
             {
+                // The events tail may have delivered this very event first: keep one entry.
+                m.pending.retain(|p| p.id == r.0 || p.position != Some(position));
                 if let Some(p) = m.pending.iter_mut().find(|p| p.id == r.0) {
                     p.position = Some(position);
                 }
@@ -507,6 +512,27 @@ mod tests {
         assert_eq!((a.used, a.allowed, a.reason), (30.0, true, None));
         let next = view.check("t", "c", "api_call", 1.0, datetime!(2026-04-01 00:00 UTC));
         assert_eq!(next.used, 0.0);
+    }
+
+    #[test]
+    fn an_event_seen_twice_by_its_instance_and_the_tail_counts_once() {
+        let view = QuotaView::new(Arc::new(Catalog::default()), UnknownCustomer::DefaultPlan);
+        let now = datetime!(2026-03-10 12:00 UTC);
+        // The tail delivers the event before the producer's acknowledgement confirms it...
+        let (_, r) = view.reserve("t", "c", "api_call", 1.0, now);
+        view.track("t", "c", "api_call", 1.0, now.date(), (3, 7));
+        view.confirm("t", "c", "api_call", r.expect("reserved"), (3, 7));
+        assert_eq!(view.check("t", "c", "api_call", 0.0, now).used, 1.0);
+        // ...or after it.
+        let (_, r) = view.reserve("t", "c", "api_call", 1.0, now);
+        view.confirm("t", "c", "api_call", r.expect("reserved"), (3, 8));
+        view.track("t", "c", "api_call", 1.0, now.date(), (3, 8));
+        assert_eq!(view.check("t", "c", "api_call", 0.0, now).used, 2.0);
+        // Another instance's event arrives through the tail only.
+        view.track("t", "c", "api_call", 1.0, now.date(), (3, 9));
+        assert_eq!(view.pending("t", "c", "api_call"), 3);
+        view.apply(usage(now.date(), 3.0, 3, 9));
+        assert_eq!((view.pending("t", "c", "api_call"), view.check("t", "c", "api_call", 0.0, now).used), (0, 3.0));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Builds the quota view at start (a ClickHouse baseline, then the whole compacted state topic) and
-//! keeps it current by following the state topic. Only this module reads ClickHouse for quota, and
+//! keeps it current by following the state topic and tailing the events topic. Only this module reads ClickHouse for quota, and
 //! only at start: answers come from memory.
 
 use std::collections::HashMap;
@@ -10,6 +10,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::config::KafkaConfig;
+use schemas::UsageEvent;
 use schemas::quota::{PlanState, StateRecord, SubscriptionEvent, UsageState};
 use schemas::topics::Topics;
 use serde::Deserialize;
@@ -86,7 +87,9 @@ pub async fn load_baseline(client: &clickhouse::Client, view: &QuotaView) -> Res
 }
 
 /// Follows the state topic from its beginning; marks the view ready once it has read what the
-/// topic held at start. Runs until `cancel`.
+/// topic held at start. Also tails the events topic from its end: usage accepted by other ingest
+/// instances counts as pending here within a fetch, long before the aggregator folds it (this
+/// bounds the overshoot across instances). Runs until `cancel`.
 pub async fn follow(
     kafka: &KafkaConfig,
     topics: &Topics,
@@ -103,6 +106,7 @@ pub async fn follow(
     let (consumer, targets) = {
         let c = consumer;
         let t = topic.clone();
+        let events = topics.events.clone();
         tokio::task::spawn_blocking(move || -> Result<_> {
             let md = c.fetch_metadata(Some(&t), Duration::from_secs(10))?;
             let partitions: Vec<i32> = md
@@ -117,6 +121,12 @@ pub async fn follow(
                 tpl.add_partition_offset(&t, p, Offset::Beginning)?;
                 if high > 0 {
                     targets.insert(p, high);
+                }
+            }
+            let md = c.fetch_metadata(Some(&events), Duration::from_secs(10))?;
+            for mt in md.topics() {
+                for p in mt.partitions() {
+                    tpl.add_partition_offset(&events, p.id(), Offset::End)?;
                 }
             }
             c.assign(&tpl)?;
@@ -136,6 +146,20 @@ pub async fn follow(
             m = consumer.recv() => m,
         };
         match msg {
+            Ok(m) if m.topic() == topics.events => {
+                if let Some(event) = m.payload().and_then(|p| serde_json::from_slice::<UsageEvent>(p).ok()) {
+                    if let Some(quantity) = view.catalog().quantity_of(&event) {
+                        view.track(
+                            &event.tenant,
+                            &event.customer,
+                            &event.meter,
+                            quantity,
+                            event.time.date(),
+                            (m.partition(), m.offset()),
+                        );
+                    }
+                }
+            }
             Ok(m) => {
                 if let Some(payload) = m.payload() {
                     match serde_json::from_slice::<StateRecord>(payload) {

@@ -148,6 +148,25 @@ impl Catalog {
         self.meter_index.get(event_type).map(|&i| &self.meters[i])
     }
 
+    /// What an accepted event adds to its meter's quota usage (`None` for unknown meters and for
+    /// unique-count meters, which have no limits).
+    pub fn quantity_of(&self, event: &crate::event::UsageEvent) -> Option<f64> {
+        let meter = self.meter(&event.meter)?;
+        match meter.aggregation {
+            Aggregation::Count => Some(1.0),
+            Aggregation::UniqueCount => None,
+            Aggregation::Sum | Aggregation::Max => Some(
+                meter
+                    .value_property
+                    .as_deref()
+                    .and_then(|p| event.data.get(p))
+                    .and_then(serde_json::Value::as_f64)
+                    .or(meter.default_value)
+                    .unwrap_or(0.0),
+            ),
+        }
+    }
+
     /// The plan with `key`.
     pub fn plan(&self, key: &str) -> Option<&Plan> {
         self.plans.iter().find(|p| p.key == key)

@@ -29,12 +29,12 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Hits `url` from CONNECTIONS keep-alive connections for SECONDS; every answer must be 200.
-async fn load(url: String, key: String) -> Load {
+/// Hits `url` from `connections` keep-alive connections for SECONDS; every answer must be 200.
+async fn load(url: String, key: String, connections: usize) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..CONNECTIONS {
+    for _ in 0..connections {
         let (url, key, stop, errors) = (url.clone(), key.clone(), stop.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let http = reqwest::Client::builder()
@@ -197,25 +197,32 @@ async fn main() {
     let (events, _) = tests::events("seed", 5_000, 1_000);
     tests::send_all(&http, &a.url, &key, &events, 1_000).await;
 
-    println!("# quota benchmark ({CONNECTIONS} connections, {SECONDS} s per phase, loopback HTTP)");
-    let base = load(format!("{}/healthz", a.url), key.clone()).await;
-    let quota = load(format!("{}/v1/customers/cust_7/quota", a.url), key.clone()).await;
-    println!("| endpoint | requests | per second | p50 | p99 |");
-    println!("|---|---|---|---|---|");
-    for (name, l) in [("GET /healthz (baseline)", &base), ("GET /v1/customers/{c}/quota", &quota)] {
+    println!("# quota benchmark (loopback HTTP, {SECONDS} s per phase; client and servers share the machine)");
+    println!("| endpoint | connections | requests | per second | p50 | p99 |");
+    println!("|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for connections in [1, CONNECTIONS] {
+        let base = load(format!("{}/healthz", a.url), key.clone(), connections).await;
+        let quota = load(format!("{}/v1/customers/cust_7/quota", a.url), key.clone(), connections).await;
+        for (name, l) in [("GET /healthz (baseline)", &base), ("GET /v1/customers/{c}/quota", &quota)] {
+            println!(
+                "| {name} | {connections} | {} | {:.0} | {:.3} ms | {:.3} ms |",
+                l.requests,
+                l.per_sec,
+                l.p50_us as f64 / 1000.0,
+                l.p99_us as f64 / 1000.0
+            );
+        }
+        rows.push((connections, base, quota));
+    }
+    for (connections, base, quota) in &rows {
         println!(
-            "| {name} | {} | {:.0} | {:.2} ms | {:.2} ms |",
-            l.requests,
-            l.per_sec,
-            l.p50_us as f64 / 1000.0,
-            l.p99_us as f64 / 1000.0
+            "quota / baseline at {connections} connection(s): throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
+            quota.per_sec / base.per_sec,
+            quota.p50_us as f64 / base.p50_us.max(1) as f64,
+            quota.p99_us as f64 / base.p99_us.max(1) as f64
         );
     }
-    println!(
-        "quota / baseline: throughput {:.2}x, p99 {:.2}x",
-        quota.per_sec / base.per_sec,
-        quota.p99_us as f64 / base.p99_us.max(1) as f64
-    );
 
     let (q, h) = freshness(&env, &a, &b, &key, 100).await;
     println!(

@@ -136,7 +136,7 @@ async fn a_free_customer_gets_100_calls_the_101st_is_blocked_and_alerts_fire_onc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn another_instance_sees_usage_through_the_state_topic() {
+async fn another_instance_sees_usage_through_the_events_tail_and_plans_through_the_state_topic() {
     let (env, agg, a, http) = setup("twoinst").await;
     let b = env.start_ingest().await;
     ready(&http, &b.url).await;
