@@ -136,11 +136,10 @@ impl Context {
             return false;
         }
         let tpl = commit_list(&batch.last, &lock(&self.shared).owned);
-        if tpl.count() > 0 {
-            if let Err(e) = consumer.commit(&tpl, mode) {
+        if tpl.count() > 0
+            && let Err(e) = consumer.commit(&tpl, mode) {
                 tracing::warn!(error = %e, "committing offsets failed (ClickHouse holds them; harmless)");
             }
-        }
         true
     }
 

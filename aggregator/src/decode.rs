@@ -40,6 +40,7 @@ fn arrival(pos: &Position<'_>) -> OffsetDateTime {
         .unwrap_or_else(OffsetDateTime::now_utc)
 }
 
+#[allow(clippy::too_many_arguments)] // one flat constructor of a dead-letter row
 fn dead(
     pos: &Position<'_>,
     tenant: &str,

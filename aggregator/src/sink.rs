@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use schemas::rows::{DeadLetterRow, OffsetRow, RawEventRow, SubscriptionRow, Table};
+use schemas::sql::{in_list, quote};
 use serde::Deserialize;
 
 use crate::Result;
@@ -81,30 +82,6 @@ struct Key {
 struct Position {
     kafka_partition: u32,
     kafka_offset: u64,
-}
-
-/// Appends `s` as a ClickHouse string literal.
-fn quote(out: &mut String, s: &str) {
-    out.push('\'');
-    for c in s.chars() {
-        if matches!(c, '\\' | '\'') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('\'');
-}
-
-fn in_list<'a>(values: impl Iterator<Item = &'a str>) -> String {
-    let mut out = String::from("(");
-    for (i, v) in values.enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        quote(&mut out, v);
-    }
-    out.push(')');
-    out
 }
 
 impl Sink {
@@ -289,18 +266,5 @@ impl Sink {
     /// The client (the state publisher reads rollups with it).
     pub fn client(&self) -> &clickhouse::Client {
         &self.client
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn literals_are_escaped() {
-        let mut s = String::new();
-        quote(&mut s, r"a'b\c?");
-        assert_eq!(s, r"'a\'b\\c?'");
-        assert_eq!(in_list(["x", "y"].into_iter()), "('x','y')");
     }
 }

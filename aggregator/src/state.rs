@@ -14,7 +14,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::Catalog;
 use schemas::catalog::Aggregation;
 use schemas::config::KafkaConfig;
-use schemas::quota::{Alert, PlanState, StateRecord, SubscriptionEvent, UsageState, crossed};
+use schemas::quota::{Alert, PlanState, StateRecord, UsageState, crossed};
+use schemas::quota_store::DayRow;
+use schemas::sql::{pairs, quote};
 use schemas::rows::AlertRow;
 use schemas::topics::Topics;
 use serde::Deserialize;
@@ -25,6 +27,9 @@ use crate::{Error, Result};
 
 /// Days of usage read back per touched customer (covers a billing period and late events).
 pub const HISTORY_DAYS: i64 = 40;
+
+/// A customer's events partition and the (meter, day) keys a batch touched.
+type Touched = (i32, BTreeSet<(String, Date)>);
 
 /// What one publish did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -57,54 +62,8 @@ impl std::fmt::Debug for Publisher {
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
-struct DayRow {
-    tenant: String,
-    customer: String,
-    meter: String,
-    #[serde(with = "clickhouse::serde::time::date")]
-    day: Date,
-    events: u64,
-    quantity: f64,
-}
-
-#[derive(Debug, clickhouse::Row, Deserialize)]
-struct SubRow {
-    body: String,
-    kafka_partition: u32,
-    kafka_offset: u64,
-}
-
-#[derive(Debug, clickhouse::Row, Deserialize)]
 struct IdRow {
     id: String,
-}
-
-/// Appends `s` as a ClickHouse string literal.
-fn quote(out: &mut String, s: &str) {
-    out.push('\'');
-    for c in s.chars() {
-        if matches!(c, '\\' | '\'') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('\'');
-}
-
-fn pairs<'a>(keys: impl Iterator<Item = (&'a str, &'a str)>) -> String {
-    let mut out = String::from("(");
-    for (i, (a, b)) in keys.enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push('(');
-        quote(&mut out, a);
-        out.push(',');
-        quote(&mut out, b);
-        out.push(')');
-    }
-    out.push(')');
-    out
 }
 
 impl Publisher {
@@ -157,32 +116,11 @@ impl Publisher {
         &self,
         customers: &BTreeSet<(String, String)>,
     ) -> Result<HashMap<(String, String), PlanState>> {
-        let mut out = HashMap::new();
         if customers.is_empty() {
-            return Ok(out);
+            return Ok(HashMap::new());
         }
-        let sql = format!(
-            "SELECT body, kafka_partition, kafka_offset FROM subscription_events \
-             WHERE (tenant, customer) IN {} ORDER BY tenant, customer, kafka_partition, kafka_offset",
-            pairs(customers.iter().map(|(t, c)| (t.as_str(), c.as_str())))
-        );
-        let rows: Vec<SubRow> = self.client.query_raw(&sql).fetch_all().await?;
-        for (t, c) in customers {
-            out.insert(
-                (t.clone(), c.clone()),
-                PlanState::initial(t, c, &self.catalog),
-            );
-        }
-        for row in rows {
-            let Ok(event) = serde_json::from_str::<SubscriptionEvent>(&row.body) else {
-                continue; // decoded before it was stored; cannot happen
-            };
-            if let Some(state) = out.get_mut(&(event.tenant.clone(), event.customer.clone())) {
-                state.apply(&event);
-                state.partition = row.kafka_partition as i32;
-                state.as_of_offset = state.as_of_offset.max(row.kafka_offset as i64);
-            }
-        }
+        let list: Vec<(String, String)> = customers.iter().cloned().collect();
+        let out = schemas::quota_store::plans(&self.client, &self.catalog, Some(&list)).await?;
         let mut cache = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         for (k, v) in &out {
             cache.insert(k.clone(), v.clone());
@@ -215,15 +153,9 @@ impl Publisher {
 
     /// Daily usage of `customers` over the last [`HISTORY_DAYS`] days, per meter.
     async fn daily_usage(&self, customers: &BTreeSet<(String, String)>) -> Result<Vec<DayRow>> {
-        let list = pairs(customers.iter().map(|(t, c)| (t.as_str(), c.as_str())));
-        let mut sql = String::new();
-        let _ = write!(
-            sql,
-            "SELECT tenant, customer, meter, day, sum(events) AS events, sum(quantity) AS quantity \
-             FROM usage_daily WHERE (tenant, customer) IN {list} AND day >= today() - {HISTORY_DAYS} \
-             GROUP BY tenant, customer, meter, day"
-        );
-        let mut rows: Vec<DayRow> = self.client.query_raw(&sql).fetch_all().await?;
+        let keys: Vec<(String, String)> = customers.iter().cloned().collect();
+        let mut rows = schemas::quota_store::daily_usage(&self.client, Some(&keys), HISTORY_DAYS).await?;
+        let list = pairs(keys.iter().map(|(t, c)| (t.as_str(), c.as_str())));
         let max_meters: Vec<&str> = self
             .catalog
             .meters
@@ -286,7 +218,7 @@ impl Publisher {
         }
 
         // Usage: the touched (customer, meter, day) keys and each customer's partition.
-        let mut touched: BTreeMap<(String, String), (i32, BTreeSet<(String, Date)>)> = BTreeMap::new();
+        let mut touched: BTreeMap<(String, String), Touched> = BTreeMap::new();
         for e in &batch.events {
             let entry = touched
                 .entry((e.tenant.clone(), e.customer.clone()))

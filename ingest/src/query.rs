@@ -69,7 +69,7 @@ fn check_meter(state: &AppState, meter: &str) -> Result<(), ApiError> {
 }
 
 fn check_quantity(field: &str, q: f64) -> Result<(), ApiError> {
-    if !q.is_finite() || q < 0.0 || q > schemas::event::MAX_QUANTITY {
+    if !q.is_finite() || !(0.0..=schemas::event::MAX_QUANTITY).contains(&q) {
         return Err(invalid(field, "quantity must be a finite number between 0 and 1e15"));
     }
     Ok(())
@@ -215,11 +215,10 @@ pub async fn post_check(
             check_meter(&state, m).map_err(at)?;
         }
         check_quantity("quantity", c.quantity.unwrap_or(1.0)).map_err(at)?;
-        if let Some(id) = &c.id {
-            if id.trim().is_empty() || id.len() > schemas::event::MAX_ID_LEN {
+        if let Some(id) = &c.id
+            && (id.trim().is_empty() || id.len() > schemas::event::MAX_ID_LEN) {
                 return Err(at(invalid("id", "the id must be 1-256 bytes")));
             }
-        }
     }
     if !state.view.is_ready() {
         return Err(starting());
@@ -278,11 +277,10 @@ pub async fn track(
             .clone()
             .unwrap_or_else(|| format!("chk_{}", uuid::Uuid::new_v4().simple()));
         let mut data = c.data.clone().unwrap_or_default();
-        if let Some(dim) = state.catalog.meter(meter).and_then(|m| m.dimension.clone()) {
-            if let Some(ep) = &c.endpoint {
+        if let Some(dim) = state.catalog.meter(meter).and_then(|m| m.dimension.clone())
+            && let Some(ep) = &c.endpoint {
                 data.insert(dim, Value::String(ep.clone()));
             }
-        }
         if let Some(prop) = state.catalog.meter(meter).and_then(|m| m.value_property.clone()) {
             data.insert(prop, json!(quantity));
         }

@@ -84,11 +84,14 @@ impl MeterUsage {
     }
 }
 
+/// A plan change this instance produced: (id, event, its position once acknowledged).
+type PendingPlan = (u64, SubscriptionEvent, Option<(i32, i64)>);
+
 #[derive(Debug, Default)]
 struct Customer {
     plan: Option<PlanState>,
     /// Plan changes this instance produced that the plan state does not include yet.
-    pending_plan: Vec<(u64, SubscriptionEvent, Option<(i32, i64)>)>,
+    pending_plan: Vec<PendingPlan>,
     meters: HashMap<String, MeterUsage>,
 }
 

@@ -11,43 +11,19 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::config::KafkaConfig;
 use schemas::UsageEvent;
-use schemas::quota::{PlanState, StateRecord, SubscriptionEvent, UsageState};
+use schemas::quota::{StateRecord, UsageState};
 use schemas::topics::Topics;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 use crate::quota::QuotaView;
 
-#[derive(Debug, clickhouse::Row, Deserialize)]
-struct DayRow {
-    tenant: String,
-    customer: String,
-    meter: String,
-    #[serde(with = "clickhouse::serde::time::date")]
-    day: time::Date,
-    events: u64,
-    quantity: f64,
-}
-
-#[derive(Debug, clickhouse::Row, Deserialize)]
-struct SubRow {
-    body: String,
-    kafka_partition: u32,
-    kafka_offset: u64,
-}
-
 /// Loads the last 40 days of daily usage and every customer's plan history from ClickHouse.
 /// Returns the number of records applied.
 pub async fn load_baseline(client: &clickhouse::Client, view: &QuotaView) -> Result<usize> {
-    let rows: Vec<DayRow> = client
-        .query(
-            "SELECT tenant, customer, meter, day, sum(events) AS events, sum(quantity) AS quantity \
-             FROM usage_daily WHERE day >= today() - 40 GROUP BY tenant, customer, meter, day",
-        )
-        .fetch_all()
-        .await?;
-    let mut n = rows.len();
+    let rows = schemas::quota_store::daily_usage(client, None, 40).await?;
+    let plans = schemas::quota_store::plans(client, view.catalog(), None).await?;
+    let n = rows.len() + plans.len();
     for r in rows {
         view.apply(StateRecord::Usage(UsageState {
             tenant: r.tenant,
@@ -60,26 +36,6 @@ pub async fn load_baseline(client: &clickhouse::Client, view: &QuotaView) -> Res
             as_of_offset: -1,
         }));
     }
-    let subs: Vec<SubRow> = client
-        .query(
-            "SELECT body, kafka_partition, kafka_offset FROM subscription_events \
-             ORDER BY tenant, customer, kafka_partition, kafka_offset",
-        )
-        .fetch_all()
-        .await?;
-    let mut plans: HashMap<(String, String), PlanState> = HashMap::new();
-    for row in subs {
-        let Ok(event) = serde_json::from_str::<SubscriptionEvent>(&row.body) else {
-            continue;
-        };
-        let state = plans
-            .entry((event.tenant.clone(), event.customer.clone()))
-            .or_insert_with(|| PlanState::initial(&event.tenant, &event.customer, view.catalog()));
-        state.apply(&event);
-        state.partition = row.kafka_partition as i32;
-        state.as_of_offset = state.as_of_offset.max(row.kafka_offset as i64);
-    }
-    n += plans.len();
     for p in plans.into_values() {
         view.apply(StateRecord::Plan(p));
     }
@@ -147,8 +103,8 @@ pub async fn follow(
         };
         match msg {
             Ok(m) if m.topic() == topics.events => {
-                if let Some(event) = m.payload().and_then(|p| serde_json::from_slice::<UsageEvent>(p).ok()) {
-                    if let Some(quantity) = view.catalog().quantity_of(&event) {
+                if let Some(event) = m.payload().and_then(|p| serde_json::from_slice::<UsageEvent>(p).ok())
+                    && let Some(quantity) = view.catalog().quantity_of(&event) {
                         view.track(
                             &event.tenant,
                             &event.customer,
@@ -158,7 +114,6 @@ pub async fn follow(
                             (m.partition(), m.offset()),
                         );
                     }
-                }
             }
             Ok(m) => {
                 if let Some(payload) = m.payload() {

@@ -288,8 +288,8 @@ pub fn validate(
         m
     });
 
-    if let Some(tenant) = c.string(obj, "tenant", false) {
-        if tenant != intake.tenant {
+    if let Some(tenant) = c.string(obj, "tenant", false)
+        && tenant != intake.tenant {
             c.fail(
                 "tenant",
                 ErrorCode::TenantMismatch,
@@ -298,16 +298,14 @@ pub fn validate(
                 ),
             );
         }
-    }
-    if let (Some(scope), Some(customer)) = (intake.customer_scope, customer) {
-        if scope != customer {
+    if let (Some(scope), Some(customer)) = (intake.customer_scope, customer)
+        && scope != customer {
             c.fail(
                 "subject",
                 ErrorCode::CustomerForbidden,
                 format!("this API key may only send events for customer {scope:?}"),
             );
         }
-    }
 
     let time = match obj.get("time") {
         None | Some(Value::Null) => Some(intake.received_at),

@@ -8,6 +8,8 @@
 //! - [`config`]: broker and ClickHouse connection settings embedded in every service's config.
 //! - [`migrate`]: numbered ClickHouse DDL (`migrations/`) and the runner.
 //! - [`quota`]: plan changes, plan and usage state, billing periods, alerts.
+//! - [`quota_store`]: daily usage and folded plans read back from ClickHouse.
+//! - [`sql`]: client-side SQL literals.
 //! - [`api`]: HTTP request/response bodies.
 //! - [`rows`]: ClickHouse row structs, shared by writers and readers.
 
@@ -19,7 +21,9 @@ pub mod event;
 pub mod kafka;
 pub mod migrate;
 pub mod quota;
+pub mod quota_store;
 pub mod rows;
+pub mod sql;
 pub mod topics;
 
 pub use catalog::Catalog;
