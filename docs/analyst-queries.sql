@@ -112,3 +112,22 @@ FROM events_raw
 WHERE tenant = 'acme' AND time >= toDateTime(toStartOfMonth(today()))
 GROUP BY source
 ORDER BY event_count DESC, source;
+
+-- name: usage_alerts_recent
+-- Usage thresholds crossed in the current and the previous billing periods, newest first.
+SELECT customer, meter, threshold, used, limit_value, plan, period_start, fired_at
+FROM alerts FINAL
+WHERE tenant = 'acme' AND period_start >= toStartOfMonth(today()) - 31
+ORDER BY fired_at DESC, customer, threshold
+LIMIT 100;
+
+-- name: current_plan_per_customer
+-- Each customer's latest plan change (customers without one are on the default plan, free).
+SELECT customer,
+       argMax(visitParamExtractString(body, 'plan'), kafka_offset) AS plan,
+       argMax(visitParamExtractString(body, 'status'), kafka_offset) AS status,
+       max(time) AS changed_at
+FROM subscription_events
+WHERE tenant = 'acme' AND kind = 'plan'
+GROUP BY customer
+ORDER BY customer;
