@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# Builds the `ingest` and `aggregator` binaries into one small runtime image; docker-compose.yml picks
+# Builds the `ingest`, `aggregator`, `billing-sync` and `stripe-fake` binaries into one small runtime image; docker-compose.yml picks
 # the binary per service with `entrypoint`. Not buildable on the dev machines (no Docker engine).
 
 # --- build ---------------------------------------------------------------------------------------
@@ -16,9 +16,11 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin ingest --bin aggregator \
+    cargo build --release --locked --bin ingest --bin aggregator --bin billing-sync --bin stripe-fake \
     && install -D -m 0755 target/release/ingest /out/ingest \
-    && install -D -m 0755 target/release/aggregator /out/aggregator
+    && install -D -m 0755 target/release/aggregator /out/aggregator \
+    && install -D -m 0755 target/release/billing-sync /out/billing-sync \
+    && install -D -m 0755 target/release/stripe-fake /out/stripe-fake
 
 # --- runtime -------------------------------------------------------------------------------------
 # zlib1g (librdkafka's only shared dependency besides libc) is part of bookworm-slim; curl is for
@@ -29,9 +31,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 metering \
     && useradd --system --uid 10001 --gid metering --no-create-home --shell /usr/sbin/nologin metering
-COPY --from=builder /out/ingest /out/aggregator /usr/local/bin/
+COPY --from=builder /out/ingest /out/aggregator /out/billing-sync /out/stripe-fake /usr/local/bin/
 USER 10001:10001
-# ingest HTTP API, aggregator metrics/health.
-EXPOSE 8080 9464
+# ingest HTTP API, aggregator metrics/health, billing-sync API and webhooks.
+EXPOSE 8080 9464 8090
 # No ENTRYPOINT: each compose service sets `entrypoint: ["ingest"]` or `["aggregator"]`.
 CMD ["ingest", "serve"]

@@ -1,1 +1,37 @@
-//! Placeholder until the crate is written.
+//! billing-sync: every Stripe interaction of the metering backend. It sells plans through Stripe
+//! Checkout (subscription mode), opens the billing portal, cancels subscriptions, turns Stripe's
+//! signed webhooks into plan changes on the subscriptions topic (which the aggregator folds into
+//! quota limits), repairs missed webhooks by reconciliation, and reports metered usage from the
+//! ClickHouse rollups to Stripe Billing Meters exactly once per customer, meter and hour.
+//!
+//! # Layout
+//! - [`config`]: the typed, layered configuration (`BILLING_*`).
+//! - [`plans`]: plan ↔ Stripe price mapping.
+//! - [`stripe_api`]: async-stripe client with global pacing, idempotency keys and backoff.
+//! - [`store`]: billing state in ClickHouse (migration `0007_billing.sql`) and rollup reads.
+//! - [`billing`]: customers, checkout, portal, cancel, and the subscription → plan change rules.
+//! - [`webhook`]: signature verification and event handling.
+//! - [`usage`]: metered usage reports, backfill and reconciliation with meter event summaries.
+//! - [`http`]: routes (seed endpoints, webhook, admin triggers, health, metrics).
+//! - [`metrics`]: Prometheus metrics.
+//! - [`app`]: build, serve, background jobs, shut down.
+//! - [`error`]: the crate error.
+//! - [`fake`]: the Stripe test double (also the `stripe-fake` binary).
+#![recursion_limit = "256"]
+
+pub mod app;
+pub mod billing;
+pub mod config;
+pub mod error;
+pub mod fake;
+pub mod http;
+pub mod metrics;
+pub mod plans;
+pub mod store;
+pub mod stripe_api;
+pub mod usage;
+pub mod webhook;
+
+pub use app::App;
+pub use config::Config;
+pub use error::{Error, Result};

@@ -38,6 +38,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_retention.modern.sql", true),
     migration!(5, "0005_quota.sql", false),
     migration!(6, "0006_alert_deliveries.sql", false),
+    migration!(7, "0007_billing.sql", false),
 ];
 
 /// Oldest ClickHouse major version that gets the `modern_only` migrations.

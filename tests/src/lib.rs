@@ -4,10 +4,12 @@
 //! # Layout
 //! - [`TestEnv`]: per-test resources and app starters.
 //! - [`servers`]: private tansu / ClickHouse processes that a test may stop and restart.
+//! - [`billing`]: the Stripe fake and billing-sync wired together.
 //! - [`wait_until`]: polling with a deadline instead of fixed sleeps.
 //! - [`smtp`]: an SMTP sink that records the mail it accepts.
 //! - [`webhook`]: a webhook receiver that records requests and answers scripted statuses.
 
+pub mod billing;
 pub mod servers;
 pub mod smtp;
 pub mod webhook;

@@ -245,7 +245,7 @@ fn check_service(doc: &Value, name: &str, prefix: &str) -> (BTreeMap<String, Str
 #[test]
 fn services_exist() {
     let doc = compose();
-    for name in ["kafka", "clickhouse", "ingest", "aggregator"] {
+    for name in ["kafka", "clickhouse", "ingest", "aggregator", "billing-sync"] {
         service(&doc, name);
     }
 }
@@ -273,6 +273,37 @@ fn aggregator_environment_loads_into_its_config() {
 }
 
 #[test]
+fn billing_sync_environment_loads_into_its_config() {
+    let (env, listen) = check_service(&compose(), "billing-sync", billing_sync::config::ENV_PREFIX);
+    let c = with_env(&env, || billing_sync::Config::load(None)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.listen, listen);
+    assert_eq!(c.kafka.brokers, "kafka:9092");
+    assert_eq!(c.clickhouse.url, "http://clickhouse:8123");
+    assert_eq!(c.clickhouse.database, "metering");
+    assert_eq!(c.stripe.api_base, "https://api.stripe.com/");
+    // Every plan the catalog sells through Stripe gets its price from the compose environment.
+    let catalog = schemas::Catalog::default();
+    let mut sold: Vec<&str> = catalog
+        .plans
+        .iter()
+        .filter(|p| p.stripe_price_env.is_some())
+        .map(|p| p.key.as_str())
+        .collect();
+    sold.sort_unstable();
+    let configured: Vec<&str> = c.stripe.prices.keys().map(String::as_str).collect();
+    assert_eq!(configured, sold);
+    for plan in sold {
+        let var = catalog.plan(plan).and_then(|p| p.stripe_price_env.clone()).unwrap_or_default();
+        let raw = service(&compose(), "billing-sync")["environment"]
+            [format!("BILLING_STRIPE__PRICES__{}", plan.to_uppercase()).as_str()]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+        assert!(raw.contains(&var), "{plan}: `{raw}` does not read {var}");
+    }
+}
+
+#[test]
 fn a_misspelled_variable_fails_the_load() {
     let doc = compose();
     let mut env = environment(service(&doc, "ingest"));
@@ -282,6 +313,9 @@ fn a_misspelled_variable_fails_the_load() {
     let mut env = environment(service(&doc, "aggregator"));
     env.insert("AGGREGATOR_GROUPID".into(), "x".into());
     with_env(&env, || aggregator::Config::load(None)).expect_err("unknown key must fail");
+    let mut env = environment(service(&doc, "billing-sync"));
+    env.insert("BILLING_STRIPE__SECRETKEY".into(), "x".into());
+    with_env(&env, || billing_sync::Config::load(None)).expect_err("unknown key must fail");
 }
 
 /// Variables referenced outside comments that have no default and no mention in a comment.

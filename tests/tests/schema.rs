@@ -27,6 +27,11 @@ const TABLES: &[&str] = &[
     "usage_hourly_states",
     "api_keys",
     "alert_deliveries",
+    "billing_customers",
+    "billing_subscriptions",
+    "billing_webhook_events",
+    "billing_usage_reports",
+    "billing_usage_differences",
     "schema_migrations",
 ];
 
@@ -254,6 +259,11 @@ async fn row_structs_match_system_columns() {
     check_table::<SubscriptionRow>(&env).await;
     check_table::<AlertRow>(&env).await;
     check_table::<AlertDeliveryRow>(&env).await;
+    check_table::<schemas::rows::BillingCustomerRow>(&env).await;
+    check_table::<schemas::rows::BillingSubscriptionRow>(&env).await;
+    check_table::<schemas::rows::BillingWebhookEventRow>(&env).await;
+    check_table::<schemas::rows::BillingUsageReportRow>(&env).await;
+    check_table::<schemas::rows::BillingUsageDifferenceRow>(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,213 @@
+//! Building and running billing-sync: migrations, topics, keys, Stripe client, producer, HTTP
+//! server, background jobs (key refresh, reconciliation, grace periods, usage report and usage
+//! reconciliation), and a graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ingest::keys::KeyStore;
+use ingest::producer::EventProducer;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::Result;
+use crate::billing::Billing;
+use crate::config::Config;
+use crate::http::{AppState, router};
+use crate::metrics::Metrics;
+use crate::plans::Plans;
+use crate::store::Store;
+use crate::stripe_api::StripeApi;
+
+/// A built billing-sync, bound to its port, not yet serving.
+#[derive(Debug)]
+pub struct App {
+    listener: TcpListener,
+    billing: Arc<Billing>,
+    keys: KeyStore,
+}
+
+/// Runs `job` every `every` until `cancel` fires (first run after one interval).
+fn every<F, Fut>(
+    tasks: &mut JoinSet<()>,
+    cancel: &CancellationToken,
+    name: &'static str,
+    every: Duration,
+    mut job: F,
+) where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let cancel = cancel.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(every) => {
+                    let run = job();
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        r = run => if let Err(e) = r { crate::usage::log_error(name, &e) },
+                    }
+                }
+            }
+        }
+    });
+}
+
+impl App {
+    /// Validates the config, applies migrations (if configured), creates topics, loads keys,
+    /// resolves plan prices and binds the listener.
+    pub async fn build(config: Config) -> Result<Self> {
+        config.validate()?;
+        config.check_secrets()?;
+        let catalog = Arc::new(schemas::Catalog::load(config.catalog.as_deref())?);
+        let plans = Plans::from_env(&catalog, &config.stripe.prices)?;
+        if plans.all().is_empty() {
+            tracing::warn!(
+                "no plan has a Stripe price: /subscription/create will refuse every plan"
+            );
+        }
+        if let Some(p) = &config.payment_failure.downgrade_to
+            && catalog.plan(p).is_none()
+        {
+            return Err(crate::Error::Config(format!(
+                "payment_failure.downgrade_to {p:?} is not a plan"
+            )));
+        }
+        if config.clickhouse.migrate {
+            schemas::migrate::run(&config.clickhouse).await?;
+        }
+        if config.kafka.create_topics {
+            schemas::kafka::ensure_topics(&config.kafka, &config.topics).await?;
+        }
+        let keys = KeyStore::new(config.clickhouse.client());
+        keys.refresh().await?;
+        let producer = EventProducer::new(
+            &config.kafka,
+            config.topics.clone(),
+            Duration::from_millis(config.produce_timeout_ms),
+        )?;
+        let metrics = Arc::new(Metrics::default());
+        let stripe = StripeApi::new(&config.stripe, metrics.clone())?;
+        let listener = TcpListener::bind(config.listen).await?;
+        let store = Store::new(config.clickhouse.client());
+        let billing = Arc::new(Billing::new(
+            Arc::new(config),
+            catalog,
+            plans,
+            store,
+            stripe,
+            producer,
+            metrics,
+        ));
+        Ok(Self {
+            listener,
+            billing,
+            keys,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.billing.config.listen)
+    }
+
+    /// The services (tests read metrics and run jobs through it).
+    pub fn billing(&self) -> Arc<Billing> {
+        self.billing.clone()
+    }
+
+    /// Serves and runs the background jobs until `cancel` fires, then drains within the grace period.
+    pub async fn run(self, cancel: CancellationToken) -> Result<()> {
+        let billing = self.billing;
+        let config = billing.config.clone();
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        let mut tasks = JoinSet::new();
+        {
+            let keys = self.keys.clone();
+            every(
+                &mut tasks,
+                &cancel,
+                "key_refresh",
+                Duration::from_secs(config.key_refresh_secs),
+                move || {
+                    let keys = keys.clone();
+                    async move { keys.refresh().await.map(|_| ()).map_err(Into::into) }
+                },
+            );
+        }
+        if config.reconcile.enabled {
+            let b = billing.clone();
+            every(
+                &mut tasks,
+                &cancel,
+                "reconcile",
+                Duration::from_secs(config.reconcile.interval_secs),
+                move || {
+                    let b = b.clone();
+                    async move { b.reconcile().await.map(|_| ()) }
+                },
+            );
+        }
+        {
+            let b = billing.clone();
+            every(
+                &mut tasks,
+                &cancel,
+                "grace",
+                Duration::from_secs(config.payment_failure.check_interval_secs),
+                move || {
+                    let b = b.clone();
+                    async move { b.check_grace().await.map(|_| ()) }
+                },
+            );
+        }
+        if config.usage.enabled {
+            let (b, c) = (billing.clone(), cancel.clone());
+            every(
+                &mut tasks,
+                &cancel,
+                "usage_report",
+                Duration::from_secs(config.usage.interval_secs),
+                move || {
+                    let (b, c) = (b.clone(), c.clone());
+                    async move { crate::usage::report(b, c).await.map(|_| ()) }
+                },
+            );
+        }
+        if config.usage.reconcile_enabled {
+            let b = billing.clone();
+            every(
+                &mut tasks,
+                &cancel,
+                "usage_reconcile",
+                Duration::from_secs(config.usage.reconcile_interval_secs),
+                move || {
+                    let b = b.clone();
+                    async move { crate::usage::reconcile(&b, None, None).await.map(|_| ()) }
+                },
+            );
+        }
+        tracing::info!(addr = %self.listener.local_addr()?, "billing-sync listening");
+        let state = AppState {
+            billing: billing.clone(),
+            keys: self.keys,
+            cancel: cancel.clone(),
+        };
+        let shutdown = cancel.clone();
+        axum::serve(self.listener, router(state))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await?;
+        cancel.cancel();
+        billing.producer.flush(grace).await;
+        let _ =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        tracing::info!("billing-sync stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,258 @@
+//! billing-sync's configuration: defaults, then a TOML file, then `BILLING_*` environment variables.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use schemas::config::{ClickHouseConfig, KafkaConfig};
+use schemas::topics::Topics;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Environment variable prefix (`BILLING_STRIPE__SECRET_KEY=...`).
+pub const ENV_PREFIX: &str = "BILLING_";
+
+/// Everything billing-sync needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP API (seed endpoints, webhooks, health, metrics); port 0 picks one.
+    pub listen: SocketAddr,
+    /// Broker connection (plan changes go to the subscriptions topic).
+    pub kafka: KafkaConfig,
+    /// ClickHouse connection (API keys, billing state, usage rollups; migrations at start).
+    pub clickhouse: ClickHouseConfig,
+    /// Topic names.
+    pub topics: Topics,
+    /// Meter and plan catalog file; the built-in catalog when absent.
+    pub catalog: Option<PathBuf>,
+    /// Stripe API, webhooks, prices and hosted-page URLs.
+    pub stripe: StripeConfig,
+    /// What happens when a renewal payment fails.
+    pub payment_failure: PaymentFailureConfig,
+    /// The periodic comparison of Stripe's subscriptions with the local state.
+    pub reconcile: ReconcileConfig,
+    /// Metered usage reporting to Stripe Billing Meters.
+    pub usage: UsageConfig,
+    /// How long the broker may take to acknowledge a plan change (ms).
+    pub produce_timeout_ms: u64,
+    /// How often API keys are reloaded from ClickHouse (s).
+    pub key_refresh_secs: u64,
+    /// How long shutdown waits for requests and jobs in flight (s).
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            kafka: KafkaConfig::default(),
+            clickhouse: ClickHouseConfig::default(),
+            topics: Topics::default(),
+            catalog: None,
+            stripe: StripeConfig::default(),
+            payment_failure: PaymentFailureConfig::default(),
+            reconcile: ReconcileConfig::default(),
+            usage: UsageConfig::default(),
+            produce_timeout_ms: 10_000,
+            key_refresh_secs: 5,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// Stripe settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StripeConfig {
+    /// Base URL of the Stripe API, ending in `/` (`http://127.0.0.1:PORT/` for the fake).
+    pub api_base: String,
+    /// Secret API key (`sk_...`).
+    pub secret_key: SecretString,
+    /// Webhook signing secret (`whsec_...`).
+    pub webhook_secret: SecretString,
+    /// Stripe price id per plan key. A plan missing here takes the environment variable its catalog
+    /// entry names in `stripe_price_env` (`STRIPE_PRICE_ID_STARTER`, ...); empty means unset.
+    pub prices: BTreeMap<String, String>,
+    /// Timeout of one Stripe request (ms).
+    pub timeout_ms: u64,
+    /// Most Stripe requests per second, all kinds together (Stripe allows 1,000 in live mode).
+    pub max_requests_per_sec: u32,
+    /// Attempts of one Stripe request on 429, 5xx, timeouts and connection errors.
+    pub max_attempts: u32,
+    /// First retry backoff (ms); doubled per attempt with jitter.
+    pub backoff_base_ms: u64,
+    /// Longest retry backoff (ms).
+    pub backoff_max_ms: u64,
+    /// Where Checkout sends the customer after paying.
+    pub success_url: String,
+    /// Where Checkout sends the customer after giving up.
+    pub cancel_url: String,
+    /// Where the billing portal's "return" link goes.
+    pub portal_return_url: String,
+}
+
+impl Default for StripeConfig {
+    fn default() -> Self {
+        Self {
+            api_base: "https://api.stripe.com/".into(),
+            secret_key: SecretString::from(""),
+            webhook_secret: SecretString::from(""),
+            prices: BTreeMap::new(),
+            timeout_ms: 10_000,
+            max_requests_per_sec: 100,
+            max_attempts: 5,
+            backoff_base_ms: 200,
+            backoff_max_ms: 10_000,
+            success_url: "http://localhost:8080/?checkout=success".into(),
+            cancel_url: "http://localhost:8080/?checkout=cancel".into(),
+            portal_return_url: "http://localhost:8080/".into(),
+        }
+    }
+}
+
+/// Payment failure policy: keep the plan for a grace period, then fall back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentFailureConfig {
+    /// Seconds after the first failed payment during which the paid plan still applies.
+    pub grace_period_secs: u64,
+    /// Plan applied after the grace period; the catalog's default plan when absent.
+    pub downgrade_to: Option<String>,
+    /// How often expired grace periods are looked for (s).
+    pub check_interval_secs: u64,
+}
+
+impl Default for PaymentFailureConfig {
+    fn default() -> Self {
+        Self {
+            grace_period_secs: 3 * 86_400,
+            downgrade_to: None,
+            check_interval_secs: 60,
+        }
+    }
+}
+
+/// Subscription reconciliation (repairs missed webhooks).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Run it periodically.
+    pub enabled: bool,
+    /// Seconds between runs.
+    pub interval_secs: u64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_secs: 300,
+        }
+    }
+}
+
+/// Metered usage reporting.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// Report usage periodically.
+    pub enabled: bool,
+    /// Seconds between report runs.
+    pub interval_secs: u64,
+    /// An hour is reported once it ended this many seconds ago (lets the pipeline settle).
+    pub settle_secs: u64,
+    /// How far back unreported hours are sent (days, at most 35: Stripe's window).
+    pub backfill_days: u32,
+    /// Customer and meter pairs reported at once (each pair has one call in flight at most).
+    pub concurrency: usize,
+    /// Stripe meter event name per catalog meter key; every catalog meter under its own key when
+    /// empty.
+    pub meters: BTreeMap<String, String>,
+    /// Create Stripe customers for customers that have usage but never went through checkout.
+    pub create_customers: bool,
+    /// Compare reported usage with Stripe's meter event summaries periodically.
+    pub reconcile_enabled: bool,
+    /// Seconds between those comparisons.
+    pub reconcile_interval_secs: u64,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_secs: 60,
+            settle_secs: 300,
+            backfill_days: 35,
+            concurrency: 8,
+            meters: BTreeMap::new(),
+            create_customers: false,
+            reconcile_enabled: true,
+            reconcile_interval_secs: 3_600,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the layered configuration and validates it.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self> {
+        let config: Self =
+            schemas::config::load(ENV_PREFIX, file).map_err(|e| Error::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |m: &str| Err(Error::Config(m.into()));
+        let s = &self.stripe;
+        if !s.api_base.ends_with('/') || !s.api_base.starts_with("http") {
+            return fail("stripe.api_base must be an http(s) URL ending in `/`");
+        }
+        if !(1..=1000).contains(&s.max_requests_per_sec) {
+            return fail("stripe.max_requests_per_sec must be in 1..=1000 (Stripe's limit)");
+        }
+        if s.max_attempts == 0 || s.timeout_ms < 100 || s.backoff_base_ms == 0 {
+            return fail(
+                "stripe.max_attempts must be at least 1, timeout_ms at least 100, backoff_base_ms at least 1",
+            );
+        }
+        if s.backoff_max_ms < s.backoff_base_ms {
+            return fail("stripe.backoff_max_ms must be at least backoff_base_ms");
+        }
+        if !(1..=35).contains(&self.usage.backfill_days) {
+            return fail("usage.backfill_days must be in 1..=35 (Stripe accepts 35 days back)");
+        }
+        if self.usage.concurrency == 0 || self.usage.interval_secs == 0 {
+            return fail("usage.concurrency and usage.interval_secs must be at least 1");
+        }
+        if self.reconcile.interval_secs == 0
+            || self.usage.reconcile_interval_secs == 0
+            || self.payment_failure.check_interval_secs == 0
+        {
+            return fail("reconcile and check intervals must be at least 1 s");
+        }
+        if self.produce_timeout_ms < 100 || self.key_refresh_secs == 0 {
+            return fail("produce_timeout_ms must be at least 100 and key_refresh_secs at least 1");
+        }
+        schemas::migrate::check_identifier(&self.clickhouse.database)?;
+        Ok(())
+    }
+
+    /// Problems that stop `serve` but not `check-config` (missing secrets).
+    pub fn check_secrets(&self) -> Result<()> {
+        if self.stripe.secret_key.expose_secret().is_empty() {
+            return Err(Error::Config(
+                "stripe.secret_key is empty (BILLING_STRIPE__SECRET_KEY)".into(),
+            ));
+        }
+        if self.stripe.webhook_secret.expose_secret().is_empty() {
+            return Err(Error::Config(
+                "stripe.webhook_secret is empty (BILLING_STRIPE__WEBHOOK_SECRET)".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,60 @@
+//! billing-sync's error type (HTTP errors reuse the ingest's `ApiError` JSON shape).
+
+/// Start-up, background and handler failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Catalog, migration or other shared-layer failure.
+    #[error(transparent)]
+    Schemas(#[from] schemas::Error),
+    /// The ingest crate (API keys) failed.
+    #[error(transparent)]
+    Ingest(#[from] ingest::Error),
+    /// The broker client failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A plan change was not acknowledged by the broker.
+    #[error("produce: {0}")]
+    Produce(#[from] ingest::producer::ProduceError),
+    /// ClickHouse failed.
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    /// A Stripe call failed (after retries, when retryable).
+    #[error("stripe {op}: {source}")]
+    Stripe {
+        /// Which call.
+        op: &'static str,
+        /// The client's error.
+        source: stripe::StripeError,
+    },
+    /// Stripe answered something billing-sync cannot use.
+    #[error("unexpected stripe data: {0}")]
+    StripeData(String),
+    /// Binding or serving failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The Stripe error code (`resource_missing`, ...) and HTTP status of a Stripe error.
+    pub fn stripe_code(&self) -> Option<(String, u16)> {
+        match self {
+            Self::Stripe {
+                source: stripe::StripeError::Stripe(e, status),
+                ..
+            } => Some((
+                e.code
+                    .as_ref()
+                    .map(|c| c.as_str().to_string())
+                    .unwrap_or_else(|| e.type_.as_str().to_string()),
+                *status,
+            )),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! Stripe-shaped JSON for the fake's objects (the shapes async-stripe's typed structs decode).
+
+use serde_json::{Map, Value, json};
+
+/// The API version the fake claims (async-stripe rc.10's `stripe_shared::version::VERSION`).
+pub const API_VERSION: &str = "2026-09-30.endive";
+
+/// A list envelope.
+pub fn list(data: Vec<Value>, has_more: bool, url: &str) -> Value {
+    json!({"object": "list", "data": data, "has_more": has_more, "url": url})
+}
+
+/// A Stripe error body.
+pub fn error(kind: &str, code: Option<&str>, message: &str, param: Option<&str>) -> Value {
+    let mut e = Map::new();
+    e.insert("type".into(), json!(kind));
+    if let Some(code) = code {
+        e.insert("code".into(), json!(code));
+        e.insert(
+            "doc_url".into(),
+            json!(format!("https://stripe.com/docs/error-codes/{code}")),
+        );
+    }
+    e.insert("message".into(), json!(message));
+    if let Some(param) = param {
+        e.insert("param".into(), json!(param));
+    }
+    json!({ "error": e })
+}
+
+/// A product.
+pub fn product(id: &str, name: &str, created: i64, metadata: &Value) -> Value {
+    json!({
+        "id": id, "object": "product", "active": true, "created": created, "default_price": null,
+        "description": null, "images": [], "livemode": false, "marketing_features": [],
+        "metadata": metadata, "name": name, "package_dimensions": null, "shippable": null,
+        "statement_descriptor": null, "tax_code": null, "type": "service", "unit_label": null,
+        "updated": created, "url": null,
+    })
+}
+
+/// Recurring settings of a price.
+#[derive(Debug, Clone)]
+pub struct Recurring {
+    /// `day`, `week`, `month`, `year`.
+    pub interval: String,
+    /// Intervals per period.
+    pub interval_count: u64,
+    /// `licensed` or `metered`.
+    pub usage_type: String,
+    /// Billing meter of a metered price.
+    pub meter: Option<String>,
+}
+
+/// A price.
+#[derive(Debug, Clone)]
+pub struct Price {
+    /// Id.
+    pub id: String,
+    /// Product id.
+    pub product: String,
+    /// Amount in the smallest unit.
+    pub unit_amount: i64,
+    /// Currency.
+    pub currency: String,
+    /// Recurring settings (none = one-time).
+    pub recurring: Option<Recurring>,
+    /// Lookup key.
+    pub lookup_key: Option<String>,
+    /// Nickname.
+    pub nickname: Option<String>,
+    /// Metadata.
+    pub metadata: Value,
+    /// Creation time.
+    pub created: i64,
+}
+
+impl Price {
+    /// The price object.
+    pub fn json(&self) -> Value {
+        let recurring = self.recurring.as_ref().map(|r| {
+            json!({
+                "interval": r.interval, "interval_count": r.interval_count,
+                "meter": r.meter, "trial_period_days": null, "usage_type": r.usage_type,
+            })
+        });
+        json!({
+            "id": self.id, "object": "price", "active": true, "billing_scheme": "per_unit",
+            "created": self.created, "currency": self.currency, "custom_unit_amount": null,
+            "livemode": false, "lookup_key": self.lookup_key, "metadata": self.metadata,
+            "nickname": self.nickname, "product": self.product, "recurring": recurring,
+            "tax_behavior": "unspecified", "tiers_mode": null, "transform_quantity": null,
+            "type": if self.recurring.is_some() { "recurring" } else { "one_time" },
+            "unit_amount": self.unit_amount, "unit_amount_decimal": self.unit_amount.to_string(),
+        })
+    }
+
+    /// The legacy plan object that subscription items carry next to the price.
+    pub fn plan_json(&self) -> Value {
+        let r = self.recurring.clone().unwrap_or(Recurring {
+            interval: "month".into(),
+            interval_count: 1,
+            usage_type: "licensed".into(),
+            meter: None,
+        });
+        json!({
+            "id": self.id, "object": "plan", "active": true, "amount": self.unit_amount,
+            "amount_decimal": self.unit_amount.to_string(), "billing_scheme": "per_unit",
+            "created": self.created, "currency": self.currency, "interval": r.interval,
+            "interval_count": r.interval_count, "livemode": false, "metadata": self.metadata,
+            "meter": r.meter, "nickname": self.nickname, "product": self.product,
+            "tiers_mode": null, "transform_usage": null, "trial_period_days": null,
+            "usage_type": r.usage_type,
+        })
+    }
+}
+
+/// A customer.
+pub fn customer(
+    id: &str,
+    created: i64,
+    email: Option<&str>,
+    name: Option<&str>,
+    metadata: &Value,
+) -> Value {
+    json!({
+        "id": id, "object": "customer", "address": null, "balance": 0, "created": created,
+        "currency": null, "default_source": null, "delinquent": false, "description": null,
+        "email": email, "invoice_prefix": id.trim_start_matches("cus_").chars().take(8).collect::<String>().to_uppercase(),
+        "invoice_settings": {"custom_fields": null, "default_payment_method": null, "footer": null, "rendering_options": null},
+        "livemode": false, "metadata": metadata, "name": name, "next_invoice_sequence": 1,
+        "phone": null, "preferred_locales": [], "shipping": null, "tax_exempt": "none",
+        "test_clock": null,
+    })
+}
+
+/// A billing meter.
+#[derive(Debug, Clone)]
+pub struct Meter {
+    /// Id.
+    pub id: String,
+    /// Display name.
+    pub display_name: String,
+    /// Event name the meter counts.
+    pub event_name: String,
+    /// `sum`, `count` or `last`.
+    pub formula: String,
+    /// Payload key of the customer id.
+    pub customer_key: String,
+    /// Payload key of the value.
+    pub value_key: String,
+    /// `active` or `inactive`.
+    pub status: String,
+    /// Creation time.
+    pub created: i64,
+}
+
+impl Meter {
+    /// The meter object.
+    pub fn json(&self) -> Value {
+        json!({
+            "id": self.id, "object": "billing.meter", "created": self.created,
+            "customer_mapping": {"event_payload_key": self.customer_key, "type": "by_id"},
+            "default_aggregation": {"formula": self.formula},
+            "display_name": self.display_name, "event_name": self.event_name,
+            "event_time_window": null, "livemode": false, "status": self.status,
+            "status_transitions": {"deactivated_at": null}, "updated": self.created,
+            "value_settings": {"event_payload_key": self.value_key},
+        })
+    }
+}
+
+/// A meter event as accepted.
+#[derive(Debug, Clone)]
+pub struct MeterEvent {
+    /// Event name.
+    pub event_name: String,
+    /// Unique identifier.
+    pub identifier: String,
+    /// The payload as sent.
+    pub payload: Map<String, Value>,
+    /// Customer (from the meter's customer key).
+    pub customer: String,
+    /// Value (from the meter's value key).
+    pub value: f64,
+    /// Event time.
+    pub timestamp: i64,
+    /// When it was accepted.
+    pub created: i64,
+}
+
+impl MeterEvent {
+    /// The meter event object.
+    pub fn json(&self) -> Value {
+        json!({
+            "object": "billing.meter_event", "created": self.created,
+            "event_name": self.event_name, "identifier": self.identifier, "livemode": false,
+            "payload": self.payload, "timestamp": self.timestamp,
+        })
+    }
+}
+
+/// A meter event summary.
+pub fn summary(id: &str, meter: &str, start: i64, end: i64, value: f64) -> Value {
+    json!({
+        "id": id, "object": "billing.meter_event_summary", "aggregated_value": value,
+        "end_time": end, "livemode": false, "meter": meter, "start_time": start,
+    })
+}
+
+/// A subscription.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Id.
+    pub id: String,
+    /// Its only item's id.
+    pub item_id: String,
+    /// Customer id.
+    pub customer: String,
+    /// Price of the item.
+    pub price: Price,
+    /// Quantity of the item.
+    pub quantity: u64,
+    /// `active`, `past_due`, `canceled`, ...
+    pub status: String,
+    /// Creation time.
+    pub created: i64,
+    /// Current period start.
+    pub period_start: i64,
+    /// Current period end.
+    pub period_end: i64,
+    /// Ends at the period end.
+    pub cancel_at_period_end: bool,
+    /// When it was canceled (or asked to be).
+    pub canceled_at: Option<i64>,
+    /// When it ended.
+    pub ended_at: Option<i64>,
+    /// Metadata.
+    pub metadata: Value,
+    /// Latest invoice id.
+    pub latest_invoice: Option<String>,
+    /// The next renewal's payment fails (admin switch).
+    pub fail_next_payment: bool,
+}
+
+impl Subscription {
+    /// The subscription object.
+    pub fn json(&self) -> Value {
+        let cancel_at = self.cancel_at_period_end.then_some(self.period_end);
+        let item = json!({
+            "id": self.item_id, "object": "subscription_item", "billing_thresholds": null,
+            "created": self.created, "current_period_end": self.period_end,
+            "current_period_start": self.period_start, "discounts": [], "metadata": {},
+            "plan": self.price.plan_json(), "price": self.price.json(),
+            "quantity": self.quantity, "subscription": self.id, "tax_rates": [],
+        });
+        json!({
+            "id": self.id, "object": "subscription", "application": null,
+            "application_fee_percent": null, "automatic_tax": {"disabled_reason": null, "enabled": false, "liability": null},
+            "billing_cycle_anchor": self.created, "billing_cycle_anchor_config": null,
+            "billing_mode": {"type": "classic"}, "billing_schedules": [],
+            "billing_thresholds": null, "cancel_at": cancel_at,
+            "cancel_at_period_end": self.cancel_at_period_end, "canceled_at": self.canceled_at,
+            "cancellation_details": {"comment": null, "feedback": null, "reason": self.canceled_at.map(|_| "cancellation_requested")},
+            "collection_method": "charge_automatically", "created": self.created,
+            "currency": self.price.currency, "customer": self.customer,
+            "days_until_due": null, "default_payment_method": null, "default_source": null,
+            "default_tax_rates": [], "description": null, "discounts": [],
+            "ended_at": self.ended_at,
+            "invoice_settings": {"account_tax_ids": null, "issuer": {"type": "self"}},
+            "items": list(vec![item], false, &format!("/v1/subscription_items?subscription={}", self.id)),
+            "latest_invoice": self.latest_invoice, "livemode": false, "metadata": self.metadata,
+            "next_pending_invoice_item_invoice": null, "on_behalf_of": null,
+            "pause_collection": null, "payment_settings": null, "pending_invoice_item_interval": null,
+            "pending_setup_intent": null, "pending_update": null, "schedule": null,
+            "start_date": self.created, "status": self.status, "test_clock": null,
+            "transfer_data": null, "trial_end": null, "trial_settings": null, "trial_start": null,
+        })
+    }
+
+    /// Whether the subscription is over.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status.as_str(), "canceled" | "incomplete_expired")
+    }
+}
+
+/// An invoice for one period of a subscription.
+#[allow(clippy::too_many_arguments)]
+pub fn invoice(
+    id: &str,
+    sub: &Subscription,
+    created: i64,
+    period_start: i64,
+    period_end: i64,
+    paid: bool,
+    attempt_count: u64,
+    billing_reason: &str,
+) -> Value {
+    let amount = sub.price.unit_amount * sub.quantity as i64;
+    let line = json!({
+        "id": format!("il_{}", &id[3..]), "object": "line_item", "amount": amount,
+        "currency": sub.price.currency, "description": format!("1 × {}", sub.price.product),
+        "discount_amounts": [], "discountable": true, "discounts": [], "invoice": id,
+        "livemode": false, "metadata": {}, "parent": null,
+        "period": {"end": period_end, "start": period_start},
+        "pretax_credit_amounts": [], "pricing": null, "quantity": sub.quantity,
+        "subtotal": amount, "taxes": [],
+    });
+    json!({
+        "id": id, "object": "invoice", "account_country": "US", "account_name": "Fake Stripe",
+        "amount_due": amount, "amount_overpaid": 0, "amount_paid": if paid { amount } else { 0 },
+        "amount_remaining": if paid { 0 } else { amount }, "amount_shipping": 0,
+        "attempt_count": attempt_count, "attempted": attempt_count > 0,
+        "auto_advance": !paid, "automatic_tax": {"disabled_reason": null, "enabled": false, "liability": null, "provider": null, "status": null},
+        "billing_reason": billing_reason, "collection_method": "charge_automatically",
+        "created": created, "currency": sub.price.currency, "customer": sub.customer,
+        "default_tax_rates": [], "description": null, "discounts": [],
+        "hosted_invoice_url": null, "issuer": {"type": "self"},
+        "lines": list(vec![line], false, &format!("/v1/invoices/{id}/lines")),
+        "livemode": false, "metadata": {},
+        "next_payment_attempt": if paid { Value::Null } else { json!(created + 3 * 86_400) },
+        "number": null,
+        "parent": {"quote_details": null, "type": "subscription_details",
+                   "subscription_details": {"metadata": sub.metadata, "subscription": sub.id}},
+        "payment_settings": {"default_mandate": null, "payment_method_options": null, "payment_method_types": null},
+        "period_end": period_end, "period_start": period_start,
+        "post_payment_credit_notes_amount": 0, "pre_payment_credit_notes_amount": 0,
+        "starting_balance": 0, "status": if paid { "paid" } else { "open" },
+        "status_transitions": {"finalized_at": created, "marked_uncollectible_at": null,
+                               "paid_at": if paid { json!(created) } else { Value::Null }, "voided_at": null},
+        "subtotal": amount, "total": amount,
+    })
+}
+
+/// A Checkout Session.
+#[derive(Debug, Clone)]
+pub struct CheckoutSession {
+    /// Id.
+    pub id: String,
+    /// Customer id.
+    pub customer: String,
+    /// Line items: (price id, quantity).
+    pub line_items: Vec<(String, Option<u64>)>,
+    /// `subscription` (the only mode the fake completes).
+    pub mode: String,
+    /// Where the customer goes after paying.
+    pub success_url: Option<String>,
+    /// Where the customer goes after giving up.
+    pub cancel_url: Option<String>,
+    /// Caller's reference.
+    pub client_reference_id: Option<String>,
+    /// Session metadata.
+    pub metadata: Value,
+    /// Metadata for the subscription it creates.
+    pub subscription_metadata: Value,
+    /// `open`, `complete`, `expired`.
+    pub status: String,
+    /// The subscription it created.
+    pub subscription: Option<String>,
+    /// The first invoice.
+    pub invoice: Option<String>,
+    /// Total of the line items.
+    pub amount_total: i64,
+    /// Currency.
+    pub currency: String,
+    /// Creation time.
+    pub created: i64,
+    /// The page that completes it.
+    pub url: String,
+}
+
+impl CheckoutSession {
+    /// The session object.
+    pub fn json(&self) -> Value {
+        let complete = self.status == "complete";
+        json!({
+            "id": self.id, "object": "checkout.session", "adaptive_pricing": null,
+            "after_expiration": null, "allow_promotion_codes": null,
+            "amount_subtotal": self.amount_total, "amount_total": self.amount_total,
+            "automatic_tax": {"enabled": false, "liability": null, "provider": null, "status": null},
+            "billing_address_collection": null, "cancel_url": self.cancel_url,
+            "client_reference_id": self.client_reference_id, "consent": null,
+            "consent_collection": null, "created": self.created, "currency": self.currency,
+            "custom_fields": [], "custom_text": {"after_submit": null, "shipping_address": null, "submit": null, "terms_of_service_acceptance": null},
+            "customer": self.customer, "customer_creation": null, "customer_details": null,
+            "customer_email": null, "expires_at": self.created + 86_400,
+            "invoice": self.invoice, "livemode": false, "locale": null, "metadata": self.metadata,
+            "mode": self.mode, "payment_intent": null, "payment_link": null,
+            "payment_method_collection": "always", "payment_method_types": ["card"],
+            "payment_status": if complete { "paid" } else { "unpaid" },
+            "phone_number_collection": {"enabled": false}, "recovered_from": null,
+            "setup_intent": null, "shipping_address_collection": null, "shipping_cost": null,
+            "shipping_options": [], "status": self.status, "submit_type": null,
+            "subscription": self.subscription, "success_url": self.success_url,
+            "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+            "ui_mode": "hosted", "url": if complete { Value::Null } else { json!(self.url) },
+        })
+    }
+}
+
+/// A billing portal session.
+pub fn portal_session(
+    id: &str,
+    customer: &str,
+    created: i64,
+    return_url: Option<&str>,
+    url: &str,
+) -> Value {
+    json!({
+        "id": id, "object": "billing_portal.session", "configuration": "bpc_fake_default",
+        "created": created, "customer": customer, "flow": null, "livemode": false,
+        "locale": null, "on_behalf_of": null, "return_url": return_url, "url": url,
+    })
+}
+
+/// An event envelope.
+pub fn event(id: &str, kind: &str, created: i64, object: Value, previous: Option<Value>) -> Value {
+    let mut data = Map::new();
+    data.insert("object".into(), object);
+    if let Some(p) = previous {
+        data.insert("previous_attributes".into(), p);
+    }
+    json!({
+        "id": id, "object": "event", "api_version": API_VERSION, "created": created,
+        "data": data, "livemode": false, "pending_webhooks": 1,
+        "request": {"id": null, "idempotency_key": null}, "type": kind,
+    })
+}

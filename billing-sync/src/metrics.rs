@@ -1,0 +1,152 @@
+//! Prometheus metrics of billing-sync, one registry per app instance.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of an HTTP request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route template.
+    pub route: String,
+    /// HTTP status code.
+    pub status: u16,
+}
+
+/// A Stripe call and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StripeLabels {
+    /// Operation (`create_meter_event`, ...).
+    pub op: String,
+    /// `ok`, `retried`, or the error code.
+    pub outcome: String,
+}
+
+/// A webhook event and how it was handled.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// Event type (or `invalid`).
+    pub event_type: String,
+    /// Outcome (`applied`, `duplicate`, `stale`, `invalid_signature`, ...).
+    pub outcome: String,
+}
+
+/// Where a plan change came from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `stripe`, `reconcile`, `grace`.
+    pub source: String,
+}
+
+/// Every metric billing-sync exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `http_requests_total{route,status}`.
+    pub requests: Family<RequestLabels, Counter>,
+    /// `stripe_requests_total{op,outcome}`: Stripe calls, retries included.
+    pub stripe_requests: Family<StripeLabels, Counter>,
+    /// `webhooks_total{event_type,outcome}`.
+    pub webhooks: Family<WebhookLabels, Counter>,
+    /// `plan_changes_produced_total{source}`: subscription events acknowledged by the broker.
+    pub plan_changes: Family<SourceLabels, Counter>,
+    /// `reconcile_repairs_total`: subscriptions whose local state differed from Stripe's.
+    pub reconcile_repairs: Counter,
+    /// `meter_events_reported_total`: meter events Stripe accepted (or already had).
+    pub meter_events_reported: Counter,
+    /// `meter_events_failed_total`: meter events left for a later run.
+    pub meter_events_failed: Counter,
+    /// `usage_differences`: hours that disagreed at the last usage reconciliation.
+    pub usage_differences: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            requests: Family::default(),
+            stripe_requests: Family::default(),
+            webhooks: Family::default(),
+            plan_changes: Family::default(),
+            reconcile_repairs: Counter::default(),
+            meter_events_reported: Counter::default(),
+            meter_events_failed: Counter::default(),
+            usage_differences: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests answered",
+            m.requests.clone(),
+        );
+        registry.register(
+            "stripe_requests",
+            "Stripe API calls by outcome",
+            m.stripe_requests.clone(),
+        );
+        registry.register(
+            "webhooks",
+            "Stripe webhook events by outcome",
+            m.webhooks.clone(),
+        );
+        registry.register(
+            "plan_changes_produced",
+            "Plan changes produced to the subscriptions topic",
+            m.plan_changes.clone(),
+        );
+        registry.register(
+            "reconcile_repairs",
+            "Subscriptions repaired by reconciliation",
+            m.reconcile_repairs.clone(),
+        );
+        registry.register(
+            "meter_events_reported",
+            "Meter events accepted by Stripe",
+            m.meter_events_reported.clone(),
+        );
+        registry.register(
+            "meter_events_failed",
+            "Meter events left for a later run",
+            m.meter_events_failed.clone(),
+        );
+        registry.register(
+            "usage_differences",
+            "Hours that disagreed at the last usage reconciliation",
+            m.usage_differences.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    /// Counts a Stripe call outcome.
+    pub fn stripe(&self, op: &str, outcome: &str) {
+        self.stripe_requests
+            .get_or_create(&StripeLabels {
+                op: op.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a webhook outcome.
+    pub fn webhook(&self, event_type: &str, outcome: &str) {
+        self.webhooks
+            .get_or_create(&WebhookLabels {
+                event_type: event_type.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,106 @@
+//! Plan ↔ Stripe price mapping from configuration: `stripe.prices.<plan>`, else the environment
+//! variable the catalog names in the plan's `stripe_price_env` (`STRIPE_PRICE_ID_STARTER`, ...).
+
+use std::collections::{BTreeMap, HashMap};
+
+use schemas::Catalog;
+
+use crate::{Error, Result};
+
+/// The price of each purchasable plan and the plan of each price.
+#[derive(Debug, Clone, Default)]
+pub struct Plans {
+    price_of: BTreeMap<String, String>,
+    plan_of: HashMap<String, String>,
+}
+
+impl Plans {
+    /// Resolves prices: `configured` first, then each plan's `stripe_price_env` read with `env`.
+    /// A configured plan that is not in the catalog, or a price used by two plans, is an error.
+    pub fn resolve(
+        catalog: &Catalog,
+        configured: &BTreeMap<String, String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        if let Some(unknown) = configured.keys().find(|k| catalog.plan(k).is_none()) {
+            return Err(Error::Config(format!(
+                "stripe.prices names plan {unknown:?}, which is not in the catalog"
+            )));
+        }
+        let mut plans = Self::default();
+        for plan in &catalog.plans {
+            let price = configured
+                .get(&plan.key)
+                .cloned()
+                .or_else(|| plan.stripe_price_env.as_deref().and_then(&env))
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty());
+            if let Some(price) = price {
+                if let Some(other) = plans.plan_of.insert(price.clone(), plan.key.clone()) {
+                    return Err(Error::Config(format!(
+                        "price {price} is configured for both {other:?} and {:?}",
+                        plan.key
+                    )));
+                }
+                plans.price_of.insert(plan.key.clone(), price);
+            }
+        }
+        Ok(plans)
+    }
+
+    /// Resolves prices from the process environment.
+    pub fn from_env(catalog: &Catalog, configured: &BTreeMap<String, String>) -> Result<Self> {
+        Self::resolve(catalog, configured, |name| std::env::var(name).ok())
+    }
+
+    /// The Stripe price of `plan`.
+    pub fn price(&self, plan: &str) -> Option<&str> {
+        self.price_of.get(plan).map(String::as_str)
+    }
+
+    /// The plan of a Stripe price.
+    pub fn plan(&self, price: &str) -> Option<&str> {
+        self.plan_of.get(price).map(String::as_str)
+    }
+
+    /// Every (plan, price).
+    pub fn all(&self) -> &BTreeMap<String, String> {
+        &self.price_of
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_wins_over_the_environment_and_empty_means_unset() {
+        let catalog = Catalog::default();
+        let configured = BTreeMap::from([("starter".to_string(), "price_conf".to_string())]);
+        let env = |name: &str| match name {
+            "STRIPE_PRICE_ID_STARTER" => Some("price_env_starter".to_string()),
+            "STRIPE_PRICE_ID_PROFESSIONAL" => Some("price_pro".to_string()),
+            "STRIPE_PRICE_ID_ENTERPRISE" => Some(" ".to_string()),
+            _ => None,
+        };
+        let plans = Plans::resolve(&catalog, &configured, env).expect("plans");
+        assert_eq!(plans.price("starter"), Some("price_conf"));
+        assert_eq!(plans.price("professional"), Some("price_pro"));
+        assert_eq!(plans.price("enterprise"), None);
+        assert_eq!(plans.price("free"), None);
+        assert_eq!(plans.plan("price_pro"), Some("professional"));
+        assert_eq!(plans.plan("price_env_starter"), None);
+    }
+
+    #[test]
+    fn unknown_plans_and_shared_prices_are_refused() {
+        let catalog = Catalog::default();
+        let bad = BTreeMap::from([("gold".to_string(), "price_x".to_string())]);
+        assert!(Plans::resolve(&catalog, &bad, |_| None).is_err());
+        let shared = BTreeMap::from([
+            ("starter".to_string(), "price_x".to_string()),
+            ("professional".to_string(), "price_x".to_string()),
+        ]);
+        assert!(Plans::resolve(&catalog, &shared, |_| None).is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! `POST /webhooks/stripe`: the signature is verified with async-stripe (`t=…,v1=HMAC-SHA256`, 5
+//! minutes tolerance), the event id is deduplicated, and each handled type becomes at most one plan
+//! change (see [`crate::billing`] for the ordering rules).
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use stripe_webhook::{EventObject, Webhook, WebhookError};
+
+use crate::Result;
+use crate::billing::{Billing, Source, observe};
+
+/// Why a webhook request was refused before handling.
+#[derive(Debug)]
+pub struct Refusal {
+    /// HTTP status (400).
+    pub status: StatusCode,
+    /// Machine code (`missing_signature`, `invalid_signature`, `stale_signature`, `malformed_event`).
+    pub code: &'static str,
+    /// Explanation.
+    pub message: String,
+}
+
+/// Verifies and parses a delivery; `now` is the receiver's clock (unix s).
+pub fn verify(
+    payload: &str,
+    signature: Option<&str>,
+    secret: &str,
+    now: i64,
+) -> Result<stripe_webhook::Event, Refusal> {
+    let refuse = |code, message: String| Refusal {
+        status: StatusCode::BAD_REQUEST,
+        code,
+        message,
+    };
+    let Some(sig) = signature else {
+        return Err(refuse(
+            "missing_signature",
+            "the Stripe-Signature header is missing".into(),
+        ));
+    };
+    Webhook::construct_event_with_timestamp(payload, sig, secret, now).map_err(|e| match e {
+        WebhookError::BadSignature | WebhookError::BadHeader(_) => refuse(
+            "invalid_signature",
+            "the signature does not match the payload".into(),
+        ),
+        WebhookError::BadTimestamp(t) => refuse(
+            "stale_signature",
+            format!("the signature timestamp {t} is more than 5 minutes from now ({now})"),
+        ),
+        WebhookError::BadKey => Refusal {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: "the webhook secret is unusable".into(),
+        },
+        WebhookError::BadParse(m) => refuse("malformed_event", m),
+    })
+}
+
+fn invoice_subscription(i: &stripe_shared::Invoice) -> Option<String> {
+    i.parent
+        .as_ref()
+        .and_then(|p| p.subscription_details.as_ref())
+        .map(|d| d.subscription.id().as_str().to_string())
+}
+
+/// Handles a verified event once. Returns the answer body; errors make Stripe retry (5xx).
+pub async fn handle(billing: &Billing, event: stripe_webhook::Event) -> Result<Value> {
+    let id = event.id.as_str().to_string();
+    let kind = event.type_.as_str().to_string();
+    if billing.store.webhook_seen(&id).await? {
+        billing.metrics.webhook(&kind, "duplicate");
+        return Ok(json!({"received": true, "id": id, "duplicate": true}));
+    }
+    let source = Source::Event {
+        id: id.clone(),
+        time: event.created,
+    };
+    let (outcome, owner) = match event.data.object {
+        EventObject::CheckoutSessionCompleted(session) => match session.subscription.as_ref() {
+            Some(sub) if session.mode == stripe_shared::CheckoutSessionMode::Subscription => {
+                let obs = billing.fetch(sub.id().as_str()).await?;
+                let owner = billing.owner(&obs).await?;
+                (billing.apply(obs, source).await?, owner)
+            }
+            _ => ("ignored", None),
+        },
+        EventObject::CustomerSubscriptionCreated(sub)
+        | EventObject::CustomerSubscriptionUpdated(sub)
+        | EventObject::CustomerSubscriptionDeleted(sub) => {
+            let obs = observe(&sub, &billing.plans, &billing.catalog);
+            let owner = billing.owner(&obs).await?;
+            (billing.apply(obs, source).await?, owner)
+        }
+        EventObject::InvoicePaid(invoice) => match invoice_subscription(&invoice) {
+            Some(sub) => (billing.invoice_paid(&sub, &id).await?, None),
+            None => ("ignored", None),
+        },
+        EventObject::InvoicePaymentFailed(invoice) => match invoice_subscription(&invoice) {
+            Some(sub) => (billing.payment_failed(&sub, &id).await?, None),
+            None => ("ignored", None),
+        },
+        _ => ("ignored", None),
+    };
+    billing.mark_event(&id, &kind, owner, outcome).await?;
+    billing.metrics.webhook(&kind, outcome);
+    tracing::info!(event = %id, kind = %kind, outcome, "webhook handled");
+    Ok(json!({"received": true, "id": id, "outcome": outcome}))
+}
