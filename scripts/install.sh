@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Idempotent installer for local dev/CI infrastructure: ClickHouse (apt), tansu Kafka-API broker (cargo), chdb (pip).
-# Usage: scripts/install.sh [clickhouse] [tansu] [chdb]   (default: all)
+# Idempotent installer for local dev/CI infrastructure: ClickHouse (apt), tansu Kafka-API broker (cargo), chdb (pip),
+# Debian's chromium + the browser-test project's npm packages (tests/browser, npm ci).
+# Usage: scripts/install.sh [clickhouse] [tansu] [chdb] [chromium]   (default: all)
 set -euo pipefail
 
 TANSU_ROOT="$HOME/.cache/metering/tansu"
@@ -29,6 +30,16 @@ do_tansu() {
   [[ -x "$TANSU_ROOT/bin/tansu" ]] && return 0
   cargo install tansu --locked --features dynostore,libsql,postgres --root "$TANSU_ROOT"
 }
+do_chromium() { # Debian's chromium (browser tests drive it with playwright-core; nothing downloads a browser)
+  apt_install chromium
+  command -v npm >/dev/null || apt_install nodejs npm  # the machine's Node.js (with its npm) when present
+  local dir; dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/browser"
+  # npm ci only when node_modules is missing or older than the lock file.
+  if [[ ! -f "$dir/node_modules/.package-lock.json" || "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]]; then
+    STATE=installed
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+}
 do_chdb() {
   python3 -c 'import chdb' 2>/dev/null && return 0
   STATE=installed
@@ -36,11 +47,11 @@ do_chdb() {
   python3 -c 'import chdb'
 }
 
-[[ $# -gt 0 ]] || set -- clickhouse tansu chdb
+[[ $# -gt 0 ]] || set -- clickhouse tansu chdb chromium
 report curl do_curl
 for c in "$@"; do
   case "$c" in
-    clickhouse|tansu|chdb) report "$c" "do_$c" ;;
-    *) echo "unknown component: $c (clickhouse|tansu|chdb)" >&2; exit 2 ;;
+    clickhouse|tansu|chdb|chromium) report "$c" "do_$c" ;;
+    *) echo "unknown component: $c (clickhouse|tansu|chdb|chromium)" >&2; exit 2 ;;
   esac
 done

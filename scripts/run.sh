@@ -9,10 +9,12 @@ ROOT=$(pwd)
 RUN="$ROOT/.data/run"
 API_PORT=${API_PORT:-8080}
 AGG_PORT=${AGG_PORT:-9464}
+BILLING_PORT=${BILLING_PORT:-8090}
+STRIPE_PORT=${STRIPE_PORT:-12111}
 mkdir -p "$RUN"
 
 stop_services() {
-  for svc in ingest aggregator; do
+  for svc in ingest aggregator billing-sync stripe-fake; do
     if [[ -f "$RUN/$svc.pid" ]] && kill -0 "$(cat "$RUN/$svc.pid")" 2>/dev/null; then
       kill -TERM "$(cat "$RUN/$svc.pid")"; echo "$svc: stopped"
     fi
@@ -23,13 +25,24 @@ if [[ "${1:-}" == "stop" ]]; then stop_services; bash scripts/servers.sh stop; e
 
 bash scripts/install.sh clickhouse tansu
 bash scripts/servers.sh start
-cargo build -q -p ingest -p aggregator --bins
+cargo build -q -p ingest -p aggregator -p billing-sync --bins
 stop_services
 
 export INGEST_LISTEN="127.0.0.1:$API_PORT" AGGREGATOR_LISTEN="127.0.0.1:$AGG_PORT"
 "$ROOT/target/debug/ingest" migrate >/dev/null 2>&1
 setsid nohup "$ROOT/target/debug/aggregator" >"$RUN/aggregator.log" 2>&1 </dev/null & echo $! >"$RUN/aggregator.pid"
 setsid nohup "$ROOT/target/debug/ingest" >"$RUN/ingest.log" 2>&1 </dev/null & echo $! >"$RUN/ingest.pid"
+# Stripe cannot be reached from here: the project's Stripe fake stands in (seeded with the plans'
+# prices), and billing-sync talks to it exactly as it would to Stripe.
+setsid nohup "$ROOT/target/debug/stripe-fake" --listen "127.0.0.1:$STRIPE_PORT" --seed \
+  --webhook-url "http://127.0.0.1:$BILLING_PORT/webhooks/stripe" --webhook-secret whsec_demo \
+  >"$RUN/stripe-fake.log" 2>&1 </dev/null & echo $! >"$RUN/stripe-fake.pid"
+for _ in $(seq 50); do grep -q STRIPE_PRICE_ID_STARTER "$RUN/stripe-fake.log" 2>/dev/null && break; sleep 0.1; done
+export BILLING_LISTEN="127.0.0.1:$BILLING_PORT" BILLING_STRIPE__API_BASE="http://127.0.0.1:$STRIPE_PORT/" \
+  BILLING_STRIPE__SECRET_KEY=sk_test_demo BILLING_STRIPE__WEBHOOK_SECRET=whsec_demo \
+  STRIPE_PRICE_ID_STARTER=price_starter STRIPE_PRICE_ID_PROFESSIONAL=price_professional \
+  STRIPE_PRICE_ID_ENTERPRISE=price_enterprise
+setsid nohup "$ROOT/target/debug/billing-sync" serve >"$RUN/billing-sync.log" 2>&1 </dev/null & echo $! >"$RUN/billing-sync.pid"
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$API_PORT/readyz" >/dev/null && break; sleep 0.2; done
 curl -sf "http://127.0.0.1:$API_PORT/readyz" >/dev/null || { tail -20 "$RUN/ingest.log"; exit 1; }
 
@@ -40,7 +53,7 @@ echo "$KEY" >"$RUN/demo.key"
 # four customers on the free plan (100 calls/month) try 30, 85, 100 and 120 calls; one customer is
 # then upgraded to Starter. Ids are fixed per day: running the demo again counts nothing twice.
 run_id=$(date +%Y%m%d)
-python3 - "http://127.0.0.1:$API_PORT" "$KEY" "$run_id" <<'PY'
+python3 - "http://127.0.0.1:$API_PORT" "$KEY" "$run_id" ":$API_PORT" ":$BILLING_PORT" <<'PY'
 import json, sys, urllib.request, urllib.error
 api, key, run = sys.argv[1:4]
 def call(method, path, body=None):
@@ -61,9 +74,33 @@ for cust, calls in {"cust_light": 30, "cust_warned": 85, "cust_at_limit": 100, "
         else: raise SystemExit(f"unexpected answer {status}: {body}")
     u = call("GET", f"/v1/customers/{cust}/quota")[1]
     print(f"{cust:14} tried {calls:3}: {ok:3} tracked, {blocked:2} blocked (429) -> used {u['used']:.0f}/{u['limit']}, warning={u['warning']}")
+# The seed's upgrade flow through Stripe Checkout (the fake): create the session, "pay" by visiting
+# its URL, the webhook makes the plan change, the quota follows.
+import time
+billing = api.replace(sys.argv[4], sys.argv[5])
+def bcall(method, path, body=None):
+    req = urllib.request.Request(billing + path, method=method, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+status, session = bcall("POST", "/subscription/create?customer=cust_over", {"plan": "starter"})
+if status in (200, 201):
+    url = session.get("url") or session.get("checkout_url")
+    urllib.request.urlopen(url).read()
+    for _ in range(100):
+        u = call("GET", "/v1/customers/cust_over/quota")[1]
+        if u["plan"] == "starter": break
+        time.sleep(0.1)
+    print(f"cust_over paid for Starter through Checkout ({url}): plan {u['plan']}, used {u['used']:.0f}/{u['limit']}, allowed={u['allowed']}")
+    print("  subscription:", bcall("GET", "/subscription/status?customer=cust_over")[1])
+else:
+    print(f"cust_over: no new checkout ({status} {session.get('error', {}).get('code')}); status:", bcall("GET", "/subscription/status?customer=cust_over")[1])
 status, _ = call("POST", "/v1/customers/cust_at_limit/plan", {"plan": "starter", "id": f"demo-{run}-upgrade"})
 u = call("GET", "/v1/customers/cust_at_limit/quota")[1]
-print(f"cust_at_limit upgraded to {u['plan']} ({status}): used {u['used']:.0f}/{u['limit']}, allowed={u['allowed']}")
+print(f"cust_at_limit set to {u['plan']} by the admin API ({status}): used {u['used']:.0f}/{u['limit']}, allowed={u['allowed']}")
 PY
 Q="SELECT customer, sum(quantity) AS calls, round(100 * calls / 100) AS pct_of_free FROM metering.usage_monthly WHERE tenant = 'demo' AND month = toStartOfMonth(today()) GROUP BY customer ORDER BY calls"
 sent=$((30 + 85 + 100 + 100))
@@ -78,6 +115,8 @@ cat <<MSG
 Running:
   ingest API     http://127.0.0.1:$API_PORT   (logs .data/run/ingest.log, metrics /metrics)
   aggregator     http://127.0.0.1:$AGG_PORT/metrics   (logs .data/run/aggregator.log)
+  billing-sync   http://127.0.0.1:$BILLING_PORT   (/subscription/status|create|portal|cancel; logs .data/run/billing-sync.log)
+  Stripe (fake)  http://127.0.0.1:$STRIPE_PORT   (logs .data/run/stripe-fake.log)
   ClickHouse     http://127.0.0.1:8123 (database metering), Kafka API 127.0.0.1:9092
 
 Ask for a quota (the pre-flight check) and the seed's usage summary:

@@ -34,7 +34,8 @@ impl App {
         if config.kafka.create_topics {
             schemas::kafka::ensure_topics(&config.kafka, &config.topics).await?;
         }
-        let keys = KeyStore::new(config.clickhouse.client());
+        let keys = KeyStore::new(config.clickhouse.client())
+            .with_sessions(Arc::new(crate::dashboard::Signer::new(&config.dashboard_secret)));
         keys.refresh().await?;
         let producer = EventProducer::new(
             &config.kafka,

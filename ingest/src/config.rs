@@ -43,6 +43,14 @@ pub struct Config {
     /// Quota answer for a customer never seen: `default_plan` (a new customer on the free plan)
     /// or `deny` (reason `unknown_customer`).
     pub unknown_customer: crate::quota::UnknownCustomer,
+    /// Key (HMAC-SHA256) that signs the dashboard's short-lived sign-in links and its sessions.
+    /// Empty: a random key per process, so links and sessions work only on that instance until it
+    /// stops; give every instance the same value (and billing-sync, should it accept the sessions).
+    pub dashboard_secret: secrecy::SecretString,
+    /// Base URL of billing-sync (e.g. `http://127.0.0.1:8090`): the dashboard page's checkout,
+    /// portal and cancel calls go to `/dashboard/billing/subscription/*` on this API, which forwards
+    /// them there; empty disables the upgrade actions.
+    pub billing_url: String,
 }
 
 impl Default for Config {
@@ -61,6 +69,8 @@ impl Default for Config {
             max_late_days: 35,
             max_future_secs: 300,
             unknown_customer: crate::quota::UnknownCustomer::DefaultPlan,
+            dashboard_secret: secrecy::SecretString::from(""),
+            billing_url: String::new(),
         }
     }
 }

@@ -122,6 +122,8 @@ pub struct KeyStore {
     client: clickhouse::Client,
     inner: Arc<RwLock<Inner>>,
     miss_refresh: Arc<tokio::sync::Mutex<Instant>>,
+    /// Verifies the dashboard's signed session tokens (customer-scoped, read only).
+    sessions: Option<Arc<crate::dashboard::Signer>>,
 }
 
 /// The least time between two reloads caused by unknown keys.
@@ -137,7 +139,19 @@ impl KeyStore {
             client,
             inner: Arc::default(),
             miss_refresh: Arc::new(tokio::sync::Mutex::new(long_ago)),
+            sessions: None,
         }
+    }
+
+    /// Also accepts the dashboard's session tokens signed by `signer` (see [`crate::dashboard`]).
+    pub fn with_sessions(mut self, signer: Arc<crate::dashboard::Signer>) -> Self {
+        self.sessions = Some(signer);
+        self
+    }
+
+    /// The dashboard's link and session signer, when sessions are accepted.
+    pub fn sessions(&self) -> Option<&Arc<crate::dashboard::Signer>> {
+        self.sessions.as_ref()
     }
 
     /// Reloads every key from ClickHouse (the newest row per key wins; revoked keys drop out).
@@ -186,6 +200,9 @@ impl KeyStore {
     /// Looks a presented key up; an unknown key triggers at most one reload per second, so a key
     /// created a moment ago works at once.
     pub async fn authenticate(&self, key: &str) -> Option<KeyInfo> {
+        if key.starts_with(crate::dashboard::SESSION_PREFIX) {
+            return self.sessions.as_ref().and_then(|s| s.session_key(key));
+        }
         let hash = hash_key(key);
         if let Some(info) = self.get(&hash) {
             return Some(info);

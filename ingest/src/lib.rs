@@ -14,12 +14,14 @@
 //! - [`query`]: quota, check-and-track, usage, history and admin plan endpoints.
 //! - [`seed`]: the seed application's `/usage` endpoints over the native API.
 //! - [`http`]: routes and middleware.
+//! - [`dashboard`]: the customer dashboard page, its embeddable compact display, the plans list and signed sign-in links.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`app`]: build, serve, shut down.
 //! - [`error`]: the crate error and HTTP error rendering.
 
 pub mod app;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod http;
 pub mod keys;

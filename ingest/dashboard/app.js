@@ -1,0 +1,436 @@
+// The usage dashboard page: signs in (customer-scoped key, or a signed link exchanged for a
+// session), shows the full and compact usage displays, the projection, the history charts and
+// the per-endpoint table from the ingest API, and runs the upgrade modal against billing-sync
+// (checkout, customer portal, cancel). Every credential stays in this tab's sessionStorage.
+
+import {
+  ApiError, call, color, compactDisplay, endpointTable, exchangeLink, fmtDate, fmtInt, fmtLimit, fmtMoney,
+  fmtPct, h, lastDay, legend, level, loadCredential, signInMessage, stackedChart, storeCredential, takeHashCredential,
+  usageCard,
+} from './ui.js';
+
+const $ = (id) => document.getElementById(id);
+const PENDING = 'metering.checkout';
+const REFRESH_MS = 15000;
+const PENDING_POLL_MS = 2000;
+const PENDING_GIVE_UP_MS = 120000;
+
+const app = { cred: null, config: { billing: false }, plans: null, usage: null, opener: null, timer: null, historyAt: 0 };
+
+const api = (path, opts) => call('', app.cred && app.cred.token, path, opts);
+// billing-sync's endpoints, forwarded by the API under /dashboard/billing (one origin, no CORS).
+const billing = (path, opts) => call('/dashboard/billing', app.cred && app.cred.token, path, opts);
+
+function show(id, on = true) {
+  $(id).hidden = !on;
+}
+
+function banner(text, kind = 'info') {
+  const b = $('banner');
+  b.textContent = text;
+  b.dataset.kind = kind;
+  b.hidden = !text;
+}
+
+function showSignIn(message) {
+  clearTimeout(app.timer);
+  app.cred = null;
+  show('loading', false);
+  show('dashboard', false);
+  show('account', false);
+  show('compact-slot', false);
+  show('signin');
+  const err = $('signin-error');
+  err.textContent = message || '';
+  err.hidden = !message;
+  $('apikey').value = '';
+  $('apikey').focus();
+}
+
+function signOut() {
+  storeCredential(null);
+  sessionStorage.removeItem(PENDING);
+  // A full reload: nothing of this customer stays in memory or in the DOM.
+  location.replace('/dashboard/');
+}
+
+// ---- rendering ---------------------------------------------------------------------------------
+
+function currentPlan() {
+  return (app.plans && app.plans.plans.find((p) => p.key === app.usage.plan)) || null;
+}
+
+function isTopPlan() {
+  const u = app.usage;
+  if (u.limit === null || u.limit === undefined) return true;
+  const cur = currentPlan();
+  return !!cur && app.plans.plans.every((p) => p.price_cents <= cur.price_cents);
+}
+
+function projectionCard(u) {
+  const p = u.projection || {};
+  const plans = (app.plans && app.plans.plans) || [];
+  const rec = p.recommended_plan && plans.find((x) => x.key === p.recommended_plan);
+  const cur = currentPlan();
+  const row = (label, value, testid) => h('div', {}, h('dt', {}, label), h('dd', { 'data-testid': testid }, value));
+  const pct = p.projected_percent === null || p.projected_percent === undefined ? null : h('span', { class: 'muted' }, ` (${fmtPct(p.projected_percent)} of your limit)`);
+  return [
+    h('h2', { id: 'projection-title' }, 'Projection to the period end'),
+    h(
+      'dl',
+      { class: 'kv' },
+      row(`Calls by ${fmtDate(lastDay(u))}`, [h('span', { 'data-testid': 'projected-used' }, fmtInt(p.projected_used)), pct]),
+      row('Cost this period', fmtMoney(p.projected_cost_cents, p.currency), 'projected-cost'),
+      cur ? row('Plan', `${cur.name} · ${fmtMoney(cur.price_cents, cur.currency, false)} / month`, 'plan-price') : null,
+    ),
+    rec
+      ? h(
+          'div',
+          { class: 'notice warn', 'data-testid': 'recommendation' },
+          h('p', {}, `At this pace you will need about ${fmtInt(p.projected_used)} calls this period. `, h('strong', {}, rec.name), ` (${fmtLimit(rec.limit)} calls for ${fmtMoney(rec.price_cents, rec.currency, false)} / month) covers it.`),
+          h('button', { type: 'button', class: 'btn secondary small', onclick: openUpgrade, 'aria-haspopup': 'dialog', 'data-testid': 'see-recommended' }, `See ${rec.name}`),
+        )
+      : h('p', { class: 'muted' }, level(u) === 'limit' ? 'Your limit is reached; an upgrade takes effect at once.' : 'At this pace you stay within your plan.'),
+  ];
+}
+
+function render() {
+  // Re-rendering replaces the cards: keep the keyboard focus on the same control.
+  const focused = document.activeElement && document.activeElement.closest('#compact-slot, #usage-card, #projection, #endpoints') && document.activeElement.dataset.testid;
+  const u = app.usage;
+  const top = isTopPlan();
+  const hasBilling = !!app.config.billing;
+  $('who').textContent = u.customer;
+  $('compact-slot').replaceChildren(compactDisplay(u, { onUpgrade: openUpgrade, topPlan: top }));
+  $('usage-card').replaceChildren(usageCard(u, { onUpgrade: openUpgrade, onPortal: portal, topPlan: top, billing: hasBilling }));
+  $('projection').replaceChildren(...projectionCard(u));
+  const total = Object.values(u.by_endpoint || {}).reduce((a, b) => a + b, 0);
+  $('endpoints').replaceChildren(h('h2', { id: 'endpoints-title' }, 'Calls by endpoint this period'), endpointTable(u.by_endpoint, total));
+  show('loading', false);
+  show('signin', false);
+  show('account');
+  show('compact-slot');
+  show('dashboard');
+  if (focused) {
+    const again = document.querySelector(`[data-testid="${focused}"]`);
+    if (again) again.focus();
+  }
+}
+
+// ---- history -----------------------------------------------------------------------------------
+
+const pad2 = (n) => String(n).padStart(2, '0');
+
+async function loadHistory() {
+  const u = app.usage;
+  const today = new Date().toISOString().slice(0, 10);
+  const c = encodeURIComponent(u.customer);
+  const from = encodeURIComponent(`${today}T00:00:00Z`);
+  const [days, hours] = await Promise.all([
+    api('/usage/history?days=30'),
+    api(`/v1/customers/${c}/history?granularity=hour&group_by=endpoint&from=${from}`),
+  ]);
+  const dayBuckets = days.history.map((d) => ({
+    key: d.date,
+    label: fmtDate(`${d.date}T00:00:00Z`, { weekday: 'short', month: 'short', day: 'numeric' }),
+    short: fmtDate(`${d.date}T00:00:00Z`),
+    values: d.by_endpoint || {},
+  }));
+  const hourBuckets = Array.from({ length: 24 }, (_, i) => ({ key: `${today}T${pad2(i)}`, label: `${pad2(i)}:00–${pad2(i + 1)}:00 UTC`, short: pad2(i), values: {} }));
+  for (const p of hours.points) {
+    const b = hourBuckets[new Date(p.bucket).getUTCHours()];
+    const ep = p.endpoint || '';
+    if (b && p.bucket.slice(0, 10) === today) b.values[ep] = (b.values[ep] || 0) + p.quantity;
+  }
+  const totals = new Map();
+  for (const b of [...dayBuckets, ...hourBuckets]) for (const [e, v] of Object.entries(b.values)) totals.set(e, (totals.get(e) || 0) + v);
+  const endpoints = [...totals.keys()].sort((a, b) => totals.get(b) - totals.get(a) || a.localeCompare(b));
+  endpoints.forEach(color);
+  $('history').replaceChildren(
+    h('div', { class: 'card-head' }, h('h2', { id: 'history-title' }, 'History'), endpoints.length ? legend(endpoints) : null),
+    h(
+      'div',
+      { class: 'charts' },
+      stackedChart({ id: 'days', title: `Calls per day, last ${days.days} days`, buckets: dayBuckets, endpoints, every: 5 }),
+      stackedChart({ id: 'hours', title: 'Calls per hour today (UTC)', buckets: hourBuckets, endpoints, every: 3 }),
+    ),
+  );
+  app.historyAt = Date.now();
+}
+
+// ---- data flow ---------------------------------------------------------------------------------
+
+async function refresh({ history = false } = {}) {
+  app.usage = await api('/usage');
+  render();
+  if (history || Date.now() - app.historyAt > 60000) {
+    await loadHistory().catch((e) => {
+      $('history').replaceChildren(h('h2', { id: 'history-title' }, 'History'), h('p', { class: 'notice limit', role: 'alert' }, `The history could not be loaded: ${e.message}`));
+    });
+  }
+  checkPending();
+}
+
+function schedule(ms = REFRESH_MS) {
+  clearTimeout(app.timer);
+  app.timer = setTimeout(async () => {
+    if (document.visibilityState === 'visible') {
+      try {
+        await refresh();
+      } catch (e) {
+        if (e.status === 401) return showSignIn('Your session has ended. Sign in again.');
+      }
+    }
+    schedule(sessionStorage.getItem(PENDING) ? PENDING_POLL_MS : REFRESH_MS);
+  }, ms);
+}
+
+/** After a checkout: waits for the new plan to arrive (Stripe webhook → billing-sync → quota). */
+function checkPending() {
+  let pending = null;
+  try {
+    pending = JSON.parse(sessionStorage.getItem(PENDING) || 'null');
+  } catch {
+    pending = null;
+  }
+  if (!pending) return;
+  const to = app.plans && app.plans.plans.find((p) => p.key === pending.to);
+  if (app.usage.plan === pending.to) {
+    sessionStorage.removeItem(PENDING);
+    banner(`Payment confirmed: you are now on the ${to ? to.name : pending.to} plan.`, 'success');
+  } else if (Date.now() - pending.at > PENDING_GIVE_UP_MS) {
+    sessionStorage.removeItem(PENDING);
+    banner('Your payment is not confirmed yet. Your plan changes here as soon as it is; check again in a few minutes.', 'warn');
+  } else {
+    banner(`Confirming your payment… your ${to ? to.name : pending.to} plan appears here as soon as it is confirmed.`, 'info');
+  }
+}
+
+async function start(cred, { openModal = false } = {}) {
+  app.cred = cred;
+  show('loading');
+  try {
+    const [usage, plans] = await Promise.all([api('/usage'), call('', null, '/v1/plans')]);
+    app.usage = usage;
+    app.plans = plans;
+  } catch (e) {
+    if ([400, 401, 403].includes(e.status)) {
+      storeCredential(null);
+      return showSignIn(signInMessage(e));
+    }
+    show('loading', false);
+    return banner(`The dashboard could not load: ${e.message}`, 'error');
+  }
+  render();
+  checkPending();
+  $('main').focus({ preventScroll: true });
+  if (openModal) openUpgrade();
+  await loadHistory().catch((e) => banner(`The history could not be loaded: ${e.message}`, 'error'));
+  schedule(sessionStorage.getItem(PENDING) ? PENDING_POLL_MS : REFRESH_MS);
+}
+
+// ---- upgrade modal -----------------------------------------------------------------------------
+
+function renderPlans() {
+  const u = app.usage;
+  const cur = currentPlan();
+  const curPrice = cur ? cur.price_cents : 0;
+  const rec = u.projection && u.projection.recommended_plan;
+  const hasBilling = !!app.config.billing;
+  $('upgrade-desc').textContent = `You are on the ${u.plan_name} plan: ${fmtInt(u.used)} of ${fmtLimit(u.limit)} calls used this period. Paid plans renew monthly; change or cancel any time.`;
+  $('plans').replaceChildren(
+    ...app.plans.plans.map((p) => {
+      const isCur = p.key === u.plan;
+      let label;
+      let action = null;
+      if (isCur) label = 'Your current plan';
+      else if (!hasBilling) label = 'Billing unavailable';
+      else if (p.price_cents === 0) {
+        label = `Switch to ${p.name}`;
+        action = () => askCancel();
+      } else if (curPrice > 0) {
+        // A live subscription changes plans in Stripe's customer portal.
+        label = `Switch to ${p.name} in the portal`;
+        action = () => portal();
+      } else {
+        label = `Upgrade to ${p.name}`;
+        action = (ev) => choose(p, ev.currentTarget);
+      }
+      const priceId = `price-${p.key}`;
+      return h(
+        'li',
+        { class: `plan${isCur ? ' current' : ''}${p.key === rec && !isCur ? ' recommended' : ''}`, 'data-plan': p.key, 'aria-current': isCur ? 'true' : null, 'data-testid': `plan-${p.key}` },
+        isCur ? h('span', { class: 'tag current-tag' }, 'Current plan') : p.key === rec ? h('span', { class: 'tag rec-tag' }, 'Recommended') : null,
+        h('h3', {}, p.name),
+        h('p', { class: 'price', id: priceId }, h('span', { class: 'amount', 'data-testid': 'plan-price' }, fmtMoney(p.price_cents, p.currency, false)), h('span', { class: 'per' }, ' / month')),
+        h('p', { class: 'plan-limit', 'data-testid': 'plan-limit' }, p.limit === null ? 'Unlimited API calls' : `${fmtInt(p.limit)} API calls / month`),
+        h('ul', { class: 'features' }, p.features.map((f) => h('li', {}, f))),
+        h(
+          'button',
+          {
+            type: 'button',
+            class: isCur ? 'btn secondary' : p.price_cents > curPrice ? 'btn primary' : 'btn secondary',
+            disabled: !action,
+            'aria-describedby': priceId,
+            'data-testid': `choose-${p.key}`,
+            onclick: action,
+          },
+          label,
+        ),
+      );
+    }),
+  );
+  const paid = !!cur && cur.price_cents > 0;
+  $('portal').hidden = !hasBilling || !paid;
+  $('cancel-sub').hidden = !hasBilling || !paid || !!u.cancel_at_period_end;
+}
+
+function openUpgrade() {
+  const d = $('upgrade');
+  if (d.open) return;
+  app.opener = document.activeElement;
+  $('upgrade-error').hidden = true;
+  $('cancel-confirm').hidden = true;
+  renderPlans();
+  d.showModal();
+  const first = d.querySelector('.plans button:not([disabled])') || $('upgrade-close');
+  first.focus();
+}
+
+function closeUpgrade() {
+  $('upgrade').close();
+}
+
+function upgradeError(e) {
+  const el = $('upgrade-error');
+  el.textContent = e.status === 0 ? `Billing is not reachable right now: ${e.message}` : `That did not work: ${e.message}`;
+  el.hidden = false;
+}
+
+async function choose(plan, btn) {
+  const old = btn.textContent;
+  btn.disabled = true;
+  btn.textContent = 'Opening checkout…';
+  $('upgrade-error').hidden = true;
+  try {
+    // billing-sync's configured success URL brings the customer back here (?checkout=success).
+    const r = await billing('/subscription/create', { method: 'POST', body: { plan: plan.key } });
+    const url = r && (r.url || r.checkout_url);
+    if (!url) throw new ApiError(502, 'bad_response', 'billing returned no checkout address');
+    sessionStorage.setItem(PENDING, JSON.stringify({ from: app.usage.plan, to: plan.key, at: Date.now() }));
+    location.assign(url);
+  } catch (e) {
+    btn.disabled = false;
+    btn.textContent = old;
+    upgradeError(e);
+  }
+}
+
+async function portal() {
+  try {
+    const r = await billing('/subscription/portal');
+    const url = r && (r.url || r.portal_url);
+    if (!url) throw new ApiError(502, 'bad_response', 'billing returned no portal address');
+    location.assign(url);
+  } catch (e) {
+    if ($('upgrade').open) upgradeError(e);
+    else banner(`The customer portal could not be opened: ${e.message}`, 'error');
+  }
+}
+
+function askCancel() {
+  const u = app.usage;
+  $('cancel-text').textContent = `Cancel your ${u.plan_name} subscription? It stays active until ${fmtDate(u.period_end, { month: 'long', day: 'numeric', year: 'numeric' })}, then you move to the free plan.`;
+  $('cancel-confirm').hidden = false;
+  $('cancel-yes').focus();
+}
+
+async function cancelSubscription() {
+  const btn = $('cancel-yes');
+  btn.disabled = true;
+  try {
+    await billing('/subscription/cancel', { method: 'POST', body: {} });
+    closeUpgrade();
+    banner(`Your subscription is canceled; it stays active until ${fmtDate(app.usage.period_end, { month: 'long', day: 'numeric' })}.`, 'success');
+    await refresh().catch(() => {});
+  } catch (e) {
+    upgradeError(e);
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+// ---- wiring ------------------------------------------------------------------------------------
+
+function wire() {
+  $('signin-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const token = $('apikey').value.trim();
+    if (!token) return showSignIn('Enter your API key.');
+    const cred = { token, kind: 'key' };
+    storeCredential(cred);
+    start(cred);
+  });
+  $('signout').addEventListener('click', signOut);
+  $('upgrade-x').addEventListener('click', closeUpgrade);
+  $('upgrade-close').addEventListener('click', closeUpgrade);
+  $('portal').addEventListener('click', portal);
+  $('cancel-sub').addEventListener('click', askCancel);
+  $('cancel-yes').addEventListener('click', cancelSubscription);
+  $('cancel-no').addEventListener('click', () => {
+    $('cancel-confirm').hidden = true;
+    $('cancel-sub').focus();
+  });
+  $('upgrade').addEventListener('close', () => {
+    if (app.opener && app.opener.isConnected) app.opener.focus();
+    else {
+      const again = document.querySelector('[data-testid="upgrade"], [data-testid="compact-upgrade"]');
+      if (again) again.focus();
+    }
+  });
+  // A click on the backdrop closes the modal.
+  $('upgrade').addEventListener('click', (ev) => {
+    if (ev.target === ev.currentTarget) closeUpgrade();
+  });
+  // A sign-in link opened in a tab that shows the dashboard already: start over with it.
+  window.addEventListener('hashchange', () => {
+    if (/[#&](link|token)=/.test(location.hash)) location.reload();
+  });
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible' && app.usage) schedule(0);
+  });
+}
+
+async function boot() {
+  wire();
+  try {
+    app.config = await call('', null, '/dashboard/config.json');
+  } catch {
+    app.config = { billing: false };
+  }
+  const { link, token, rest } = takeHashCredential();
+  const query = new URLSearchParams(location.search);
+  if (query.has('checkout')) {
+    if (query.get('checkout') === 'cancel') {
+      sessionStorage.removeItem(PENDING);
+      banner('Checkout canceled: your plan is unchanged.', 'info');
+    }
+    history.replaceState(null, '', location.pathname + location.hash);
+  }
+  if (link) {
+    try {
+      const s = await exchangeLink(link);
+      storeCredential({ token: s.token, kind: 'session', customer: s.customer, expires_at: s.expires_at });
+    } catch (e) {
+      storeCredential(null);
+      return showSignIn(e.code === 'link_expired' || e.code === 'link_used' ? e.message.replace(/^./, (c) => c.toUpperCase()) + '.' : signInMessage(e));
+    }
+  } else if (token) {
+    storeCredential({ token, kind: 'key' });
+  }
+  const cred = loadCredential();
+  if (!cred) return showSignIn();
+  await start(cred, { openModal: rest.has('upgrade') });
+}
+
+boot();
