@@ -29,6 +29,10 @@ cargo build -q -p ingest -p aggregator -p billing-sync --bins
 stop_services
 
 export INGEST_LISTEN="127.0.0.1:$API_PORT" AGGREGATOR_LISTEN="127.0.0.1:$AGG_PORT"
+# The dashboard's sign-in links and sessions are signed with a key shared by ingest and billing-sync.
+[[ -f "$RUN/dashboard.secret" ]] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/dashboard.secret"
+export INGEST_DASHBOARD_SECRET="$(cat "$RUN/dashboard.secret")" BILLING_DASHBOARD_SECRET="$(cat "$RUN/dashboard.secret")"
+export INGEST_BILLING_URL="http://127.0.0.1:$BILLING_PORT"
 "$ROOT/target/debug/ingest" migrate >/dev/null 2>&1
 setsid nohup "$ROOT/target/debug/aggregator" >"$RUN/aggregator.log" 2>&1 </dev/null & echo $! >"$RUN/aggregator.pid"
 setsid nohup "$ROOT/target/debug/ingest" >"$RUN/ingest.log" 2>&1 </dev/null & echo $! >"$RUN/ingest.pid"
@@ -39,6 +43,9 @@ setsid nohup "$ROOT/target/debug/stripe-fake" --listen "127.0.0.1:$STRIPE_PORT" 
   >"$RUN/stripe-fake.log" 2>&1 </dev/null & echo $! >"$RUN/stripe-fake.pid"
 for _ in $(seq 50); do grep -q STRIPE_PRICE_ID_STARTER "$RUN/stripe-fake.log" 2>/dev/null && break; sleep 0.1; done
 export BILLING_LISTEN="127.0.0.1:$BILLING_PORT" BILLING_STRIPE__API_BASE="http://127.0.0.1:$STRIPE_PORT/" \
+  BILLING_STRIPE__SUCCESS_URL="http://127.0.0.1:$API_PORT/dashboard/?checkout=success" \
+  BILLING_STRIPE__CANCEL_URL="http://127.0.0.1:$API_PORT/dashboard/?checkout=cancel" \
+  BILLING_STRIPE__PORTAL_RETURN_URL="http://127.0.0.1:$API_PORT/dashboard/" \
   BILLING_STRIPE__SECRET_KEY=sk_test_demo BILLING_STRIPE__WEBHOOK_SECRET=whsec_demo \
   STRIPE_PRICE_ID_STARTER=price_starter STRIPE_PRICE_ID_PROFESSIONAL=price_professional \
   STRIPE_PRICE_ID_ENTERPRISE=price_enterprise
@@ -102,6 +109,10 @@ status, _ = call("POST", "/v1/customers/cust_at_limit/plan", {"plan": "starter",
 u = call("GET", "/v1/customers/cust_at_limit/quota")[1]
 print(f"cust_at_limit set to {u['plan']} by the admin API ({status}): used {u['used']:.0f}/{u['limit']}, allowed={u['allowed']}")
 PY
+link() {
+  curl -s -X POST "http://127.0.0.1:$API_PORT/v1/customers/$1/dashboard-link" -H "Authorization: Bearer $KEY" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin).get("url"))'
+}
 Q="SELECT customer, sum(quantity) AS calls, round(100 * calls / 100) AS pct_of_free FROM metering.usage_monthly WHERE tenant = 'demo' AND month = toStartOfMonth(today()) GROUP BY customer ORDER BY calls"
 sent=$((30 + 85 + 100 + 100))
 for _ in $(seq 50); do
@@ -111,6 +122,11 @@ done
 echo; echo "usage this month (from the monthly rollup):"
 clickhouse-client -q "$Q FORMAT PrettyCompact"
 cat <<MSG
+
+Dashboard (signed sign-in links, valid 15 minutes; new ones: POST /v1/customers/{c}/dashboard-link):
+  cust_warned (85 %):   $(link cust_warned)
+  cust_light  (30 %):   $(link cust_light)
+  embed the compact display: docs/dashboard.md
 
 Running:
   ingest API     http://127.0.0.1:$API_PORT   (logs .data/run/ingest.log, metrics /metrics)

@@ -83,7 +83,12 @@ impl App {
         if config.kafka.create_topics {
             schemas::kafka::ensure_topics(&config.kafka, &config.topics).await?;
         }
-        let keys = KeyStore::new(config.clickhouse.client());
+        let mut keys = KeyStore::new(config.clickhouse.client());
+        if !secrecy::ExposeSecret::expose_secret(&config.dashboard_secret).is_empty() {
+            keys = keys.with_sessions(Arc::new(ingest::dashboard::Signer::new(
+                &config.dashboard_secret,
+            )));
+        }
         keys.refresh().await?;
         let producer = EventProducer::new(
             &config.kafka,

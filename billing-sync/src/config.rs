@@ -42,6 +42,9 @@ pub struct Config {
     pub key_refresh_secs: u64,
     /// How long shutdown waits for requests and jobs in flight (s).
     pub shutdown_grace_secs: u64,
+    /// The ingest's `dashboard_secret`: when set, the dashboard's signed sessions are accepted as
+    /// customer-scoped keys (a customer may start a checkout for, or cancel, its own subscription).
+    pub dashboard_secret: secrecy::SecretString,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             produce_timeout_ms: 10_000,
             key_refresh_secs: 5,
             shutdown_grace_secs: 10,
+            dashboard_secret: secrecy::SecretString::from(""),
         }
     }
 }

@@ -168,7 +168,7 @@ async fn create(
     Query(q): Query<CustomerQuery>,
     body: Result<Json<CreateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let key = authenticate(&state.keys, &headers, Scope::Ingest).await?;
+    let key = acting_customer_key(&state, &headers).await?;
     let customer = customer_of(&key, &headers, &q)?;
     let Json(req) = body.map_err(|e| invalid("body", e.body_text()))?;
     let billing = &state.billing;
@@ -243,13 +243,27 @@ pub struct CancelRequest {
     pub immediately: bool,
 }
 
+/// Buying or cancelling: a tenant key needs the `ingest` scope; a customer-scoped key (or a
+/// dashboard session) acts on its own subscription with `read`.
+async fn acting_customer_key(state: &AppState, headers: &HeaderMap) -> Result<KeyInfo, ApiError> {
+    let key = authenticate(&state.keys, headers, Scope::Read).await?;
+    if key.customer.is_none() && !key.allows(Scope::Ingest) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "a tenant-wide key needs the `ingest` scope to buy or cancel for a customer",
+        ));
+    }
+    Ok(key)
+}
+
 async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<CustomerQuery>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let key = authenticate(&state.keys, &headers, Scope::Ingest).await?;
+    let key = acting_customer_key(&state, &headers).await?;
     let customer = customer_of(&key, &headers, &q)?;
     let req: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
         CancelRequest::default()

@@ -261,6 +261,15 @@ pub async fn track(
     for c in items {
         let meter = c.meter.as_deref().unwrap_or(default_meter);
         let quantity = c.quantity.unwrap_or(1.0);
+        // A retry of a call already tracked: answer as before, count nothing again.
+        if let Some(id) = c.id.as_deref().filter(|id| state.view.seen(&key.tenant, &c.customer, id, now)) {
+            results.push(CheckResult {
+                quota: state.view.check(&key.tenant, &c.customer, meter, 0.0, now),
+                tracked: true,
+                event_id: Some(id.to_string()),
+            });
+            continue;
+        }
         let (answer, reservation) = state
             .view
             .reserve(&key.tenant, &c.customer, meter, quantity, now);
@@ -324,8 +333,9 @@ pub async fn track(
     match state.producer.send_events(&events).await {
         Ok(positions) => {
             state.metrics.events_accepted.inc_by(events.len() as u64);
-            for ((_, customer, meter, r), pos) in reserved.into_iter().zip(positions) {
+            for (((_, customer, meter, r), pos), event) in reserved.into_iter().zip(positions).zip(&events) {
                 state.view.confirm(&key.tenant, &customer, &meter, r, pos);
+                state.view.remember(&key.tenant, &customer, &event.id, now);
             }
             Ok(results)
         }
@@ -347,6 +357,10 @@ pub async fn track(
 /// them before the aggregator folds them).
 pub fn note_accepted(state: &AppState, events: &[UsageEvent], positions: &[(i32, i64)]) {
     for (e, pos) in events.iter().zip(positions) {
+        if state.view.seen(&e.tenant, &e.customer, &e.id, e.receivedat) {
+            continue; // a client retry: the aggregator drops it, the view must not count it
+        }
+        state.view.remember(&e.tenant, &e.customer, &e.id, e.receivedat);
         if let Some(quantity) = state.catalog.quantity_of(e) {
             state
                 .view

@@ -87,8 +87,14 @@ impl MeterUsage {
 /// A plan change this instance produced: (id, event, its position once acknowledged).
 type PendingPlan = (u64, SubscriptionEvent, Option<(i32, i64)>);
 
+/// How long an accepted event id is remembered, so that a client retry with the same id is not
+/// counted again while the aggregator has not folded (and deduplicated) it yet.
+pub const RECENT_IDS_SECS: i64 = 3600;
+
 #[derive(Debug, Default)]
 struct Customer {
+    /// Ids of events accepted recently (id → unix seconds), for idempotent retries.
+    recent: HashMap<String, i64>,
     plan: Option<PlanState>,
     /// Plan changes this instance produced that the plan state does not include yet.
     pending_plan: Vec<PendingPlan>,
@@ -419,6 +425,27 @@ impl QuotaView {
         });
     }
 
+    /// Whether an event with `id` was accepted for this customer in the last [`RECENT_IDS_SECS`].
+    pub fn seen(&self, tenant: &str, customer: &str, id: &str, now: OffsetDateTime) -> bool {
+        self.with(tenant, customer, |map| {
+            map.get(&(tenant.to_string(), customer.to_string()))
+                .and_then(|c| c.recent.get(id))
+                .is_some_and(|&at| now.unix_timestamp() - at < RECENT_IDS_SECS)
+        })
+    }
+
+    /// Remembers an accepted event id (see [`Self::seen`]).
+    pub fn remember(&self, tenant: &str, customer: &str, id: &str, at: OffsetDateTime) {
+        self.with(tenant, customer, |map| {
+            let c = map.entry((tenant.into(), customer.into())).or_default();
+            let at = at.unix_timestamp();
+            if c.recent.len() >= 1024 && c.recent.len().is_power_of_two() {
+                c.recent.retain(|_, t| at - *t < RECENT_IDS_SECS);
+            }
+            c.recent.insert(id.into(), at);
+        });
+    }
+
     /// The customer's effective plan (the default plan when unknown) and whether it is known.
     pub fn plan(&self, tenant: &str, customer: &str) -> (PlanState, bool) {
         self.with(tenant, customer, |map| match map.get(&(tenant.to_string(), customer.to_string())) {
@@ -536,6 +563,17 @@ mod tests {
         assert_eq!(view.pending("t", "c", "api_call"), 3);
         view.apply(usage(now.date(), 3.0, 3, 9));
         assert_eq!((view.pending("t", "c", "api_call"), view.check("t", "c", "api_call", 0.0, now).used), (0, 3.0));
+    }
+
+    #[test]
+    fn recent_ids_are_remembered_for_an_hour() {
+        let view = QuotaView::new(Arc::new(Catalog::default()), UnknownCustomer::DefaultPlan);
+        let now = datetime!(2026-03-10 12:00 UTC);
+        assert!(!view.seen("t", "c", "e1", now));
+        view.remember("t", "c", "e1", now);
+        assert!(view.seen("t", "c", "e1", now + time::Duration::minutes(59)));
+        assert!(!view.seen("t", "c", "e1", now + time::Duration::minutes(61)));
+        assert!(!view.seen("t", "other", "e1", now) && !view.seen("u", "c", "e1", now));
     }
 
     #[test]

@@ -18,10 +18,32 @@ use tokio_util::sync::CancellationToken;
 use crate::Result;
 use crate::quota::QuotaView;
 
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct RecentId {
+    tenant: String,
+    customer: String,
+    id: String,
+    at: u32,
+}
+
 /// Loads the last 40 days of daily usage and every customer's plan history from ClickHouse.
 /// Returns the number of records applied.
 pub async fn load_baseline(client: &clickhouse::Client, view: &QuotaView) -> Result<usize> {
     let rows = schemas::quota_store::daily_usage(client, None, 40).await?;
+    // Ids accepted in the last hour: a client retrying one after this restart is not counted twice.
+    let recent: Vec<RecentId> = client
+        .query(&format!(
+            "SELECT tenant, customer, id, toUInt32(received_at) AS at FROM events_raw \
+             WHERE received_at >= now() - {}",
+            crate::quota::RECENT_IDS_SECS
+        ))
+        .fetch_all()
+        .await?;
+    for r in &recent {
+        let at = time::OffsetDateTime::from_unix_timestamp(i64::from(r.at))
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        view.remember(&r.tenant, &r.customer, &r.id, at);
+    }
     let plans = schemas::quota_store::plans(client, view.catalog(), None).await?;
     let n = rows.len() + plans.len();
     for r in rows {
@@ -103,17 +125,25 @@ pub async fn follow(
         };
         match msg {
             Ok(m) if m.topic() == topics.events => {
-                if let Some(event) = m.payload().and_then(|p| serde_json::from_slice::<UsageEvent>(p).ok())
-                    && let Some(quantity) = view.catalog().quantity_of(&event) {
-                        view.track(
-                            &event.tenant,
-                            &event.customer,
-                            &event.meter,
-                            quantity,
-                            event.time.date(),
-                            (m.partition(), m.offset()),
-                        );
-                    }
+                let Some(event) = m.payload().and_then(|p| serde_json::from_slice::<UsageEvent>(p).ok())
+                else {
+                    continue;
+                };
+                // A retry of an id seen recently is dropped by the aggregator: do not count it.
+                if view.seen(&event.tenant, &event.customer, &event.id, event.receivedat) {
+                    continue;
+                }
+                view.remember(&event.tenant, &event.customer, &event.id, event.receivedat);
+                if let Some(quantity) = view.catalog().quantity_of(&event) {
+                    view.track(
+                        &event.tenant,
+                        &event.customer,
+                        &event.meter,
+                        quantity,
+                        event.time.date(),
+                        (m.partition(), m.offset()),
+                    );
+                }
             }
             Ok(m) => {
                 if let Some(payload) = m.payload() {

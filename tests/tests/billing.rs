@@ -796,3 +796,69 @@ async fn start_billing_default_config_serves_health_and_metrics() {
     sync.running.stop().await;
     fake.stop().await;
 }
+
+/// A customer signed in to the dashboard by a link (a read-only session) can start a checkout for
+/// itself through the ingest's billing proxy when billing-sync shares the dashboard secret; a
+/// billing-sync without the secret refuses the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dashboard_session_buys_its_own_plan_only_with_the_shared_secret() {
+    let env = TestEnv::new("session_buy").await;
+    let fake = Fake::start().await;
+    let admin = env.key("acme", &[Scope::Admin], None).await;
+    let http = reqwest::Client::new();
+    for (shared, expected) in [(true, StatusCode::CREATED), (false, StatusCode::UNAUTHORIZED)] {
+        let mut bcfg = billing_config(&env, &fake);
+        if shared {
+            bcfg.dashboard_secret = secrecy::SecretString::from("shared-secret");
+        }
+        let sync = start_billing_with(&fake, bcfg).await;
+        let mut cfg = env.ingest_config();
+        cfg.dashboard_secret = secrecy::SecretString::from("shared-secret");
+        cfg.billing_url = sync.running.url.clone();
+        let ingest = env.start_ingest_with(cfg).await;
+        let customer = format!("sess_{shared}");
+        let link: Value = http
+            .post(format!("{}/v1/customers/{customer}/dashboard-link", ingest.url))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("link")
+            .json()
+            .await
+            .expect("json");
+        let session: Value = http
+            .post(format!("{}/dashboard/session", ingest.url))
+            .json(&json!({"link": link["link"]}))
+            .send()
+            .await
+            .expect("session")
+            .json()
+            .await
+            .expect("json");
+        let token = session["session"].as_str().or(session["token"].as_str()).expect("session token").to_string();
+        let r = http
+            .post(format!("{}/dashboard/billing/subscription/create", ingest.url))
+            .bearer_auth(&token)
+            .json(&json!({"plan": "starter"}))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(r.status(), expected, "shared secret: {shared}");
+        if shared {
+            let body: Value = r.json().await.expect("json");
+            let url = body["url"].as_str().expect("checkout url").to_string();
+            assert!(url.starts_with(&fake.url), "{url}");
+            // Another customer's subscription is out of reach, even asking billing-sync directly.
+            let r = http
+                .post(format!("{}/subscription/create?customer=someone_else", sync.running.url))
+                .bearer_auth(&token)
+                .json(&json!({"plan": "starter"}))
+                .send()
+                .await
+                .expect("create other");
+            assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        }
+        ingest.stop().await;
+        sync.running.stop().await;
+    }
+}

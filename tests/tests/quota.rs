@@ -398,7 +398,10 @@ async fn unknown_customers_follow_the_configured_policy() {
 fn every_route_of_the_api_is_in_the_openapi_document() {
     let doc: Value = serde_json::from_str(ingest::http::OPENAPI).expect("openapi.json is JSON");
     let paths = doc["paths"].as_object().expect("paths");
-    let source = std::fs::read_to_string(tests::workspace_root().join("ingest/src/http.rs")).expect("http.rs");
+    let root = tests::workspace_root();
+    let source = ["ingest/src/http.rs", "ingest/src/dashboard.rs"]
+        .map(|f| std::fs::read_to_string(root.join(f)).expect("route source"))
+        .join("\n");
     let mut routes = Vec::new();
     for part in source.split(".route(").skip(1) {
         let path = part.trim_start().trim_start_matches('"');
@@ -412,4 +415,33 @@ fn every_route_of_the_api_is_in_the_openapi_document() {
     for p in paths.keys() {
         assert!(routes.contains(p), "ingest/openapi.json documents {p}, which is not a route");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_retries_with_the_same_id_count_once_in_the_quota_even_after_a_restart() {
+    let (env, agg, ingest, http) = setup("retries").await;
+    let key = env.key("acme", ALL, None).await;
+    let events: Vec<Value> = (0..50).map(|i| event(&format!("r-{i}"), "cr", "drill", 1)).collect();
+    send_all(&http, &ingest.url, &key, &events, 50).await;
+    send_all(&http, &ingest.url, &key, &events, 50).await;
+    // At once (pending, before the aggregator folded anything) and after folding.
+    assert_eq!(quota(&http, &ingest, &key, "cr").await["used"], json!(50.0));
+    folded(&env, "cr", 50.0).await;
+    // Check-and-track retries of a tracked id are answered as tracked and not counted again.
+    for _ in 0..3 {
+        let (s, v) = send(&http, reqwest::Method::POST, &format!("{}/v1/check", ingest.url), &key,
+            json!({"track": true, "checks": [{"customer": "cr", "id": "r-7"}, {"customer": "cr", "id": "t-1"}]})).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!((v["results"][0]["tracked"].clone(), v["results"][1]["tracked"].clone()), (json!(true), json!(true)));
+    }
+    assert_eq!(quota(&http, &ingest, &key, "cr").await["used"], json!(51.0));
+    // A restarted instance remembers the last hour's ids from ClickHouse.
+    folded(&env, "cr", 51.0).await;
+    ingest.stop().await;
+    let again = env.start_ingest().await;
+    ready(&http, &again.url).await;
+    send_all(&http, &again.url, &key, &events, 50).await;
+    assert_eq!(quota(&http, &again, &key, "cr").await["used"], json!(51.0));
+    again.stop().await;
+    agg.stop().await;
 }
