@@ -52,6 +52,10 @@ pub struct Config {
     /// dropped). Must cover the largest producer batch: the local broker (tansu) answers a fetch
     /// from inside a record batch with the next batch, skipping the rest of the batch.
     pub resume_rewind: i64,
+    /// Rejoin the group after owning no partition for this long (s); 0 = never. A workaround for
+    /// the local broker (tansu), which can leave a live member without partitions after another
+    /// member died. Set 0 on Kafka when the group has more members than partitions.
+    pub rejoin_idle_secs: u64,
     /// Alert notifications (webhooks and email); see [`crate::notify`].
     pub notify: NotifyConfig,
 }
@@ -75,6 +79,7 @@ impl Default for Config {
             shutdown_grace_secs: 10,
             max_retry_backoff_ms: 5_000,
             resume_rewind: 10_000,
+            rejoin_idle_secs: 20,
             notify: NotifyConfig::default(),
         }
     }

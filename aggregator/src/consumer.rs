@@ -381,18 +381,55 @@ impl Worker {
         })
     }
 
+    /// Leaves and rejoins the group when this member has owned no partition for `after`: tansu (the
+    /// local broker) can complete a rebalance that gives every partition to a member that has just
+    /// died and never rebalance again when its session expires, leaving the live member idle.
+    fn rejoin_if_idle(&self, idle_since: &mut Option<Instant>, after: Duration) {
+        if !lock(&self.shared).owned.is_empty() {
+            *idle_since = None;
+            return;
+        }
+        let since = *idle_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < after {
+            return;
+        }
+        tracing::warn!(idle_secs = since.elapsed().as_secs(), "no partitions assigned; rejoining the group");
+        self.metrics
+            .rebalances
+            .get_or_create(&ReasonLabels {
+                reason: "rejoin_idle".into(),
+            })
+            .inc();
+        self.consumer.unsubscribe();
+        let topics = [
+            self.config.topics.events.as_str(),
+            self.config.topics.rejected.as_str(),
+            self.config.topics.subscriptions.as_str(),
+        ];
+        if let Err(e) = self.consumer.subscribe(&topics) {
+            tracing::error!(error = %e, "subscribing again failed");
+        }
+        *idle_since = None;
+    }
+
     /// Reads, batches and writes until cancelled, then writes what is pending and leaves the group.
     pub async fn run(self) -> Result<()> {
         let max_events = self.config.batch_max_events;
         let max_wait = Duration::from_millis(self.config.batch_max_wait_ms);
         let window = self.config.window();
         let mut first_at: Option<tokio::time::Instant> = None;
+        let rejoin_after = Duration::from_secs(self.config.rejoin_idle_secs);
+        let mut idle_since: Option<Instant> = None;
         loop {
             let deadline = first_at.map(|t| t + max_wait);
             let received = tokio::select! {
                 () = self.cancel.cancelled() => break,
                 m = self.consumer.recv() => Some(m),
                 () = sleep_until(deadline) => None,
+                () = tokio::time::sleep(Duration::from_secs(1)), if first_at.is_none() && !rejoin_after.is_zero() => {
+                    self.rejoin_if_idle(&mut idle_since, rejoin_after);
+                    continue;
+                }
             };
             if let Some(result) = received {
                 match result {
