@@ -87,7 +87,9 @@ impl Context {
                         .state_records_published
                         .inc_by((published.usage + published.plans) as u64);
                     self.metrics.alerts_fired.inc_by(published.alerts as u64);
-                    self.metrics.subscription_events_stored.inc_by(outcome.subs as u64);
+                    self.metrics
+                        .subscription_events_stored
+                        .inc_by(outcome.subs as u64);
                     let m = &self.metrics;
                     m.flush_duration.observe(start.elapsed().as_secs_f64());
                     m.batches_flushed.inc();
@@ -137,9 +139,10 @@ impl Context {
         }
         let tpl = commit_list(&batch.last, &lock(&self.shared).owned);
         if tpl.count() > 0
-            && let Err(e) = consumer.commit(&tpl, mode) {
-                tracing::warn!(error = %e, "committing offsets failed (ClickHouse holds them; harmless)");
-            }
+            && let Err(e) = consumer.commit(&tpl, mode)
+        {
+            tracing::warn!(error = %e, "committing offsets failed (ClickHouse holds them; harmless)");
+        }
         true
     }
 
@@ -181,7 +184,11 @@ impl Context {
                 .and_then(|o| o.get(&e.partition()))
                 .map_or(Offset::Beginning, |o| {
                     let from = o + 1 - self.rewind;
-                    if from <= 0 { Offset::Beginning } else { Offset::Offset(from) }
+                    if from <= 0 {
+                        Offset::Beginning
+                    } else {
+                        Offset::Offset(from)
+                    }
                 });
             owned.push((e.topic().to_string(), e.partition(), offset));
         }
@@ -297,7 +304,9 @@ impl ConsumerContext for RewindContext {
                         .find_partition(e.topic(), e.partition())
                         .map(|c| c.offset());
                     let offset = match c {
-                        Some(Offset::Offset(o)) if o - self.rewind > 0 => Offset::Offset(o - self.rewind),
+                        Some(Offset::Offset(o)) if o - self.rewind > 0 => {
+                            Offset::Offset(o - self.rewind)
+                        }
                         _ => Offset::Beginning,
                     };
                     let _ = assign.add_partition_offset(e.topic(), e.partition(), offset);
@@ -393,7 +402,10 @@ impl Worker {
         if since.elapsed() < after {
             return;
         }
-        tracing::warn!(idle_secs = since.elapsed().as_secs(), "no partitions assigned; rejoining the group");
+        tracing::warn!(
+            idle_secs = since.elapsed().as_secs(),
+            "no partitions assigned; rejoining the group"
+        );
         self.metrics
             .rebalances
             .get_or_create(&ReasonLabels {

@@ -193,20 +193,39 @@ pub fn decode_rejection(payload: Option<&[u8]>, pos: &Position<'_>) -> Decoded {
 }
 
 /// Decodes a message of `subscription.events`: unknown plans and meters are dead letters.
-pub fn decode_subscription(payload: Option<&[u8]>, pos: &Position<'_>, catalog: &Catalog) -> Decoded {
+pub fn decode_subscription(
+    payload: Option<&[u8]>,
+    pos: &Position<'_>,
+    catalog: &Catalog,
+) -> Decoded {
     let bytes = payload.unwrap_or_default();
     let received_at = arrival(pos);
     let event: SubscriptionEvent = match serde_json::from_slice(bytes) {
         Ok(e) => e,
         Err(e) => {
             let reason = format!("not a subscription event: {e}");
-            return dead(pos, "", received_at, "aggregator", "malformed_subscription", reason, "", bytes);
+            return dead(
+                pos,
+                "",
+                received_at,
+                "aggregator",
+                "malformed_subscription",
+                reason,
+                "",
+                bytes,
+            );
         }
     };
     let problem = if !schemas::event::is_token(&event.tenant, 64) {
-        Some(("missing_tenant", "the event has no valid `tenant`".to_string()))
+        Some((
+            "missing_tenant",
+            "the event has no valid `tenant`".to_string(),
+        ))
     } else if event.id.trim().is_empty() || event.customer.trim().is_empty() {
-        Some(("required", "`id` and `customer` must not be empty".to_string()))
+        Some((
+            "required",
+            "`id` and `customer` must not be empty".to_string(),
+        ))
     } else {
         match &event.change {
             Change::Plan { plan, .. } if catalog.plan(plan).is_none() => {
@@ -221,7 +240,16 @@ pub fn decode_subscription(payload: Option<&[u8]>, pos: &Position<'_>, catalog: 
         }
     };
     if let Some((code, reason)) = problem {
-        return dead(pos, &event.tenant, received_at, "aggregator", code, reason, &event.id, bytes);
+        return dead(
+            pos,
+            &event.tenant,
+            received_at,
+            "aggregator",
+            code,
+            reason,
+            &event.id,
+            bytes,
+        );
     }
     let kind = match event.change {
         Change::Plan { .. } => "plan",

@@ -16,8 +16,8 @@ use schemas::catalog::Aggregation;
 use schemas::config::KafkaConfig;
 use schemas::quota::{Alert, PlanState, StateRecord, UsageState, crossed};
 use schemas::quota_store::DayRow;
-use schemas::sql::{pairs, quote};
 use schemas::rows::AlertRow;
+use schemas::sql::{pairs, quote};
 use schemas::topics::Topics;
 use serde::Deserialize;
 use time::{Date, OffsetDateTime};
@@ -98,7 +98,13 @@ impl Publisher {
         self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    async fn send(&self, topic: &str, partition: Option<i32>, key: &str, payload: &[u8]) -> Result<()> {
+    async fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<()> {
         let mut record = FutureRecord::to(topic).key(key).payload(payload);
         if let Some(p) = partition {
             record = record.partition(p.rem_euclid(self.partitions));
@@ -154,7 +160,8 @@ impl Publisher {
     /// Daily usage of `customers` over the last [`HISTORY_DAYS`] days, per meter.
     async fn daily_usage(&self, customers: &BTreeSet<(String, String)>) -> Result<Vec<DayRow>> {
         let keys: Vec<(String, String)> = customers.iter().cloned().collect();
-        let mut rows = schemas::quota_store::daily_usage(&self.client, Some(&keys), HISTORY_DAYS).await?;
+        let mut rows =
+            schemas::quota_store::daily_usage(&self.client, Some(&keys), HISTORY_DAYS).await?;
         let list = pairs(keys.iter().map(|(t, c)| (t.as_str(), c.as_str())));
         let max_meters: Vec<&str> = self
             .catalog
@@ -187,7 +194,9 @@ impl Publisher {
                 .map(|r| ((r.tenant, r.customer, r.meter, r.day), r.quantity))
                 .collect();
             for r in &mut rows {
-                if let Some(q) = by_key.get(&(r.tenant.clone(), r.customer.clone(), r.meter.clone(), r.day)) {
+                if let Some(q) =
+                    by_key.get(&(r.tenant.clone(), r.customer.clone(), r.meter.clone(), r.day))
+                {
                     r.quantity = *q;
                 }
             }
@@ -239,7 +248,8 @@ impl Publisher {
             .map(|(t, _)| t.clone())
             .unwrap_or_else(|| self.topics.events.clone());
         for r in &rows {
-            let Some((partition, days)) = touched.get(&(r.tenant.clone(), r.customer.clone())) else {
+            let Some((partition, days)) = touched.get(&(r.tenant.clone(), r.customer.clone()))
+            else {
                 continue;
             };
             if !days.contains(&(r.meter.clone(), r.day)) {
@@ -261,8 +271,13 @@ impl Publisher {
                 as_of_offset: as_of,
             });
             let payload = serde_json::to_vec(&record).unwrap_or_default();
-            self.send(&self.topics.state, Some(*partition), &record.key(), &payload)
-                .await?;
+            self.send(
+                &self.topics.state,
+                Some(*partition),
+                &record.key(),
+                &payload,
+            )
+            .await?;
             done.usage += 1;
         }
         done.alerts = self.fire_alerts(&check, &rows, now).await?;
@@ -296,7 +311,11 @@ impl Publisher {
             let slot = used
                 .entry((r.tenant.clone(), r.customer.clone(), r.meter.clone()))
                 .or_insert(0.0);
-            *slot = if max { slot.max(r.quantity) } else { *slot + r.quantity };
+            *slot = if max {
+                slot.max(r.quantity)
+            } else {
+                *slot + r.quantity
+            };
         }
         let mut candidates = Vec::new();
         for ((tenant, customer, meter), used) in used {
@@ -356,7 +375,8 @@ impl Publisher {
         // rather than losing the alert.
         for a in &fresh {
             let payload = serde_json::to_vec(a).unwrap_or_default();
-            self.send(&self.topics.alerts, None, &a.id, &payload).await?;
+            self.send(&self.topics.alerts, None, &a.id, &payload)
+                .await?;
         }
         let mut insert = self.client.insert::<AlertRow>("alerts").await?;
         for a in &fresh {

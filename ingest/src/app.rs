@@ -34,8 +34,9 @@ impl App {
         if config.kafka.create_topics {
             schemas::kafka::ensure_topics(&config.kafka, &config.topics).await?;
         }
-        let keys = KeyStore::new(config.clickhouse.client())
-            .with_sessions(Arc::new(crate::dashboard::Signer::new(&config.dashboard_secret)));
+        let keys = KeyStore::new(config.clickhouse.client()).with_sessions(Arc::new(
+            crate::dashboard::Signer::new(&config.dashboard_secret),
+        ));
         keys.refresh().await?;
         let producer = EventProducer::new(
             &config.kafka,

@@ -134,7 +134,10 @@ impl EventProducer {
 
     /// Sends every event and waits until the broker acknowledged all of them. Returns each
     /// event's (partition, offset).
-    pub async fn send_events(&self, events: &[UsageEvent]) -> Result<Vec<(i32, i64)>, ProduceError> {
+    pub async fn send_events(
+        &self,
+        events: &[UsageEvent],
+    ) -> Result<Vec<(i32, i64)>, ProduceError> {
         let result = self.try_send_events(events).await;
         if matches!(result, Err(ProduceError::Broker(_))) {
             self.recover();

@@ -60,8 +60,16 @@ fn check_customer(customer: &str) -> Result<(), ApiError> {
 
 fn check_meter(state: &AppState, meter: &str) -> Result<(), ApiError> {
     if state.catalog.meter(meter).is_none() {
-        let known: Vec<&str> = state.catalog.meters.iter().map(|m| m.key.as_str()).collect();
-        let mut e = invalid("meter", format!("unknown meter {meter:?}; known: {known:?}"));
+        let known: Vec<&str> = state
+            .catalog
+            .meters
+            .iter()
+            .map(|m| m.key.as_str())
+            .collect();
+        let mut e = invalid(
+            "meter",
+            format!("unknown meter {meter:?}; known: {known:?}"),
+        );
         e.code = "unknown_meter";
         return Err(e);
     }
@@ -70,7 +78,10 @@ fn check_meter(state: &AppState, meter: &str) -> Result<(), ApiError> {
 
 fn check_quantity(field: &str, q: f64) -> Result<(), ApiError> {
     if !q.is_finite() || !(0.0..=schemas::event::MAX_QUANTITY).contains(&q) {
-        return Err(invalid(field, "quantity must be a finite number between 0 and 1e15"));
+        return Err(invalid(
+            field,
+            "quantity must be a finite number between 0 and 1e15",
+        ));
     }
     Ok(())
 }
@@ -115,7 +126,9 @@ pub async fn get_quota(
 ) -> Result<Json<QuotaAnswer>, ApiError> {
     let key = reader(&state, &headers, Scope::Read, &customer).await?;
     let Query(q) = query.map_err(|e| invalid("query", e.body_text()))?;
-    let meter = q.meter.unwrap_or_else(|| state.catalog.meters[0].key.clone());
+    let meter = q
+        .meter
+        .unwrap_or_else(|| state.catalog.meters[0].key.clone());
     check_meter(&state, &meter)?;
     let quantity = q.quantity.unwrap_or(1.0);
     check_quantity("quantity", quantity)?;
@@ -197,7 +210,10 @@ pub async fn post_check(
     if req.checks.is_empty() || req.checks.len() > state.config.max_batch_events {
         return Err(invalid(
             "checks",
-            format!("between 1 and {} checks per request", state.config.max_batch_events),
+            format!(
+                "between 1 and {} checks per request",
+                state.config.max_batch_events
+            ),
         ));
     }
     for (i, c) in req.checks.iter().enumerate() {
@@ -216,9 +232,10 @@ pub async fn post_check(
         }
         check_quantity("quantity", c.quantity.unwrap_or(1.0)).map_err(at)?;
         if let Some(id) = &c.id
-            && (id.trim().is_empty() || id.len() > schemas::event::MAX_ID_LEN) {
-                return Err(at(invalid("id", "the id must be 1-256 bytes")));
-            }
+            && (id.trim().is_empty() || id.len() > schemas::event::MAX_ID_LEN)
+        {
+            return Err(at(invalid("id", "the id must be 1-256 bytes")));
+        }
     }
     if !state.view.is_ready() {
         return Err(starting());
@@ -262,7 +279,10 @@ pub async fn track(
         let meter = c.meter.as_deref().unwrap_or(default_meter);
         let quantity = c.quantity.unwrap_or(1.0);
         // A retry of a call already tracked: answer as before, count nothing again.
-        if let Some(id) = c.id.as_deref().filter(|id| state.view.seen(&key.tenant, &c.customer, id, now)) {
+        if let Some(id) =
+            c.id.as_deref()
+                .filter(|id| state.view.seen(&key.tenant, &c.customer, id, now))
+        {
             results.push(CheckResult {
                 quota: state.view.check(&key.tenant, &c.customer, meter, 0.0, now),
                 tracked: true,
@@ -270,9 +290,10 @@ pub async fn track(
             });
             continue;
         }
-        let (answer, reservation) = state
-            .view
-            .reserve(&key.tenant, &c.customer, meter, quantity, now);
+        let (answer, reservation) =
+            state
+                .view
+                .reserve(&key.tenant, &c.customer, meter, quantity, now);
         let Some(r) = reservation else {
             results.push(CheckResult {
                 quota: answer,
@@ -281,16 +302,20 @@ pub async fn track(
             });
             continue;
         };
-        let id = c
-            .id
-            .clone()
-            .unwrap_or_else(|| format!("chk_{}", uuid::Uuid::new_v4().simple()));
+        let id =
+            c.id.clone()
+                .unwrap_or_else(|| format!("chk_{}", uuid::Uuid::new_v4().simple()));
         let mut data = c.data.clone().unwrap_or_default();
         if let Some(dim) = state.catalog.meter(meter).and_then(|m| m.dimension.clone())
-            && let Some(ep) = &c.endpoint {
-                data.insert(dim, Value::String(ep.clone()));
-            }
-        if let Some(prop) = state.catalog.meter(meter).and_then(|m| m.value_property.clone()) {
+            && let Some(ep) = &c.endpoint
+        {
+            data.insert(dim, Value::String(ep.clone()));
+        }
+        if let Some(prop) = state
+            .catalog
+            .meter(meter)
+            .and_then(|m| m.value_property.clone())
+        {
             data.insert(prop, json!(quantity));
         }
         // Validate exactly as intake does, so a tracked event is never dead-lettered later.
@@ -333,7 +358,9 @@ pub async fn track(
     match state.producer.send_events(&events).await {
         Ok(positions) => {
             state.metrics.events_accepted.inc_by(events.len() as u64);
-            for (((_, customer, meter, r), pos), event) in reserved.into_iter().zip(positions).zip(&events) {
+            for (((_, customer, meter, r), pos), event) in
+                reserved.into_iter().zip(positions).zip(&events)
+            {
                 state.view.confirm(&key.tenant, &customer, &meter, r, pos);
                 state.view.remember(&key.tenant, &customer, &event.id, now);
             }
@@ -360,11 +387,18 @@ pub fn note_accepted(state: &AppState, events: &[UsageEvent], positions: &[(i32,
         if state.view.seen(&e.tenant, &e.customer, &e.id, e.receivedat) {
             continue; // a client retry: the aggregator drops it, the view must not count it
         }
-        state.view.remember(&e.tenant, &e.customer, &e.id, e.receivedat);
+        state
+            .view
+            .remember(&e.tenant, &e.customer, &e.id, e.receivedat);
         if let Some(quantity) = state.catalog.quantity_of(e) {
-            state
-                .view
-                .track(&e.tenant, &e.customer, &e.meter, quantity, e.time.date(), *pos);
+            state.view.track(
+                &e.tenant,
+                &e.customer,
+                &e.meter,
+                quantity,
+                e.time.date(),
+                *pos,
+            );
         }
     }
 }
@@ -395,7 +429,9 @@ pub fn project(
     now: OffsetDateTime,
 ) -> Projection {
     let total = (period.end_time() - period.start_time()).as_seconds_f64();
-    let elapsed = (now - period.start_time()).as_seconds_f64().clamp(3600.0, total);
+    let elapsed = (now - period.start_time())
+        .as_seconds_f64()
+        .clamp(3600.0, total);
     let projected = (used * total / elapsed).round();
     let effective = plan.effective_plan(catalog);
     let recommended = match limit {
@@ -413,7 +449,11 @@ pub fn project(
     Projection {
         projected_used: projected,
         projected_percent: limit.map(|l| {
-            if l == 0 { 100.0 } else { (projected * 10_000.0 / l as f64).round() / 100.0 }
+            if l == 0 {
+                100.0
+            } else {
+                (projected * 10_000.0 / l as f64).round() / 100.0
+            }
         }),
         projected_cost_cents: effective.map_or(0, |p| p.price_cents),
         currency: effective.map_or_else(|| "usd".into(), |p| p.currency.clone()),
@@ -453,7 +493,16 @@ pub async fn by_endpoint(
         .map_err(|e| ApiError::internal(&e))?;
     Ok(rows
         .into_iter()
-        .map(|r| (r.endpoint, if r.quantity == 0.0 { r.events as f64 } else { r.quantity }))
+        .map(|r| {
+            (
+                r.endpoint,
+                if r.quantity == 0.0 {
+                    r.events as f64
+                } else {
+                    r.quantity
+                },
+            )
+        })
         .collect())
 }
 
@@ -480,7 +529,15 @@ pub async fn usage_body(state: &AppState, tenant: &str, customer: &str) -> Resul
     let mut meters = Vec::new();
     for a in answers {
         let endpoints = by_endpoint(state, tenant, customer, &a.meter, &period).await?;
-        let projection = project(&state.catalog, &plan, &a.meter, a.used, a.limit, &period, now);
+        let projection = project(
+            &state.catalog,
+            &plan,
+            &a.meter,
+            a.used,
+            a.limit,
+            &period,
+            now,
+        );
         let mut v = serde_json::to_value(&a).unwrap_or_default();
         v["by_endpoint"] = json!(endpoints);
         v["projection"] = serde_json::to_value(&projection).unwrap_or_default();
@@ -604,7 +661,11 @@ pub async fn history(
     let (time_col, lo, hi) = match granularity.as_str() {
         "hour" => ("hour", "toStartOfHour(toDateTime(?))", "toDateTime(?)"),
         "day" => ("day", "toDate(toDateTime(?))", "toDate(toDateTime(?))"),
-        _ => ("month", "toStartOfMonth(toDateTime(?))", "toDate(toDateTime(?))"),
+        _ => (
+            "month",
+            "toStartOfMonth(toDateTime(?))",
+            "toDate(toDateTime(?))",
+        ),
     };
     let endpoint = if group { "endpoint" } else { "'' AS endpoint" };
     let group_cols = if group { "bucket, endpoint" } else { "bucket" };
@@ -726,10 +787,18 @@ pub async fn produce_change(
         source: "admin".into(),
         change,
     };
-    let position = state.producer.send_subscription(&event).await.map_err(|e| {
-        tracing::warn!(error = %e, "plan change not acknowledged");
-        ApiError::unavailable(e.code(), "the event log did not acknowledge the change; retry it", 1)
-    })?;
+    let position = state
+        .producer
+        .send_subscription(&event)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "plan change not acknowledged");
+            ApiError::unavailable(
+                e.code(),
+                "the event log did not acknowledge the change; retry it",
+                1,
+            )
+        })?;
     state.view.pending_plan_change(event.clone(), position);
     let answers = state
         .view
@@ -759,16 +828,29 @@ pub async fn post_plan(
     let Json(req) = body.map_err(|e| invalid("body", e.body_text()))?;
     if state.catalog.plan(&req.plan).is_none() {
         let known: Vec<&str> = state.catalog.plans.iter().map(|p| p.key.as_str()).collect();
-        let mut e = invalid("plan", format!("unknown plan {:?}; known: {known:?}", req.plan));
+        let mut e = invalid(
+            "plan",
+            format!("unknown plan {:?}; known: {known:?}", req.plan),
+        );
         e.code = "unknown_plan";
         return Err(e);
     }
     let status = req.status.unwrap_or_else(|| "active".into());
     const STATUSES: [&str; 8] = [
-        "active", "trialing", "past_due", "unpaid", "canceled", "incomplete", "incomplete_expired", "paused",
+        "active",
+        "trialing",
+        "past_due",
+        "unpaid",
+        "canceled",
+        "incomplete",
+        "incomplete_expired",
+        "paused",
     ];
     if !STATUSES.contains(&status.as_str()) {
-        return Err(invalid("status", format!("{status:?}: one of {STATUSES:?}")));
+        return Err(invalid(
+            "status",
+            format!("{status:?}: one of {STATUSES:?}"),
+        ));
     }
     produce_change(
         &state,
@@ -840,7 +922,12 @@ pub async fn post_grant(
     let expires_at = match req.expires_at {
         Some(t) if t <= now => return Err(invalid("expires_at", "must be in the future")),
         Some(t) => t,
-        None => state.view.plan(&key.tenant, &customer).0.period(now).end_time(),
+        None => state
+            .view
+            .plan(&key.tenant, &customer)
+            .0
+            .period(now)
+            .end_time(),
     };
     let change = Change::Grant {
         meter,

@@ -70,7 +70,10 @@ impl MeterUsage {
 
     /// Usage in `period`: folded days plus pending, summed (or the largest, for max meters).
     fn used(&self, period: &Period, max: bool) -> f64 {
-        let days = self.days.range(period.start..period.end).map(|(_, d)| d.quantity);
+        let days = self
+            .days
+            .range(period.start..period.end)
+            .map(|(_, d)| d.quantity);
         let pending = self
             .pending
             .iter()
@@ -278,7 +281,11 @@ impl QuotaView {
             None => (true, None, None),
             Some(l) => {
                 let l = l as f64;
-                let after = if max { used.max(quantity) } else { used + quantity };
+                let after = if max {
+                    used.max(quantity)
+                } else {
+                    used + quantity
+                };
                 let percent = if l > 0.0 { used * 100.0 / l } else { 100.0 };
                 (after <= l, Some((l - used).max(0.0)), Some(percent))
             }
@@ -339,12 +346,16 @@ impl QuotaView {
             }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let c = map.entry(key).or_default();
-            c.meters.entry(meter.into()).or_default().pending.push(Pending {
-                id,
-                day: now.date(),
-                quantity,
-                position: None,
-            });
+            c.meters
+                .entry(meter.into())
+                .or_default()
+                .pending
+                .push(Pending {
+                    id,
+                    day: now.date(),
+                    quantity,
+                    position: None,
+                });
             answer = self.answer(tenant, customer, Some(c), meter, 0.0, now);
             answer.allowed = true;
             answer.reason = None;
@@ -380,14 +391,22 @@ impl QuotaView {
     }
 
     /// The broker acknowledged a reservation's event at `position`.
-    pub fn confirm(&self, tenant: &str, customer: &str, meter: &str, r: Reservation, position: (i32, i64)) {
+    pub fn confirm(
+        &self,
+        tenant: &str,
+        customer: &str,
+        meter: &str,
+        r: Reservation,
+        position: (i32, i64),
+    ) {
         self.with(tenant, customer, |map| {
             if let Some(m) = map
                 .get_mut(&(tenant.to_string(), customer.to_string()))
                 .and_then(|c| c.meters.get_mut(meter))
             {
                 // The events tail may have delivered this very event first: keep one entry.
-                m.pending.retain(|p| p.id == r.0 || p.position != Some(position));
+                m.pending
+                    .retain(|p| p.id == r.0 || p.position != Some(position));
                 if let Some(p) = m.pending.iter_mut().find(|p| p.id == r.0) {
                     p.position = Some(position);
                 }
@@ -448,15 +467,22 @@ impl QuotaView {
 
     /// The customer's effective plan (the default plan when unknown) and whether it is known.
     pub fn plan(&self, tenant: &str, customer: &str) -> (PlanState, bool) {
-        self.with(tenant, customer, |map| match map.get(&(tenant.to_string(), customer.to_string())) {
-            Some(c) => (c.effective_plan(tenant, customer, &self.catalog), true),
-            None => (PlanState::initial(tenant, customer, &self.catalog), false),
+        self.with(tenant, customer, |map| {
+            match map.get(&(tenant.to_string(), customer.to_string())) {
+                Some(c) => (c.effective_plan(tenant, customer, &self.catalog), true),
+                None => (PlanState::initial(tenant, customer, &self.catalog), false),
+            }
         })
     }
 
     /// Every meter the catalog knows, answered for one more unit (for usage pages: `allowed`
     /// false means blocked).
-    pub fn all_meters(&self, tenant: &str, customer: &str, now: OffsetDateTime) -> Vec<QuotaAnswer> {
+    pub fn all_meters(
+        &self,
+        tenant: &str,
+        customer: &str,
+        now: OffsetDateTime,
+    ) -> Vec<QuotaAnswer> {
         self.with(tenant, customer, |map| {
             let c = map.get(&(tenant.to_string(), customer.to_string()));
             self.catalog
@@ -517,7 +543,10 @@ mod tests {
         let (a, r) = view.reserve("t", "c", "api_call", 1.0, now);
         assert!(!a.allowed && r.is_none());
         assert_eq!(a.reason.as_deref(), Some("limit_reached"));
-        assert_eq!((a.used, a.limit, a.remaining), (100.0, Some(100), Some(0.0)));
+        assert_eq!(
+            (a.used, a.limit, a.remaining),
+            (100.0, Some(100), Some(0.0))
+        );
         // The state catches up to offset 60: 60 folded + 40 pending = still 100.
         view.apply(usage(now.date(), 60.0, 0, 60));
         assert_eq!(view.pending("t", "c", "api_call"), 40);
@@ -562,7 +591,13 @@ mod tests {
         view.track("t", "c", "api_call", 1.0, now.date(), (3, 9));
         assert_eq!(view.pending("t", "c", "api_call"), 3);
         view.apply(usage(now.date(), 3.0, 3, 9));
-        assert_eq!((view.pending("t", "c", "api_call"), view.check("t", "c", "api_call", 0.0, now).used), (0, 3.0));
+        assert_eq!(
+            (
+                view.pending("t", "c", "api_call"),
+                view.check("t", "c", "api_call", 0.0, now).used
+            ),
+            (0, 3.0)
+        );
     }
 
     #[test]

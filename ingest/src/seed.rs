@@ -74,7 +74,11 @@ pub async fn get_usage(
     let key = authenticate(&state.keys, &headers, Scope::Read).await?;
     let customer = customer_of(&key, &headers, &q)?;
     if !state.view.is_ready() {
-        return Err(ApiError::unavailable("quota_view_starting", "the quota view is still loading", 1));
+        return Err(ApiError::unavailable(
+            "quota_view_starting",
+            "the quota view is still loading",
+            1,
+        ));
     }
     Ok(Json(summary(&state, &key.tenant, &customer).await?))
 }
@@ -111,7 +115,11 @@ pub async fn post_track(
         ));
     }
     if !state.view.is_ready() {
-        return Err(ApiError::unavailable("quota_view_starting", "the quota view is still loading", 1));
+        return Err(ApiError::unavailable(
+            "quota_view_starting",
+            "the quota view is still loading",
+            1,
+        ));
     }
     let item = CheckItem {
         customer: customer.clone(),
@@ -183,7 +191,10 @@ pub async fn get_history(
     let mut by_day: std::collections::BTreeMap<String, (f64, serde_json::Map<String, Value>)> =
         std::collections::BTreeMap::new();
     for i in 0..i64::from(days) {
-        by_day.insert((from + time::Duration::days(i)).to_string(), (0.0, serde_json::Map::new()));
+        by_day.insert(
+            (from + time::Duration::days(i)).to_string(),
+            (0.0, serde_json::Map::new()),
+        );
     }
     for p in points {
         let day = p.bucket.date().to_string();
@@ -197,5 +208,7 @@ pub async fn get_history(
         .into_iter()
         .map(|(date, (total, eps))| json!({"date": date, "total": total, "by_endpoint": eps}))
         .collect();
-    Ok(Json(json!({"customer": customer, "days": days, "history": history})))
+    Ok(Json(
+        json!({"customer": customer, "days": days, "history": history}),
+    ))
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use schemas::config::KafkaConfig;
 use schemas::UsageEvent;
+use schemas::config::KafkaConfig;
 use schemas::quota::{StateRecord, UsageState};
 use schemas::topics::Topics;
 use tokio_util::sync::CancellationToken;
@@ -125,7 +125,9 @@ pub async fn follow(
         };
         match msg {
             Ok(m) if m.topic() == topics.events => {
-                let Some(event) = m.payload().and_then(|p| serde_json::from_slice::<UsageEvent>(p).ok())
+                let Some(event) = m
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<UsageEvent>(p).ok())
                 else {
                     continue;
                 };
@@ -149,11 +151,16 @@ pub async fn follow(
                 if let Some(payload) = m.payload() {
                     match serde_json::from_slice::<StateRecord>(payload) {
                         Ok(record) => view.apply(record),
-                        Err(e) => tracing::warn!(error = %e, offset = m.offset(), "unreadable state record"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, offset = m.offset(), "unreadable state record")
+                        }
                     }
                 }
                 if !waiting.is_empty() {
-                    if waiting.get(&m.partition()).is_some_and(|&h| m.offset() + 1 >= h) {
+                    if waiting
+                        .get(&m.partition())
+                        .is_some_and(|&h| m.offset() + 1 >= h)
+                    {
                         waiting.remove(&m.partition());
                     }
                     if waiting.is_empty() {

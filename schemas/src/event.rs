@@ -289,23 +289,23 @@ pub fn validate(
     });
 
     if let Some(tenant) = c.string(obj, "tenant", false)
-        && tenant != intake.tenant {
-            c.fail(
-                "tenant",
-                ErrorCode::TenantMismatch,
-                format!(
-                    "the event names tenant {tenant:?} but the API key belongs to another tenant"
-                ),
-            );
-        }
+        && tenant != intake.tenant
+    {
+        c.fail(
+            "tenant",
+            ErrorCode::TenantMismatch,
+            format!("the event names tenant {tenant:?} but the API key belongs to another tenant"),
+        );
+    }
     if let (Some(scope), Some(customer)) = (intake.customer_scope, customer)
-        && scope != customer {
-            c.fail(
-                "subject",
-                ErrorCode::CustomerForbidden,
-                format!("this API key may only send events for customer {scope:?}"),
-            );
-        }
+        && scope != customer
+    {
+        c.fail(
+            "subject",
+            ErrorCode::CustomerForbidden,
+            format!("this API key may only send events for customer {scope:?}"),
+        );
+    }
 
     let time = match obj.get("time") {
         None | Some(Value::Null) => Some(intake.received_at),

@@ -390,21 +390,36 @@ mod tests {
     #[test]
     fn calendar_month_without_anchor() {
         let p = Period::containing(None, datetime!(2026-02-14 10:00 UTC));
-        assert_eq!((p.start, p.end), (date!(2026 - 02 - 01), date!(2026 - 03 - 01)));
+        assert_eq!(
+            (p.start, p.end),
+            (date!(2026 - 02 - 01), date!(2026 - 03 - 01))
+        );
         let p = Period::containing(None, datetime!(2026-12-31 23:59 UTC));
-        assert_eq!((p.start, p.end), (date!(2026 - 12 - 01), date!(2027 - 01 - 01)));
+        assert_eq!(
+            (p.start, p.end),
+            (date!(2026 - 12 - 01), date!(2027 - 01 - 01))
+        );
     }
 
     #[test]
     fn anchored_periods_roll_over_on_the_anchor_day_and_clamp_short_months() {
         let anchor = Some(datetime!(2026-01-31 15:00 UTC));
         let p = Period::containing(anchor, datetime!(2026-02-10 00:00 UTC));
-        assert_eq!((p.start, p.end), (date!(2026 - 01 - 31), date!(2026 - 02 - 28)));
+        assert_eq!(
+            (p.start, p.end),
+            (date!(2026 - 01 - 31), date!(2026 - 02 - 28))
+        );
         let p = Period::containing(anchor, datetime!(2026-02-28 00:00 UTC));
-        assert_eq!((p.start, p.end), (date!(2026 - 02 - 28), date!(2026 - 03 - 31)));
+        assert_eq!(
+            (p.start, p.end),
+            (date!(2026 - 02 - 28), date!(2026 - 03 - 31))
+        );
         let anchor = Some(datetime!(2026-03-15 15:00 UTC));
         let p = Period::containing(anchor, datetime!(2026-03-15 01:00 UTC));
-        assert_eq!((p.start, p.end), (date!(2026 - 03 - 15), date!(2026 - 04 - 15)));
+        assert_eq!(
+            (p.start, p.end),
+            (date!(2026 - 03 - 15), date!(2026 - 04 - 15))
+        );
         let p = Period::containing(anchor, datetime!(2026-04-14 23:00 UTC));
         assert_eq!(p.start, date!(2026 - 03 - 15));
         // A future anchor falls back to the calendar month.
@@ -489,14 +504,20 @@ mod tests {
             },
         ));
         // Canceled: back to the default plan.
-        assert_eq!(s.limit(&catalog, "api_call", datetime!(2026-03-25 00:00 UTC)), Some(100));
+        assert_eq!(
+            s.limit(&catalog, "api_call", datetime!(2026-03-25 00:00 UTC)),
+            Some(100)
+        );
     }
 
     #[test]
     fn thresholds_crossed() {
         assert_eq!(crossed(&[75, 80, 90, 100], 79.0, 100), vec![75]);
         assert_eq!(crossed(&[75, 80, 90, 100], 80.0, 100), vec![75, 80]);
-        assert_eq!(crossed(&[75, 80, 90, 100], 120.0, 100), vec![75, 80, 90, 100]);
+        assert_eq!(
+            crossed(&[75, 80, 90, 100], 120.0, 100),
+            vec![75, 80, 90, 100]
+        );
         assert!(crossed(&[75], 0.0, 100).is_empty());
     }
 
@@ -515,7 +536,10 @@ mod tests {
         let json = serde_json::to_value(&r).expect("json");
         assert_eq!(json["kind"], "usage");
         assert_eq!(json["day"], "2026-03-01");
-        assert_eq!(serde_json::from_value::<StateRecord>(json).expect("back"), r);
+        assert_eq!(
+            serde_json::from_value::<StateRecord>(json).expect("back"),
+            r
+        );
         assert_eq!(r.key(), "usage/t/c/api_call/2026-03-01");
     }
 }

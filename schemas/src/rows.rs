@@ -539,10 +539,25 @@ mod tests {
         assert_eq!(names::<AlertDeliveryRow>(), AlertDeliveryRow::COLUMN_NAMES);
         assert_eq!(names::<SubscriptionRow>(), SubscriptionRow::COLUMN_NAMES);
         assert_eq!(names::<AlertRow>(), AlertRow::COLUMN_NAMES);
-        assert_eq!(names::<BillingCustomerRow>(), BillingCustomerRow::COLUMN_NAMES);
-        assert_eq!(names::<BillingSubscriptionRow>(), BillingSubscriptionRow::COLUMN_NAMES);
-        assert_eq!(names::<BillingWebhookEventRow>(), BillingWebhookEventRow::COLUMN_NAMES);
-        assert_eq!(names::<BillingUsageReportRow>(), BillingUsageReportRow::COLUMN_NAMES);
-        assert_eq!(names::<BillingUsageDifferenceRow>(), BillingUsageDifferenceRow::COLUMN_NAMES);
+        assert_eq!(
+            names::<BillingCustomerRow>(),
+            BillingCustomerRow::COLUMN_NAMES
+        );
+        assert_eq!(
+            names::<BillingSubscriptionRow>(),
+            BillingSubscriptionRow::COLUMN_NAMES
+        );
+        assert_eq!(
+            names::<BillingWebhookEventRow>(),
+            BillingWebhookEventRow::COLUMN_NAMES
+        );
+        assert_eq!(
+            names::<BillingUsageReportRow>(),
+            BillingUsageReportRow::COLUMN_NAMES
+        );
+        assert_eq!(
+            names::<BillingUsageDifferenceRow>(),
+            BillingUsageDifferenceRow::COLUMN_NAMES
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ingest::keys::Scope;
 use serde_json::{Value, json};
-use tests::{TestEnv, Running, wait_until};
+use tests::{Running, TestEnv, wait_until};
 
 /// Concurrent connections of the load generator.
 const CONNECTIONS: usize = 32;
@@ -65,7 +65,11 @@ async fn load(url: String, key: String, connections: usize) -> Load {
         all.extend(t.await.expect("load task"));
     }
     let secs = start.elapsed().as_secs_f64();
-    assert_eq!(errors.load(Ordering::Relaxed), 0, "failed requests against {url}");
+    assert_eq!(
+        errors.load(Ordering::Relaxed),
+        0,
+        "failed requests against {url}"
+    );
     all.sort_unstable();
     Load {
         requests: all.len() as u64,
@@ -98,7 +102,13 @@ async fn used(http: &reqwest::Client, svc: &Running, key: &str, customer: &str) 
 
 /// Freshness: an event accepted by instance A, until instance B's quota answer (which only knows
 /// it through the aggregator and the state topic) and the history include it.
-async fn freshness(env: &TestEnv, a: &Running, b: &Running, key: &str, samples: usize) -> (Vec<u64>, Vec<u64>) {
+async fn freshness(
+    env: &TestEnv,
+    a: &Running,
+    b: &Running,
+    key: &str,
+    samples: usize,
+) -> (Vec<u64>, Vec<u64>) {
     let http = reqwest::Client::new();
     let mut quota_ms = Vec::new();
     let mut history_ms = Vec::new();
@@ -121,7 +131,10 @@ async fn freshness(env: &TestEnv, a: &Running, b: &Running, key: &str, samples: 
             }
             if seen_history.is_none() {
                 let v: Value = http
-                    .get(format!("{}/v1/customers/{customer}/history?granularity=hour", b.url))
+                    .get(format!(
+                        "{}/v1/customers/{customer}/history?granularity=hour",
+                        b.url
+                    ))
                     .bearer_auth(key)
                     .send()
                     .await
@@ -133,7 +146,10 @@ async fn freshness(env: &TestEnv, a: &Running, b: &Running, key: &str, samples: 
                     seen_history = Some(t.elapsed().as_millis() as u64);
                 }
             }
-            assert!(t.elapsed() < Duration::from_secs(30), "event {i} never became visible");
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "event {i} never became visible"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         quota_ms.extend(seen_quota);
@@ -192,19 +208,31 @@ async fn main() {
     let http = reqwest::Client::new();
     ready(&http, &a.url).await;
     ready(&http, &b.url).await;
-    let key = env.key("bench", &[Scope::Ingest, Scope::Read, Scope::Admin], None).await;
+    let key = env
+        .key("bench", &[Scope::Ingest, Scope::Read, Scope::Admin], None)
+        .await;
     // Some state to answer from: 1,000 customers with usage.
     let (events, _) = tests::events("seed", 5_000, 1_000);
     tests::send_all(&http, &a.url, &key, &events, 1_000).await;
 
-    println!("# quota benchmark (loopback HTTP, {SECONDS} s per phase; client and servers share the machine)");
+    println!(
+        "# quota benchmark (loopback HTTP, {SECONDS} s per phase; client and servers share the machine)"
+    );
     println!("| endpoint | connections | requests | per second | p50 | p99 |");
     println!("|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for connections in [1, CONNECTIONS] {
         let base = load(format!("{}/healthz", a.url), key.clone(), connections).await;
-        let quota = load(format!("{}/v1/customers/cust_7/quota", a.url), key.clone(), connections).await;
-        for (name, l) in [("GET /healthz (baseline)", &base), ("GET /v1/customers/{c}/quota", &quota)] {
+        let quota = load(
+            format!("{}/v1/customers/cust_7/quota", a.url),
+            key.clone(),
+            connections,
+        )
+        .await;
+        for (name, l) in [
+            ("GET /healthz (baseline)", &base),
+            ("GET /v1/customers/{c}/quota", &quota),
+        ] {
             println!(
                 "| {name} | {connections} | {} | {:.0} | {:.3} ms | {:.3} ms |",
                 l.requests,
@@ -236,8 +264,14 @@ async fn main() {
     let one = overshoot(&[&a], &key, "limit_one").await;
     let two = overshoot(&[&a, &b], &key, "limit_two").await;
     println!("overshoot at the free limit of 100, 50 concurrent check-and-track callers:");
-    println!("  one instance: {one} tracked ({} over)", one.saturating_sub(100));
-    println!("  two instances: {two} tracked ({} over)", two.saturating_sub(100));
+    println!(
+        "  one instance: {one} tracked ({} over)",
+        one.saturating_sub(100)
+    );
+    println!(
+        "  two instances: {two} tracked ({} over)",
+        two.saturating_sub(100)
+    );
 
     a.stop().await;
     b.stop().await;

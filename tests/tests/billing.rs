@@ -806,7 +806,10 @@ async fn a_dashboard_session_buys_its_own_plan_only_with_the_shared_secret() {
     let fake = Fake::start().await;
     let admin = env.key("acme", &[Scope::Admin], None).await;
     let http = reqwest::Client::new();
-    for (shared, expected) in [(true, StatusCode::CREATED), (false, StatusCode::UNAUTHORIZED)] {
+    for (shared, expected) in [
+        (true, StatusCode::CREATED),
+        (false, StatusCode::UNAUTHORIZED),
+    ] {
         let mut bcfg = billing_config(&env, &fake);
         if shared {
             bcfg.dashboard_secret = secrecy::SecretString::from("shared-secret");
@@ -818,7 +821,10 @@ async fn a_dashboard_session_buys_its_own_plan_only_with_the_shared_secret() {
         let ingest = env.start_ingest_with(cfg).await;
         let customer = format!("sess_{shared}");
         let link: Value = http
-            .post(format!("{}/v1/customers/{customer}/dashboard-link", ingest.url))
+            .post(format!(
+                "{}/v1/customers/{customer}/dashboard-link",
+                ingest.url
+            ))
             .bearer_auth(&admin)
             .send()
             .await
@@ -835,9 +841,16 @@ async fn a_dashboard_session_buys_its_own_plan_only_with_the_shared_secret() {
             .json()
             .await
             .expect("json");
-        let token = session["session"].as_str().or(session["token"].as_str()).expect("session token").to_string();
+        let token = session["session"]
+            .as_str()
+            .or(session["token"].as_str())
+            .expect("session token")
+            .to_string();
         let r = http
-            .post(format!("{}/dashboard/billing/subscription/create", ingest.url))
+            .post(format!(
+                "{}/dashboard/billing/subscription/create",
+                ingest.url
+            ))
             .bearer_auth(&token)
             .json(&json!({"plan": "starter"}))
             .send()
@@ -850,7 +863,10 @@ async fn a_dashboard_session_buys_its_own_plan_only_with_the_shared_secret() {
             assert!(url.starts_with(&fake.url), "{url}");
             // Another customer's subscription is out of reach, even asking billing-sync directly.
             let r = http
-                .post(format!("{}/subscription/create?customer=someone_else", sync.running.url))
+                .post(format!(
+                    "{}/subscription/create?customer=someone_else",
+                    sync.running.url
+                ))
                 .bearer_auth(&token)
                 .json(&json!({"plan": "starter"}))
                 .send()

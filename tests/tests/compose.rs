@@ -245,7 +245,13 @@ fn check_service(doc: &Value, name: &str, prefix: &str) -> (BTreeMap<String, Str
 #[test]
 fn services_exist() {
     let doc = compose();
-    for name in ["kafka", "clickhouse", "ingest", "aggregator", "billing-sync"] {
+    for name in [
+        "kafka",
+        "clickhouse",
+        "ingest",
+        "aggregator",
+        "billing-sync",
+    ] {
         service(&doc, name);
     }
 }
@@ -293,7 +299,10 @@ fn billing_sync_environment_loads_into_its_config() {
     let configured: Vec<&str> = c.stripe.prices.keys().map(String::as_str).collect();
     assert_eq!(configured, sold);
     for plan in sold {
-        let var = catalog.plan(plan).and_then(|p| p.stripe_price_env.clone()).unwrap_or_default();
+        let var = catalog
+            .plan(plan)
+            .and_then(|p| p.stripe_price_env.clone())
+            .unwrap_or_default();
         let raw = service(&compose(), "billing-sync")["environment"]
             [format!("BILLING_STRIPE__PRICES__{}", plan.to_uppercase()).as_str()]
         .as_str()

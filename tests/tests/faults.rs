@@ -140,9 +140,11 @@ async fn clickhouse_stopped_and_started_mid_stream_is_recovered_by_itself() {
     let http = reqwest::Client::new();
     send_all(&http, &ingest.url, &key, first, 300).await;
     // Stop ClickHouse only once the aggregator is writing, so the outage hits real work.
-    wait_until(Duration::from_secs(30), "the aggregator writing", || async {
-        (metrics.events_stored.get() > 0).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the aggregator writing",
+        || async { (metrics.events_stored.get() > 0).then_some(()) },
+    )
     .await;
     ch.stop();
     // The second half arrives while ClickHouse is down: the aggregator must hold it and retry.
@@ -172,15 +174,28 @@ async fn quota_checks_answer_with_clickhouse_down() {
     let key = env.key("acme", &[Scope::Ingest, Scope::Read], None).await;
     let http = reqwest::Client::new();
     wait_until(Duration::from_secs(30), "ingest ready", || async {
-        let r = http.get(format!("{}/readyz", ingest.url)).send().await.ok()?;
+        let r = http
+            .get(format!("{}/readyz", ingest.url))
+            .send()
+            .await
+            .ok()?;
         (r.status() == 200).then_some(())
     })
     .await;
     // Touch the key once so it is cached, then take ClickHouse away.
     let quota = format!("{}/v1/customers/c1/quota", ingest.url);
-    assert_eq!(http.get(&quota).bearer_auth(&key).send().await.expect("quota").status(), 200);
+    assert_eq!(
+        http.get(&quota)
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("quota")
+            .status(),
+        200
+    );
     tokio::task::block_in_place(|| ch.stop());
-    let check = serde_json::json!({"track": true, "checks": [{"customer": "c1", "endpoint": "analyze"}]});
+    let check =
+        serde_json::json!({"track": true, "checks": [{"customer": "c1", "endpoint": "analyze"}]});
     for i in 1..=101 {
         let v: serde_json::Value = http
             .post(format!("{}/v1/check", ingest.url))
@@ -192,10 +207,25 @@ async fn quota_checks_answer_with_clickhouse_down() {
             .json()
             .await
             .expect("json");
-        assert_eq!(v["results"][0]["tracked"], serde_json::json!(i <= 100), "call {i}: {v}");
+        assert_eq!(
+            v["results"][0]["tracked"],
+            serde_json::json!(i <= 100),
+            "call {i}: {v}"
+        );
     }
-    let v: serde_json::Value = http.get(&quota).bearer_auth(&key).send().await.expect("quota").json().await.expect("json");
-    assert_eq!((v["used"].clone(), v["allowed"].clone()), (serde_json::json!(100.0), serde_json::json!(false)));
+    let v: serde_json::Value = http
+        .get(&quota)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("quota")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (v["used"].clone(), v["allowed"].clone()),
+        (serde_json::json!(100.0), serde_json::json!(false))
+    );
     tokio::task::block_in_place(|| ch.start_again());
     ingest.stop().await;
 }

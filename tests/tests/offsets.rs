@@ -11,7 +11,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use tests::{TestEnv, events, send_all, wait_until};
 
 fn group_reader(env: &TestEnv) -> BaseConsumer {
-    schemas::kafka::client_config(&env.kafka).set("group.id", &env.group).create().expect("reader")
+    schemas::kafka::client_config(&env.kafka)
+        .set("group.id", &env.group)
+        .create()
+        .expect("reader")
 }
 
 fn committed(reader: &BaseConsumer, env: &TestEnv) -> BTreeMap<i32, i64> {
@@ -19,7 +22,9 @@ fn committed(reader: &BaseConsumer, env: &TestEnv) -> BTreeMap<i32, i64> {
     for p in 0..env.kafka.partitions {
         tpl.add_partition(&env.topics.events, p);
     }
-    let got = reader.committed_offsets(tpl, Duration::from_secs(5)).expect("committed offsets");
+    let got = reader
+        .committed_offsets(tpl, Duration::from_secs(5))
+        .expect("committed offsets");
     got.elements()
         .iter()
         .filter_map(|e| match e.offset() {
@@ -34,7 +39,11 @@ async fn stored_below(env: &TestEnv, partition: i32, offset: i64) -> u64 {
         "SELECT count() FROM events_raw WHERE kafka_topic = '{}' AND kafka_partition = {partition} AND kafka_offset < {offset}",
         env.topics.events
     );
-    env.ch().query(&sql).fetch_one().await.expect("count below offset")
+    env.ch()
+        .query(&sql)
+        .fetch_one()
+        .await
+        .expect("count below offset")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -60,26 +69,48 @@ async fn commits_never_run_ahead_of_clickhouse() {
         let commits = tokio::task::block_in_place(|| committed(&reader, &env));
         for (partition, offset) in commits {
             let stored = stored_below(&env, partition, offset).await;
-            assert_eq!(stored, offset as u64, "partition {partition} committed {offset} but only {stored} stored");
+            assert_eq!(
+                stored, offset as u64,
+                "partition {partition} committed {offset} but only {stored} stored"
+            );
             samples += 1;
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    assert!(samples > 20, "only {samples} samples: the test did not observe commits");
-    wait_until(Duration::from_secs(30), "all stored", || async { (env.raw_counts().await.0 >= n as u64).then_some(()) }).await;
+    assert!(
+        samples > 20,
+        "only {samples} samples: the test did not observe commits"
+    );
+    wait_until(Duration::from_secs(30), "all stored", || async {
+        (env.raw_counts().await.0 >= n as u64).then_some(())
+    })
+    .await;
     agg.stop().await;
     ingest.stop().await;
 }
 
 #[test]
 fn offsets_of_partitions_no_longer_owned_are_not_committed() {
-    let last: BTreeMap<(String, i32), i64> =
-        [(("ev".to_string(), 0), 10), (("ev".to_string(), 1), 20), (("rej".to_string(), 0), 3)].into();
+    let last: BTreeMap<(String, i32), i64> = [
+        (("ev".to_string(), 0), 10),
+        (("ev".to_string(), 1), 20),
+        (("rej".to_string(), 0), 3),
+    ]
+    .into();
     let owned: HashSet<(String, i32)> = [("ev".to_string(), 1), ("rej".to_string(), 0)].into();
     let tpl = commit_list(&last, &owned);
-    let got: Vec<(String, i32, Offset)> =
-        tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition(), e.offset())).collect();
-    assert_eq!(got, vec![("ev".into(), 1, Offset::Offset(21)), ("rej".into(), 0, Offset::Offset(4))]);
+    let got: Vec<(String, i32, Offset)> = tpl
+        .elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition(), e.offset()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("ev".into(), 1, Offset::Offset(21)),
+            ("rej".into(), 0, Offset::Offset(4))
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -98,37 +129,63 @@ async fn a_second_aggregator_joining_and_leaving_keeps_totals_exact() {
         }
     });
     let (a, ma) = env.start_aggregator().await;
-    wait_until(Duration::from_secs(20), "A owns partitions", || async { (ma.assigned_partitions.get() > 0).then_some(()) }).await;
+    wait_until(Duration::from_secs(20), "A owns partitions", || async {
+        (ma.assigned_partitions.get() > 0).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (b, mb) = env.start_aggregator().await;
-    wait_until(Duration::from_secs(30), "B owns partitions", || async { (mb.assigned_partitions.get() > 0).then_some(()) }).await;
+    wait_until(Duration::from_secs(30), "B owns partitions", || async {
+        (mb.assigned_partitions.get() > 0).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     b.stop().await;
     sender.await.expect("sender");
-    wait_until(Duration::from_secs(60), "every event stored", || async { (env.raw_counts().await.0 >= n as u64).then_some(()) }).await;
+    wait_until(Duration::from_secs(60), "every event stored", || async {
+        (env.raw_counts().await.0 >= n as u64).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(env.raw_counts().await, (n as u64, n as u64));
     assert_eq!(env.rollup_totals("usage_daily").await, (n as u64, total));
-    assert!(mb.events_stored.get() > 0 && ma.events_stored.get() > 0, "both members must have worked");
+    assert!(
+        mb.events_stored.get() > 0 && ma.events_stored.get() > 0,
+        "both members must have worked"
+    );
     // No stale commit from a former owner: the group ends one past the last stored message of
     // every partition. (The stored offsets are the reference: tansu's high watermark can lag the
     // last record batch.)
     let reader = group_reader(&env);
-    wait_until(Duration::from_secs(20), "commits reach the last stored offset of every partition", || async {
-        let commits = tokio::task::block_in_place(|| committed(&reader, &env));
-        let mut ok = true;
-        for p in 0..env.kafka.partitions {
-            let sql = format!("SELECT toInt64(max(kafka_offset)) FROM events_raw WHERE kafka_partition = {p}");
-            let last: i64 = env.ch().query(&sql).fetch_one().await.expect("last stored offset");
-            let c = commits.get(&p).copied().unwrap_or(0);
-            assert!(c <= last + 1, "partition {p}: committed {c} is past the last stored offset {last}");
-            if c != last + 1 {
-                eprintln!("partition {p}: committed {c}, last stored {last}");
+    wait_until(
+        Duration::from_secs(20),
+        "commits reach the last stored offset of every partition",
+        || async {
+            let commits = tokio::task::block_in_place(|| committed(&reader, &env));
+            let mut ok = true;
+            for p in 0..env.kafka.partitions {
+                let sql = format!(
+                    "SELECT toInt64(max(kafka_offset)) FROM events_raw WHERE kafka_partition = {p}"
+                );
+                let last: i64 = env
+                    .ch()
+                    .query(&sql)
+                    .fetch_one()
+                    .await
+                    .expect("last stored offset");
+                let c = commits.get(&p).copied().unwrap_or(0);
+                assert!(
+                    c <= last + 1,
+                    "partition {p}: committed {c} is past the last stored offset {last}"
+                );
+                if c != last + 1 {
+                    eprintln!("partition {p}: committed {c}, last stored {last}");
+                }
+                ok &= c == last + 1;
             }
-            ok &= c == last + 1;
-        }
-        ok.then_some(())
-    })
+            ok.then_some(())
+        },
+    )
     .await;
     a.stop().await;
     ingest.stop().await;
@@ -148,28 +205,37 @@ async fn resuming_inside_a_record_batch_loses_nothing() {
     let mut partition = None;
     for p in 0..env.kafka.partitions {
         let reader = group_reader(&env);
-        let (_, high) = tokio::task::block_in_place(|| reader.fetch_watermarks(&env.topics.events, p, Duration::from_secs(5)))
-            .expect("watermarks");
+        let (_, high) = tokio::task::block_in_place(|| {
+            reader.fetch_watermarks(&env.topics.events, p, Duration::from_secs(5))
+        })
+        .expect("watermarks");
         if high > 0 {
             partition = Some(p);
         }
     }
     let p = partition.expect("the events are on one partition");
     env.ch()
-        .query(&format!("INSERT INTO consumer_offsets VALUES ('{}', {p}, 99)", env.topics.events))
+        .query(&format!(
+            "INSERT INTO consumer_offsets VALUES ('{}', {p}, 99)",
+            env.topics.events
+        ))
         .execute()
         .await
         .expect("stored offset");
-    let rewind = std::env::var("MIDBATCH_REWIND").ok().and_then(|v| v.parse().ok());
+    let rewind = std::env::var("MIDBATCH_REWIND")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let mut config = env.aggregator_config();
     if let Some(r) = rewind {
         config.resume_rewind = r; // MIDBATCH_REWIND=0 shows the broker skipping the batch
     }
     let (agg, _) = env.start_aggregator_with(config).await;
     let sql = "SELECT toFloat64(count()) FROM events_raw WHERE kafka_offset >= 100";
-    wait_until(Duration::from_secs(20), "the second half of the batch stored", || async {
-        (env.scalar(sql).await >= 100.0).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the second half of the batch stored",
+        || async { (env.scalar(sql).await >= 100.0).then_some(()) },
+    )
     .await;
     agg.stop().await;
     ingest.stop().await;

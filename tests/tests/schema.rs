@@ -7,7 +7,10 @@ use std::process::Output;
 use clickhouse::Row;
 use schemas::config::ClickHouseConfig;
 use schemas::migrate::{self, MIGRATIONS};
-use schemas::rows::{AlertDeliveryRow, AlertRow, ApiKeyRow, DeadLetterRow, OffsetRow, RawEventRow, SubscriptionRow, Table};
+use schemas::rows::{
+    AlertDeliveryRow, AlertRow, ApiKeyRow, DeadLetterRow, OffsetRow, RawEventRow, SubscriptionRow,
+    Table,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tests::TestEnv;
