@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use aggregator::{App, Config};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(about = "Folds usage events from Kafka into ClickHouse")]
@@ -50,17 +49,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve => {
             let app = App::build(config).await?;
-            let cancel = CancellationToken::new();
-            let signal = cancel.clone();
-            tokio::spawn(async move {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
-                }
-                signal.cancel();
-            });
+            let cancel = schemas::shutdown::on_signal();
             app.run(cancel).await?;
         }
     }

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use billing_sync::{App, Config};
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(about = "Stripe billing sync: subscriptions, checkout, portal, webhooks, metered usage")]
@@ -56,29 +55,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve => {
             let app = App::build(config).await?;
-            let cancel = CancellationToken::new();
-            let signal = cancel.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                signal.cancel();
-            });
+            let cancel = schemas::shutdown::on_signal();
             app.run(cancel).await?;
         }
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

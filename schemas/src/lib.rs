@@ -10,6 +10,7 @@
 //! - [`quota`]: plan changes, plan and usage state, billing periods, alerts.
 //! - [`quota_store`]: daily usage and folded plans read back from ClickHouse.
 //! - [`sql`]: client-side SQL literals.
+//! - [`shutdown`]: a cancellation token tied to Ctrl-C / SIGTERM.
 //! - [`api`]: HTTP request/response bodies.
 //! - [`rows`]: ClickHouse row structs, shared by writers and readers.
 
@@ -23,6 +24,7 @@ pub mod migrate;
 pub mod quota;
 pub mod quota_store;
 pub mod rows;
+pub mod shutdown;
 pub mod sql;
 pub mod topics;
 
