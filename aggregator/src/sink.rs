@@ -189,13 +189,6 @@ impl Sink {
         Ok(())
     }
 
-    /// Writes `batch` and then its offsets (idempotently: writing it twice stores it once).
-    pub async fn write(&self, batch: &Batch) -> Result<Outcome> {
-        let outcome = self.write_data(batch).await?;
-        self.store_offsets(batch).await?;
-        Ok(outcome)
-    }
-
     /// Writes the batch's rows, skipping what is already stored; offsets are not stored yet.
     pub async fn write_data(&self, batch: &Batch) -> Result<Outcome> {
         let mut seen = HashSet::with_capacity(batch.events.len());

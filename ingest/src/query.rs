@@ -384,22 +384,7 @@ pub async fn track(
 /// them before the aggregator folds them).
 pub fn note_accepted(state: &AppState, events: &[UsageEvent], positions: &[(i32, i64)]) {
     for (e, pos) in events.iter().zip(positions) {
-        if state.view.seen(&e.tenant, &e.customer, &e.id, e.receivedat) {
-            continue; // a client retry: the aggregator drops it, the view must not count it
-        }
-        state
-            .view
-            .remember(&e.tenant, &e.customer, &e.id, e.receivedat);
-        if let Some(quantity) = state.catalog.quantity_of(e) {
-            state.view.track(
-                &e.tenant,
-                &e.customer,
-                &e.meter,
-                quantity,
-                e.time.date(),
-                *pos,
-            );
-        }
+        state.view.note_event(e, *pos);
     }
 }
 

@@ -9,6 +9,7 @@
 //! the other instances accept before their events reach this one through the events topic tail
 //! (see the README's measurements).
 
+use std::borrow::Cow;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -105,15 +106,27 @@ struct Customer {
 }
 
 impl Customer {
-    fn effective_plan(&self, tenant: &str, customer: &str, catalog: &Catalog) -> PlanState {
-        let mut plan = self
-            .plan
-            .clone()
-            .unwrap_or_else(|| PlanState::initial(tenant, customer, catalog));
-        for (_, event, _) in &self.pending_plan {
-            plan.apply(event);
+    /// The folded plan with this instance's pending changes applied (borrowed when there are
+    /// none: the quota hot path clones nothing).
+    fn effective_plan(
+        &self,
+        tenant: &str,
+        customer: &str,
+        catalog: &Catalog,
+    ) -> Cow<'_, PlanState> {
+        match (&self.plan, self.pending_plan.is_empty()) {
+            (Some(plan), true) => Cow::Borrowed(plan),
+            _ => {
+                let mut plan = self
+                    .plan
+                    .clone()
+                    .unwrap_or_else(|| PlanState::initial(tenant, customer, catalog));
+                for (_, event, _) in &self.pending_plan {
+                    plan.apply(event);
+                }
+                Cow::Owned(plan)
+            }
         }
-        plan
     }
 }
 
@@ -263,7 +276,7 @@ impl QuotaView {
     ) -> QuotaAnswer {
         let plan = match c {
             Some(c) => c.effective_plan(tenant, customer, &self.catalog),
-            None => PlanState::initial(tenant, customer, &self.catalog),
+            None => Cow::Owned(PlanState::initial(tenant, customer, &self.catalog)),
         };
         let period = plan.period(now);
         let max = self
@@ -390,6 +403,26 @@ impl QuotaView {
         });
     }
 
+    /// Counts an acknowledged usage event (produced here, or seen on the events tail) as pending,
+    /// unless its id was accepted recently: a client retry, which the aggregator drops too.
+    pub fn note_event(&self, event: &schemas::UsageEvent, position: (i32, i64)) {
+        let (tenant, customer) = (&event.tenant, &event.customer);
+        if self.seen(tenant, customer, &event.id, event.receivedat) {
+            return;
+        }
+        self.remember(tenant, customer, &event.id, event.receivedat);
+        if let Some(quantity) = self.catalog.quantity_of(event) {
+            self.track(
+                tenant,
+                customer,
+                &event.meter,
+                quantity,
+                event.time.date(),
+                position,
+            );
+        }
+    }
+
     /// The broker acknowledged a reservation's event at `position`.
     pub fn confirm(
         &self,
@@ -469,7 +502,11 @@ impl QuotaView {
     pub fn plan(&self, tenant: &str, customer: &str) -> (PlanState, bool) {
         self.with(tenant, customer, |map| {
             match map.get(&(tenant.to_string(), customer.to_string())) {
-                Some(c) => (c.effective_plan(tenant, customer, &self.catalog), true),
+                Some(c) => (
+                    c.effective_plan(tenant, customer, &self.catalog)
+                        .into_owned(),
+                    true,
+                ),
                 None => (PlanState::initial(tenant, customer, &self.catalog), false),
             }
         })

@@ -131,21 +131,7 @@ pub async fn follow(
                 else {
                     continue;
                 };
-                // A retry of an id seen recently is dropped by the aggregator: do not count it.
-                if view.seen(&event.tenant, &event.customer, &event.id, event.receivedat) {
-                    continue;
-                }
-                view.remember(&event.tenant, &event.customer, &event.id, event.receivedat);
-                if let Some(quantity) = view.catalog().quantity_of(&event) {
-                    view.track(
-                        &event.tenant,
-                        &event.customer,
-                        &event.meter,
-                        quantity,
-                        event.time.date(),
-                        (m.partition(), m.offset()),
-                    );
-                }
+                view.note_event(&event, (m.partition(), m.offset()));
             }
             Ok(m) => {
                 if let Some(payload) = m.payload() {
