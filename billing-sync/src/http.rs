@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use ingest::ApiError;
 use ingest::http::authenticate;
 use ingest::keys::{KeyInfo, KeyStore, Scope};
-use ingest::query::{authorize_customer, invalid};
+use ingest::query::{customer_of, invalid};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -87,32 +87,6 @@ pub struct CustomerQuery {
     pub customer: Option<String>,
 }
 
-fn customer_of(key: &KeyInfo, headers: &HeaderMap, q: &CustomerQuery) -> Result<String, ApiError> {
-    let asked = headers
-        .get("x-customer-id")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from)
-        .or_else(|| q.customer.clone())
-        .filter(|c| !c.is_empty());
-    match (&key.customer, asked) {
-        (Some(own), None) => Ok(own.clone()),
-        (_, Some(c)) => {
-            authorize_customer(key, &c)?;
-            if c.len() > schemas::event::MAX_ID_LEN || c.chars().any(char::is_control) {
-                return Err(invalid(
-                    "customer",
-                    "the customer must be 1-256 bytes without control characters",
-                ));
-            }
-            Ok(c)
-        }
-        (None, None) => Err(invalid(
-            "customer",
-            "use a customer-scoped key, or name the customer in `X-Customer-Id` or `?customer=`",
-        )),
-    }
-}
-
 /// Maps a service error to a 502 (Stripe refused or is unreachable) or 503 (our dependencies).
 fn failure(e: crate::Error) -> ApiError {
     match &e {
@@ -144,7 +118,7 @@ async fn status(
     Query(q): Query<CustomerQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let key = authenticate(&state.keys, &headers, Scope::Read).await?;
-    let customer = customer_of(&key, &headers, &q)?;
+    let customer = customer_of(&key, &headers, q.customer.as_deref())?;
     Ok(Json(
         state
             .billing
@@ -169,7 +143,7 @@ async fn create(
     body: Result<Json<CreateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let key = acting_customer_key(&state, &headers).await?;
-    let customer = customer_of(&key, &headers, &q)?;
+    let customer = customer_of(&key, &headers, q.customer.as_deref())?;
     let Json(req) = body.map_err(|e| invalid("body", e.body_text()))?;
     let billing = &state.billing;
     if billing.catalog.plan(&req.plan).is_none() {
@@ -224,7 +198,7 @@ async fn portal(
     Query(q): Query<CustomerQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let key = authenticate(&state.keys, &headers, Scope::Read).await?;
-    let customer = customer_of(&key, &headers, &q)?;
+    let customer = customer_of(&key, &headers, q.customer.as_deref())?;
     Ok(Json(
         state
             .billing
@@ -264,7 +238,7 @@ async fn cancel(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let key = acting_customer_key(&state, &headers).await?;
-    let customer = customer_of(&key, &headers, &q)?;
+    let customer = customer_of(&key, &headers, q.customer.as_deref())?;
     let req: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
         CancelRequest::default()
     } else {

@@ -32,6 +32,33 @@ pub fn authorize_customer(key: &KeyInfo, customer: &str) -> Result<(), ApiError>
     }
 }
 
+/// The customer a request acts for: the key's own customer, or for a tenant-wide key the one named
+/// in `X-Customer-Id` or the `customer` query parameter (a scoped key may only name itself).
+pub fn customer_of(
+    key: &KeyInfo,
+    headers: &HeaderMap,
+    in_query: Option<&str>,
+) -> Result<String, ApiError> {
+    let asked = headers
+        .get("x-customer-id")
+        .and_then(|v| v.to_str().ok())
+        .or(in_query)
+        .filter(|c| !c.is_empty())
+        .map(String::from);
+    match (&key.customer, asked) {
+        (Some(own), None) => Ok(own.clone()),
+        (_, Some(c)) => {
+            authorize_customer(key, &c)?;
+            check_customer(&c)?;
+            Ok(c)
+        }
+        (None, None) => Err(invalid(
+            "customer",
+            "use a customer-scoped key, or name the customer in `X-Customer-Id` or `?customer=`",
+        )),
+    }
+}
+
 /// A 400 naming the field and why.
 pub fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
     let reason = reason.into();

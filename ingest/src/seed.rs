@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::http::{AppState, authenticate, now_millis};
-use crate::keys::{KeyInfo, Scope};
-use crate::query::{CheckItem, HistoryQuery, authorize_customer, invalid, track, usage_body};
+use crate::keys::Scope;
+use crate::query::{CheckItem, HistoryQuery, customer_of, invalid, track, usage_body};
 
 /// `customer` query parameter for tenant-wide keys.
 #[derive(Debug, Deserialize, Default)]
@@ -21,25 +21,6 @@ pub struct CustomerQuery {
     pub customer: Option<String>,
     /// Days of history (`/usage/history`, default 30, at most 400).
     pub days: Option<u32>,
-}
-
-fn customer_of(key: &KeyInfo, headers: &HeaderMap, q: &CustomerQuery) -> Result<String, ApiError> {
-    let asked = headers
-        .get("x-customer-id")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from)
-        .or_else(|| q.customer.clone());
-    match (&key.customer, asked) {
-        (Some(own), None) => Ok(own.clone()),
-        (_, Some(c)) => {
-            authorize_customer(key, &c)?;
-            Ok(c)
-        }
-        (None, None) => Err(invalid(
-            "customer",
-            "use a customer-scoped key, or name the customer in `X-Customer-Id` or `?customer=`",
-        )),
-    }
 }
 
 /// The seed's usage summary for the first meter: flat fields the dashboard reads directly.
@@ -72,7 +53,7 @@ pub async fn get_usage(
     Query(q): Query<CustomerQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let key = authenticate(&state.keys, &headers, Scope::Read).await?;
-    let customer = customer_of(&key, &headers, &q)?;
+    let customer = customer_of(&key, &headers, q.customer.as_deref())?;
     if !state.view.is_ready() {
         return Err(ApiError::unavailable(
             "quota_view_starting",
@@ -106,7 +87,7 @@ pub async fn post_track(
     body: Result<Json<TrackRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let key = authenticate(&state.keys, &headers, Scope::Ingest).await?;
-    let customer = customer_of(&key, &headers, &q)?;
+    let customer = customer_of(&key, &headers, q.customer.as_deref())?;
     let Json(req) = body.map_err(|e| invalid("body", e.body_text()))?;
     if !schemas::event::is_token(&req.endpoint, schemas::event::MAX_DIMENSION_LEN) {
         return Err(invalid(
@@ -173,7 +154,7 @@ pub async fn get_history(
     Query(q): Query<CustomerQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let key = authenticate(&state.keys, &headers, Scope::Read).await?;
-    let customer = customer_of(&key, &headers, &q)?;
+    let customer = customer_of(&key, &headers, q.customer.as_deref())?;
     let days = q.days.unwrap_or(30);
     if days == 0 || days > 400 {
         return Err(invalid("days", "between 1 and 400"));
