@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+# A one-shot build gains nothing from incremental artefacts, which would double the size of target/.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+echo "disk before the build: $(df -h --output=avail . | tail -1 | tr -d ' ') free"
 bash scripts/install.sh
 bash scripts/servers.sh start
 cargo build --workspace --bins --tests
@@ -11,4 +14,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast -- "$@"
 fi
+echo "disk after the tests: $(df -h --output=avail . | tail -1 | tr -d ' ') free, target/ $(du -sh target 2>/dev/null | cut -f1)"
 echo "all tests done in $(( $(date +%s) - start )) s"

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use secrecy::ExposeSecret;
 use serde_yaml::Value;
 
-const COMPOSE: &str = include_str!("../../docker-compose.yml");
+const COMPOSE: &str = include_str!("../../../docker-compose.yml");
 
 /// Variables of the Rust services that are not read by their config loader.
 const NON_CONFIG_VARS: &[&str] = &["RUST_LOG"];

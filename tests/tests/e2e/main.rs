@@ -1,0 +1,21 @@
+//! The end-to-end suite as one test binary (one link instead of thirteen keeps a cold build small):
+//! each module is one area, against the real broker and the real ClickHouse server.
+//!
+//! Layout: `pipeline`, `offsets`, `faults`, `dead_letters`, `bad_input` (the event path), `schema`
+//! and `compose` (DDL and deployment files), `quota` and `notify` (quota API and alerts), `billing`,
+//! `billing_contract` and `billing_usage` (billing-sync and the Stripe fake), `dashboard` (headless
+//! Chromium). Run one area with `cargo nextest run -p tests -E 'test(/^quota::/)'`.
+
+mod bad_input;
+mod billing;
+mod billing_contract;
+mod billing_usage;
+mod compose;
+mod dashboard;
+mod dead_letters;
+mod faults;
+mod notify;
+mod offsets;
+mod pipeline;
+mod quota;
+mod schema;
