@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent installer for local dev/CI infrastructure: ClickHouse (apt), tansu Kafka-API broker (cargo), chdb (pip),
 # Debian's chromium + the browser-test project's npm packages (tests/browser, npm ci).
-# Usage: scripts/install.sh [clickhouse] [tansu] [chdb] [chromium]   (default: all)
+# Debian's redis-server for the quota benchmark's baseline (only on request: `redis`).
+# Usage: scripts/install.sh [clickhouse] [tansu] [chdb] [chromium] [redis]   (default: all but redis)
 set -euo pipefail
 
 TANSU_ROOT="$HOME/.cache/metering/tansu"
@@ -40,6 +41,7 @@ do_chromium() { # Debian's chromium (browser tests drive it with playwright-core
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   fi
 }
+do_redis() { apt_install redis-server; }  # the benchmark starts its own instance on a free port
 do_chdb() {
   python3 -c 'import chdb' 2>/dev/null && return 0
   STATE=installed
@@ -51,7 +53,7 @@ do_chdb() {
 report curl do_curl
 for c in "$@"; do
   case "$c" in
-    clickhouse|tansu|chdb|chromium) report "$c" "do_$c" ;;
-    *) echo "unknown component: $c (clickhouse|tansu|chdb|chromium)" >&2; exit 2 ;;
+    clickhouse|tansu|chdb|chromium|redis) report "$c" "do_$c" ;;
+    *) echo "unknown component: $c (clickhouse|tansu|chdb|chromium|redis)" >&2; exit 2 ;;
   esac
 done

@@ -73,11 +73,20 @@ impl Context {
             let start = Instant::now();
             let result = async {
                 let outcome = self.sink.write_data(batch).await?;
+                let written = start.elapsed();
                 let published = self
                     .publisher
                     .publish(batch, time::OffsetDateTime::now_utc())
                     .await?;
+                let publish_done = start.elapsed();
                 self.sink.store_offsets(batch).await?;
+                tracing::debug!(
+                    messages = batch.messages,
+                    write_ms = written.as_millis() as u64,
+                    publish_ms = (publish_done - written).as_millis() as u64,
+                    offsets_ms = (start.elapsed() - publish_done).as_millis() as u64,
+                    "batch flushed"
+                );
                 Ok::<_, crate::Error>((outcome, published))
             }
             .await;

@@ -10,16 +10,18 @@ use ingest::keys::Scope;
 use serde_json::{Value, json};
 use tests::{Running, TestEnv, wait_until};
 
-/// Concurrent connections of the load generator.
-const CONNECTIONS: usize = 32;
+/// Concurrency levels of the load generator.
+const LEVELS: [usize; 4] = [1, 4, 16, 64];
 /// Seconds per load phase.
-const SECONDS: u64 = 5;
+const SECONDS: u64 = 4;
 
+#[derive(Debug, Clone, Copy)]
 struct Load {
     requests: u64,
     per_sec: f64,
-    p50_us: u64,
-    p99_us: u64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
 }
 
 fn pct(sorted: &[u64], p: f64) -> u64 {
@@ -29,34 +31,62 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Hits `url` from `connections` keep-alive connections for SECONDS; every answer must be 200.
-async fn load(url: String, key: String, connections: usize) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let (url, key, stop, errors) = (url.clone(), key.clone(), stop.clone(), errors.clone());
-        tasks.push(tokio::spawn(async move {
+/// What one connection of the load generator asks, again and again.
+#[derive(Debug, Clone)]
+enum Target {
+    /// `GET url` with a bearer key over a keep-alive HTTP/1.1 connection; 200 expected.
+    Http { url: String, key: String },
+    /// `GET key` of a Redis counter over one RESP connection; an integer reply expected.
+    Redis { addr: String, key: String },
+}
+
+/// One connection's loop until `stop`: latencies in nanoseconds.
+async fn connection(target: Target, stop: Arc<AtomicBool>) -> Vec<u64> {
+    let mut lat = Vec::with_capacity(200_000);
+    match target {
+        Target::Http { url, key } => {
             let http = reqwest::Client::builder()
                 .pool_max_idle_per_host(1)
                 .build()
                 .expect("client");
-            let mut lat = Vec::with_capacity(100_000);
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                match http.get(&url).bearer_auth(&key).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        let _ = r.bytes().await;
-                        lat.push(t.elapsed().as_micros() as u64);
-                    }
-                    _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                let r = http.get(&url).bearer_auth(&key).send().await.expect("request");
+                assert_eq!(r.status(), 200, "{url}");
+                let _ = r.bytes().await.expect("body");
+                lat.push(t.elapsed().as_nanos() as u64);
             }
-            lat
-        }));
+        }
+        Target::Redis { addr, key } => {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+            let stream = tokio::net::TcpStream::connect(&addr).await.expect("redis");
+            stream.set_nodelay(true).expect("nodelay");
+            let mut stream = BufReader::new(stream);
+            let command = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
+            let mut line = String::new();
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                stream.get_mut().write_all(command.as_bytes()).await.expect("send");
+                // A bulk string: "$n" then the value.
+                line.clear();
+                stream.read_line(&mut line).await.expect("reply");
+                assert!(line.starts_with('$') && !line.starts_with("$-1"), "redis: {line}");
+                line.clear();
+                stream.read_line(&mut line).await.expect("value");
+                let _: u64 = line.trim().parse().expect("counter");
+                lat.push(t.elapsed().as_nanos() as u64);
+            }
+        }
     }
+    lat
+}
+
+/// Runs `connections` connections against `target` for SECONDS.
+async fn load(target: &Target, connections: usize) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| tokio::spawn(connection(target.clone(), stop.clone())))
+        .collect();
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs(SECONDS)).await;
     stop.store(true, Ordering::Relaxed);
@@ -65,17 +95,64 @@ async fn load(url: String, key: String, connections: usize) -> Load {
         all.extend(t.await.expect("load task"));
     }
     let secs = start.elapsed().as_secs_f64();
-    assert_eq!(
-        errors.load(Ordering::Relaxed),
-        0,
-        "failed requests against {url}"
-    );
     all.sort_unstable();
     Load {
         requests: all.len() as u64,
         per_sec: all.len() as f64 / secs,
-        p50_us: pct(&all, 0.50),
-        p99_us: pct(&all, 0.99),
+        p50_us: pct(&all, 0.50) as f64 / 1000.0,
+        p99_us: pct(&all, 0.99) as f64 / 1000.0,
+        p999_us: pct(&all, 0.999) as f64 / 1000.0,
+    }
+}
+
+/// A private redis-server on a free port (Debian's package; `scripts/install.sh redis`), with the
+/// same counters the quota view holds: one per customer.
+struct Redis {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Redis {
+    async fn start(customers: usize) -> Self {
+        let port = tests::servers::free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/install.sh redis)");
+        let addr = format!("127.0.0.1:{port}");
+        let stream = wait_until(Duration::from_secs(10), "redis up", || async {
+            tokio::net::TcpStream::connect(&addr).await.ok()
+        })
+        .await;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        let mut pipeline = String::new();
+        for c in 0..customers {
+            let key = format!("usage:bench:cust_{c}:api_call");
+            let value = (c % 100).to_string();
+            pipeline.push_str(&format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+                key.len(),
+                value.len()
+            ));
+        }
+        stream.write_all(pipeline.as_bytes()).await.expect("SET");
+        let mut ok = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        while ok < customers {
+            let n = stream.read(&mut buf).await.expect("SET replies");
+            assert!(n > 0, "redis closed");
+            ok += buf[..n].windows(3).filter(|w| w == b"+OK").count();
+        }
+        Self { child, addr }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -215,42 +292,70 @@ async fn main() {
     let (events, _) = tests::events("seed", 5_000, 1_000);
     tests::send_all(&http, &a.url, &key, &events, 1_000).await;
 
+    let redis = Redis::start(1_000).await;
+    let targets = [
+        (
+            "GET /healthz (empty endpoint, baseline)",
+            Target::Http {
+                url: format!("{}/healthz", a.url),
+                key: key.clone(),
+            },
+        ),
+        (
+            "Redis GET of a counter (baseline)",
+            Target::Redis {
+                addr: redis.addr.clone(),
+                key: "usage:bench:cust_7:api_call".into(),
+            },
+        ),
+        (
+            "GET /v1/customers/{c}/quota",
+            Target::Http {
+                url: format!("{}/v1/customers/cust_7/quota", a.url),
+                key: key.clone(),
+            },
+        ),
+    ];
     println!(
-        "# quota benchmark (loopback HTTP, {SECONDS} s per phase; client and servers share the machine)"
+        "# quota checks (loopback, {SECONDS} s per phase; the load generator and the servers share the machine)"
     );
-    println!("| endpoint | connections | requests | per second | p50 | p99 |");
-    println!("|---|---|---|---|---|---|");
-    let mut rows = Vec::new();
-    for connections in [1, CONNECTIONS] {
-        let base = load(format!("{}/healthz", a.url), key.clone(), connections).await;
-        let quota = load(
-            format!("{}/v1/customers/cust_7/quota", a.url),
-            key.clone(),
-            connections,
-        )
-        .await;
-        for (name, l) in [
-            ("GET /healthz (baseline)", &base),
-            ("GET /v1/customers/{c}/quota", &quota),
-        ] {
+    println!("| target | connections | requests | per second | p50 | p99 | p99.9 |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut results = Vec::new();
+    for connections in LEVELS {
+        let mut row = Vec::new();
+        for (name, target) in &targets {
+            let l = load(target, connections).await;
             println!(
-                "| {name} | {connections} | {} | {:.0} | {:.3} ms | {:.3} ms |",
+                "| {name} | {connections} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.3} ms |",
                 l.requests,
                 l.per_sec,
-                l.p50_us as f64 / 1000.0,
-                l.p99_us as f64 / 1000.0
+                l.p50_us / 1000.0,
+                l.p99_us / 1000.0,
+                l.p999_us / 1000.0
             );
+            row.push(l);
         }
-        rows.push((connections, base, quota));
+        results.push((connections, row));
     }
-    for (connections, base, quota) in &rows {
+    let mut json_rows = Vec::new();
+    for (connections, row) in &results {
+        let (empty, redis, quota) = (row[0], row[1], row[2]);
         println!(
-            "quota / baseline at {connections} connection(s): throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
-            quota.per_sec / base.per_sec,
-            quota.p50_us as f64 / base.p50_us.max(1) as f64,
-            quota.p99_us as f64 / base.p99_us.max(1) as f64
+            "at {connections} connection(s): quota / empty endpoint: throughput {:.2}x, p99 {:.2}x; quota / Redis: throughput {:.2}x, p99 {:.2}x",
+            quota.per_sec / empty.per_sec,
+            quota.p99_us / empty.p99_us.max(0.001),
+            quota.per_sec / redis.per_sec,
+            quota.p99_us / redis.p99_us.max(0.001)
         );
+        for (name, l) in [("healthz", empty), ("redis", redis), ("quota", quota)] {
+            json_rows.push(json!({
+                "target": name, "connections": connections, "requests": l.requests,
+                "per_sec": l.per_sec.round(), "p50_us": l.p50_us, "p99_us": l.p99_us, "p999_us": l.p999_us,
+            }));
+        }
     }
+    drop(redis);
 
     let (q, h) = freshness(&env, &a, &b, &key, 100).await;
     println!(
@@ -271,6 +376,20 @@ async fn main() {
     println!(
         "  two instances: {two} tracked ({} over)",
         two.saturating_sub(100)
+    );
+
+    tests::bench_output(
+        "quota",
+        &json!({
+            "bench": "quota",
+            "seconds_per_phase": SECONDS,
+            "load": json_rows,
+            "freshness_ms": {
+                "quota_p50": pct(&q, 0.5), "quota_p99": pct(&q, 0.99),
+                "history_p50": pct(&h, 0.5), "history_p99": pct(&h, 0.99),
+            },
+            "overshoot": {"limit": 100, "one_instance_tracked": one, "two_instances_tracked": two},
+        }),
     );
 
     a.stop().await;

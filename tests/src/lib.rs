@@ -403,3 +403,14 @@ pub async fn send_all(
         }
     }
 }
+
+/// Writes a benchmark's results as JSON to `.data/bench/<name>.json` and says where.
+pub fn bench_output(name: &str, value: &Value) {
+    let dir = workspace_root().join(".data/bench");
+    let path = dir.join(format!("{name}.json"));
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
+        Ok(()) => println!("results written to {}", path.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+    }
+}

@@ -1,0 +1,397 @@
+//! Ingest throughput benchmark: events/s through `POST /v1/events` until they are in the ClickHouse
+//! rollups, side by side with producing the same messages straight to the broker with rdkafka and
+//! inserting the same rows straight into ClickHouse; RSS of each service; scaling from one to two
+//! aggregators and ingests. Run: `scripts/bench.sh throughput` (release build, local servers up).
+//!
+//! The services run as separate processes (the release binaries), the load generator here; all
+//! share the machine with the broker and ClickHouse, so every figure is also given as a ratio to a
+//! baseline measured in the same run.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use aggregator::decode::{Decoded, Position, decode_event};
+use bytes::Bytes;
+use ingest::keys::Scope;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use schemas::Catalog;
+use schemas::event::{Intake, Window, validate};
+use schemas::rows::RawEventRow;
+use serde_json::{Value, json};
+use tests::servers::free_port;
+use tests::{TestEnv, wait_until};
+
+/// Events per HTTP request (the intake's largest batch).
+const BATCH: usize = 1_000;
+/// Concurrent HTTP connections of the load generator.
+const CONNECTIONS: usize = 8;
+/// Customers the events are spread over.
+const CUSTOMERS: usize = 10_000;
+
+fn events_total() -> usize {
+    std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400_000)
+}
+
+/// The request bodies: `n` events in arrays of BATCH, ids unique to `run`.
+fn bodies(run: &str, n: usize) -> Vec<Bytes> {
+    let endpoints = ["analyze", "redact", "report", "drill"];
+    (0..n)
+        .collect::<Vec<_>>()
+        .chunks(BATCH)
+        .map(|chunk| {
+            let batch: Vec<Value> = chunk
+                .iter()
+                .map(|&i| {
+                    json!({
+                        "specversion": "1.0",
+                        "id": format!("{run}-{i}"),
+                        "source": "bench",
+                        "type": "api_call",
+                        "subject": format!("cust_{}", i % CUSTOMERS),
+                        "data": {"endpoint": endpoints[i % 4], "quantity": 1},
+                    })
+                })
+                .collect();
+            Bytes::from(serde_json::to_vec(&batch).expect("json"))
+        })
+        .collect()
+}
+
+/// The messages the ingest would produce for `bodies`: (key, payload).
+fn messages(bodies: &[Bytes]) -> Vec<(String, Vec<u8>)> {
+    let catalog = Catalog::default();
+    let intake = Intake {
+        tenant: "bench",
+        customer_scope: None,
+        received_at: time::OffsetDateTime::now_utc(),
+        window: Window::default(),
+    };
+    let mut out = Vec::new();
+    for body in bodies {
+        let values: Vec<Value> = serde_json::from_slice(body).expect("json");
+        for (i, v) in values.iter().enumerate() {
+            let (event, _) = validate(v, i, &intake, &catalog).expect("valid");
+            out.push((
+                event.partition_key(),
+                serde_json::to_vec(&event).expect("json"),
+            ));
+        }
+    }
+    out
+}
+
+/// Baseline 1: the same messages produced straight to the broker with rdkafka, with the ingest's
+/// producer settings (idempotent, acks=all, lz4). Returns events/s.
+async fn raw_produce(env: &TestEnv, msgs: &[(String, Vec<u8>)]) -> f64 {
+    let producer: FutureProducer = schemas::kafka::client_config(&env.kafka)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "2")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "2000000")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("producer");
+    // The base environment's own (fresh, 4-partition) events topic; no aggregator reads it.
+    let topic = env.topics.events.clone();
+    let start = Instant::now();
+    let mut pending = Vec::with_capacity(msgs.len());
+    for (key, payload) in msgs {
+        let record = FutureRecord::to(&topic).key(key).payload(payload);
+        match producer.send_result(record) {
+            Ok(d) => pending.push(d),
+            Err((e, _)) => panic!("raw produce: {e}"),
+        }
+    }
+    for d in futures::future::join_all(pending).await {
+        d.expect("delivery").expect("acknowledged");
+    }
+    msgs.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Baseline 2: the same rows (as the aggregator decodes them) inserted straight into `events_raw`,
+/// whose materialized views fill the rollups, in batches of the aggregator's size. Returns events/s.
+async fn raw_insert(env: &TestEnv, msgs: &[(String, Vec<u8>)], batch: usize) -> f64 {
+    let catalog = Catalog::default();
+    let rows: Vec<RawEventRow> = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, payload))| {
+            let pos = Position {
+                topic: "rawbase",
+                partition: (i % 4) as i32,
+                offset: i as i64,
+                timestamp_ms: None,
+            };
+            match decode_event(Some(payload), &pos, &catalog, Window::default()) {
+                Decoded::Event(row) => row,
+                other => panic!("not an event: {other:?}"),
+            }
+        })
+        .collect();
+    let ch = env.ch();
+    let start = Instant::now();
+    for chunk in rows.chunks(batch) {
+        let mut insert = ch.insert::<RawEventRow>("events_raw").await.expect("insert");
+        for row in chunk {
+            insert.write(row).await.expect("write");
+        }
+        insert.end().await.expect("end");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let stored = env
+        .scalar("SELECT toFloat64(sum(events)) FROM usage_minute")
+        .await;
+    assert_eq!(stored as usize, rows.len(), "raw insert lost rows");
+    rows.len() as f64 / secs
+}
+
+/// A service process.
+struct Service {
+    name: &'static str,
+    child: Child,
+    peak_rss_kb: u64,
+}
+
+impl Service {
+    fn spawn(name: &'static str, envs: Vec<(String, String)>) -> Self {
+        let dir = tests::workspace_root().join(".data/bench-logs");
+        let _ = std::fs::create_dir_all(&dir);
+        let log = std::fs::File::create(dir.join(format!("{name}-{}.log", free_port())))
+            .expect("log file");
+        let child = Command::new(tests::binary(name))
+            .envs(envs)
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn service");
+        Self {
+            name,
+            child,
+            peak_rss_kb: 0,
+        }
+    }
+
+    /// Samples the resident set size (kB).
+    fn sample(&mut self) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        for line in status.lines() {
+            if let Some(v) = line.strip_prefix("VmHWM:") {
+                let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                self.peak_rss_kb = self.peak_rss_kb.max(kb);
+            }
+        }
+    }
+
+    fn stop(mut self) -> (String, u64) {
+        self.sample();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        (self.name.to_string(), self.peak_rss_kb)
+    }
+}
+
+fn ingest_env(env: &TestEnv, port: u16) -> Vec<(String, String)> {
+    let t = &env.topics;
+    [
+        ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
+        ("INGEST_KAFKA__BROKERS", env.kafka.brokers.clone()),
+        ("INGEST_CLICKHOUSE__URL", env.clickhouse.url.clone()),
+        (
+            "INGEST_CLICKHOUSE__DATABASE",
+            env.clickhouse.database.clone(),
+        ),
+        ("INGEST_TOPICS__EVENTS", t.events.clone()),
+        ("INGEST_TOPICS__STATE", t.state.clone()),
+        ("INGEST_TOPICS__ALERTS", t.alerts.clone()),
+        ("INGEST_TOPICS__SUBSCRIPTIONS", t.subscriptions.clone()),
+        ("INGEST_TOPICS__REJECTED", t.rejected.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// One end-to-end run.
+struct EndToEnd {
+    accepted_per_sec: f64,
+    stored_per_sec: f64,
+    rss: Vec<(String, u64)>,
+}
+
+/// Starts `aggregators` aggregators and `ingests` ingests on a fresh environment, posts `n` events
+/// from CONNECTIONS connections spread over the ingests, and waits until every event is in the
+/// minute rollup.
+async fn end_to_end(label: &str, n: usize, aggregators: usize, ingests: usize) -> EndToEnd {
+    let env = TestEnv::new(&format!("bench_tp_{label}")).await;
+    let key = env.key("bench", &[Scope::Ingest, Scope::Read], None).await;
+    let mut services = Vec::new();
+    for _ in 0..aggregators {
+        let mut envs = env.aggregator_env();
+        envs.retain(|(k, _)| k != "AGGREGATOR_BATCH_MAX_WAIT_MS");
+        services.push(Service::spawn("aggregator", envs));
+    }
+    let mut urls = Vec::new();
+    for _ in 0..ingests {
+        let port = free_port();
+        services.push(Service::spawn("ingest", ingest_env(&env, port)));
+        urls.push(format!("http://127.0.0.1:{port}"));
+    }
+    let http = reqwest::Client::new();
+    for url in &urls {
+        wait_until(Duration::from_secs(60), "ingest ready", || async {
+            let r = http.get(format!("{url}/readyz")).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+    }
+    let bodies = Arc::new(bodies(&env.name, n));
+    let next = Arc::new(AtomicUsize::new(0));
+    let (key, urls) = (Arc::new(key), Arc::new(urls));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CONNECTIONS {
+        let (bodies, next, key, urls) = (bodies.clone(), next.clone(), key.clone(), urls.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let url = format!("{}/v1/events", urls[c % urls.len()]);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else { break };
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    let r = http
+                        .post(&url)
+                        .bearer_auth(key.as_str())
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status() == 202 => break,
+                        Ok(r) if r.status() == 503 && tries < 600 => {
+                            tokio::time::sleep(Duration::from_millis(50)).await
+                        }
+                        other => panic!("batch {i} not accepted: {other:?}"),
+                    }
+                }
+            }
+        }));
+    }
+    // Sample RSS while the load runs.
+    let mut accepted_at = None;
+    loop {
+        for s in &mut services {
+            s.sample();
+        }
+        if accepted_at.is_none() && tasks.iter().all(|t| t.is_finished()) {
+            accepted_at = Some(start.elapsed());
+        }
+        if accepted_at.is_some() {
+            let stored = env
+                .scalar("SELECT toFloat64(sum(events)) FROM usage_minute")
+                .await as usize;
+            if stored >= n {
+                assert_eq!(stored, n, "more events in the rollup than were sent");
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "events not stored within 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stored_at = start.elapsed();
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    let rss = services.into_iter().map(Service::stop).collect();
+    EndToEnd {
+        accepted_per_sec: n as f64 / accepted_at.unwrap_or(stored_at).as_secs_f64(),
+        stored_per_sec: n as f64 / stored_at.as_secs_f64(),
+        rss,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let n = events_total();
+    let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let scaling = only.as_deref() != Some("single");
+    println!("# ingest throughput ({n} events, {BATCH} per request, {CONNECTIONS} connections, {CUSTOMERS} customers)");
+
+    let base = TestEnv::new("bench_tp_base").await;
+    let msgs = messages(&bodies("base", n));
+    let produce = raw_produce(&base, &msgs).await;
+    let insert = raw_insert(&base, &msgs, aggregator::Config::default().batch_max_events).await;
+    drop(msgs);
+    println!("baselines: raw produce {produce:.0} events/s, raw insert {insert:.0} events/s");
+
+    let one = end_to_end("1x1", n, 1, 1).await;
+    let mut runs = vec![("1 aggregator, 1 ingest", one)];
+    if scaling {
+        runs.push(("2 aggregators, 1 ingest", end_to_end("2x1", n, 2, 1).await));
+        runs.push(("1 aggregator, 2 ingests", end_to_end("1x2", n, 1, 2).await));
+    }
+
+    println!("| stage | events/s | vs raw produce | vs raw insert |");
+    println!("|---|---|---|---|");
+    println!("| raw produce to the broker (rdkafka, baseline) | {produce:.0} | 1.00x | |");
+    println!("| raw insert into events_raw + rollups (baseline) | {insert:.0} | | 1.00x |");
+    let mut json_runs = Vec::new();
+    for (label, r) in &runs {
+        println!(
+            "| end to end, {label}: accepted (202) | {:.0} | {:.2}x | {:.2}x |",
+            r.accepted_per_sec,
+            r.accepted_per_sec / produce,
+            r.accepted_per_sec / insert
+        );
+        println!(
+            "| end to end, {label}: in the rollups | {:.0} | {:.2}x | {:.2}x |",
+            r.stored_per_sec,
+            r.stored_per_sec / produce,
+            r.stored_per_sec / insert
+        );
+        json_runs.push(json!({
+            "setup": label,
+            "accepted_per_sec": r.accepted_per_sec.round(),
+            "stored_per_sec": r.stored_per_sec.round(),
+            "peak_rss_kb": r.rss.iter().map(|(name, kb)| json!({"service": name, "kb": kb})).collect::<Vec<_>>(),
+        }));
+    }
+    println!("peak RSS during the run:");
+    for (label, r) in &runs {
+        let list: Vec<String> = r
+            .rss
+            .iter()
+            .map(|(name, kb)| format!("{name} {} MiB", kb / 1024))
+            .collect();
+        println!("  {label}: {}", list.join(", "));
+    }
+    let out = json!({
+        "bench": "throughput",
+        "events": n,
+        "batch": BATCH,
+        "connections": CONNECTIONS,
+        "customers": CUSTOMERS,
+        "raw_produce_per_sec": produce.round(),
+        "raw_insert_per_sec": insert.round(),
+        "runs": json_runs,
+    });
+    tests::bench_output("throughput", &out);
+}
