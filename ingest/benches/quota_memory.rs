@@ -275,7 +275,11 @@ fn main() {
     let filled = fill(&view, &catalog, now);
     let fill_secs = started.elapsed().as_secs_f64();
     let (heap3, rss3) = (live(), rss());
-    assert_eq!(view.customers(), CUSTOMERS as usize, "every customer is in the view");
+    assert_eq!(
+        view.customers(),
+        CUSTOMERS as usize,
+        "every customer is in the view"
+    );
     let view_heap = (heap3 - heap2) as f64 / pairs;
     let view_rss = rss3.saturating_sub(rss2) as f64 / pairs;
 
@@ -305,7 +309,9 @@ fn main() {
         "\nQuota view memory: {CUSTOMERS} customers × 1 meter ({} usage records, {} plan records, {} tail events; filled in {fill_secs:.1} s)\n",
         filled.usage_records, filled.plan_records, filled.events_noted
     );
-    println!("| | heap B/(customer, meter) | RSS B/(customer, meter) | quota answers/s (1 thread) |");
+    println!(
+        "| | heap B/(customer, meter) | RSS B/(customer, meter) | quota answers/s (1 thread) |"
+    );
     println!("|---|---:|---:|---:|");
     println!("| QuotaView | {view_heap:.1} | {view_rss:.1} | {view_qps:.0} |");
     println!(
