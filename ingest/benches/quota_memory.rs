@@ -42,6 +42,7 @@ const QUERIES: usize = 2_000_000;
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: every call is forwarded to `System` with the caller's arguments unchanged; the counter
 // is only bookkeeping.
@@ -51,6 +52,7 @@ unsafe impl GlobalAlloc for Counting {
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         p
     }
@@ -60,6 +62,7 @@ unsafe impl GlobalAlloc for Counting {
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
             LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         p
     }
@@ -76,6 +79,7 @@ unsafe impl GlobalAlloc for Counting {
         if !p.is_null() {
             LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
             LIVE.fetch_add(new_size, Ordering::Relaxed);
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         p
     }
@@ -86,6 +90,11 @@ static ALLOCATOR: Counting = Counting;
 
 fn live() -> usize {
     LIVE.load(Ordering::Relaxed)
+}
+
+/// Allocations (and reallocations) so far.
+fn allocs() -> usize {
+    ALLOCS.load(Ordering::Relaxed)
 }
 
 /// Resident set size in bytes (`VmRSS` of /proc/self/status), 0 where unavailable.
@@ -289,19 +298,21 @@ fn main() {
         .map(|_| rng.below(u64::from(CUSTOMERS)) as u32)
         .collect();
     let names: Vec<(String, String)> = picks.iter().map(|&i| (tenant(i), customer(i))).collect();
-    let started = Instant::now();
+    let (started, allocs0) = (Instant::now(), allocs());
     let mut allowed = 0usize;
     for (t, c) in &names {
         allowed += usize::from(black_box(view.check(t, c, METER, 1.0, now)).allowed);
     }
     let view_qps = per_sec(QUERIES, started.elapsed().as_secs_f64());
+    let view_allocs = (allocs() - allocs0) as f64 / QUERIES as f64;
     let today = u64::from(now.date().to_julian_day() as u32);
-    let started = Instant::now();
+    let (started, allocs0) = (Instant::now(), allocs());
     let mut found = 0u64;
     for &i in &picks {
         found += black_box(base.get(&(i, today)).copied().unwrap_or(0));
     }
     let base_qps = per_sec(QUERIES, started.elapsed().as_secs_f64());
+    let base_allocs = (allocs() - allocs0) as f64 / QUERIES as f64;
     black_box((allowed, found));
 
     let pass = view_heap <= TARGET_BYTES;
@@ -310,15 +321,15 @@ fn main() {
         filled.usage_records, filled.plan_records, filled.events_noted
     );
     println!(
-        "| | heap B/(customer, meter) | RSS B/(customer, meter) | quota answers/s (1 thread) |"
+        "| | heap B/(customer, meter) | RSS B/(customer, meter) | quota answers/s (1 thread) | allocations per answer |"
     );
-    println!("|---|---:|---:|---:|");
-    println!("| QuotaView | {view_heap:.1} | {view_rss:.1} | {view_qps:.0} |");
+    println!("|---|---:|---:|---:|---:|");
+    println!("| QuotaView | {view_heap:.1} | {view_rss:.1} | {view_qps:.0} | {view_allocs:.2} |");
     println!(
-        "| baseline `HashMap<(u32, u64), u64>` | {base_heap:.1} | {base_rss:.1} | {base_qps:.0} |"
+        "| baseline `HashMap<(u32, u64), u64>` | {base_heap:.1} | {base_rss:.1} | {base_qps:.0} | {base_allocs:.2} |"
     );
     println!(
-        "| ratio view / baseline | {:.2} | {:.2} | {:.2} |",
+        "| ratio view / baseline | {:.2} | {:.2} | {:.2} | |",
         view_heap / base_heap,
         view_rss / base_rss.max(1.0),
         view_qps / base_qps.max(1.0)
@@ -337,6 +348,7 @@ fn main() {
             "heap_bytes_per_customer_meter": view_heap,
             "rss_bytes_per_customer_meter": view_rss,
             "quota_answers_per_sec": view_qps,
+            "allocations_per_answer": view_allocs,
             "fill_secs": fill_secs,
         },
         "baseline": {
@@ -345,6 +357,7 @@ fn main() {
             "heap_bytes_per_customer_meter": base_heap,
             "rss_bytes_per_customer_meter": base_rss,
             "lookups_per_sec": base_qps,
+            "allocations_per_lookup": base_allocs,
         },
         "pass": pass,
     });
