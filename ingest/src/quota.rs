@@ -172,9 +172,9 @@ impl Extra {
 struct Customer {
     /// Tenant id.
     tenant: u32,
-    /// The name: `len` bytes at `at` of the shard's `names`.
+    /// Where the name starts in the shard's `names`; it ends where the next customer's starts
+    /// (names are appended in the order of the customers).
     at: u32,
-    len: u32,
     /// The first meter with usage (most customers have one).
     usage: Option<MeterUsage>,
     /// The folded plan, with `tenant` and `customer` left empty (they are the key); `None` = the
@@ -329,9 +329,11 @@ struct Shard {
     names: String,
 }
 
-fn name_of<'a>(names: &'a str, c: &Customer) -> &'a str {
-    let at = c.at as usize;
-    &names[at..at + c.len as usize]
+/// The name of customer `i` of a shard.
+fn name_of<'a>(names: &'a str, customers: &[Customer], i: u32) -> &'a str {
+    let i = i as usize;
+    let end = customers.get(i + 1).map_or(names.len(), |c| c.at as usize);
+    &names[customers[i].at as usize..end]
 }
 
 /// Grows by a quarter (not double) when full: the shards' vectors are most of the view.
@@ -350,8 +352,7 @@ impl Shard {
         } = self;
         index
             .find(hash, |&i| {
-                let c = &customers[i as usize];
-                c.tenant == tenant && name_of(names, c) == customer
+                customers[i as usize].tenant == tenant && name_of(names, customers, i) == customer
             })
             .map(|&i| i as usize)
     }
@@ -381,21 +382,14 @@ impl Shard {
         } = self;
         let entry = index.entry(
             hash,
-            |&i| {
-                let c = &customers[i as usize];
-                c.tenant == tenant && name_of(names, c) == customer
-            },
-            |&i| {
-                let c = &customers[i as usize];
-                hasher.hash_one((c.tenant, name_of(names, c)))
-            },
+            |&i| customers[i as usize].tenant == tenant && name_of(names, customers, i) == customer,
+            |&i| hasher.hash_one((customers[i as usize].tenant, name_of(names, customers, i))),
         );
         let i = match entry {
             Entry::Occupied(e) => *e.get(),
             Entry::Vacant(v) => {
                 let i = u32::try_from(customers.len()).expect("at most 2^32 customers per shard");
                 let at = u32::try_from(names.len()).expect("at most 4 GiB of names per shard");
-                let len = u32::try_from(customer.len()).expect("a customer name under 4 GiB");
                 if names.capacity() - names.len() < customer.len() {
                     names.reserve_exact((names.capacity() / 4).max(customer.len()).max(256));
                 }
@@ -404,7 +398,6 @@ impl Shard {
                 customers.push(Customer {
                     tenant,
                     at,
-                    len,
                     usage: None,
                     plan: None,
                     extra: None,
@@ -1057,7 +1050,7 @@ mod tests {
     #[test]
     fn the_layout_stays_compact() {
         assert_eq!(std::mem::size_of::<Day>(), 20);
-        assert!(std::mem::size_of::<Customer>() <= 64);
+        assert!(std::mem::size_of::<Customer>() <= 56);
     }
 
     #[test]
@@ -1114,5 +1107,39 @@ mod tests {
         assert_eq!(view.pending("t", "c", "api_call"), 0);
         assert_eq!(view.check("t", "c", "api_call", 0.0, now).used, 8.0);
         assert_eq!(view.customers(), 1);
+    }
+
+    #[test]
+    fn many_customers_keep_their_own_names_and_usage_through_table_growth() {
+        let view = QuotaView::new(Arc::new(Catalog::default()), UnknownCustomer::Deny);
+        let now = datetime!(2026-03-10 12:00 UTC);
+        let name = |i: u32| format!("c{}", "x".repeat((i % 7) as usize)) + &i.to_string();
+        for i in 0..20_000u32 {
+            view.apply(StateRecord::Usage(UsageState {
+                tenant: format!("t{}", i % 3),
+                customer: name(i),
+                meter: "api_call".into(),
+                day: now.date(),
+                quantity: f64::from(i % 50),
+                events: u64::from(i % 50),
+                partition: (i % 4) as i32,
+                as_of_offset: i64::from(i),
+            }));
+        }
+        assert_eq!(view.customers(), 20_000);
+        for i in (0..20_000u32).step_by(97) {
+            let a = view.check(&format!("t{}", i % 3), &name(i), "api_call", 0.0, now);
+            assert_eq!(
+                (a.used, a.reason),
+                (f64::from(i % 50), None),
+                "customer {i}"
+            );
+            let other = view.check(&format!("t{}", (i + 1) % 3), &name(i), "api_call", 0.0, now);
+            assert_eq!(
+                other.reason.as_deref(),
+                Some("unknown_customer"),
+                "customer {i}"
+            );
+        }
     }
 }
