@@ -14,6 +14,8 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`app`]: build, run, shut down.
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod config;
 pub mod consumer;

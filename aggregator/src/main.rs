@@ -1,5 +1,7 @@
 //! The aggregator binary: consume, check the config, or run migrations.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use aggregator::{App, Config};

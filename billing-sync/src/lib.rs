@@ -17,6 +17,8 @@
 //! - [`app`]: build, serve, background jobs, shut down.
 //! - [`error`]: the crate error.
 //! - [`fake`]: the Stripe test double (also the `stripe-fake` binary).
+
+#![forbid(unsafe_code)]
 #![recursion_limit = "256"]
 
 pub mod app;

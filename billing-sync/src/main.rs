@@ -1,5 +1,7 @@
 //! The billing-sync binary: serve (the default), check the config, or run migrations.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context;

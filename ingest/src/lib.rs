@@ -19,6 +19,8 @@
 //! - [`app`]: build, serve, shut down.
 //! - [`error`]: the crate error and HTTP error rendering.
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod config;
 pub mod dashboard;

@@ -1,5 +1,7 @@
 //! The ingest binary: serve the API, check the config, run migrations, create API keys.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context;

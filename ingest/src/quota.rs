@@ -8,14 +8,27 @@
 //! one instance cannot pass the limit together; across instances the overshoot is bounded by what
 //! the other instances accept before their events reach this one through the events topic tail
 //! (see the README's measurements).
+//!
+//! # Layout
+//! The view holds every customer of every tenant, so its layout is compact (target: at most 200
+//! bytes per (customer, meter) at 1M customers; `cargo bench -p ingest --bench quota_memory`):
+//! - tenant and meter names are interned to `u32` ids, once per view;
+//! - each shard keeps its customers in one `Vec`, their names in one `String`, and a hash table of
+//!   `u32` indexes into that `Vec` (no per-customer key allocation, no per-lookup key allocation);
+//! - a customer's first meter is inline: the folded offset of its events partition (a customer's
+//!   events all go to one partition) and its days as an exact-size sorted slice of 20-byte days;
+//! - what most customers do not have (a plan record: `None` means the default plan; further meters
+//!   and partitions, recent event ids, pending usage and plan changes) is boxed, and dropped when
+//!   it empties.
 
 use std::borrow::Cow;
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
 
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use schemas::Catalog;
 use schemas::catalog::Aggregation;
 use schemas::quota::{Period, PlanState, StateRecord, SubscriptionEvent, UsageState};
@@ -35,56 +48,91 @@ pub enum UnknownCustomer {
     Deny,
 }
 
-/// One day of folded usage.
-#[derive(Debug, Clone, Copy, Default)]
+/// One day of folded usage: 20 bytes (packed to 4-byte alignment, so fields are only ever read by
+/// value, through the accessors).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
 struct Day {
+    day: Date,
     quantity: f64,
     events: u64,
+}
+
+impl Day {
+    fn day(&self) -> Date {
+        self.day
+    }
+
+    fn quantity(&self) -> f64 {
+        self.quantity
+    }
+
+    fn events(&self) -> u64 {
+        self.events
+    }
 }
 
 /// Usage this instance produced that the state does not include yet.
 #[derive(Debug, Clone)]
 struct Pending {
     id: u64,
+    /// Meter id.
+    meter: u32,
     day: Date,
     quantity: f64,
     /// Events-topic position once the broker acknowledged it.
     position: Option<(i32, i64)>,
 }
 
-#[derive(Debug, Default)]
+/// The folded usage of one meter.
+#[derive(Debug)]
 struct MeterUsage {
-    days: BTreeMap<Date, Day>,
-    /// Highest folded offset per events partition.
-    as_of: HashMap<i32, i64>,
-    pending: Vec<Pending>,
+    /// Meter id.
+    meter: u32,
+    /// The events partition of the highest folded offset kept here (-1: none yet); a customer's
+    /// events all go to one partition, any other partition's offset is in [`Extra::as_of`].
+    partition: i32,
+    /// Highest folded offset of `partition`.
+    offset: i64,
+    /// Days, ascending, exact size.
+    days: Box<[Day]>,
 }
 
 impl MeterUsage {
-    fn clear_folded(&mut self) {
-        let as_of = &self.as_of;
-        self.pending.retain(|p| match p.position {
-            Some((partition, offset)) => as_of.get(&partition).is_none_or(|&o| o < offset),
-            None => true,
-        });
+    fn new(meter: u32) -> Self {
+        Self {
+            meter,
+            partition: -1,
+            offset: -1,
+            days: Box::default(),
+        }
     }
 
-    /// Usage in `period`: folded days plus pending, summed (or the largest, for max meters).
-    fn used(&self, period: &Period, max: bool) -> f64 {
-        let days = self
-            .days
-            .range(period.start..period.end)
-            .map(|(_, d)| d.quantity);
-        let pending = self
-            .pending
-            .iter()
-            .filter(|p| period.contains(p.day))
-            .map(|p| p.quantity);
-        if max {
-            days.chain(pending).fold(0.0, f64::max)
-        } else {
-            days.chain(pending).sum()
+    /// The day's entry, inserted (zero) when missing.
+    fn day_mut(&mut self, day: Date) -> &mut Day {
+        let i = self.days.partition_point(|d| d.day() < day);
+        if self.days.get(i).is_none_or(|d| d.day() != day) {
+            let mut days = Vec::with_capacity(self.days.len() + 1);
+            days.extend_from_slice(&self.days[..i]);
+            days.push(Day {
+                day,
+                quantity: 0.0,
+                events: 0,
+            });
+            days.extend_from_slice(&self.days[i..]);
+            self.days = days.into_boxed_slice();
         }
+        &mut self.days[i]
+    }
+
+    /// Folded quantities of the days in `period`.
+    fn days_in(&self, period: &Period) -> impl Iterator<Item = f64> + '_ {
+        let (start, end) = (period.start, period.end);
+        let from = self.days.partition_point(|d| d.day() < start);
+        self.days[from..]
+            .iter()
+            .take_while(move |d| d.day() < end)
+            .map(Day::quantity)
     }
 }
 
@@ -95,38 +143,299 @@ type PendingPlan = (u64, SubscriptionEvent, Option<(i32, i64)>);
 /// counted again while the aggregator has not folded (and deduplicated) it yet.
 pub const RECENT_IDS_SECS: i64 = 3600;
 
+/// What most customers do not have; boxed, and dropped when empty.
 #[derive(Debug, Default)]
-struct Customer {
+struct Extra {
     /// Ids of events accepted recently (id → unix seconds), for idempotent retries.
-    recent: HashMap<String, i64>,
-    plan: Option<PlanState>,
+    recent: HashMap<Box<str>, i64>,
     /// Plan changes this instance produced that the plan state does not include yet.
     pending_plan: Vec<PendingPlan>,
-    meters: HashMap<String, MeterUsage>,
+    /// Usage this instance produced that the state does not include yet, of every meter.
+    pending: Vec<Pending>,
+    /// Meters after the first.
+    meters: Vec<MeterUsage>,
+    /// Highest folded offsets of further partitions: (meter id, partition, offset).
+    as_of: Vec<(u32, i32, i64)>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        self.recent.is_empty()
+            && self.pending_plan.is_empty()
+            && self.pending.is_empty()
+            && self.meters.is_empty()
+            && self.as_of.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct Customer {
+    /// Tenant id.
+    tenant: u32,
+    /// Where the name starts in the shard's `names`; it ends where the next customer's starts
+    /// (names are appended in the order of the customers).
+    at: u32,
+    /// The first meter with usage (most customers have one).
+    usage: Option<MeterUsage>,
+    /// The folded plan, with `tenant` and `customer` left empty (they are the key); `None` = the
+    /// default plan (no plan record yet).
+    plan: Option<Box<PlanState>>,
+    extra: Option<Box<Extra>>,
 }
 
 impl Customer {
     /// The folded plan with this instance's pending changes applied (borrowed when there are
-    /// none: the quota hot path clones nothing).
-    fn effective_plan(
-        &self,
-        tenant: &str,
-        customer: &str,
-        catalog: &Catalog,
-    ) -> Cow<'_, PlanState> {
-        match (&self.plan, self.pending_plan.is_empty()) {
-            (Some(plan), true) => Cow::Borrowed(plan),
-            _ => {
-                let mut plan = self
-                    .plan
-                    .clone()
-                    .unwrap_or_else(|| PlanState::initial(tenant, customer, catalog));
-                for (_, event, _) in &self.pending_plan {
-                    plan.apply(event);
-                }
-                Cow::Owned(plan)
+    /// none: the quota hot path clones nothing). `tenant` and `customer` are left empty.
+    fn effective_plan<'a>(&'a self, default: &'a PlanState) -> Cow<'a, PlanState> {
+        let pending = self.extra.as_ref().map_or(&[][..], |e| &e.pending_plan[..]);
+        if pending.is_empty() {
+            return Cow::Borrowed(self.plan.as_deref().unwrap_or(default));
+        }
+        let mut plan = self.plan.as_deref().unwrap_or(default).clone();
+        for (_, event, _) in pending {
+            plan.apply(event);
+        }
+        Cow::Owned(plan)
+    }
+
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the boxed rarely-used part once it holds nothing.
+    fn tidy(&mut self) {
+        if self.extra.as_ref().is_some_and(|e| e.is_empty()) {
+            self.extra = None;
+        }
+    }
+
+    fn meter(&self, meter: u32) -> Option<&MeterUsage> {
+        match &self.usage {
+            Some(m) if m.meter == meter => Some(m),
+            _ => self
+                .extra
+                .as_ref()?
+                .meters
+                .iter()
+                .find(|m| m.meter == meter),
+        }
+    }
+
+    /// The meter's usage, inserted (empty) when missing.
+    fn meter_mut(&mut self, meter: u32) -> &mut MeterUsage {
+        if self.usage.as_ref().is_none_or(|m| m.meter == meter) {
+            return self.usage.get_or_insert_with(|| MeterUsage::new(meter));
+        }
+        let meters = &mut self.extra().meters;
+        let i = match meters.iter().position(|m| m.meter == meter) {
+            Some(i) => i,
+            None => {
+                meters.push(MeterUsage::new(meter));
+                meters.len() - 1
+            }
+        };
+        &mut meters[i]
+    }
+
+    /// Highest folded offset of `partition` for `meter`.
+    fn as_of(&self, meter: u32, partition: i32) -> Option<i64> {
+        if partition < 0 {
+            return None;
+        }
+        let m = self.meter(meter)?;
+        if m.partition == partition {
+            return Some(m.offset);
+        }
+        self.extra
+            .as_ref()?
+            .as_of
+            .iter()
+            .find(|&&(id, p, _)| id == meter && p == partition)
+            .map(|&(_, _, o)| o)
+    }
+
+    /// Raises the folded offset of `partition` (>= 0) for `meter` to at least `offset`.
+    fn fold_as_of(&mut self, meter: u32, partition: i32, offset: i64) {
+        let m = self.meter_mut(meter);
+        if m.partition < 0 {
+            m.partition = partition;
+            m.offset = offset.max(-1);
+        } else if m.partition == partition {
+            m.offset = m.offset.max(offset);
+        } else {
+            let as_of = &mut self.extra().as_of;
+            match as_of
+                .iter_mut()
+                .find(|(id, p, _)| *id == meter && *p == partition)
+            {
+                Some(e) => e.2 = e.2.max(offset),
+                None => as_of.push((meter, partition, offset.max(-1))),
             }
         }
+    }
+
+    /// Drops the meter's pending entries that the folded state includes.
+    fn clear_folded(&mut self, meter: u32) {
+        let Some(mut pending) = self.extra.as_mut().map(|e| std::mem::take(&mut e.pending)) else {
+            return;
+        };
+        pending.retain(|p| {
+            p.meter != meter
+                || match p.position {
+                    Some((partition, offset)) => {
+                        self.as_of(meter, partition).is_none_or(|o| o < offset)
+                    }
+                    None => true,
+                }
+        });
+        if let Some(e) = self.extra.as_mut() {
+            // An emptied list gives its memory back.
+            e.pending = if pending.is_empty() {
+                Vec::new()
+            } else {
+                pending
+            };
+        }
+        self.tidy();
+    }
+
+    /// Usage of `meter` in `period`: folded days plus pending, summed (or the largest, for max
+    /// meters).
+    fn used(&self, meter: u32, period: &Period, max: bool) -> f64 {
+        let Some(m) = self.meter(meter) else {
+            return 0.0;
+        };
+        let pending = self
+            .extra
+            .as_ref()
+            .map_or(&[][..], |e| &e.pending[..])
+            .iter()
+            .filter(|p| p.meter == meter && period.contains(p.day))
+            .map(|p| p.quantity);
+        let all = m.days_in(period).chain(pending);
+        if max {
+            all.fold(0.0, f64::max)
+        } else {
+            all.sum()
+        }
+    }
+}
+
+/// One shard: customers in a `Vec`, their names in one `String`, a hash table of indexes.
+#[derive(Debug, Default)]
+struct Shard {
+    index: HashTable<u32>,
+    customers: Vec<Customer>,
+    names: String,
+}
+
+/// The name of customer `i` of a shard.
+fn name_of<'a>(names: &'a str, customers: &[Customer], i: u32) -> &'a str {
+    let i = i as usize;
+    let end = customers.get(i + 1).map_or(names.len(), |c| c.at as usize);
+    &names[customers[i].at as usize..end]
+}
+
+/// Grows by a quarter (not double) when full: the shards' vectors are most of the view.
+fn reserve_quarter<T>(v: &mut Vec<T>, additional: usize) {
+    if v.capacity() - v.len() < additional {
+        v.reserve_exact((v.capacity() / 4).max(additional).max(16));
+    }
+}
+
+impl Shard {
+    fn find(&self, hash: u64, tenant: u32, customer: &str) -> Option<usize> {
+        let Self {
+            index,
+            customers,
+            names,
+        } = self;
+        index
+            .find(hash, |&i| {
+                customers[i as usize].tenant == tenant && name_of(names, customers, i) == customer
+            })
+            .map(|&i| i as usize)
+    }
+
+    fn get(&self, hash: u64, tenant: u32, customer: &str) -> Option<&Customer> {
+        self.find(hash, tenant, customer)
+            .map(|i| &self.customers[i])
+    }
+
+    fn get_mut(&mut self, hash: u64, tenant: u32, customer: &str) -> Option<&mut Customer> {
+        self.find(hash, tenant, customer)
+            .map(|i| &mut self.customers[i])
+    }
+
+    /// The customer, inserted (nothing known yet) when missing.
+    fn entry(
+        &mut self,
+        hasher: &RandomState,
+        hash: u64,
+        tenant: u32,
+        customer: &str,
+    ) -> &mut Customer {
+        let Self {
+            index,
+            customers,
+            names,
+        } = self;
+        let entry = index.entry(
+            hash,
+            |&i| customers[i as usize].tenant == tenant && name_of(names, customers, i) == customer,
+            |&i| hasher.hash_one((customers[i as usize].tenant, name_of(names, customers, i))),
+        );
+        let i = match entry {
+            Entry::Occupied(e) => *e.get(),
+            Entry::Vacant(v) => {
+                let i = u32::try_from(customers.len()).expect("at most 2^32 customers per shard");
+                let at = u32::try_from(names.len()).expect("at most 4 GiB of names per shard");
+                if names.capacity() - names.len() < customer.len() {
+                    names.reserve_exact((names.capacity() / 4).max(customer.len()).max(256));
+                }
+                names.push_str(customer);
+                reserve_quarter(customers, 1);
+                customers.push(Customer {
+                    tenant,
+                    at,
+                    usage: None,
+                    plan: None,
+                    extra: None,
+                });
+                v.insert(i);
+                i
+            }
+        };
+        &mut customers[i as usize]
+    }
+}
+
+/// Tenant and meter names, interned to small ids (one table for both: an id is only compared with
+/// ids of the same kind).
+#[derive(Debug, Default)]
+struct Symbols(RwLock<HashMap<Box<str>, u32>>);
+
+impl Symbols {
+    fn get(&self, name: &str) -> Option<u32> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
+    }
+
+    fn get2(&self, a: &str, b: &str) -> (Option<u32>, Option<u32>) {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        (map.get(a).copied(), map.get(b).copied())
+    }
+
+    fn intern(&self, name: &str) -> u32 {
+        if let Some(id) = self.get(name) {
+            return id;
+        }
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let next = u32::try_from(map.len()).expect("fewer than 2^32 tenant and meter names");
+        *map.entry(name.into()).or_insert(next)
     }
 }
 
@@ -171,18 +480,24 @@ pub struct Reservation(u64);
 /// The view.
 #[derive(Debug)]
 pub struct QuotaView {
-    shards: Vec<Mutex<HashMap<(String, String), Customer>>>,
+    shards: Vec<Mutex<Shard>>,
+    symbols: Symbols,
+    /// Hashes (tenant id, customer) for the shard and the shard's table.
+    hasher: RandomState,
+    /// The plan of customers without a plan record (`tenant` and `customer` empty).
+    default_plan: PlanState,
     catalog: std::sync::Arc<Catalog>,
     unknown: UnknownCustomer,
     next_id: AtomicU64,
     ready: AtomicBool,
 }
 
-fn shard_of(tenant: &str, customer: &str) -> usize {
-    let mut h = DefaultHasher::new();
-    tenant.hash(&mut h);
-    customer.hash(&mut h);
-    (h.finish() as usize) % SHARDS
+/// A customer's key: tenant id, name and their hash.
+#[derive(Debug, Clone, Copy)]
+struct Key<'a> {
+    tenant: u32,
+    customer: &'a str,
+    hash: u64,
 }
 
 impl QuotaView {
@@ -190,6 +505,9 @@ impl QuotaView {
     pub fn new(catalog: std::sync::Arc<Catalog>, unknown: UnknownCustomer) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            symbols: Symbols::default(),
+            hasher: RandomState::new(),
+            default_plan: PlanState::initial("", "", &catalog),
             catalog,
             unknown,
             next_id: AtomicU64::new(1),
@@ -212,34 +530,72 @@ impl QuotaView {
         self.ready.store(true, Ordering::Release);
     }
 
-    fn with<T>(
+    fn key<'a>(&self, tenant: u32, customer: &'a str) -> Key<'a> {
+        Key {
+            tenant,
+            customer,
+            hash: self.hasher.hash_one((tenant, customer)),
+        }
+    }
+
+    /// The key's shard, locked. The shard is chosen by hash bits the shard's table does not use
+    /// (it uses the low bits for the bucket and the top 7 for the tag).
+    fn shard(&self, key: Key<'_>) -> MutexGuard<'_, Shard> {
+        self.shards[(key.hash >> 40) as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the customer, inserted when missing.
+    fn with_customer<T>(
         &self,
         tenant: &str,
         customer: &str,
-        f: impl FnOnce(&mut HashMap<(String, String), Customer>) -> T,
+        f: impl FnOnce(&mut Customer) -> T,
     ) -> T {
-        let mut shard = self.shards[shard_of(tenant, customer)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        f(&mut shard)
+        let key = self.key(self.symbols.intern(tenant), customer);
+        let mut shard = self.shard(key);
+        let c = shard.entry(&self.hasher, key.hash, key.tenant, key.customer);
+        let out = f(&mut *c);
+        c.tidy();
+        out
+    }
+
+    /// Runs `f` on the customer when the view knows it.
+    fn with_known<T>(
+        &self,
+        tenant: Option<u32>,
+        customer: &str,
+        f: impl FnOnce(Option<&mut Customer>) -> T,
+    ) -> T {
+        let Some(tenant) = tenant else {
+            return f(None);
+        };
+        let key = self.key(tenant, customer);
+        let mut shard = self.shard(key);
+        let c = shard.get_mut(key.hash, key.tenant, key.customer);
+        f(c)
     }
 
     /// Folds one record of the state topic (or of the ClickHouse baseline).
     pub fn apply(&self, record: StateRecord) {
         match record {
             StateRecord::Usage(u) => self.apply_usage(u),
-            StateRecord::Plan(p) => {
-                let (tenant, customer) = (p.tenant.clone(), p.customer.clone());
-                self.with(&tenant, &customer, |map| {
-                    let c = map.entry((tenant.clone(), customer.clone())).or_default();
+            StateRecord::Plan(mut p) => {
+                // The key holds them; the plan answers never read them.
+                let tenant = std::mem::take(&mut p.tenant);
+                let customer = std::mem::take(&mut p.customer);
+                self.with_customer(&tenant, &customer, |c| {
                     if c.plan.as_ref().is_none_or(|old| p.version >= old.version) {
-                        c.pending_plan.retain(|(_, _, pos)| match pos {
-                            Some((partition, offset)) => {
-                                !(*partition == p.partition && *offset <= p.as_of_offset)
-                            }
-                            None => true,
-                        });
-                        c.plan = Some(p);
+                        if let Some(e) = c.extra.as_mut() {
+                            e.pending_plan.retain(|(_, _, pos)| match pos {
+                                Some((partition, offset)) => {
+                                    !(*partition == p.partition && *offset <= p.as_of_offset)
+                                }
+                                None => true,
+                            });
+                        }
+                        c.plan = Some(Box::new(p));
                     }
                 });
             }
@@ -247,45 +603,43 @@ impl QuotaView {
     }
 
     fn apply_usage(&self, u: UsageState) {
-        let (tenant, customer) = (u.tenant.clone(), u.customer.clone());
-        self.with(&tenant, &customer, |map| {
-            let c = map.entry((tenant.clone(), customer.clone())).or_default();
-            let m = c.meters.entry(u.meter.clone()).or_default();
-            let day = m.days.entry(u.day).or_default();
+        let meter = self.symbols.intern(&u.meter);
+        self.with_customer(&u.tenant, &u.customer, |c| {
+            let day = c.meter_mut(meter).day_mut(u.day);
             // Folded totals only grow: an older record (or the baseline) never lowers them.
-            if u.events >= day.events {
+            if u.events >= day.events() {
                 day.events = u.events;
-                day.quantity = day.quantity.max(u.quantity);
+                day.quantity = day.quantity().max(u.quantity);
             }
             if u.partition >= 0 {
-                let o = m.as_of.entry(u.partition).or_insert(-1);
-                *o = (*o).max(u.as_of_offset);
+                c.fold_as_of(meter, u.partition, u.as_of_offset);
             }
-            m.clear_folded();
+            c.clear_folded(meter);
         });
     }
 
     fn answer(
         &self,
-        tenant: &str,
         customer: &str,
         c: Option<&Customer>,
+        meter_id: Option<u32>,
         meter: &str,
         quantity: f64,
         now: OffsetDateTime,
     ) -> QuotaAnswer {
         let plan = match c {
-            Some(c) => c.effective_plan(tenant, customer, &self.catalog),
-            None => Cow::Owned(PlanState::initial(tenant, customer, &self.catalog)),
+            Some(c) => c.effective_plan(&self.default_plan),
+            None => Cow::Borrowed(&self.default_plan),
         };
         let period = plan.period(now);
         let max = self
             .catalog
             .meter(meter)
             .is_some_and(|m| m.aggregation == Aggregation::Max);
-        let used = c
-            .and_then(|c| c.meters.get(meter))
-            .map_or(0.0, |m| m.used(&period, max));
+        let used = match (c, meter_id) {
+            (Some(c), Some(id)) => c.used(id, &period, max),
+            _ => 0.0,
+        };
         let limit = plan.limit(&self.catalog, meter, now);
         let plan_key = plan
             .effective_plan(&self.catalog)
@@ -335,9 +689,9 @@ impl QuotaView {
         quantity: f64,
         now: OffsetDateTime,
     ) -> QuotaAnswer {
-        self.with(tenant, customer, |map| {
-            let c = map.get(&(tenant.to_string(), customer.to_string()));
-            self.answer(tenant, customer, c, meter, quantity, now)
+        let (tenant, meter_id) = self.symbols.get2(tenant, meter);
+        self.with_known(tenant, customer, |c| {
+            self.answer(customer, c.as_deref(), meter_id, meter, quantity, now)
         })
     }
 
@@ -351,29 +705,34 @@ impl QuotaView {
         quantity: f64,
         now: OffsetDateTime,
     ) -> (QuotaAnswer, Option<Reservation>) {
-        self.with(tenant, customer, |map| {
-            let key = (tenant.to_string(), customer.to_string());
-            let mut answer = self.answer(tenant, customer, map.get(&key), meter, quantity, now);
-            if !answer.allowed {
-                return (answer, None);
-            }
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let c = map.entry(key).or_default();
-            c.meters
-                .entry(meter.into())
-                .or_default()
-                .pending
-                .push(Pending {
-                    id,
-                    day: now.date(),
-                    quantity,
-                    position: None,
-                });
-            answer = self.answer(tenant, customer, Some(c), meter, 0.0, now);
-            answer.allowed = true;
-            answer.reason = None;
-            (answer, Some(Reservation(id)))
-        })
+        let meter_id = self.symbols.intern(meter);
+        let key = self.key(self.symbols.intern(tenant), customer);
+        let mut shard = self.shard(key);
+        let mut answer = self.answer(
+            customer,
+            shard.get(key.hash, key.tenant, customer),
+            Some(meter_id),
+            meter,
+            quantity,
+            now,
+        );
+        if !answer.allowed {
+            return (answer, None);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let c = shard.entry(&self.hasher, key.hash, key.tenant, customer);
+        c.meter_mut(meter_id);
+        c.extra().pending.push(Pending {
+            id,
+            meter: meter_id,
+            day: now.date(),
+            quantity,
+            position: None,
+        });
+        answer = self.answer(customer, Some(&*c), Some(meter_id), meter, 0.0, now);
+        answer.allowed = true;
+        answer.reason = None;
+        (answer, Some(Reservation(id)))
     }
 
     /// Records usage this instance produced (already acknowledged at `position`) as pending.
@@ -387,14 +746,19 @@ impl QuotaView {
         position: (i32, i64),
     ) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.with(tenant, customer, |map| {
-            let c = map.entry((tenant.into(), customer.into())).or_default();
-            let m = c.meters.entry(meter.into()).or_default();
+        let meter = self.symbols.intern(meter);
+        self.with_customer(tenant, customer, |c| {
+            c.meter_mut(meter);
             // Seen already (this instance produced it, or the tail delivered it), or folded.
-            let known = m.pending.iter().any(|p| p.position == Some(position));
-            if !known && m.as_of.get(&position.0).is_none_or(|&o| o < position.1) {
-                m.pending.push(Pending {
+            let known = c.extra.as_ref().is_some_and(|e| {
+                e.pending
+                    .iter()
+                    .any(|p| p.meter == meter && p.position == Some(position))
+            });
+            if !known && c.as_of(meter, position.0).is_none_or(|o| o < position.1) {
+                c.extra().pending.push(Pending {
                     id,
+                    meter,
                     day,
                     quantity,
                     position: Some(position),
@@ -432,30 +796,42 @@ impl QuotaView {
         r: Reservation,
         position: (i32, i64),
     ) {
-        self.with(tenant, customer, |map| {
-            if let Some(m) = map
-                .get_mut(&(tenant.to_string(), customer.to_string()))
-                .and_then(|c| c.meters.get_mut(meter))
-            {
+        let (tenant, meter) = self.symbols.get2(tenant, meter);
+        let Some(meter) = meter else {
+            return;
+        };
+        self.with_known(tenant, customer, |c| {
+            let Some(c) = c.filter(|c| c.meter(meter).is_some()) else {
+                return;
+            };
+            if let Some(e) = c.extra.as_mut() {
                 // The events tail may have delivered this very event first: keep one entry.
-                m.pending
-                    .retain(|p| p.id == r.0 || p.position != Some(position));
-                if let Some(p) = m.pending.iter_mut().find(|p| p.id == r.0) {
+                e.pending
+                    .retain(|p| p.meter != meter || p.id == r.0 || p.position != Some(position));
+                if let Some(p) = e
+                    .pending
+                    .iter_mut()
+                    .find(|p| p.meter == meter && p.id == r.0)
+                {
                     p.position = Some(position);
                 }
-                m.clear_folded();
             }
+            c.clear_folded(meter);
         });
     }
 
     /// The reservation's event was not acknowledged: it does not count.
     pub fn release(&self, tenant: &str, customer: &str, meter: &str, r: Reservation) {
-        self.with(tenant, customer, |map| {
-            if let Some(m) = map
-                .get_mut(&(tenant.to_string(), customer.to_string()))
-                .and_then(|c| c.meters.get_mut(meter))
-            {
-                m.pending.retain(|p| p.id != r.0);
+        let (tenant, meter) = self.symbols.get2(tenant, meter);
+        let Some(meter) = meter else {
+            return;
+        };
+        self.with_known(tenant, customer, |c| {
+            if let Some(c) = c {
+                if let Some(e) = c.extra.as_mut() {
+                    e.pending.retain(|p| !(p.meter == meter && p.id == r.0));
+                }
+                c.tidy();
             }
         });
     }
@@ -465,51 +841,52 @@ impl QuotaView {
     pub fn pending_plan_change(&self, event: SubscriptionEvent, position: (i32, i64)) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tenant, customer) = (event.tenant.clone(), event.customer.clone());
-        self.with(&tenant, &customer, |map| {
-            let c = map.entry((tenant.clone(), customer.clone())).or_default();
+        self.with_customer(&tenant, &customer, |c| {
             let folded = c
                 .plan
                 .as_ref()
                 .is_some_and(|p| p.partition == position.0 && p.as_of_offset >= position.1);
             if !folded {
-                c.pending_plan.push((id, event, Some(position)));
+                c.extra().pending_plan.push((id, event, Some(position)));
             }
         });
     }
 
     /// Whether an event with `id` was accepted for this customer in the last [`RECENT_IDS_SECS`].
     pub fn seen(&self, tenant: &str, customer: &str, id: &str, now: OffsetDateTime) -> bool {
-        self.with(tenant, customer, |map| {
-            map.get(&(tenant.to_string(), customer.to_string()))
-                .and_then(|c| c.recent.get(id))
+        self.with_known(self.symbols.get(tenant), customer, |c| {
+            c.and_then(|c| c.extra.as_ref())
+                .and_then(|e| e.recent.get(id))
                 .is_some_and(|&at| now.unix_timestamp() - at < RECENT_IDS_SECS)
         })
     }
 
     /// Remembers an accepted event id (see [`Self::seen`]).
     pub fn remember(&self, tenant: &str, customer: &str, id: &str, at: OffsetDateTime) {
-        self.with(tenant, customer, |map| {
-            let c = map.entry((tenant.into(), customer.into())).or_default();
+        self.with_customer(tenant, customer, |c| {
+            let recent = &mut c.extra().recent;
             let at = at.unix_timestamp();
-            if c.recent.len() >= 1024 && c.recent.len().is_power_of_two() {
-                c.recent.retain(|_, t| at - *t < RECENT_IDS_SECS);
+            // Ids older than an hour are never seen again: drop them as the map doubles.
+            if recent.len() >= 16 && recent.len().is_power_of_two() {
+                recent.retain(|_, t| at - *t < RECENT_IDS_SECS);
             }
-            c.recent.insert(id.into(), at);
+            recent.insert(id.into(), at);
         });
     }
 
     /// The customer's effective plan (the default plan when unknown) and whether it is known.
     pub fn plan(&self, tenant: &str, customer: &str) -> (PlanState, bool) {
-        self.with(tenant, customer, |map| {
-            match map.get(&(tenant.to_string(), customer.to_string())) {
-                Some(c) => (
-                    c.effective_plan(tenant, customer, &self.catalog)
-                        .into_owned(),
-                    true,
-                ),
-                None => (PlanState::initial(tenant, customer, &self.catalog), false),
+        let known = self.with_known(self.symbols.get(tenant), customer, |c| {
+            c.map(|c| c.effective_plan(&self.default_plan).into_owned())
+        });
+        match known {
+            Some(mut plan) => {
+                plan.tenant = tenant.into();
+                plan.customer = customer.into();
+                (plan, true)
             }
-        })
+            None => (PlanState::initial(tenant, customer, &self.catalog), false),
+        }
     }
 
     /// Every meter the catalog knows, answered for one more unit (for usage pages: `allowed`
@@ -520,12 +897,20 @@ impl QuotaView {
         customer: &str,
         now: OffsetDateTime,
     ) -> Vec<QuotaAnswer> {
-        self.with(tenant, customer, |map| {
-            let c = map.get(&(tenant.to_string(), customer.to_string()));
+        let tenant = self.symbols.get(tenant);
+        let ids: Vec<Option<u32>> = self
+            .catalog
+            .meters
+            .iter()
+            .map(|m| self.symbols.get(&m.key))
+            .collect();
+        self.with_known(tenant, customer, |c| {
+            let c = c.as_deref();
             self.catalog
                 .meters
                 .iter()
-                .map(|m| self.answer(tenant, customer, c, &m.key, 1.0, now))
+                .zip(ids)
+                .map(|(m, id)| self.answer(customer, c, id, &m.key, 1.0, now))
                 .collect()
         })
     }
@@ -534,16 +919,20 @@ impl QuotaView {
     pub fn customers(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).customers.len())
             .sum()
     }
 
     /// Pending entries of a customer's meter (tests and metrics).
     pub fn pending(&self, tenant: &str, customer: &str, meter: &str) -> usize {
-        self.with(tenant, customer, |map| {
-            map.get(&(tenant.to_string(), customer.to_string()))
-                .and_then(|c| c.meters.get(meter))
-                .map_or(0, |m| m.pending.len())
+        let (tenant, meter) = self.symbols.get2(tenant, meter);
+        let Some(meter) = meter else {
+            return 0;
+        };
+        self.with_known(tenant, customer, |c| {
+            c.filter(|c| c.meter(meter).is_some())
+                .and_then(|c| c.extra.as_ref())
+                .map_or(0, |e| e.pending.iter().filter(|p| p.meter == meter).count())
         })
     }
 }
@@ -656,5 +1045,101 @@ mod tests {
         assert_eq!(view.check("t", "c", "api_call", 0.0, now).used, 5.0);
         view.release("t", "c", "api_call", r.expect("reserved"));
         assert_eq!(view.check("t", "c", "api_call", 0.0, now).used, 0.0);
+    }
+
+    #[test]
+    fn the_layout_stays_compact() {
+        assert_eq!(std::mem::size_of::<Day>(), 20);
+        assert!(std::mem::size_of::<Customer>() <= 56);
+    }
+
+    #[test]
+    fn plans_borrow_no_names_and_report_the_key() {
+        let view = QuotaView::new(Arc::new(Catalog::default()), UnknownCustomer::DefaultPlan);
+        let mut plan = PlanState::initial("t", "c", view.catalog());
+        plan.plan = "starter".into();
+        plan.version = 1;
+        view.apply(StateRecord::Plan(plan.clone()));
+        assert_eq!(view.plan("t", "c"), (plan, true));
+        let (p, known) = view.plan("t", "other");
+        assert_eq!(
+            (p.customer.as_str(), p.plan.as_str(), known),
+            ("other", "free", false)
+        );
+        let now = datetime!(2026-03-10 12:00 UTC);
+        assert_eq!(view.check("t", "c", "api_call", 1.0, now).limit, Some(500));
+        assert_eq!(
+            view.check("t", "other", "api_call", 1.0, now).limit,
+            Some(100)
+        );
+    }
+
+    #[test]
+    fn meters_and_partitions_beyond_the_first_are_kept_apart() {
+        let catalog = Catalog::default();
+        let view = QuotaView::new(Arc::new(catalog), UnknownCustomer::DefaultPlan);
+        let now = datetime!(2026-03-10 12:00 UTC);
+        let record = |meter: &str, day: Date, q: f64, partition: i32, as_of: i64| {
+            StateRecord::Usage(UsageState {
+                tenant: "t".into(),
+                customer: "c".into(),
+                meter: meter.into(),
+                day,
+                quantity: q,
+                events: q as u64,
+                partition,
+                as_of_offset: as_of,
+            })
+        };
+        view.apply(record("other", now.date(), 7.0, 0, 3));
+        view.apply(record("api_call", date!(2026 - 03 - 05), 4.0, 0, 5));
+        view.apply(record("api_call", date!(2026 - 03 - 02), 2.0, 0, 5));
+        assert_eq!(view.check("t", "c", "api_call", 0.0, now).used, 6.0);
+        assert_eq!(view.check("t", "c", "other", 0.0, now).used, 7.0);
+        // Pending on two partitions; the second partition's offset is folded separately.
+        view.track("t", "c", "api_call", 1.0, now.date(), (0, 6));
+        view.track("t", "c", "api_call", 1.0, now.date(), (1, 2));
+        assert_eq!(view.pending("t", "c", "api_call"), 2);
+        assert_eq!(view.pending("t", "c", "other"), 0);
+        view.apply(record("api_call", now.date(), 1.0, 1, 2));
+        assert_eq!(view.pending("t", "c", "api_call"), 1);
+        view.apply(record("api_call", now.date(), 2.0, 0, 6));
+        assert_eq!(view.pending("t", "c", "api_call"), 0);
+        assert_eq!(view.check("t", "c", "api_call", 0.0, now).used, 8.0);
+        assert_eq!(view.customers(), 1);
+    }
+
+    #[test]
+    fn many_customers_keep_their_own_names_and_usage_through_table_growth() {
+        let view = QuotaView::new(Arc::new(Catalog::default()), UnknownCustomer::Deny);
+        let now = datetime!(2026-03-10 12:00 UTC);
+        let name = |i: u32| format!("c{}", "x".repeat((i % 7) as usize)) + &i.to_string();
+        for i in 0..20_000u32 {
+            view.apply(StateRecord::Usage(UsageState {
+                tenant: format!("t{}", i % 3),
+                customer: name(i),
+                meter: "api_call".into(),
+                day: now.date(),
+                quantity: f64::from(i % 50),
+                events: u64::from(i % 50),
+                partition: (i % 4) as i32,
+                as_of_offset: i64::from(i),
+            }));
+        }
+        assert_eq!(view.customers(), 20_000);
+        for i in (0..20_000u32).step_by(97) {
+            let a = view.check(&format!("t{}", i % 3), &name(i), "api_call", 0.0, now);
+            assert_eq!(
+                (a.used, a.reason),
+                (f64::from(i % 50), None),
+                "customer {i}"
+            );
+            let other = view.check(&format!("t{}", (i + 1) % 3), &name(i), "api_call", 0.0, now);
+            assert_eq!(
+                other.reason.as_deref(),
+                Some("unknown_customer"),
+                "customer {i}"
+            );
+        }
     }
 }

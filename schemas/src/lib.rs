@@ -14,6 +14,8 @@
 //! - [`api`]: HTTP request/response bodies.
 //! - [`rows`]: ClickHouse row structs, shared by writers and readers.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod catalog;
 pub mod config;

@@ -9,6 +9,8 @@
 //! - [`smtp`]: an SMTP sink that records the mail it accepts.
 //! - [`webhook`]: a webhook receiver that records requests and answers scripted statuses.
 
+#![forbid(unsafe_code)]
+
 pub mod billing;
 pub mod servers;
 pub mod smtp;
