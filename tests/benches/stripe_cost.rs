@@ -317,8 +317,10 @@ async fn main() {
         .expect("ledger");
     assert_eq!((ledger, ledger_q), (cells, quantity), "the ledger");
     let peak = max_meter_events_per_second(&fake).await;
+    // The pacer spaces calls 1/RATE apart; arrival jitter at the fake may squeeze a few more into
+    // one sliding second, hence 1 % of tolerance.
     assert!(
-        peak <= RATE as usize + 1,
+        peak <= (RATE + RATE / 100) as usize,
         "{peak} meter events in one second"
     );
     sync.running.stop().await;
