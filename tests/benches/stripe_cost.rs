@@ -148,8 +148,7 @@ async fn stripe_customers(fake: &Fake, n: usize) -> Vec<String> {
         }
     })
     .await;
-    let ids = out.lock().expect("ids").clone();
-    ids
+    out.lock().expect("ids").clone()
 }
 
 /// The most meter event requests the fake saw within one second.
