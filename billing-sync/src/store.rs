@@ -255,9 +255,9 @@ impl Store {
         Ok(rows)
     }
 
-    /// Records an hour Stripe accepted.
-    pub async fn save_report(&self, row: &BillingUsageReportRow) -> Result<()> {
-        insert(&self.ch, std::slice::from_ref(row)).await
+    /// Records hours Stripe accepted (one insert).
+    pub async fn save_reports(&self, rows: &[BillingUsageReportRow]) -> Result<()> {
+        insert(&self.ch, rows).await
     }
 
     /// Records the differences of one usage reconciliation.

@@ -4,7 +4,8 @@
 //! `h:` + the first 64 hex digits of their SHA-256). The event's `timestamp` is the hour's start.
 //!
 //! Exactly once: an hour is written to the ledger (`billing_usage_reports`) only after Stripe
-//! accepted it, and a retried or restarted report sends the same identifier with the identifier as
+//! accepted it (in batches: one insert per up to 1,000 accepted hours or 200 ms, not one per hour),
+//! and a retried or restarted report sends the same identifier with the identifier as
 //! Idempotency-Key, so Stripe either replays its answer or refuses the duplicate
 //! (`resource_already_exists`, taken as "already reported"). Unreported hours are backfilled up to
 //! `backfill_days` (≤ 35) back. Calls are paced globally (`stripe.max_requests_per_sec`), each
@@ -13,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use schemas::rows::{BillingUsageDifferenceRow, BillingUsageReportRow};
 use serde::Serialize;
@@ -23,7 +25,7 @@ use stripe_billing::billing_meter_event_summary::{
     ListIdBillingMeterEventSummary, ListIdBillingMeterEventSummaryValueGroupingWindow,
 };
 use time::OffsetDateTime;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -90,9 +92,24 @@ pub fn meters(billing: &Billing) -> BTreeMap<String, String> {
     }
 }
 
+/// Ledger rows per insert at most.
+const LEDGER_BATCH: usize = 1_000;
+/// How long the first accepted hour of a batch waits for more before the insert.
+const LEDGER_LINGER: Duration = Duration::from_millis(200);
+/// Attempts of one ledger insert.
+const LEDGER_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, Clone, Copy)]
 enum Sent {
     Reported,
     Already,
+}
+
+/// An hour Stripe accepted, waiting for its ledger row.
+#[derive(Debug)]
+struct Accepted {
+    row: BillingUsageReportRow,
+    sent: Sent,
 }
 
 async fn send_hour(
@@ -100,7 +117,7 @@ async fn send_hour(
     h: &HourTotal,
     stripe_customer: &str,
     event_name: &str,
-) -> Result<Sent> {
+) -> Result<Accepted> {
     let id = identifier(&h.tenant, &h.customer, &h.meter, h.hour);
     let req = CreateBillingMeterEvent::new(
         event_name,
@@ -128,9 +145,8 @@ async fn send_hour(
         }
         Err(e) => return Err(e),
     };
-    billing
-        .store
-        .save_report(&BillingUsageReportRow {
+    Ok(Accepted {
+        row: BillingUsageReportRow {
             tenant: h.tenant.clone(),
             customer: h.customer.clone(),
             meter: h.meter.clone(),
@@ -141,14 +157,94 @@ async fn send_hour(
             event_name: event_name.into(),
             quantity: h.quantity,
             reported_at: OffsetDateTime::now_utc(),
-        })
-        .await?;
-    billing.metrics.meter_events_reported.inc();
-    Ok(sent)
+        },
+        sent,
+    })
+}
+
+/// Writes a batch of accepted hours to the ledger (retrying the insert) and counts them. Hours
+/// whose ledger row cannot be written count as failed: the next run sends them again with the
+/// same identifier and Stripe answers "already reported".
+async fn write_ledger(billing: &Billing, batch: &mut Vec<Accepted>, s: &mut ReportSummary) {
+    if batch.is_empty() {
+        return;
+    }
+    let rows: Vec<BillingUsageReportRow> = batch.iter().map(|a| a.row.clone()).collect();
+    let mut attempt = 0;
+    let written = loop {
+        attempt += 1;
+        match billing.store.save_reports(&rows).await {
+            Ok(()) => break true,
+            Err(e) if attempt < LEDGER_ATTEMPTS => {
+                tracing::warn!(rows = rows.len(), attempt, error = %e, "ledger insert failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+            }
+            Err(e) => {
+                tracing::warn!(rows = rows.len(), error = %e, "ledger insert failed; the next run sends these hours again");
+                break false;
+            }
+        }
+    };
+    if written {
+        for a in batch.iter() {
+            match a.sent {
+                Sent::Reported => s.reported += 1,
+                Sent::Already => s.already_reported += 1,
+            }
+        }
+        billing
+            .metrics
+            .meter_events_reported
+            .inc_by(rows.len() as u64);
+    } else {
+        s.failed += rows.len();
+        billing
+            .metrics
+            .meter_events_failed
+            .inc_by(rows.len() as u64);
+    }
+    batch.clear();
+}
+
+/// Receives accepted hours until every sender is gone and writes them to the ledger in batches of
+/// up to [`LEDGER_BATCH`], each waiting at most [`LEDGER_LINGER`] for more: one insert per
+/// batch instead of one per hour.
+async fn ledger(billing: &Billing, mut rx: mpsc::Receiver<Accepted>) -> ReportSummary {
+    let mut s = ReportSummary::default();
+    let mut batch = Vec::with_capacity(LEDGER_BATCH);
+    loop {
+        if rx.recv_many(&mut batch, LEDGER_BATCH).await == 0 {
+            break;
+        }
+        let linger = tokio::time::sleep(LEDGER_LINGER);
+        tokio::pin!(linger);
+        let mut closed = false;
+        while batch.len() < LEDGER_BATCH {
+            let room = LEDGER_BATCH - batch.len();
+            tokio::select! {
+                n = rx.recv_many(&mut batch, room) => {
+                    if n == 0 {
+                        closed = true;
+                        break;
+                    }
+                }
+                () = &mut linger => break,
+            }
+        }
+        write_ledger(billing, &mut batch, &mut s).await;
+        if closed {
+            break;
+        }
+    }
+    s
 }
 
 /// Reports every closed, unreported hour in the window. Stops early (leaving the rest for the next
 /// run) when `cancel` fires.
+///
+/// Up to `usage.concurrency` (customer, meter) pairs are reported at once, each one hour after the
+/// other; the global pace keeps Stripe's rate limit. Accepted hours go to the ledger in batches
+/// (see [`ledger`]); the run returns once every accepted hour is in the ledger.
 pub async fn report(billing: Arc<Billing>, cancel: CancellationToken) -> Result<ReportSummary> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let (from, to) = window(&billing, now);
@@ -197,6 +293,7 @@ pub async fn report(billing: Arc<Billing>, cancel: CancellationToken) -> Result<
         }
     }
     let permits = Arc::new(Semaphore::new(billing.config.usage.concurrency));
+    let (accepted, rx) = mpsc::channel::<Accepted>(4 * LEDGER_BATCH);
     let mut tasks: JoinSet<ReportSummary> = JoinSet::new();
     for ((tenant, customer, meter), hours) in groups {
         let Some(stripe_customer) = customers.get(&(tenant.clone(), customer.clone())).cloned()
@@ -207,7 +304,12 @@ pub async fn report(billing: Arc<Billing>, cancel: CancellationToken) -> Result<
         let Some(event_name) = meters.get(&meter).cloned() else {
             continue;
         };
-        let (billing, permits, cancel) = (billing.clone(), permits.clone(), cancel.clone());
+        let (billing, permits, cancel, accepted) = (
+            billing.clone(),
+            permits.clone(),
+            cancel.clone(),
+            accepted.clone(),
+        );
         tasks.spawn(async move {
             let mut s = ReportSummary::default();
             let Ok(_permit) = permits.acquire_owned().await else { return s };
@@ -217,8 +319,10 @@ pub async fn report(billing: Arc<Billing>, cancel: CancellationToken) -> Result<
                     break;
                 }
                 match send_hour(&billing, h, &stripe_customer, &event_name).await {
-                    Ok(Sent::Reported) => s.reported += 1,
-                    Ok(Sent::Already) => s.already_reported += 1,
+                    Ok(a) => {
+                        // The ledger writer lives until every sender is gone.
+                        let _ = accepted.send(a).await;
+                    }
                     Err(e) => {
                         // Later hours of this customer and meter wait too (keeps order simple).
                         tracing::warn!(tenant = %h.tenant, customer = %h.customer, meter = %h.meter, hour = h.hour, error = %e, "meter event not reported; next run retries");
@@ -231,13 +335,20 @@ pub async fn report(billing: Arc<Billing>, cancel: CancellationToken) -> Result<
             s
         });
     }
-    while let Some(r) = tasks.join_next().await {
-        if let Ok(s) = r {
-            summary.reported += s.reported;
-            summary.already_reported += s.already_reported;
-            summary.failed += s.failed;
+    drop(accepted);
+    let senders = async {
+        let mut s = ReportSummary::default();
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(t) = r {
+                s.failed += t.failed;
+            }
         }
-    }
+        s
+    };
+    let (sent, written) = tokio::join!(senders, ledger(&billing, rx));
+    summary.reported += written.reported;
+    summary.already_reported += written.already_reported;
+    summary.failed += sent.failed + written.failed;
     if summary != ReportSummary::default() {
         tracing::info!(?summary, "usage report run");
     }
