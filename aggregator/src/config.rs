@@ -71,7 +71,7 @@ impl Default for Config {
             group_id: "metering-aggregator".into(),
             instance_id: None,
             session_timeout_ms: 6_000,
-            batch_max_events: 20_000,
+            batch_max_events: 50_000,
             batch_max_wait_ms: 200,
             dedup_window_days: 35,
             max_late_days: 35,

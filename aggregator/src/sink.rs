@@ -108,14 +108,15 @@ impl Sink {
             .collect())
     }
 
-    /// Which of `events` are already stored, as (tenant, id).
+    /// Which of `events` are already stored, as (tenant, id). The lookups of a batch's chunks run
+    /// concurrently: each is mostly ClickHouse parsing a long `IN` list, and they overlap.
     async fn stored_ids(&self, events: &[RawEventRow]) -> Result<HashSet<(String, String)>> {
         let mut found = HashSet::new();
         let Some(oldest) = events.iter().map(|e| e.received_at).min() else {
             return Ok(found);
         };
         let since = (oldest - self.dedup_window).unix_timestamp().max(0);
-        for chunk in events.chunks(LOOKUP_CHUNK) {
+        let lookups = events.chunks(LOOKUP_CHUNK).map(|chunk| {
             let tenants: HashSet<&str> = chunk.iter().map(|e| e.tenant.as_str()).collect();
             let mut sql = String::with_capacity(chunk.len() * 48 + 200);
             let _ = write!(
@@ -124,7 +125,9 @@ impl Sink {
                 in_list(tenants.into_iter()),
                 in_list(chunk.iter().map(|e| e.id.as_str())),
             );
-            let rows: Vec<Key> = self.client.query_raw(&sql).fetch_all().await?;
+            async move { self.client.query_raw(&sql).fetch_all::<Key>().await }
+        });
+        for rows in futures::future::try_join_all(lookups).await? {
             found.extend(rows.into_iter().map(|k| (k.tenant, k.id)));
         }
         Ok(found)
@@ -197,10 +200,16 @@ impl Sink {
             .iter()
             .filter(|e| seen.insert((e.tenant.as_str(), e.id.as_str())))
             .collect();
+        let lookup_start = std::time::Instant::now();
         let stored = self.stored_ids(&batch.events).await?;
+        let lookup = lookup_start.elapsed();
+        let stored: HashSet<(&str, &str)> = stored
+            .iter()
+            .map(|(t, i)| (t.as_str(), i.as_str()))
+            .collect();
         let fresh: Vec<RawEventRow> = unique
             .into_iter()
-            .filter(|e| !stored.contains(&(e.tenant.clone(), e.id.clone())))
+            .filter(|e| !stored.contains(&(e.tenant.as_str(), e.id.as_str())))
             .cloned()
             .collect();
         let dead: Vec<DeadLetterRow> = if batch.dead.is_empty() {
@@ -233,7 +242,14 @@ impl Sink {
         };
         self.insert(&dead).await?;
         self.insert(&subs).await?;
+        let insert_start = std::time::Instant::now();
         self.insert(&fresh).await?;
+        tracing::debug!(
+            events = batch.events.len(),
+            lookup_ms = lookup.as_millis() as u64,
+            insert_ms = insert_start.elapsed().as_millis() as u64,
+            "batch written"
+        );
         Ok(Outcome {
             stored: fresh.len(),
             duplicates: batch.events.len() - fresh.len(),

@@ -242,6 +242,9 @@ async fn end_to_end(label: &str, n: usize, aggregators: usize, ingests: usize) -
     for _ in 0..aggregators {
         let mut envs = env.aggregator_env();
         envs.retain(|(k, _)| k != "AGGREGATOR_BATCH_MAX_WAIT_MS");
+        if let Ok(v) = std::env::var("BENCH_AGGREGATOR_BATCH") {
+            envs.push(("AGGREGATOR_BATCH_MAX_EVENTS".into(), v));
+        }
         services.push(Service::spawn("aggregator", envs));
     }
     let mut urls = Vec::new();
