@@ -243,7 +243,12 @@ impl Publisher {
                     let partition = state.partition;
                     let record = StateRecord::Plan(state);
                     let payload = serde_json::to_vec(&record).unwrap_or_default();
-                    (self.topics.state.as_str(), Some(partition), record.key(), payload)
+                    (
+                        self.topics.state.as_str(),
+                        Some(partition),
+                        record.key(),
+                        payload,
+                    )
                 })
                 .collect();
             self.send_all(&records).await?;

@@ -51,7 +51,12 @@ async fn connection(target: Target, stop: Arc<AtomicBool>) -> Vec<u64> {
                 .expect("client");
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let r = http.get(&url).bearer_auth(&key).send().await.expect("request");
+                let r = http
+                    .get(&url)
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .expect("request");
                 assert_eq!(r.status(), 200, "{url}");
                 let _ = r.bytes().await.expect("body");
                 lat.push(t.elapsed().as_nanos() as u64);
@@ -66,11 +71,18 @@ async fn connection(target: Target, stop: Arc<AtomicBool>) -> Vec<u64> {
             let mut line = String::new();
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                stream.get_mut().write_all(command.as_bytes()).await.expect("send");
+                stream
+                    .get_mut()
+                    .write_all(command.as_bytes())
+                    .await
+                    .expect("send");
                 // A bulk string: "$n" then the value.
                 line.clear();
                 stream.read_line(&mut line).await.expect("reply");
-                assert!(line.starts_with('$') && !line.starts_with("$-1"), "redis: {line}");
+                assert!(
+                    line.starts_with('$') && !line.starts_with("$-1"),
+                    "redis: {line}"
+                );
                 line.clear();
                 stream.read_line(&mut line).await.expect("value");
                 let _: u64 = line.trim().parse().expect("counter");
@@ -105,6 +117,57 @@ async fn load(target: &Target, connections: usize) -> Load {
     }
 }
 
+/// Cumulative counts of the ingest's `http_request_duration_seconds` histogram for routes
+/// containing `route`: (upper bound in seconds, count), ascending.
+async fn server_histogram(base: &str, route: &str) -> Vec<(f64, u64)> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let mut out: Vec<(f64, u64)> = Vec::new();
+    for line in text.lines() {
+        if !line.starts_with("http_request_duration_seconds_bucket") || !line.contains(route) {
+            continue;
+        }
+        let le = line
+            .split("le=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .map(|v| {
+                if v == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    v.parse().unwrap_or(f64::NAN)
+                }
+            });
+        let count = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if let (Some(le), Some(count)) = (le, count) {
+            out.push((le, count as u64));
+        }
+    }
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// The server-side p99 of the requests between two histogram readings, as the upper bound of the
+/// bucket it falls in (buckets double from 0.1 ms).
+fn server_p99_ms(before: &[(f64, u64)], after: &[(f64, u64)]) -> f64 {
+    let delta: Vec<(f64, u64)> = after
+        .iter()
+        .map(|&(le, n)| {
+            let b = before.iter().find(|(l, _)| *l == le).map_or(0, |x| x.1);
+            (le, n - b)
+        })
+        .collect();
+    let total = delta.last().map_or(0, |x| x.1);
+    delta
+        .iter()
+        .find(|(_, n)| *n as f64 >= total as f64 * 0.99)
+        .map_or(f64::NAN, |(le, _)| le * 1000.0)
+}
+
 /// A private redis-server on a free port (Debian's package; `scripts/install.sh redis`), with the
 /// same counters the quota view holds: one per customer.
 struct Redis {
@@ -116,7 +179,16 @@ impl Redis {
     async fn start(customers: usize) -> Self {
         let port = tests::servers::free_port();
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (scripts/install.sh redis)");
@@ -322,10 +394,16 @@ async fn main() {
     println!("| target | connections | requests | per second | p50 | p99 | p99.9 |");
     println!("|---|---|---|---|---|---|---|");
     let mut results = Vec::new();
+    let mut server_p99 = Vec::new();
     for connections in LEVELS {
         let mut row = Vec::new();
         for (name, target) in &targets {
+            let before = server_histogram(&a.url, "quota").await;
             let l = load(target, connections).await;
+            if name.contains("quota") {
+                let p99 = server_p99_ms(&before, &server_histogram(&a.url, "quota").await);
+                server_p99.push((connections, p99));
+            }
             println!(
                 "| {name} | {connections} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.3} ms |",
                 l.requests,
@@ -337,6 +415,11 @@ async fn main() {
             row.push(l);
         }
         results.push((connections, row));
+    }
+    for (connections, p99) in &server_p99 {
+        println!(
+            "server-side p99 of the quota check at {connections} connection(s) (ingest's own histogram): <= {p99} ms"
+        );
     }
     let mut json_rows = Vec::new();
     for (connections, row) in &results {
@@ -384,6 +467,7 @@ async fn main() {
             "bench": "quota",
             "seconds_per_phase": SECONDS,
             "load": json_rows,
+            "server_p99_ms_upper_bound": server_p99.iter().map(|(c, p)| json!({"connections": c, "p99_ms_le": p})).collect::<Vec<_>>(),
             "freshness_ms": {
                 "quota_p50": pct(&q, 0.5), "quota_p99": pct(&q, 0.99),
                 "history_p50": pct(&h, 0.5), "history_p99": pct(&h, 0.99),

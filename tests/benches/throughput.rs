@@ -138,7 +138,10 @@ async fn raw_insert(env: &TestEnv, msgs: &[(String, Vec<u8>)], batch: usize) -> 
     let ch = env.ch();
     let start = Instant::now();
     for chunk in rows.chunks(batch) {
-        let mut insert = ch.insert::<RawEventRow>("events_raw").await.expect("insert");
+        let mut insert = ch
+            .insert::<RawEventRow>("events_raw")
+            .await
+            .expect("insert");
         for row in chunk {
             insert.write(row).await.expect("write");
         }
@@ -184,8 +187,8 @@ impl Service {
 
     /// Samples the resident set size (kB).
     fn sample(&mut self) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         for line in status.lines() {
             if let Some(v) = line.strip_prefix("VmHWM:") {
                 let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
@@ -336,7 +339,9 @@ async fn main() {
     let n = events_total();
     let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let scaling = only.as_deref() != Some("single");
-    println!("# ingest throughput ({n} events, {BATCH} per request, {CONNECTIONS} connections, {CUSTOMERS} customers)");
+    println!(
+        "# ingest throughput ({n} events, {BATCH} per request, {CONNECTIONS} connections, {CUSTOMERS} customers)"
+    );
 
     let base = TestEnv::new("bench_tp_base").await;
     let msgs = messages(&bodies("base", n));
