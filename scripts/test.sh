@@ -8,7 +8,7 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 echo "disk before the build: $(df -h --output=avail . | tail -1 | tr -d ' ') free"
 bash scripts/install.sh
 bash scripts/servers.sh start
-cargo build --workspace --bins --tests
+cargo build --workspace --bins --tests --benches  # benches too: they must keep compiling
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

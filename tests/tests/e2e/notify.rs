@@ -560,6 +560,7 @@ async fn a_shutdown_during_retries_commits_nothing_and_the_restart_resumes_the_a
 }
 
 #[test]
+#[allow(clippy::result_large_err)] // figment::Jail's closure returns figment's own (large) error
 fn notify_config_loads_from_toml_and_environment_variables() {
     use secrecy::ExposeSecret;
     figment::Jail::expect_with(|jail| {
