@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -96,17 +97,22 @@ impl EventProducer {
         })
     }
 
-    fn create(kafka: &KafkaConfig, timeout: Duration) -> Result<FutureProducer> {
-        let producer: FutureProducer = schemas::kafka::client_config(kafka)
-            .set("enable.idempotence", "true")
+    /// The usage-event producer's settings: idempotent, acks=all, lz4, messages failing after
+    /// `timeout` unacknowledged (also the throughput benchmark's raw-produce baseline).
+    pub fn client_config(kafka: &KafkaConfig, timeout: Duration) -> ClientConfig {
+        let mut c = schemas::kafka::client_config(kafka);
+        c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
             .set("linger.ms", "2")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "200000")
-            .set("message.timeout.ms", timeout.as_millis().to_string())
-            .create()?;
-        Ok(producer)
+            .set("message.timeout.ms", timeout.as_millis().to_string());
+        c
+    }
+
+    fn create(kafka: &KafkaConfig, timeout: Duration) -> Result<FutureProducer> {
+        Ok(Self::client_config(kafka, timeout).create()?)
     }
 
     fn current(&self) -> FutureProducer {

@@ -11,6 +11,7 @@
 //! - [`quota_store`]: daily usage and folded plans read back from ClickHouse.
 //! - [`sql`]: client-side SQL literals.
 //! - [`shutdown`]: a cancellation token tied to Ctrl-C / SIGTERM.
+//! - [`logs`]: the binaries' log set-up.
 //! - [`api`]: HTTP request/response bodies.
 //! - [`rows`]: ClickHouse row structs, shared by writers and readers.
 
@@ -22,6 +23,7 @@ pub mod config;
 mod error;
 pub mod event;
 pub mod kafka;
+pub mod logs;
 pub mod migrate;
 pub mod quota;
 pub mod quota_store;

@@ -228,14 +228,6 @@ impl Drop for Redis {
     }
 }
 
-async fn ready(http: &reqwest::Client, url: &str) {
-    wait_until(Duration::from_secs(30), "ready", || async {
-        let r = http.get(format!("{url}/readyz")).send().await.ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
-}
-
 async fn used(http: &reqwest::Client, svc: &Running, key: &str, customer: &str) -> f64 {
     let v: Value = http
         .get(format!("{}/v1/customers/{customer}/quota", svc.url))
@@ -355,8 +347,8 @@ async fn main() {
     let a = env.start_ingest().await;
     let b = env.start_ingest().await;
     let http = reqwest::Client::new();
-    ready(&http, &a.url).await;
-    ready(&http, &b.url).await;
+    tests::wait_ready(&http, &a.url).await;
+    tests::wait_ready(&http, &b.url).await;
     let key = env
         .key("bench", &[Scope::Ingest, Scope::Read, Scope::Admin], None)
         .await;

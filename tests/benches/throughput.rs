@@ -7,7 +7,7 @@
 //! share the machine with the broker and ClickHouse, so every figure is also given as a ratio to a
 //! baseline measured in the same run.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -20,8 +20,8 @@ use schemas::Catalog;
 use schemas::event::{Intake, Window, validate};
 use schemas::rows::RawEventRow;
 use serde_json::{Value, json};
+use tests::TestEnv;
 use tests::servers::free_port;
-use tests::{TestEnv, wait_until};
 
 /// Events per HTTP request (the intake's largest batch).
 const BATCH: usize = 1_000;
@@ -88,16 +88,12 @@ fn messages(bodies: &[Bytes]) -> Vec<(String, Vec<u8>)> {
 /// Baseline 1: the same messages produced straight to the broker with rdkafka, with the ingest's
 /// producer settings (idempotent, acks=all, lz4). Returns events/s.
 async fn raw_produce(env: &TestEnv, msgs: &[(String, Vec<u8>)]) -> f64 {
-    let producer: FutureProducer = schemas::kafka::client_config(&env.kafka)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "2")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "2000000")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .expect("producer");
+    let producer: FutureProducer =
+        ingest::producer::EventProducer::client_config(&env.kafka, Duration::from_secs(30))
+            // Room for every message at once: the baseline never waits for queue space.
+            .set("queue.buffering.max.messages", "2000000")
+            .create()
+            .expect("producer");
     // The base environment's own (fresh, 4-partition) events topic; no aggregator reads it.
     let topic = env.topics.events.clone();
     let start = Instant::now();
@@ -164,20 +160,14 @@ struct Service {
 
 impl Service {
     fn spawn(name: &'static str, envs: Vec<(String, String)>) -> Self {
-        let dir = tests::workspace_root().join(".data/bench-logs");
-        let _ = std::fs::create_dir_all(&dir);
-        let log = std::fs::File::create(dir.join(format!("{name}-{}.log", free_port())))
-            .expect("log file");
-        let child = Command::new(tests::binary(name))
-            .envs(envs)
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn service");
+        let log = std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into());
+        let child = tests::spawn_binary(
+            name,
+            envs,
+            &log,
+            "bench-logs",
+            &format!("{name}-{}", free_port()),
+        );
         Self {
             name,
             child,
@@ -207,27 +197,6 @@ impl Service {
     }
 }
 
-fn ingest_env(env: &TestEnv, port: u16) -> Vec<(String, String)> {
-    let t = &env.topics;
-    [
-        ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
-        ("INGEST_KAFKA__BROKERS", env.kafka.brokers.clone()),
-        ("INGEST_CLICKHOUSE__URL", env.clickhouse.url.clone()),
-        (
-            "INGEST_CLICKHOUSE__DATABASE",
-            env.clickhouse.database.clone(),
-        ),
-        ("INGEST_TOPICS__EVENTS", t.events.clone()),
-        ("INGEST_TOPICS__STATE", t.state.clone()),
-        ("INGEST_TOPICS__ALERTS", t.alerts.clone()),
-        ("INGEST_TOPICS__SUBSCRIPTIONS", t.subscriptions.clone()),
-        ("INGEST_TOPICS__REJECTED", t.rejected.clone()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
 /// One end-to-end run.
 struct EndToEnd {
     accepted_per_sec: f64,
@@ -253,16 +222,12 @@ async fn end_to_end(label: &str, n: usize, aggregators: usize, ingests: usize) -
     let mut urls = Vec::new();
     for _ in 0..ingests {
         let port = free_port();
-        services.push(Service::spawn("ingest", ingest_env(&env, port)));
+        services.push(Service::spawn("ingest", env.ingest_env(port)));
         urls.push(format!("http://127.0.0.1:{port}"));
     }
     let http = reqwest::Client::new();
     for url in &urls {
-        wait_until(Duration::from_secs(60), "ingest ready", || async {
-            let r = http.get(format!("{url}/readyz")).send().await.ok()?;
-            (r.status() == 200).then_some(())
-        })
-        .await;
+        tests::wait_ready(&http, url).await;
     }
     let bodies = Arc::new(bodies(&env.name, n));
     let next = Arc::new(AtomicUsize::new(0));

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use billing_sync::billing::Billing;
 use billing_sync::fake::{FakeConfig, FakeStripe};
@@ -189,15 +188,7 @@ pub async fn start_billing_with(fake: &Fake, config: billing_sync::Config) -> Bi
     };
     fake.deliver_to(&sync.webhook_url()).await;
     let http = reqwest::Client::new();
-    crate::wait_until(Duration::from_secs(30), "billing-sync ready", || async {
-        let r = http
-            .get(format!("{}/readyz", sync.running.url))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
+    crate::wait_ready(&http, &sync.running.url).await;
     sync
 }
 

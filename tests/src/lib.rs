@@ -63,6 +63,40 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Starts the workspace binary `name` with `envs` and `RUST_LOG=log`, its stderr appended to
+/// `.data/<dir>/<log_name>.log` (kept for inspection).
+pub fn spawn_binary(
+    name: &str,
+    envs: Vec<(String, String)>,
+    log: &str,
+    dir: &str,
+    log_name: &str,
+) -> std::process::Child {
+    let dir = workspace_root().join(".data").join(dir);
+    let _ = std::fs::create_dir_all(&dir);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{log_name}.log")))
+        .expect("log file");
+    std::process::Command::new(binary(name))
+        .envs(envs)
+        .env("RUST_LOG", log)
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"))
+}
+
+/// Waits until the service at `url` answers `/readyz` with 200 (30 s at most).
+pub async fn wait_ready(http: &reqwest::Client, url: &str) {
+    wait_until(Duration::from_secs(30), &format!("{url} ready"), || async {
+        let r = http.get(format!("{url}/readyz")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
@@ -247,6 +281,28 @@ impl TestEnv {
             ("AGGREGATOR_GROUP_ID", self.group.clone()),
             ("AGGREGATOR_BATCH_MAX_WAIT_MS", "100".to_string()),
             ("AGGREGATOR_MAX_RETRY_BACKOFF_MS", "500".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Environment variables that point an ingest process at this test's resources, on `port`.
+    pub fn ingest_env(&self, port: u16) -> Vec<(String, String)> {
+        let t = &self.topics;
+        [
+            ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
+            ("INGEST_KAFKA__BROKERS", self.kafka.brokers.clone()),
+            ("INGEST_CLICKHOUSE__URL", self.clickhouse.url.clone()),
+            (
+                "INGEST_CLICKHOUSE__DATABASE",
+                self.clickhouse.database.clone(),
+            ),
+            ("INGEST_TOPICS__EVENTS", t.events.clone()),
+            ("INGEST_TOPICS__STATE", t.state.clone()),
+            ("INGEST_TOPICS__ALERTS", t.alerts.clone()),
+            ("INGEST_TOPICS__SUBSCRIPTIONS", t.subscriptions.clone()),
+            ("INGEST_TOPICS__REJECTED", t.rejected.clone()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -34,12 +34,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    schemas::logs::init("info");
     let cli = Cli::parse();
     let fake = FakeStripe::bind(FakeConfig {
         listen: cli.listen,

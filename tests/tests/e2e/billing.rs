@@ -41,15 +41,7 @@ impl Ctx {
         let pipeline = if pipeline {
             let (agg, _) = env.start_aggregator().await;
             let ingest = env.start_ingest().await;
-            wait_until(Duration::from_secs(30), "ingest ready", || async {
-                let r = http
-                    .get(format!("{}/readyz", ingest.url))
-                    .send()
-                    .await
-                    .ok()?;
-                (r.status() == 200).then_some(())
-            })
-            .await;
+            tests::wait_ready(&http, &ingest.url).await;
             Some((agg, ingest))
         } else {
             None

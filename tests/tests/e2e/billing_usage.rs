@@ -60,15 +60,7 @@ async fn usage_reported_to_stripe_equals_the_rollups_across_errors_and_a_restart
     let ingest = env.start_ingest().await;
     let fake = Fake::start().await;
     let http = reqwest::Client::new();
-    wait_until(Duration::from_secs(30), "ingest ready", || async {
-        let r = http
-            .get(format!("{}/readyz", ingest.url))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
+    tests::wait_ready(&http, &ingest.url).await;
 
     // Usage over the last 30 days (closed hours) and in the current hour (not reported yet), for
     // two tenants.

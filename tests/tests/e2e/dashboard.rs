@@ -46,14 +46,6 @@ fn browser_tools() -> (PathBuf, String) {
     (dir, chromium)
 }
 
-async fn ready(http: &reqwest::Client, url: &str) {
-    wait_until(Duration::from_secs(30), "ingest ready", || async {
-        let r = http.get(format!("{url}/readyz")).send().await.ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
-}
-
 async fn get(http: &reqwest::Client, url: &str, key: &str) -> (StatusCode, Value) {
     let r = http.get(url).bearer_auth(key).send().await.expect("get");
     let status = r.status();
@@ -340,7 +332,7 @@ async fn the_dashboard_shows_the_api_numbers_warns_blocks_and_offers_the_plans()
     cfg.billing_url = sync.running.url.clone();
     let ingest: Running = env.start_ingest_with(cfg).await;
     let http = reqwest::Client::new();
-    ready(&http, &ingest.url).await;
+    tests::wait_ready(&http, &ingest.url).await;
     served(&http, &ingest.url).await;
 
     let admin = env.key("acme", &[Scope::Admin], None).await;

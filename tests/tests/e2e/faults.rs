@@ -1,7 +1,7 @@
 //! Faults under a running stream: the aggregator killed with SIGKILL at random points, the broker
 //! restarted (durable storage), ClickHouse stopped and started. Totals must stay exact.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use ingest::keys::Scope;
@@ -31,20 +31,13 @@ async fn assert_exact(env: &TestEnv, n: u64, total: f64) {
 
 /// Starts an aggregator process; its log is appended to `.data/test-logs/<test>-aggregator.log`.
 fn spawn_aggregator(env: &TestEnv) -> Child {
-    let dir = tests::workspace_root().join(".data/test-logs");
-    let _ = std::fs::create_dir_all(&dir);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{}-aggregator.log", env.name)))
-        .expect("log file");
-    Command::new(tests::binary("aggregator"))
-        .envs(env.aggregator_env())
-        .env("RUST_LOG", "info,rdkafka=warn,librdkafka=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn aggregator")
+    tests::spawn_binary(
+        "aggregator",
+        env.aggregator_env(),
+        "info,rdkafka=warn,librdkafka=warn",
+        "test-logs",
+        &format!("{}-aggregator", env.name),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -173,15 +166,7 @@ async fn quota_checks_answer_with_clickhouse_down() {
     let ingest = env.start_ingest().await;
     let key = env.key("acme", &[Scope::Ingest, Scope::Read], None).await;
     let http = reqwest::Client::new();
-    wait_until(Duration::from_secs(30), "ingest ready", || async {
-        let r = http
-            .get(format!("{}/readyz", ingest.url))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
+    tests::wait_ready(&http, &ingest.url).await;
     // Touch the key once so it is cached, then take ClickHouse away.
     let quota = format!("{}/v1/customers/c1/quota", ingest.url);
     assert_eq!(

@@ -12,14 +12,6 @@ use time::format_description::well_known::Rfc3339;
 
 const ALL: &[Scope] = &[Scope::Ingest, Scope::Read];
 
-async fn ready(http: &reqwest::Client, url: &str) {
-    wait_until(Duration::from_secs(30), "ingest ready", || async {
-        let r = http.get(format!("{url}/readyz")).send().await.ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
-}
-
 async fn get(http: &reqwest::Client, url: &str, key: &str) -> (StatusCode, Value) {
     let r = http.get(url).bearer_auth(key).send().await.expect("get");
     let status = r.status();
@@ -72,7 +64,7 @@ async fn setup(test: &str) -> (TestEnv, Running, Running, reqwest::Client) {
     let (agg, _) = env.start_aggregator().await;
     let ingest = env.start_ingest().await;
     let http = reqwest::Client::new();
-    ready(&http, &ingest.url).await;
+    tests::wait_ready(&http, &ingest.url).await;
     (env, agg, ingest, http)
 }
 
@@ -159,7 +151,7 @@ async fn a_free_customer_gets_100_calls_the_101st_is_blocked_and_alerts_fire_onc
 async fn another_instance_sees_usage_through_the_events_tail_and_plans_through_the_state_topic() {
     let (env, agg, a, http) = setup("twoinst").await;
     let b = env.start_ingest().await;
-    ready(&http, &b.url).await;
+    tests::wait_ready(&http, &b.url).await;
     let key = env
         .key("acme", &[Scope::Ingest, Scope::Read, Scope::Admin], None)
         .await;
@@ -361,7 +353,7 @@ async fn plans_overrides_grants_and_unlimited() {
     })
     .await;
     let fresh = env.start_ingest().await;
-    ready(&http, &fresh.url).await;
+    tests::wait_ready(&http, &fresh.url).await;
     let q = quota(&http, &fresh, &admin, "c1").await;
     assert_eq!(
         (q["limit"].clone(), q["plan"].clone()),
@@ -508,7 +500,7 @@ async fn a_restarted_query_api_rebuilds_identical_answers() {
     }
     ingest.stop().await;
     let again = env.start_ingest().await;
-    ready(&http, &again.url).await;
+    tests::wait_ready(&http, &again.url).await;
     for (c, b) in customers.iter().zip(&before) {
         assert_eq!(&quota(&http, &again, &key, c).await, b, "{c}");
     }
@@ -523,7 +515,7 @@ async fn a_restarted_query_api_rebuilds_identical_answers() {
         .await
         .expect("topic");
     let cold = env.start_ingest_with(cfg).await;
-    ready(&http, &cold.url).await;
+    tests::wait_ready(&http, &cold.url).await;
     for (c, b) in customers.iter().zip(&before) {
         assert_eq!(
             &quota(&http, &cold, &key, c).await,
@@ -636,7 +628,7 @@ async fn unknown_customers_follow_the_configured_policy() {
     cfg.unknown_customer = ingest::quota::UnknownCustomer::Deny;
     let ingest = env.start_ingest_with(cfg).await;
     let http = reqwest::Client::new();
-    ready(&http, &ingest.url).await;
+    tests::wait_ready(&http, &ingest.url).await;
     let key = env.key("acme", ALL, None).await;
     let q = quota(&http, &ingest, &key, "stranger").await;
     assert_eq!(
@@ -725,7 +717,7 @@ async fn client_retries_with_the_same_id_count_once_in_the_quota_even_after_a_re
     folded(&env, "cr", 51.0).await;
     ingest.stop().await;
     let again = env.start_ingest().await;
-    ready(&http, &again.url).await;
+    tests::wait_ready(&http, &again.url).await;
     send_all(&http, &again.url, &key, &events, 50).await;
     assert_eq!(quota(&http, &again, &key, "cr").await["used"], json!(51.0));
     again.stop().await;
