@@ -40,6 +40,7 @@ impl App {
         }
         let sink = Sink::new(
             config.clickhouse.client(),
+            schemas::external::ExternalQuery::new(&config.clickhouse),
             time::Duration::days(config.dedup_window_days),
         );
         let listener = TcpListener::bind(config.listen).await?;

@@ -202,6 +202,61 @@ struct EndToEnd {
     accepted_per_sec: f64,
     stored_per_sec: f64,
     rss: Vec<(String, u64)>,
+    /// CPU time per event (µs) by process, from the first request until every event was stored.
+    cpu_us_per_event: Vec<(String, f64)>,
+}
+
+/// CPU time (user + system, in clock ticks of 10 ms) a process has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesized command name: state is the first, utime the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// Pids of the processes whose command name starts with `prefix` (the broker, ClickHouse).
+fn pids_named(prefix: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(prefix))
+        })
+        .collect()
+}
+
+/// The processes whose CPU time a run accounts for: (label, pids).
+fn cpu_groups(services: &[Service]) -> Vec<(String, Vec<u32>)> {
+    let mut groups: Vec<(String, Vec<u32>)> = Vec::new();
+    for s in services {
+        match groups.iter_mut().find(|(n, _)| n == s.name) {
+            Some((_, pids)) => pids.push(s.child.id()),
+            None => groups.push((s.name.to_string(), vec![s.child.id()])),
+        }
+    }
+    groups.push(("broker (tansu)".into(), pids_named("tansu")));
+    groups.push(("clickhouse".into(), pids_named("clickhouse-serv")));
+    groups.push((
+        "load generator (this process)".into(),
+        vec![std::process::id()],
+    ));
+    groups
+}
+
+fn sample_cpu(groups: &[(String, Vec<u32>)]) -> Vec<u64> {
+    groups
+        .iter()
+        .map(|(_, pids)| pids.iter().map(|&p| cpu_ticks(p)).sum())
+        .collect()
 }
 
 /// Starts `aggregators` aggregators and `ingests` ingests on a fresh environment, posts `n` events
@@ -232,6 +287,8 @@ async fn end_to_end(label: &str, n: usize, aggregators: usize, ingests: usize) -
     let bodies = Arc::new(bodies(&env.name, n));
     let next = Arc::new(AtomicUsize::new(0));
     let (key, urls) = (Arc::new(key), Arc::new(urls));
+    let groups = cpu_groups(&services);
+    let cpu_before = sample_cpu(&groups);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..CONNECTIONS {
@@ -288,6 +345,13 @@ async fn end_to_end(label: &str, n: usize, aggregators: usize, ingests: usize) -
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let stored_at = start.elapsed();
+    let cpu_after = sample_cpu(&groups);
+    // Clock ticks are 10 ms: µs per event = ticks * 10,000 / n.
+    let cpu_us_per_event = groups
+        .iter()
+        .zip(cpu_before.iter().zip(&cpu_after))
+        .map(|((label, _), (b, a))| (label.clone(), (a - b) as f64 * 10_000.0 / n as f64))
+        .collect();
     for t in tasks {
         t.await.expect("load task");
     }
@@ -296,6 +360,7 @@ async fn end_to_end(label: &str, n: usize, aggregators: usize, ingests: usize) -
         accepted_per_sec: n as f64 / accepted_at.unwrap_or(stored_at).as_secs_f64(),
         stored_per_sec: n as f64 / stored_at.as_secs_f64(),
         rss,
+        cpu_us_per_event,
     }
 }
 
@@ -345,6 +410,7 @@ async fn main() {
             "accepted_per_sec": r.accepted_per_sec.round(),
             "stored_per_sec": r.stored_per_sec.round(),
             "peak_rss_kb": r.rss.iter().map(|(name, kb)| json!({"service": name, "kb": kb})).collect::<Vec<_>>(),
+            "cpu_us_per_event": r.cpu_us_per_event.iter().map(|(name, us)| json!({"process": name, "us": (us * 10.0).round() / 10.0})).collect::<Vec<_>>(),
         }));
     }
     println!("peak RSS during the run:");
@@ -355,6 +421,16 @@ async fn main() {
             .map(|(name, kb)| format!("{name} {} MiB", kb / 1024))
             .collect();
         println!("  {label}: {}", list.join(", "));
+    }
+    println!("CPU time per event (µs, user + system) from the first request until stored:");
+    for (label, r) in &runs {
+        let total: f64 = r.cpu_us_per_event.iter().map(|(_, us)| us).sum();
+        let list: Vec<String> = r
+            .cpu_us_per_event
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.1}"))
+            .collect();
+        println!("  {label}: {} (total {total:.1})", list.join(", "));
     }
     let out = json!({
         "bench": "throughput",
