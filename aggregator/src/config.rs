@@ -34,7 +34,7 @@ pub struct Config {
     pub instance_id: Option<String>,
     /// Consumer session timeout (ms): how long a vanished member keeps its partitions.
     pub session_timeout_ms: u64,
-    /// A batch is written when it holds this many messages...
+    /// A batch is written when it holds this many rows (events, dead letters, plan changes)...
     pub batch_max_events: usize,
     /// ...or when its first message is this old (ms).
     pub batch_max_wait_ms: u64,

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 use crate::config::Config;
-use crate::decode::{Decoded, Position, decode_event, decode_rejection, decode_subscription};
+use crate::decode::{Decoded, Position, decode_events, decode_rejection, decode_subscription};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::sink::{Batch, Sink};
 use crate::state::Publisher;
@@ -463,11 +463,11 @@ impl Worker {
                             timestamp_ms: msg.timestamp().to_millis(),
                         };
                         let decoded = if pos.topic == self.config.topics.rejected {
-                            decode_rejection(msg.payload(), &pos)
+                            vec![decode_rejection(msg.payload(), &pos)]
                         } else if pos.topic == self.config.topics.subscriptions {
-                            decode_subscription(msg.payload(), &pos, &self.catalog)
+                            vec![decode_subscription(msg.payload(), &pos, &self.catalog)]
                         } else {
-                            decode_event(msg.payload(), &pos, &self.catalog, window)
+                            decode_events(msg.payload(), &pos, &self.catalog, window)
                         };
                         let mut shared = lock(&self.shared);
                         if !shared
@@ -477,13 +477,15 @@ impl Worker {
                             continue;
                         }
                         shared.batch.note(pos.topic, pos.partition, pos.offset);
-                        match decoded {
-                            Decoded::Event(row) => shared.batch.events.push(row),
-                            Decoded::Dead(row) => shared.batch.dead.push(row),
-                            Decoded::Subscription(row) => shared.batch.subs.push(row),
+                        for row in decoded {
+                            match row {
+                                Decoded::Event(row) => shared.batch.events.push(row),
+                                Decoded::Dead(row) => shared.batch.dead.push(row),
+                                Decoded::Subscription(row) => shared.batch.subs.push(row),
+                            }
                         }
                         let started = *first_at.get_or_insert_with(tokio::time::Instant::now);
-                        if shared.batch.messages < max_events && started.elapsed() < max_wait {
+                        if shared.batch.rows() < max_events && started.elapsed() < max_wait {
                             continue;
                         }
                     }

@@ -66,8 +66,58 @@ fn dead(
     })
 }
 
-/// Decodes a message of the events topic. The arrival time (`receivedat`, else the broker
-/// timestamp) is the reference for the lateness window, so a replay decides exactly as before.
+/// Decodes a message of the events topic: a batch (a JSON array of events, as the ingest writes
+/// them) gives one row per element, anything else is decoded as one event. A batch that is not
+/// valid JSON, or is empty, is one dead letter; an element that fails is a dead letter of its own
+/// (all of a message's rows share its position, so a replayed message is recognized whole).
+pub fn decode_events(
+    payload: Option<&[u8]>,
+    pos: &Position<'_>,
+    catalog: &Catalog,
+    window: Window,
+) -> Vec<Decoded> {
+    let bytes = payload.unwrap_or_default();
+    if !schemas::event::is_batch(bytes) {
+        return vec![decode_event(payload, pos, catalog, window)];
+    }
+    let values: Vec<Value> = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            let reason = format!("not a valid JSON batch: {e}");
+            return vec![dead(
+                pos,
+                "",
+                arrival(pos),
+                "aggregator",
+                "malformed_json",
+                reason,
+                "",
+                bytes,
+            )];
+        }
+    };
+    if values.is_empty() {
+        let reason = "the batch holds no events".to_string();
+        return vec![dead(
+            pos,
+            "",
+            arrival(pos),
+            "aggregator",
+            "empty_batch",
+            reason,
+            "",
+            bytes,
+        )];
+    }
+    values
+        .into_iter()
+        .map(|value| decode_value(value, None, pos, catalog, window))
+        .collect()
+}
+
+/// Decodes a message of the events topic holding one event. The arrival time (`receivedat`, else
+/// the broker timestamp) is the reference for the lateness window, so a replay decides exactly as
+/// before.
 pub fn decode_event(
     payload: Option<&[u8]>,
     pos: &Position<'_>,
@@ -91,6 +141,24 @@ pub fn decode_event(
             );
         }
     };
+    decode_value(value, Some(bytes), pos, catalog, window)
+}
+
+/// One event's JSON: a row, or a dead letter keeping `bytes` (else the value re-serialized).
+fn decode_value(
+    value: Value,
+    bytes: Option<&[u8]>,
+    pos: &Position<'_>,
+    catalog: &Catalog,
+    window: Window,
+) -> Decoded {
+    // The dead letter's payload: the message as received, or this element of a batch.
+    let payload = || {
+        bytes.map_or_else(
+            || serde_json::to_vec(&value).unwrap_or_default(),
+            <[u8]>::to_vec,
+        )
+    };
     let tenant = value
         .get("tenant")
         .and_then(Value::as_str)
@@ -111,7 +179,7 @@ pub fn decode_event(
             "missing_tenant",
             reason,
             event_id,
-            bytes,
+            &payload(),
         );
     }
     let intake = Intake {
@@ -148,7 +216,7 @@ pub fn decode_event(
                 code,
                 reason,
                 event_id,
-                bytes,
+                &payload(),
             )
         }
     }
@@ -311,5 +379,42 @@ mod tests {
             assert_eq!(d.reason_code, code);
             assert_eq!((d.kafka_partition, d.kafka_offset), (2, 7));
         }
+    }
+
+    #[test]
+    fn a_batch_message_gives_a_row_per_element_and_bad_elements_are_dead_letters() {
+        let cat = Catalog::default();
+        let w = Window::default();
+        let batch = br#" [{"id":"e1","type":"api_call","subject":"c","tenant":"acme","data":{"endpoint":"redact"}},
+            {"id":"e2","type":"tokens","subject":"c","tenant":"acme"},
+            {"id":"e3","type":"api_call","subject":"d","tenant":"acme","data":{"endpoint":"drill"}}]"#;
+        let rows = decode_events(Some(batch), &pos(), &cat, w);
+        let kinds: Vec<String> = rows
+            .iter()
+            .map(|r| match r {
+                Decoded::Event(e) => format!("{}@{}", e.id, e.kafka_offset),
+                Decoded::Dead(d) => format!(
+                    "{}:{}:{}",
+                    d.reason_code,
+                    d.event_id,
+                    d.payload.contains("tokens")
+                ),
+                Decoded::Subscription(_) => "sub".into(),
+            })
+            .collect();
+        assert_eq!(kinds, vec!["e1@7", "unknown_meter:e2:true", "e3@7"]);
+        for (payload, code) in [(&b"[{nope"[..], "malformed_json"), (b"[]", "empty_batch")] {
+            let rows = decode_events(Some(payload), &pos(), &cat, w);
+            assert!(
+                matches!(&rows[..], [Decoded::Dead(d)] if d.reason_code == code),
+                "{code}: {rows:?}"
+            );
+        }
+        // A single event object is still one row.
+        let one = br#"{"id":"e1","type":"api_call","subject":"c","tenant":"acme"}"#;
+        assert!(matches!(
+            &decode_events(Some(one), &pos(), &cat, w)[..],
+            [Decoded::Event(_)]
+        ));
     }
 }

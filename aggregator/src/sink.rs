@@ -39,6 +39,11 @@ impl Batch {
         self.messages == 0
     }
 
+    /// Rows decoded (a batch message of the events topic holds many).
+    pub fn rows(&self) -> usize {
+        self.events.len() + self.dead.len() + self.subs.len()
+    }
+
     /// Records the position of a message that was read.
     pub fn note(&mut self, topic: &str, partition: i32, offset: i64) {
         self.messages += 1;

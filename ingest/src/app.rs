@@ -97,8 +97,9 @@ impl App {
         {
             let (kafka, topics) = (state.config.kafka.clone(), state.config.topics.clone());
             let (view, cancel) = (state.view.clone(), cancel.clone());
+            let origin = state.producer.origin().to_string();
             tasks.spawn(async move {
-                if let Err(e) = crate::state::follow(&kafka, &topics, view, cancel).await {
+                if let Err(e) = crate::state::follow(&kafka, &topics, &origin, view, cancel).await {
                     tracing::error!(error = %e, "quota state follower stopped");
                 }
             });

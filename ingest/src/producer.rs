@@ -1,14 +1,17 @@
 //! The idempotent producer: a batch is acknowledged only when the broker has every event (acks=all).
 
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use schemas::UsageEvent;
 use schemas::config::KafkaConfig;
+use schemas::kafka::{BATCH_CONTENT_TYPE, ORIGIN_HEADER};
 use schemas::topics::Topics;
 use serde::Serialize;
 
@@ -60,6 +63,10 @@ pub const MAX_REJECTED_PAYLOAD: usize = 64 * 1024;
 
 /// Produces usage events and rejections.
 ///
+/// A request's events go out as one message per partition (a JSON array, see
+/// [`BATCH_CONTENT_TYPE`]) to the partition of each event's `tenant/customer` key: a thousand
+/// events cost the broker and every consumer a handful of messages, not a thousand.
+///
 /// After a broker error the producer is replaced by a fresh one (at most once per
 /// [`RECREATE_INTERVAL`]): an idempotent producer whose broker lost its sequence state (a restart)
 /// otherwise fails every later batch. Events of a failed batch may still land; the client retries
@@ -71,7 +78,24 @@ pub struct EventProducer {
     topics: Topics,
     timeout: Duration,
     recreated: Arc<Mutex<Instant>>,
+    /// Partitions of the events topic (0 = not read yet).
+    partitions: Arc<AtomicI32>,
+    /// This producer's instance id, in the [`ORIGIN_HEADER`] of its batches.
+    origin: String,
 }
+
+/// One message of the events topic: some of a request's events, all of one partition.
+#[derive(Debug)]
+struct BatchMessage {
+    partition: i32,
+    /// A JSON array of the events.
+    payload: Vec<u8>,
+    /// Indexes of the events in the request.
+    members: Vec<usize>,
+}
+
+/// Target size of one batch message on the events topic (a request's events of one partition).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// Least time between two producer replacements.
 pub const RECREATE_INTERVAL: Duration = Duration::from_secs(2);
@@ -94,7 +118,14 @@ impl EventProducer {
             topics,
             timeout,
             recreated: Arc::new(Mutex::new(Instant::now())),
+            partitions: Arc::new(AtomicI32::new(0)),
+            origin: uuid::Uuid::new_v4().to_string(),
         })
+    }
+
+    /// This instance's id in the [`ORIGIN_HEADER`] of the batches it produces.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// The usage-event producer's settings: idempotent, acks=all, lz4, messages failing after
@@ -129,6 +160,7 @@ impl EventProducer {
             return;
         }
         *last = Instant::now();
+        self.partitions.store(0, Ordering::Relaxed);
         match Self::create(&self.kafka, self.timeout) {
             Ok(fresh) => {
                 tracing::warn!("replacing the producer after a broker error");
@@ -151,19 +183,105 @@ impl EventProducer {
         result
     }
 
+    /// The partition count of the events topic (read from the broker once, again after a
+    /// producer replacement).
+    async fn event_partitions(&self) -> Result<i32, ProduceError> {
+        let known = self.partitions.load(Ordering::Relaxed);
+        if known > 0 {
+            return Ok(known);
+        }
+        let producer = self.current();
+        let topic = self.topics.events.clone();
+        let count = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .map(|md| {
+                    md.topics()
+                        .iter()
+                        .find(|t| t.name() == topic)
+                        .map_or(0, |t| t.partitions().len() as i32)
+                })
+        })
+        .await
+        .map_err(|_| ProduceError::Broker(KafkaError::Canceled))?
+        .map_err(ProduceError::Broker)?;
+        if count == 0 {
+            return Err(ProduceError::Broker(KafkaError::MessageProduction(
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            )));
+        }
+        self.partitions.store(count, Ordering::Relaxed);
+        Ok(count)
+    }
+
+    /// Groups `events` by partition into batch messages (JSON arrays, each at most
+    /// [`MAX_MESSAGE_BYTES`] unless one event alone is larger).
+    fn batches(events: &[UsageEvent], partitions: i32) -> Result<Vec<BatchMessage>, ProduceError> {
+        let mut by_partition: std::collections::BTreeMap<i32, Vec<usize>> = Default::default();
+        for (i, e) in events.iter().enumerate() {
+            by_partition
+                .entry(e.partition(partitions))
+                .or_default()
+                .push(i);
+        }
+        let mut out = Vec::new();
+        for (partition, indexes) in by_partition {
+            let mut payload = Vec::with_capacity(indexes.len() * 256 + 2);
+            let mut members = Vec::with_capacity(indexes.len());
+            for i in indexes {
+                if !members.is_empty() && payload.len() >= MAX_MESSAGE_BYTES {
+                    payload.push(b']');
+                    out.push(BatchMessage {
+                        partition,
+                        payload: std::mem::take(&mut payload),
+                        members: std::mem::take(&mut members),
+                    });
+                }
+                payload.push(if members.is_empty() { b'[' } else { b',' });
+                serde_json::to_writer(&mut payload, &events[i])?;
+                members.push(i);
+            }
+            payload.push(b']');
+            out.push(BatchMessage {
+                partition,
+                payload,
+                members,
+            });
+        }
+        Ok(out)
+    }
+
     async fn try_send_events(
         &self,
         events: &[UsageEvent],
     ) -> Result<Vec<(i32, i64)>, ProduceError> {
+        let partitions = self.event_partitions().await?;
         let producer = self.current();
-        let mut pending = Vec::with_capacity(events.len());
-        for event in events {
-            let payload = serde_json::to_vec(event)?;
-            let key = event.partition_key();
-            let ts = (event.receivedat.unix_timestamp_nanos() / 1_000_000) as i64;
+        let batches = Self::batches(events, partitions)?;
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "content-type",
+                value: Some(BATCH_CONTENT_TYPE),
+            })
+            .insert(Header {
+                key: ORIGIN_HEADER,
+                value: Some(self.origin.as_str()),
+            });
+        let mut pending = Vec::with_capacity(batches.len());
+        for BatchMessage {
+            partition,
+            payload,
+            members,
+        } in &batches
+        {
+            let first = &events[members[0]];
+            let ts = (first.receivedat.unix_timestamp_nanos() / 1_000_000) as i64;
             let record = FutureRecord::to(&self.topics.events)
-                .key(&key)
-                .payload(&payload)
+                .partition(*partition)
+                .key(first.tenant.as_bytes())
+                .payload(payload)
+                .headers(headers.clone())
                 .timestamp(ts);
             match producer.send_result(record) {
                 Ok(delivery) => pending.push(delivery),
@@ -181,12 +299,15 @@ impl EventProducer {
                     RDKafkaErrorCode::MessageTimedOut,
                 ))
             })?;
-        let mut positions = Vec::with_capacity(results.len());
-        for r in results {
-            match r {
-                Ok(Ok(delivery)) => positions.push((delivery.partition, delivery.offset)),
+        let mut positions = vec![(0, 0); events.len()];
+        for (r, BatchMessage { members, .. }) in results.into_iter().zip(&batches) {
+            let delivery = match r {
+                Ok(Ok(delivery)) => delivery,
                 Ok(Err((e, _))) => return Err(ProduceError::Broker(e)),
                 Err(_) => return Err(ProduceError::Broker(KafkaError::Canceled)),
+            };
+            for &i in members {
+                positions[i] = (delivery.partition, delivery.offset);
             }
         }
         Ok(positions)
@@ -242,5 +363,51 @@ impl EventProducer {
     pub async fn flush(&self, timeout: Duration) {
         let producer = self.current();
         let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: usize, customer: &str, pad: usize) -> UsageEvent {
+        serde_json::from_value(serde_json::json!({
+            "specversion": "1.0", "id": format!("e{i}"), "source": "t", "type": "api_call",
+            "subject": customer, "time": "2026-03-10T12:00:00Z",
+            "data": {"endpoint": "analyze", "pad": "x".repeat(pad)},
+            "tenant": "acme", "receivedat": "2026-03-10T12:00:00Z"
+        }))
+        .expect("event")
+    }
+
+    #[test]
+    fn a_request_becomes_one_array_per_partition_within_the_size_target() {
+        let mut events: Vec<UsageEvent> = (0..300)
+            .map(|i| event(i, &format!("c{}", i % 7), 10))
+            .collect();
+        // One customer's large events: more than one message on its partition.
+        events.extend((300..320).map(|i| event(i, "big", MAX_MESSAGE_BYTES / 8)));
+        let batches = EventProducer::batches(&events, 4).expect("batches");
+        let mut seen = vec![0; events.len()];
+        for b in &batches {
+            let decoded: Vec<UsageEvent> = serde_json::from_slice(&b.payload).expect("array");
+            assert_eq!(decoded.len(), b.members.len());
+            for (e, &i) in decoded.iter().zip(&b.members) {
+                assert_eq!(e, &events[i], "order and content kept");
+                assert_eq!(e.partition(4), b.partition, "one partition per message");
+                seen[i] += 1;
+            }
+            assert!(b.payload.len() < MAX_MESSAGE_BYTES + MAX_MESSAGE_BYTES / 4);
+        }
+        assert!(
+            seen.iter().all(|&n| n == 1),
+            "every event in exactly one message"
+        );
+        let on_big = batches
+            .iter()
+            .filter(|b| b.members.iter().any(|&i| i >= 300))
+            .count();
+        assert!(on_big >= 2, "large events split over {on_big} messages");
+        assert!(batches.len() <= 4 + on_big);
     }
 }

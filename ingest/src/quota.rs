@@ -749,13 +749,9 @@ impl QuotaView {
         let meter = self.symbols.intern(meter);
         self.with_customer(tenant, customer, |c| {
             c.meter_mut(meter);
-            // Seen already (this instance produced it, or the tail delivered it), or folded.
-            let known = c.extra.as_ref().is_some_and(|e| {
-                e.pending
-                    .iter()
-                    .any(|p| p.meter == meter && p.position == Some(position))
-            });
-            if !known && c.as_of(meter, position.0).is_none_or(|o| o < position.1) {
+            // Counted once: callers skip ids seen before, and the events tail skips the batches
+            // this instance produced. (Events of one batch message share its position.)
+            if c.as_of(meter, position.0).is_none_or(|o| o < position.1) {
                 c.extra().pending.push(Pending {
                     id,
                     meter,
@@ -805,9 +801,7 @@ impl QuotaView {
                 return;
             };
             if let Some(e) = c.extra.as_mut() {
-                // The events tail may have delivered this very event first: keep one entry.
-                e.pending
-                    .retain(|p| p.meter != meter || p.id == r.0 || p.position != Some(position));
+                // (The events tail skips this instance's own batches: no second entry to drop.)
                 if let Some(p) = e
                     .pending
                     .iter_mut()
@@ -1000,29 +994,29 @@ mod tests {
     }
 
     #[test]
-    fn an_event_seen_twice_by_its_instance_and_the_tail_counts_once() {
+    fn events_of_one_batch_message_share_its_position_and_each_counts() {
         let view = QuotaView::new(Arc::new(Catalog::default()), UnknownCustomer::DefaultPlan);
         let now = datetime!(2026-03-10 12:00 UTC);
-        // The tail delivers the event before the producer's acknowledgement confirms it...
-        let (_, r) = view.reserve("t", "c", "api_call", 1.0, now);
-        view.track("t", "c", "api_call", 1.0, now.date(), (3, 7));
-        view.confirm("t", "c", "api_call", r.expect("reserved"), (3, 7));
-        assert_eq!(view.check("t", "c", "api_call", 0.0, now).used, 1.0);
-        // ...or after it.
-        let (_, r) = view.reserve("t", "c", "api_call", 1.0, now);
-        view.confirm("t", "c", "api_call", r.expect("reserved"), (3, 8));
-        view.track("t", "c", "api_call", 1.0, now.date(), (3, 8));
+        // Two reservations produced in one batch message (one position) both count.
+        let (_, r1) = view.reserve("t", "c", "api_call", 1.0, now);
+        let (_, r2) = view.reserve("t", "c", "api_call", 1.0, now);
+        view.confirm("t", "c", "api_call", r1.expect("reserved"), (3, 7));
+        view.confirm("t", "c", "api_call", r2.expect("reserved"), (3, 7));
         assert_eq!(view.check("t", "c", "api_call", 0.0, now).used, 2.0);
-        // Another instance's event arrives through the tail only.
-        view.track("t", "c", "api_call", 1.0, now.date(), (3, 9));
-        assert_eq!(view.pending("t", "c", "api_call"), 3);
-        view.apply(usage(now.date(), 3.0, 3, 9));
+        // Three events of another instance's batch message arrive through the tail.
+        for _ in 0..3 {
+            view.track("t", "c", "api_call", 1.0, now.date(), (3, 8));
+        }
+        assert_eq!(view.pending("t", "c", "api_call"), 5);
+        assert_eq!(view.check("t", "c", "api_call", 0.0, now).used, 5.0);
+        // The state folds through offset 8: nothing is pending and the folded 5 count.
+        view.apply(usage(now.date(), 5.0, 3, 8));
         assert_eq!(
             (
                 view.pending("t", "c", "api_call"),
                 view.check("t", "c", "api_call", 0.0, now).used
             ),
-            (0, 3.0)
+            (0, 5.0)
         );
     }
 

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use schemas::UsageEvent;
 use schemas::config::KafkaConfig;
+use schemas::event::events_in_message;
+use schemas::kafka::ORIGIN_HEADER;
 use schemas::quota::{StateRecord, UsageState};
 use schemas::topics::Topics;
 use tokio_util::sync::CancellationToken;
@@ -67,10 +69,12 @@ pub async fn load_baseline(client: &clickhouse::Client, view: &QuotaView) -> Res
 /// Follows the state topic from its beginning; marks the view ready once it has read what the
 /// topic held at start. Also tails the events topic from its end: usage accepted by other ingest
 /// instances counts as pending here within a fetch, long before the aggregator folds it (this
-/// bounds the overshoot across instances). Runs until `cancel`.
+/// bounds the overshoot across instances); batches whose origin header is `origin` (this
+/// instance's producer) are skipped, they were counted at intake. Runs until `cancel`.
 pub async fn follow(
     kafka: &KafkaConfig,
     topics: &Topics,
+    origin: &str,
     view: Arc<QuotaView>,
     cancel: CancellationToken,
 ) -> Result<()> {
@@ -125,13 +129,17 @@ pub async fn follow(
         };
         match msg {
             Ok(m) if m.topic() == topics.events => {
-                let Some(event) = m
-                    .payload()
-                    .and_then(|p| serde_json::from_slice::<UsageEvent>(p).ok())
-                else {
+                // Batches this instance produced were counted when the broker acknowledged them.
+                let own = m.headers().is_some_and(|h| {
+                    h.iter()
+                        .any(|h| h.key == ORIGIN_HEADER && h.value == Some(origin.as_bytes()))
+                });
+                if own {
                     continue;
-                };
-                view.note_event(&event, (m.partition(), m.offset()));
+                }
+                for event in events_in_message(m.payload().unwrap_or_default()) {
+                    view.note_event(&event, (m.partition(), m.offset()));
+                }
             }
             Ok(m) => {
                 if let Some(payload) = m.payload() {

@@ -48,6 +48,40 @@ impl UsageEvent {
     pub fn partition_key(&self) -> String {
         format!("{}/{}", self.tenant, self.customer)
     }
+
+    /// The events-topic partition of [`Self::partition_key`] among `partitions`.
+    pub fn partition(&self, partitions: i32) -> i32 {
+        crate::kafka::partition_of_parts(
+            &[self.tenant.as_bytes(), b"/", self.customer.as_bytes()],
+            partitions,
+        )
+    }
+}
+
+/// The events in one message of the events topic: a batch (JSON array) or a single event. Elements
+/// that do not decode are left out (the aggregator turns them into dead letters).
+pub fn events_in_message(payload: &[u8]) -> Vec<UsageEvent> {
+    if is_batch(payload) {
+        serde_json::from_slice::<Vec<UsageEvent>>(payload).unwrap_or_else(|_| {
+            serde_json::from_slice::<Vec<serde_json::Value>>(payload)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|v| serde_json::from_value(v).ok())
+                .collect()
+        })
+    } else {
+        serde_json::from_slice::<UsageEvent>(payload)
+            .into_iter()
+            .collect()
+    }
+}
+
+/// Whether a message payload is a batch of events (a JSON array) rather than one event.
+pub fn is_batch(payload: &[u8]) -> bool {
+    payload
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'[')
 }
 
 /// What a meter makes of one event.

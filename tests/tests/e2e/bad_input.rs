@@ -403,7 +403,13 @@ fn read_topic(env: &TestEnv, topic: &str) -> Vec<Value> {
         total,
         "messages read vs. high watermarks"
     );
-    seen
+    // A batch message holds an array of events: one value per event.
+    seen.into_iter()
+        .flat_map(|v| match v {
+            Value::Array(items) => items,
+            one => vec![one],
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,6 +7,8 @@ use std::time::Duration;
 use ingest::keys::Scope;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use tests::{TestEnv, events, send_all, wait_until};
 
@@ -100,18 +102,61 @@ async fn accepted_means_on_the_broker() {
         .subscribe(&[&env.topics.events])
         .expect("subscribe");
     let mut ids = HashSet::new();
+    let mut messages = 0;
+    let partitions = env.kafka.partitions;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while ids.len() < 200 && std::time::Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let v: Value =
-                serde_json::from_slice(m.payload().unwrap_or_default()).expect("json payload");
-            assert_eq!(v["tenant"], "acme");
+            messages += 1;
+            // A batch message: a JSON array of this partition's events, labelled as such.
+            let header = |name: &str| {
+                m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == name)
+                        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                })
+            };
             assert_eq!(
-                m.key(),
-                Some(format!("acme/{}", v["subject"].as_str().unwrap_or_default()).as_bytes())
+                header("content-type").as_deref(),
+                Some(schemas::kafka::BATCH_CONTENT_TYPE)
             );
-            ids.insert(v["id"].as_str().unwrap_or_default().to_string());
+            assert!(header(schemas::kafka::ORIGIN_HEADER).is_some());
+            let batch: Vec<Value> =
+                serde_json::from_slice(m.payload().unwrap_or_default()).expect("json array");
+            for v in batch {
+                assert_eq!(v["tenant"], "acme");
+                // Every event sits on the partition its tenant/customer key names.
+                let key = format!("acme/{}", v["subject"].as_str().unwrap_or_default());
+                assert_eq!(
+                    m.partition(),
+                    schemas::kafka::partition_for(key.as_bytes(), partitions),
+                    "partition of {key}"
+                );
+                ids.insert(v["id"].as_str().unwrap_or_default().to_string());
+            }
         }
+    }
+    assert!(
+        messages <= partitions,
+        "{messages} messages for one request over {partitions} partitions"
+    );
+    // The partition function is librdkafka's own: keyed messages produced with its default
+    // partitioner land where `partition_for` says.
+    let producer: FutureProducer = schemas::kafka::client_config(&env.kafka)
+        .create()
+        .expect("producer");
+    for i in 0..40 {
+        let key = format!("acme/check-{i}");
+        let record = FutureRecord::to(&env.topics.state).key(&key).payload("{}");
+        let delivery = producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("produced");
+        assert_eq!(
+            delivery.partition,
+            schemas::kafka::partition_for(key.as_bytes(), partitions),
+            "librdkafka's partition of {key}"
+        );
     }
     assert_eq!(ids.len(), 200);
     ingest.stop().await;
