@@ -76,7 +76,7 @@ impl Context {
                 let written = start.elapsed();
                 let published = self
                     .publisher
-                    .publish(batch, time::OffsetDateTime::now_utc())
+                    .publish(batch, &outcome.fresh, time::OffsetDateTime::now_utc())
                     .await?;
                 let publish_done = start.elapsed();
                 self.sink.store_offsets(batch).await?;
@@ -114,6 +114,9 @@ impl Context {
                     return true;
                 }
                 Err(e) => {
+                    // What failed may have been stored all the same: the retry finds it stored
+                    // and adds nothing, so cached usage is read back from ClickHouse instead.
+                    self.publisher.forget_usage();
                     self.metrics.flush_failures.inc();
                     tracing::warn!(error = %e, messages = batch.messages, ?backoff, "writing batch failed; retrying");
                 }
@@ -157,6 +160,7 @@ impl Context {
 
     fn assign(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         self.publisher.forget_plans();
+        self.publisher.forget_usage();
         let topics: HashSet<String> = tpl
             .elements()
             .iter()

@@ -56,8 +56,10 @@ impl Batch {
 }
 
 /// What a flush did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Outcome {
+    /// The events this write stored (not duplicates): what the quota state adds.
+    pub fresh: Vec<RawEventRow>,
     /// New events stored.
     pub stored: usize,
     /// Events skipped as duplicates.
@@ -274,6 +276,7 @@ impl Sink {
             duplicates: batch.events.len() - fresh.len(),
             dead: dead.len(),
             subs: subs.len(),
+            fresh,
         })
     }
 

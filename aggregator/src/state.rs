@@ -2,8 +2,11 @@
 //! and plan history back from ClickHouse, publish it on the compacted state topic, and fire the
 //! usage thresholds they crossed (once per customer, meter, period and threshold).
 //!
-//! Everything published is read back from ClickHouse, which counts each event once, so a replayed
-//! batch publishes the same values again: the state is exactly-once by construction.
+//! A customer's daily usage is read back from ClickHouse the first time a batch touches it after
+//! an assignment, and kept: later batches add the events their write stored (the dedup already
+//! dropped duplicates, so each counts once). The cache is dropped after a rebalance and after any
+//! failed flush (a retry finds the events stored and adds nothing), and then read back again; so
+//! a replayed batch publishes the same values as before: the state is exactly-once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -33,6 +36,15 @@ pub const HISTORY_DAYS: i64 = 40;
 /// A customer's events partition and the (meter, day) keys a batch touched.
 type Touched = (i32, BTreeSet<(String, Date)>);
 
+/// A customer's daily usage: (meter, day) → (events, quantity).
+type Days = HashMap<(String, Date), (u64, f64)>;
+
+/// Most customers whose daily usage is kept between batches; past it the cache starts over.
+pub const USAGE_CACHE_CUSTOMERS: usize = 200_000;
+
+/// Most alert ids remembered as fired; past it the set starts over (ClickHouse still knows).
+pub const FIRED_CACHE_IDS: usize = 1_000_000;
+
 /// What one publish did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
@@ -53,6 +65,12 @@ pub struct Publisher {
     catalog: Arc<Catalog>,
     partitions: i32,
     plans: Arc<Mutex<HashMap<(String, String), PlanState>>>,
+    usage: Arc<Mutex<HashMap<(String, String), Days>>>,
+    fired: Arc<Mutex<HashSet<String>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl std::fmt::Debug for Publisher {
@@ -93,7 +111,96 @@ impl Publisher {
             catalog,
             partitions: kafka.partitions.max(1),
             plans: Arc::default(),
+            usage: Arc::default(),
+            fired: Arc::default(),
         })
+    }
+
+    /// Forgets cached daily usage (after a rebalance, or a flush that failed).
+    pub fn forget_usage(&self) {
+        lock(&self.usage).clear();
+    }
+
+    /// Daily usage of `customers` over the last [`HISTORY_DAYS`] days, after `fresh` (the events
+    /// the batch stored) were written: cached customers get `fresh` added, the others are read
+    /// back from ClickHouse (which then holds `fresh` already) and cached.
+    async fn usage_rows(
+        &self,
+        customers: &BTreeSet<(String, String)>,
+        fresh: &[schemas::rows::RawEventRow],
+        now: OffsetDateTime,
+    ) -> Result<Vec<DayRow>> {
+        let missing: BTreeSet<(String, String)> = {
+            let mut cache = lock(&self.usage);
+            if cache.len() > USAGE_CACHE_CUSTOMERS {
+                cache.clear();
+            }
+            let mut by_customer: HashMap<(&str, &str), Vec<&schemas::rows::RawEventRow>> =
+                HashMap::new();
+            for e in fresh {
+                by_customer
+                    .entry((e.tenant.as_str(), e.customer.as_str()))
+                    .or_default()
+                    .push(e);
+            }
+            for ((tenant, customer), events) in by_customer {
+                let Some(days) = cache.get_mut(&(tenant.to_string(), customer.to_string())) else {
+                    continue;
+                };
+                for e in events {
+                    let max = self
+                        .catalog
+                        .meter(&e.meter)
+                        .is_some_and(|m| m.aggregation == Aggregation::Max);
+                    let slot = days
+                        .entry((e.meter.clone(), e.time.date()))
+                        .or_insert((0, 0.0));
+                    slot.0 += 1;
+                    slot.1 = if max {
+                        slot.1.max(e.quantity)
+                    } else {
+                        slot.1 + e.quantity
+                    };
+                }
+            }
+            customers
+                .iter()
+                .filter(|k| !cache.contains_key(*k))
+                .cloned()
+                .collect()
+        };
+        if !missing.is_empty() {
+            let loaded = self.daily_usage(&missing).await?;
+            let mut cache = lock(&self.usage);
+            for k in &missing {
+                cache.insert(k.clone(), Days::new());
+            }
+            for r in loaded {
+                if let Some(days) = cache.get_mut(&(r.tenant, r.customer)) {
+                    days.insert((r.meter, r.day), (r.events, r.quantity));
+                }
+            }
+        }
+        let since = now.date() - time::Duration::days(HISTORY_DAYS);
+        let mut cache = lock(&self.usage);
+        let mut rows = Vec::new();
+        for k in customers {
+            let Some(days) = cache.get_mut(k) else {
+                continue;
+            };
+            days.retain(|(_, day), _| *day >= since);
+            for ((meter, day), (events, quantity)) in days.iter() {
+                rows.push(DayRow {
+                    tenant: k.0.clone(),
+                    customer: k.1.clone(),
+                    meter: meter.clone(),
+                    day: *day,
+                    events: *events,
+                    quantity: *quantity,
+                });
+            }
+        }
+        Ok(rows)
     }
 
     /// Forgets cached plans (after a rebalance another instance may have folded changes).
@@ -226,8 +333,14 @@ impl Publisher {
     }
 
     /// Publishes state for everything `batch` touched (also its duplicates: a replay after a crash
-    /// publishes what the crash kept from being published) and fires crossed thresholds.
-    pub async fn publish(&self, batch: &Batch, now: OffsetDateTime) -> Result<Published> {
+    /// publishes what the crash kept from being published) and fires crossed thresholds. `fresh`
+    /// are the events the batch's write stored.
+    pub async fn publish(
+        &self,
+        batch: &Batch,
+        fresh: &[schemas::rows::RawEventRow],
+        now: OffsetDateTime,
+    ) -> Result<Published> {
         let mut done = Published::default();
         // Plans first: the usage thresholds below use them.
         let plan_customers: BTreeSet<(String, String)> = batch
@@ -269,7 +382,7 @@ impl Publisher {
         if check.is_empty() {
             return Ok(done);
         }
-        let rows = self.daily_usage(&check).await?;
+        let rows = self.usage_rows(&check, fresh, now).await?;
         let topic_of_events = batch
             .last
             .keys()
@@ -375,6 +488,11 @@ impl Publisher {
                 });
             }
         }
+        // Alerts known to have fired are not looked up again.
+        {
+            let fired = lock(&self.fired);
+            candidates.retain(|a| !fired.contains(&a.id));
+        }
         if candidates.is_empty() {
             return Ok(0);
         }
@@ -398,6 +516,7 @@ impl Publisher {
             .into_iter()
             .filter(|a| !fired.contains(&a.id))
             .collect();
+        self.remember_fired(fired);
         if fresh.is_empty() {
             return Ok(0);
         }
@@ -433,6 +552,16 @@ impl Publisher {
         for a in &fresh {
             tracing::info!(alert = %a.id, used = a.used, limit = a.limit, "usage threshold reached");
         }
+        self.remember_fired(fresh.iter().map(|a| a.id.clone()));
         Ok(fresh.len())
+    }
+
+    /// Remembers alert ids that are in the alerts table.
+    fn remember_fired(&self, ids: impl IntoIterator<Item = String>) {
+        let mut fired = lock(&self.fired);
+        if fired.len() > FIRED_CACHE_IDS {
+            fired.clear();
+        }
+        fired.extend(ids);
     }
 }

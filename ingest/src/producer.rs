@@ -86,12 +86,13 @@ pub struct EventProducer {
 
 /// One message of the events topic: some of a request's events, all of one partition.
 #[derive(Debug)]
-struct BatchMessage {
-    partition: i32,
+pub struct BatchMessage {
+    /// The partition of every event in it.
+    pub partition: i32,
     /// A JSON array of the events.
-    payload: Vec<u8>,
+    pub payload: Vec<u8>,
     /// Indexes of the events in the request.
-    members: Vec<usize>,
+    pub members: Vec<usize>,
 }
 
 /// Target size of one batch message on the events topic (a request's events of one partition).
@@ -216,8 +217,12 @@ impl EventProducer {
     }
 
     /// Groups `events` by partition into batch messages (JSON arrays, each at most
-    /// [`MAX_MESSAGE_BYTES`] unless one event alone is larger).
-    fn batches(events: &[UsageEvent], partitions: i32) -> Result<Vec<BatchMessage>, ProduceError> {
+    /// [`MAX_MESSAGE_BYTES`] unless one event alone is larger), as [`Self::send_events`] produces
+    /// them (public for the throughput benchmark's raw-produce baseline).
+    pub fn batches(
+        events: &[UsageEvent],
+        partitions: i32,
+    ) -> Result<Vec<BatchMessage>, ProduceError> {
         let mut by_partition: std::collections::BTreeMap<i32, Vec<usize>> = Default::default();
         for (i, e) in events.iter().enumerate() {
             by_partition

@@ -331,6 +331,84 @@ impl TestEnv {
         rows
     }
 
+    /// The quota state as published: the last usage record per (tenant, customer, meter, day) on
+    /// the state topic, as "tenant/customer/meter/day" → (events, quantity).
+    pub fn published_usage(&self) -> std::collections::BTreeMap<String, (u64, f64)> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::Message;
+        let consumer: BaseConsumer = schemas::kafka::client_config(&self.kafka)
+            .set("group.id", format!("{}-state-reader", self.group))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("state reader");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut remaining = 0;
+        let mut highs = std::collections::HashMap::new();
+        for p in 0..self.kafka.partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&self.topics.state, p, Duration::from_secs(10))
+                .expect("state watermarks");
+            if high > low {
+                tpl.add_partition_offset(&self.topics.state, p, rdkafka::Offset::Offset(low))
+                    .expect("partition");
+                highs.insert(p, high);
+                remaining += 1;
+            }
+        }
+        let mut out = std::collections::BTreeMap::new();
+        if remaining == 0 {
+            return out;
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut newest: std::collections::HashMap<String, (i64, (u64, f64))> = Default::default();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // Past the high watermarks, read on until the topic is quiet: the local broker reports
+        // the watermark of a record batch's first record, not its last.
+        while std::time::Instant::now() < deadline {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(300)) else {
+                if remaining == 0 {
+                    break;
+                }
+                continue;
+            };
+            if let Ok(schemas::quota::StateRecord::Usage(u)) =
+                serde_json::from_slice(m.payload().unwrap_or_default())
+            {
+                // The newest record of a key is the one at the highest offset (the local broker
+                // may hand a batch out again after a later one).
+                let key = format!("{}/{}/{}/{}", u.tenant, u.customer, u.meter, u.day);
+                let slot = newest.entry(key).or_insert((-1, (0, 0.0)));
+                if m.offset() > slot.0 {
+                    *slot = (m.offset(), (u.events, u.quantity));
+                }
+            }
+            if highs
+                .get(&m.partition())
+                .is_some_and(|&h| m.offset() + 1 >= h)
+            {
+                highs.remove(&m.partition());
+                remaining -= 1;
+            }
+        }
+        assert_eq!(remaining, 0, "state topic not read to its end");
+        out.extend(newest.into_iter().map(|(k, (_, v))| (k, v)));
+        out
+    }
+
+    /// Daily usage in ClickHouse, keyed like [`Self::published_usage`].
+    pub async fn daily_usage(&self) -> std::collections::BTreeMap<String, (u64, f64)> {
+        let rows: Vec<(String, u64, f64)> = self
+            .ch()
+            .query(
+                "SELECT concat(tenant, '/', customer, '/', meter, '/', toString(day)) AS k, \
+                 sum(events), sum(quantity) FROM usage_daily GROUP BY k",
+            )
+            .fetch_all()
+            .await
+            .expect("daily usage");
+        rows.into_iter().map(|(k, e, q)| (k, (e, q))).collect()
+    }
+
     /// Sum of `events` and of `quantity` in a rollup table.
     pub async fn rollup_totals(&self, table: &str) -> (u64, f64) {
         let sql = format!("SELECT sum(events), sum(quantity) FROM {table}");

@@ -27,6 +27,29 @@ async fn assert_exact(env: &TestEnv, n: u64, total: f64) {
     for table in ROLLUPS {
         assert_eq!(env.rollup_totals(table).await, (n, total), "{table}");
     }
+    // The quota state published on the state topic counts every event once as well.
+    let expected = env.daily_usage().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let published = tokio::task::block_in_place(|| env.published_usage());
+        if published == expected {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let wrong: Vec<String> = expected
+                .iter()
+                .filter(|(k, v)| published.get(*k) != Some(v))
+                .take(5)
+                .map(|(k, v)| format!("{k}: published {:?}, stored {v:?}", published.get(k)))
+                .collect();
+            panic!(
+                "published quota state differs from ClickHouse's daily usage ({} keys stored, {} published), e.g. {wrong:?}",
+                expected.len(),
+                published.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Starts an aggregator process; its log is appended to `.data/test-logs/<test>-aggregator.log`.
