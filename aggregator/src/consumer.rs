@@ -21,14 +21,26 @@ use crate::Result;
 use crate::config::Config;
 use crate::decode::{Decoded, Position, decode_events, decode_rejection, decode_subscription};
 use crate::metrics::{Metrics, ReasonLabels};
-use crate::sink::{Batch, Sink};
-use crate::state::Publisher;
+use crate::sink::{Batch, Outcome, Sink};
+use crate::state::{Published, Publisher};
 
 /// State shared by the loop and the rebalance callbacks.
 #[derive(Debug, Default)]
 struct Shared {
     batch: Batch,
     owned: HashSet<(String, i32)>,
+    /// The second half of the previous batch's flush, running while the next batch is read.
+    inflight: Option<tokio::task::JoinHandle<Tail>>,
+}
+
+/// A written batch whose quota state and stored offsets were in progress (see
+/// [`Context::flush_pipelined`]).
+#[derive(Debug)]
+struct Tail {
+    batch: Batch,
+    outcome: Outcome,
+    started: Instant,
+    result: Result<Published>,
 }
 
 /// The consumer context: rebalance handling with ClickHouse offsets.
@@ -66,6 +78,145 @@ pub fn commit_list(
 }
 
 impl Context {
+    /// Counts a flushed batch in the metrics.
+    fn record(&self, batch: &Batch, outcome: &Outcome, published: Published, start: Instant) {
+        let m = &self.metrics;
+        m.state_records_published
+            .inc_by((published.usage + published.plans) as u64);
+        m.alerts_fired.inc_by(published.alerts as u64);
+        m.subscription_events_stored.inc_by(outcome.subs as u64);
+        m.flush_duration.observe(start.elapsed().as_secs_f64());
+        m.batches_flushed.inc();
+        m.events_stored.inc_by(outcome.stored as u64);
+        m.duplicates_skipped.inc_by(outcome.duplicates as u64);
+        for d in &batch.dead {
+            m.dead_letters
+                .get_or_create(&ReasonLabels {
+                    reason: d.reason_code.clone(),
+                })
+                .inc();
+        }
+    }
+
+    /// Commits the batch's offsets for the partitions still owned.
+    fn commit(&self, consumer: &impl Consumer<Self>, batch: &Batch, mode: CommitMode)
+    where
+        Self: ConsumerContext,
+    {
+        let tpl = commit_list(&batch.last, &lock(&self.shared).owned);
+        if tpl.count() > 0
+            && let Err(e) = consumer.commit(&tpl, mode)
+        {
+            tracing::warn!(error = %e, "committing offsets failed (ClickHouse holds them; harmless)");
+        }
+    }
+
+    /// Whether the previous batch's pipelined second half has finished.
+    fn tail_finished(&self) -> bool {
+        lock(&self.shared)
+            .inflight
+            .as_ref()
+            .is_some_and(tokio::task::JoinHandle::is_finished)
+    }
+
+    /// Waits for the previous batch's pipelined second half (quota state, stored offsets) and
+    /// commits its offsets. When it failed, the batch is flushed again from the start (its rows
+    /// are found stored and skipped) with retries until `deadline` or shutdown; false if that
+    /// gave up: nothing of it is committed, and it is replayed from ClickHouse's offsets.
+    async fn settle(
+        &self,
+        consumer: &impl Consumer<Self>,
+        mode: CommitMode,
+        deadline: Option<Instant>,
+    ) -> bool
+    where
+        Self: ConsumerContext,
+    {
+        let Some(handle) = lock(&self.shared).inflight.take() else {
+            return true;
+        };
+        let Ok(tail) = handle.await else {
+            tracing::error!("the quota-state task of a batch panicked; it is replayed after a restart");
+            return false;
+        };
+        let done = match tail.result {
+            Ok(published) => {
+                self.record(&tail.batch, &tail.outcome, published, tail.started);
+                true
+            }
+            Err(e) => {
+                self.publisher.forget_usage();
+                self.metrics.flush_failures.inc();
+                tracing::warn!(error = %e, messages = tail.batch.messages, "publishing quota state failed; flushing the batch again");
+                self.write_with_retry(&tail.batch, deadline).await
+            }
+        };
+        if done {
+            self.commit(consumer, &tail.batch, mode);
+        }
+        done
+    }
+
+    /// The flush of the consumer loop: settles the previous batch, writes this batch's rows
+    /// (retrying until they are in ClickHouse or shutdown), then leaves its quota state, stored
+    /// offsets and commit to a task that runs while the next batch is read. Batches stay in order:
+    /// the next one is written only after this one settled.
+    async fn flush_pipelined(&self, consumer: &impl Consumer<Self>) -> bool
+    where
+        Self: ConsumerContext,
+    {
+        if !self.settle(consumer, CommitMode::Async, None).await {
+            return false;
+        }
+        let batch = std::mem::take(&mut lock(&self.shared).batch);
+        if batch.is_empty() {
+            return true;
+        }
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        let outcome = loop {
+            match self.sink.write_data(&batch).await {
+                Ok(outcome) => break outcome,
+                Err(e) => {
+                    self.publisher.forget_usage();
+                    self.metrics.flush_failures.inc();
+                    tracing::warn!(error = %e, messages = batch.messages, ?backoff, "writing batch failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return false,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.max_backoff);
+        };
+        let written = started.elapsed();
+        let (publisher, sink) = (self.publisher.clone(), self.sink.clone());
+        let handle = tokio::spawn(async move {
+            let result = async {
+                let published = publisher
+                    .publish(&batch, &outcome.fresh, time::OffsetDateTime::now_utc())
+                    .await?;
+                sink.store_offsets(&batch).await?;
+                Ok(published)
+            }
+            .await;
+            tracing::debug!(
+                messages = batch.messages,
+                write_ms = written.as_millis() as u64,
+                publish_and_offsets_ms = (started.elapsed() - written).as_millis() as u64,
+                "batch flushed (pipelined)"
+            );
+            Tail {
+                batch,
+                outcome,
+                started,
+                result,
+            }
+        });
+        lock(&self.shared).inflight = Some(handle);
+        true
+    }
+
     /// Writes the batch, retrying with backoff until it succeeds, `deadline` passes or shutdown.
     async fn write_with_retry(&self, batch: &Batch, deadline: Option<Instant>) -> bool {
         let mut backoff = Duration::from_millis(50);
@@ -92,25 +243,7 @@ impl Context {
             .await;
             match result {
                 Ok((outcome, published)) => {
-                    self.metrics
-                        .state_records_published
-                        .inc_by((published.usage + published.plans) as u64);
-                    self.metrics.alerts_fired.inc_by(published.alerts as u64);
-                    self.metrics
-                        .subscription_events_stored
-                        .inc_by(outcome.subs as u64);
-                    let m = &self.metrics;
-                    m.flush_duration.observe(start.elapsed().as_secs_f64());
-                    m.batches_flushed.inc();
-                    m.events_stored.inc_by(outcome.stored as u64);
-                    m.duplicates_skipped.inc_by(outcome.duplicates as u64);
-                    for d in &batch.dead {
-                        m.dead_letters
-                            .get_or_create(&ReasonLabels {
-                                reason: d.reason_code.clone(),
-                            })
-                            .inc();
-                    }
+                    self.record(batch, &outcome, published, start);
                     return true;
                 }
                 Err(e) => {
@@ -142,6 +275,9 @@ impl Context {
     where
         Self: ConsumerContext,
     {
+        if !self.settle(consumer, mode, deadline).await {
+            return false;
+        }
         let batch = std::mem::take(&mut lock(&self.shared).batch);
         if batch.is_empty() {
             return true;
@@ -149,12 +285,7 @@ impl Context {
         if !self.write_with_retry(&batch, deadline).await {
             return false;
         }
-        let tpl = commit_list(&batch.last, &lock(&self.shared).owned);
-        if tpl.count() > 0
-            && let Err(e) = consumer.commit(&tpl, mode)
-        {
-            tracing::warn!(error = %e, "committing offsets failed (ClickHouse holds them; harmless)");
-        }
+        self.commit(consumer, &batch, mode);
         true
     }
 
@@ -447,8 +578,20 @@ impl Worker {
         let mut idle_since: Option<Instant> = None;
         loop {
             let deadline = first_at.map(|t| t + max_wait);
+            let tail_pending = lock(&self.shared).inflight.is_some();
             let received = tokio::select! {
                 () = self.cancel.cancelled() => break,
+                // The previous batch's second half finished: commit it without waiting for the
+                // next flush (an idle stream would otherwise leave it uncommitted).
+                () = tokio::time::sleep(Duration::from_millis(5)), if tail_pending => {
+                    let context = self.consumer.context();
+                    if context.tail_finished()
+                        && !context.settle(&self.consumer, CommitMode::Async, None).await
+                    {
+                        break;
+                    }
+                    continue;
+                }
                 m = self.consumer.recv() => Some(m),
                 () = sleep_until(deadline) => None,
                 () = tokio::time::sleep(Duration::from_secs(1)), if first_at.is_none() && !rejoin_after.is_zero() => {
@@ -501,7 +644,7 @@ impl Worker {
             }
             // Size or time reached.
             let context = self.consumer.context();
-            if !context.flush(&self.consumer, CommitMode::Async, None).await {
+            if !context.flush_pipelined(&self.consumer).await {
                 break; // cancelled while retrying: nothing committed, replayed after restart
             }
             first_at = None;
@@ -510,7 +653,8 @@ impl Worker {
         let deadline = Some(Instant::now() + Duration::from_secs(self.config.shutdown_grace_secs));
         // A fresh token so the final write may retry within the grace period.
         let pending = lock(&self.shared).batch.messages;
-        if pending > 0 {
+        let tail = lock(&self.shared).inflight.is_some();
+        if pending > 0 || tail {
             let drain = Context {
                 cancel: CancellationToken::new(),
                 ..context.clone_for_drain()
