@@ -1,6 +1,7 @@
 //! Ingest throughput benchmark: events/s through `POST /v1/events` until they are in the ClickHouse
-//! rollups, side by side with producing the same messages straight to the broker with rdkafka and
-//! inserting the same rows straight into ClickHouse; RSS of each service; scaling from one to two
+//! rollups, side by side with producing the same messages straight to the broker with rdkafka (the
+//! ingest's batch messages, and the same events as one message each) and inserting the same rows
+//! straight into ClickHouse; RSS and CPU time per event of each process; scaling from one to two
 //! aggregators and ingests. Run: `scripts/bench.sh throughput` (release build, local servers up).
 //!
 //! The services run as separate processes (the release binaries), the load generator here; all
