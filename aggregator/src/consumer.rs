@@ -136,7 +136,9 @@ impl Context {
             return true;
         };
         let Ok(tail) = handle.await else {
-            tracing::error!("the quota-state task of a batch panicked; it is replayed after a restart");
+            tracing::error!(
+                "the quota-state task of a batch panicked; it is replayed after a restart"
+            );
             return false;
         };
         let done = match tail.result {
