@@ -267,7 +267,8 @@ impl Context {
         }
     }
 
-    /// Writes the pending batch and commits its offsets for owned partitions.
+    /// Settles the previous batch, then writes the pending batch (state and offsets included, no
+    /// pipelining: revocation and shutdown use it) and commits its offsets for owned partitions.
     async fn flush(
         &self,
         consumer: &impl Consumer<Self>,

@@ -84,30 +84,12 @@ pub fn decode_events(
         Ok(v) => v,
         Err(e) => {
             let reason = format!("not a valid JSON batch: {e}");
-            return vec![dead(
-                pos,
-                "",
-                arrival(pos),
-                "aggregator",
-                "malformed_json",
-                reason,
-                "",
-                bytes,
-            )];
+            return vec![unreadable(pos, "malformed_json", reason, bytes)];
         }
     };
     if values.is_empty() {
         let reason = "the batch holds no events".to_string();
-        return vec![dead(
-            pos,
-            "",
-            arrival(pos),
-            "aggregator",
-            "empty_batch",
-            reason,
-            "",
-            bytes,
-        )];
+        return vec![unreadable(pos, "empty_batch", reason, bytes)];
     }
     values
         .into_iter()
@@ -129,19 +111,15 @@ pub fn decode_event(
         Ok(v) => v,
         Err(e) => {
             let reason = format!("not valid JSON: {e}");
-            return dead(
-                pos,
-                "",
-                arrival(pos),
-                "aggregator",
-                "malformed_json",
-                reason,
-                "",
-                bytes,
-            );
+            return unreadable(pos, "malformed_json", reason, bytes);
         }
     };
     decode_value(value, Some(bytes), pos, catalog, window)
+}
+
+/// A whole message of the events topic that holds no readable event, as a dead letter.
+fn unreadable(pos: &Position<'_>, code: &str, reason: String, bytes: &[u8]) -> Decoded {
+    dead(pos, "", arrival(pos), "aggregator", code, reason, "", bytes)
 }
 
 /// One event's JSON: a row, or a dead letter keeping `bytes` (else the value re-serialized).
