@@ -58,8 +58,9 @@ impl Batch {
 /// What a flush did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Outcome {
-    /// The events this write stored (not duplicates): what the quota state adds.
-    pub fresh: Vec<RawEventRow>,
+    /// Indexes in the batch's `events` of the events this write stored (not duplicates): what
+    /// the quota state adds.
+    pub fresh: Vec<usize>,
     /// New events stored.
     pub stored: usize,
     /// Events skipped as duplicates.
@@ -202,6 +203,14 @@ impl Sink {
     where
         T: Table + clickhouse::RowWrite + for<'a> clickhouse::Row<Value<'a> = T>,
     {
+        self.insert_refs(&rows.iter().collect::<Vec<_>>()).await
+    }
+
+    /// [`Self::insert`] of borrowed rows (no copy of a batch's events).
+    async fn insert_refs<T>(&self, rows: &[&T]) -> Result<()>
+    where
+        T: Table + clickhouse::RowWrite + for<'a> clickhouse::Row<Value<'a> = T>,
+    {
         if rows.is_empty() {
             return Ok(());
         }
@@ -216,10 +225,11 @@ impl Sink {
     /// Writes the batch's rows, skipping what is already stored; offsets are not stored yet.
     pub async fn write_data(&self, batch: &Batch) -> Result<Outcome> {
         let mut seen = HashSet::with_capacity(batch.events.len());
-        let unique: Vec<&RawEventRow> = batch
-            .events
-            .iter()
-            .filter(|e| seen.insert((e.tenant.as_str(), e.id.as_str())))
+        let unique: Vec<usize> = (0..batch.events.len())
+            .filter(|&i| {
+                let e = &batch.events[i];
+                seen.insert((e.tenant.as_str(), e.id.as_str()))
+            })
             .collect();
         let lookup_start = std::time::Instant::now();
         let stored = self.stored_ids(&batch.events).await?;
@@ -228,10 +238,12 @@ impl Sink {
             .iter()
             .map(|(t, i)| (t.as_str(), i.as_str()))
             .collect();
-        let fresh: Vec<RawEventRow> = unique
+        let fresh: Vec<usize> = unique
             .into_iter()
-            .filter(|e| !stored.contains(&(e.tenant.as_str(), e.id.as_str())))
-            .cloned()
+            .filter(|&i| {
+                let e = &batch.events[i];
+                !stored.contains(&(e.tenant.as_str(), e.id.as_str()))
+            })
             .collect();
         let dead: Vec<DeadLetterRow> = if batch.dead.is_empty() {
             Vec::new()
@@ -264,7 +276,8 @@ impl Sink {
         self.insert(&dead).await?;
         self.insert(&subs).await?;
         let insert_start = std::time::Instant::now();
-        self.insert(&fresh).await?;
+        self.insert_refs(&fresh.iter().map(|&i| &batch.events[i]).collect::<Vec<_>>())
+            .await?;
         tracing::debug!(
             events = batch.events.len(),
             lookup_ms = lookup.as_millis() as u64,

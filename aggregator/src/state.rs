@@ -34,7 +34,7 @@ use crate::{Error, Result};
 pub const HISTORY_DAYS: i64 = 40;
 
 /// A customer's events partition and the (meter, day) keys a batch touched.
-type Touched = (i32, BTreeSet<(String, Date)>);
+type Touched<'a> = (i32, HashSet<(&'a str, Date)>);
 
 /// A customer's daily usage: (meter, day) → (events, quantity).
 type Days = HashMap<(String, Date), (u64, f64)>;
@@ -127,7 +127,7 @@ impl Publisher {
     async fn usage_rows(
         &self,
         customers: &BTreeSet<(String, String)>,
-        fresh: &[schemas::rows::RawEventRow],
+        fresh: &[&schemas::rows::RawEventRow],
         now: OffsetDateTime,
     ) -> Result<Vec<DayRow>> {
         let missing: BTreeSet<(String, String)> = {
@@ -334,13 +334,15 @@ impl Publisher {
 
     /// Publishes state for everything `batch` touched (also its duplicates: a replay after a crash
     /// publishes what the crash kept from being published) and fires crossed thresholds. `fresh`
-    /// are the events the batch's write stored.
+    /// are the indexes in `batch.events` of the events the batch's write stored.
     pub async fn publish(
         &self,
         batch: &Batch,
-        fresh: &[schemas::rows::RawEventRow],
+        fresh: &[usize],
         now: OffsetDateTime,
     ) -> Result<Published> {
+        let fresh: Vec<&schemas::rows::RawEventRow> =
+            fresh.iter().filter_map(|&i| batch.events.get(i)).collect();
         let mut done = Published::default();
         // Plans first: the usage thresholds below use them.
         let plan_customers: BTreeSet<(String, String)> = batch
@@ -369,20 +371,24 @@ impl Publisher {
         }
 
         // Usage: the touched (customer, meter, day) keys and each customer's partition.
-        let mut touched: BTreeMap<(String, String), Touched> = BTreeMap::new();
+        // (Borrowed keys: one entry per customer, not a copy of every event's names.)
+        let mut touched: HashMap<(&str, &str), Touched<'_>> = HashMap::new();
         for e in &batch.events {
             let entry = touched
-                .entry((e.tenant.clone(), e.customer.clone()))
-                .or_insert_with(|| (e.kafka_partition as i32, BTreeSet::new()));
-            entry.1.insert((e.meter.clone(), e.time.date()));
+                .entry((e.tenant.as_str(), e.customer.as_str()))
+                .or_insert_with(|| (e.kafka_partition as i32, HashSet::new()));
+            entry.1.insert((e.meter.as_str(), e.time.date()));
         }
         // A plan change may cross thresholds too (a downgrade): check those customers as well.
-        let mut check: BTreeSet<(String, String)> = touched.keys().cloned().collect();
+        let mut check: BTreeSet<(String, String)> = touched
+            .keys()
+            .map(|(t, c)| ((*t).to_string(), (*c).to_string()))
+            .collect();
         check.extend(plan_customers);
         if check.is_empty() {
             return Ok(done);
         }
-        let rows = self.usage_rows(&check, fresh, now).await?;
+        let rows = self.usage_rows(&check, &fresh, now).await?;
         let topic_of_events = batch
             .last
             .keys()
@@ -391,11 +397,11 @@ impl Publisher {
             .unwrap_or_else(|| self.topics.events.clone());
         let mut records = Vec::new();
         for r in &rows {
-            let Some((partition, days)) = touched.get(&(r.tenant.clone(), r.customer.clone()))
+            let Some((partition, days)) = touched.get(&(r.tenant.as_str(), r.customer.as_str()))
             else {
                 continue;
             };
-            if !days.contains(&(r.meter.clone(), r.day)) {
+            if !days.contains(&(r.meter.as_str(), r.day)) {
                 continue;
             }
             let as_of = batch
