@@ -29,18 +29,16 @@ use crate::state::{Published, Publisher};
 struct Shared {
     batch: Batch,
     owned: HashSet<(String, i32)>,
-    /// The second half of the previous batch's flush, running while the next batch is read.
+    /// The previous batch's flush, running while the next batch is read.
     inflight: Option<tokio::task::JoinHandle<Tail>>,
 }
 
-/// A written batch whose quota state and stored offsets were in progress (see
-/// [`Context::flush_pipelined`]).
+/// A batch flushed in the background (see [`Context::flush_pipelined`]).
 #[derive(Debug)]
 struct Tail {
     batch: Batch,
-    outcome: Outcome,
-    started: Instant,
-    result: Result<Published>,
+    /// Whether it is in ClickHouse with its offsets (false: given up at shutdown).
+    written: bool,
 }
 
 /// The consumer context: rebalance handling with ClickHouse offsets.
@@ -119,10 +117,9 @@ impl Context {
             .is_some_and(tokio::task::JoinHandle::is_finished)
     }
 
-    /// Waits for the previous batch's pipelined second half (quota state, stored offsets) and
-    /// commits its offsets. When it failed, the batch is flushed again from the start (its rows
-    /// are found stored and skipped) with retries until `deadline` or shutdown; false if that
-    /// gave up: nothing of it is committed, and it is replayed from ClickHouse's offsets.
+    /// Waits for the previous batch's flush (see [`Self::flush_pipelined`]) and commits its
+    /// offsets. False if it gave up (shutdown) or did not finish by `deadline` (it is then
+    /// stopped): nothing of that batch is committed, and it is replayed from ClickHouse's offsets.
     async fn settle(
         &self,
         consumer: &impl Consumer<Self>,
@@ -132,36 +129,33 @@ impl Context {
     where
         Self: ConsumerContext,
     {
-        let Some(handle) = lock(&self.shared).inflight.take() else {
+        let Some(mut handle) = lock(&self.shared).inflight.take() else {
             return true;
         };
-        let Ok(tail) = handle.await else {
-            tracing::error!(
-                "the quota-state task of a batch panicked; it is replayed after a restart"
-            );
+        let joined = match deadline {
+            None => (&mut handle).await,
+            Some(d) => match tokio::time::timeout_at(d.into(), &mut handle).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    handle.abort();
+                    tracing::warn!("the previous batch was not flushed in time; it is replayed");
+                    return false;
+                }
+            },
+        };
+        let Ok(tail) = joined else {
+            tracing::error!("the flush task of a batch failed; it is replayed after a restart");
             return false;
         };
-        let done = match tail.result {
-            Ok(published) => {
-                self.record(&tail.batch, &tail.outcome, published, tail.started);
-                true
-            }
-            Err(e) => {
-                self.publisher.forget_usage();
-                self.metrics.flush_failures.inc();
-                tracing::warn!(error = %e, messages = tail.batch.messages, "publishing quota state failed; flushing the batch again");
-                self.write_with_retry(&tail.batch, deadline).await
-            }
-        };
-        if done {
+        if tail.written {
             self.commit(consumer, &tail.batch, mode);
         }
-        done
+        tail.written
     }
 
-    /// The flush of the consumer loop: settles the previous batch, writes this batch's rows
-    /// (retrying until they are in ClickHouse or shutdown), then leaves its quota state, stored
-    /// offsets and commit to a task that runs while the next batch is read. Batches stay in order:
+    /// The flush of the consumer loop: settles the previous batch, then flushes this one (rows,
+    /// quota state, stored offsets, with retries until done or shutdown) in a task that runs while
+    /// the next batch is read; its offsets are committed when it settles. Batches stay in order:
     /// the next one is written only after this one settled.
     async fn flush_pipelined(&self, consumer: &impl Consumer<Self>) -> bool
     where
@@ -174,46 +168,10 @@ impl Context {
         if batch.is_empty() {
             return true;
         }
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(50);
-        let outcome = loop {
-            match self.sink.write_data(&batch).await {
-                Ok(outcome) => break outcome,
-                Err(e) => {
-                    self.publisher.forget_usage();
-                    self.metrics.flush_failures.inc();
-                    tracing::warn!(error = %e, messages = batch.messages, ?backoff, "writing batch failed; retrying");
-                }
-            }
-            tokio::select! {
-                () = self.cancel.cancelled() => return false,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(self.max_backoff);
-        };
-        let written = started.elapsed();
-        let (publisher, sink) = (self.publisher.clone(), self.sink.clone());
+        let context = self.clone_for_task();
         let handle = tokio::spawn(async move {
-            let result = async {
-                let published = publisher
-                    .publish(&batch, &outcome.fresh, time::OffsetDateTime::now_utc())
-                    .await?;
-                sink.store_offsets(&batch).await?;
-                Ok(published)
-            }
-            .await;
-            tracing::debug!(
-                messages = batch.messages,
-                write_ms = written.as_millis() as u64,
-                publish_and_offsets_ms = (started.elapsed() - written).as_millis() as u64,
-                "batch flushed (pipelined)"
-            );
-            Tail {
-                batch,
-                outcome,
-                started,
-                result,
-            }
+            let written = context.write_with_retry(&batch, None).await;
+            Tail { batch, written }
         });
         lock(&self.shared).inflight = Some(handle);
         true
@@ -660,7 +618,7 @@ impl Worker {
         if pending > 0 || tail {
             let drain = Context {
                 cancel: CancellationToken::new(),
-                ..context.clone_for_drain()
+                ..context.clone_for_task()
             };
             let ok = drain
                 .flush(&self.consumer, CommitMode::Sync, deadline)
@@ -673,7 +631,8 @@ impl Worker {
 }
 
 impl Context {
-    fn clone_for_drain(&self) -> Self {
+    /// A copy for a flush task or the final drain (the parts are shared handles).
+    fn clone_for_task(&self) -> Self {
         Self {
             shared: self.shared.clone(),
             sink: self.sink.clone(),
