@@ -1,9 +1,12 @@
 //! The consumer loop: batch by size and time, write through the [`Sink`], then commit; the rebalance
 //! callbacks seek assigned partitions to the offsets stored in ClickHouse and drain on revocation.
 //!
-//! Rebalance callbacks run inside `recv()` of this same task, so they never overlap a flush: when a
-//! partition is revoked, everything read so far is written (or dropped, to be replayed by the next
-//! owner from ClickHouse's offsets) before the partition is given up.
+//! A batch is flushed (rows, quota state, stored offsets) in a task while the loop reads the next
+//! one; the loop waits for it ("settles" it, then commits its offsets) before flushing the next, so
+//! batches are written in order and at most one flush runs. Rebalance callbacks run inside
+//! `recv()` of the loop's task and settle the running flush first: when a partition is revoked,
+//! everything read so far is written (or dropped, to be replayed by the next owner from
+//! ClickHouse's offsets) before the partition is given up.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
