@@ -34,8 +34,14 @@ impl std::fmt::Debug for ExternalQuery {
 impl ExternalQuery {
     /// A client for the configured server and database.
     pub fn new(config: &ClickHouseConfig) -> Self {
+        // A stuck server fails the query (and the flush retries) instead of hanging it.
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .unwrap_or_default();
         Self {
-            http: reqwest::Client::new(),
+            http,
             url: config.url.trim_end_matches('/').to_string(),
             database: config.database.clone(),
             user: config.user.clone(),
@@ -81,12 +87,12 @@ impl ExternalQuery {
             .body(body)
             .send()
             .await
-            .map_err(|e| Error::External(format!("request failed: {e}")))?;
+            // Without the URL: it carries the whole query.
+            .map_err(|e| Error::External(format!("request failed: {}", e.without_url())))?;
         let status = response.status();
-        let text = response
-            .bytes()
-            .await
-            .map_err(|e| Error::External(format!("reading the answer failed: {e}")))?;
+        let text = response.bytes().await.map_err(|e| {
+            Error::External(format!("reading the answer failed: {}", e.without_url()))
+        })?;
         if !status.is_success() {
             let message = String::from_utf8_lossy(&text);
             return Err(Error::External(format!(
