@@ -112,7 +112,7 @@ impl Context {
         }
     }
 
-    /// Whether the previous batch's pipelined second half has finished.
+    /// Whether the previous batch's flush task has finished.
     fn tail_finished(&self) -> bool {
         lock(&self.shared)
             .inflight
