@@ -545,7 +545,7 @@ impl Worker {
             let tail_pending = lock(&self.shared).inflight.is_some();
             let received = tokio::select! {
                 () = self.cancel.cancelled() => break,
-                // The previous batch's second half finished: commit it without waiting for the
+                // The previous batch's flush finished: commit it without waiting for the
                 // next flush (an idle stream would otherwise leave it uncommitted).
                 () = tokio::time::sleep(Duration::from_millis(5)), if tail_pending => {
                     let context = self.consumer.context();
