@@ -181,6 +181,9 @@ pub async fn authenticate(
 }
 
 /// Reads at most `limit` bytes of the body; more is a 413.
+/// A body declared up to this many times the limit is read and dropped before the 413.
+const DRAIN_FACTOR: usize = 8;
+
 async fn read_body(
     body: Body,
     headers: &HeaderMap,
@@ -197,7 +200,18 @@ async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if let Some(n) = declared.filter(|&n| n > limit) {
+        // Read (and drop) a moderately oversized body before answering, so the client reads the
+        // 413 instead of a connection reset in the middle of its upload; a huge one is refused at
+        // once.
+        if n <= limit.saturating_mul(DRAIN_FACTOR) {
+            let mut body = body;
+            while let Some(frame) = body.frame().await {
+                if frame.is_err() {
+                    break;
+                }
+            }
+        }
         return Err(too_large());
     }
     match http_body_util::Limited::new(body, limit).collect().await {
