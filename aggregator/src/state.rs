@@ -116,6 +116,13 @@ impl Publisher {
         })
     }
 
+    /// Whether `meter` counts a day's largest quantity rather than the sum.
+    fn is_max(&self, meter: &str) -> bool {
+        self.catalog
+            .meter(meter)
+            .is_some_and(|m| m.aggregation == Aggregation::Max)
+    }
+
     /// Forgets cached daily usage (after a rebalance, or a flush that failed).
     pub fn forget_usage(&self) {
         lock(&self.usage).clear();
@@ -148,10 +155,7 @@ impl Publisher {
                     continue;
                 };
                 for e in events {
-                    let max = self
-                        .catalog
-                        .meter(&e.meter)
-                        .is_some_and(|m| m.aggregation == Aggregation::Max);
+                    let max = self.is_max(&e.meter);
                     let slot = days
                         .entry((e.meter.clone(), e.time.date()))
                         .or_insert((0, 0.0));
@@ -205,7 +209,7 @@ impl Publisher {
 
     /// Forgets cached plans (after a rebalance another instance may have folded changes).
     pub fn forget_plans(&self) {
-        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        lock(&self.plans).clear();
     }
 
     /// Produces `records` (topic, partition, key, payload) and waits until the broker acknowledged
@@ -255,7 +259,7 @@ impl Publisher {
         }
         let list: Vec<(String, String)> = customers.iter().cloned().collect();
         let out = schemas::quota_store::plans(&self.client, &self.catalog, Some(&list)).await?;
-        let mut cache = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = lock(&self.plans);
         for (k, v) in &out {
             cache.insert(k.clone(), v.clone());
         }
@@ -269,7 +273,7 @@ impl Publisher {
         let mut out = HashMap::new();
         let mut missing = BTreeSet::new();
         {
-            let cache = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+            let cache = lock(&self.plans);
             for k in customers {
                 match cache.get(k) {
                     Some(p) => {
@@ -453,10 +457,7 @@ impl Publisher {
             if !plan.period(now).contains(r.day) {
                 continue;
             }
-            let max = self
-                .catalog
-                .meter(&r.meter)
-                .is_some_and(|m| m.aggregation == Aggregation::Max);
+            let max = self.is_max(&r.meter);
             let slot = used
                 .entry((r.tenant.clone(), r.customer.clone(), r.meter.clone()))
                 .or_insert(0.0);

@@ -313,28 +313,11 @@ async fn end_to_end(label: &str, n: usize, aggregators: usize, ingests: usize) -
         let (bodies, next, key, urls) = (bodies.clone(), next.clone(), key.clone(), urls.clone());
         tasks.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
-            let url = format!("{}/v1/events", urls[c % urls.len()]);
+            let url = &urls[c % urls.len()];
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(body) = bodies.get(i) else { break };
-                let mut tries = 0;
-                loop {
-                    tries += 1;
-                    let r = http
-                        .post(&url)
-                        .bearer_auth(key.as_str())
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    match r {
-                        Ok(r) if r.status() == 202 => break,
-                        Ok(r) if r.status() == 503 && tries < 600 => {
-                            tokio::time::sleep(Duration::from_millis(50)).await
-                        }
-                        other => panic!("batch {i} not accepted: {other:?}"),
-                    }
-                }
+                tests::post_until_accepted(&http, url, &key, body.clone()).await;
             }
         }));
     }

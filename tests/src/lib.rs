@@ -518,24 +518,31 @@ pub async fn send_all(
     batch: usize,
 ) {
     for chunk in events.chunks(batch) {
-        let body = Value::Array(chunk.to_vec());
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let r = http
-                .post(format!("{url}/v1/events"))
-                .bearer_auth(key)
-                .json(&body)
-                .send()
-                .await;
-            match r {
-                Ok(r) if r.status() == 202 => break,
-                Ok(r) if r.status() == 503 && tries < 600 => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
-                Err(_) if tries < 600 => tokio::time::sleep(Duration::from_millis(100)).await,
-                other => panic!("batch not accepted: {other:?}"),
+        let body = serde_json::to_vec(chunk).expect("events as JSON");
+        post_until_accepted(http, url, key, bytes::Bytes::from(body)).await;
+    }
+}
+
+/// Posts one JSON body to `/v1/events` until it is accepted (202), retrying 503s and transport
+/// errors like a client does (same body, so the same ids count once).
+pub async fn post_until_accepted(http: &reqwest::Client, url: &str, key: &str, body: bytes::Bytes) {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let r = http
+            .post(format!("{url}/v1/events"))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status() == 202 => break,
+            Ok(r) if r.status() == 503 && tries < 600 => {
+                tokio::time::sleep(Duration::from_millis(50)).await
             }
+            Err(_) if tries < 600 => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("batch not accepted: {other:?}"),
         }
     }
 }
