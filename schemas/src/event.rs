@@ -196,9 +196,9 @@ pub fn is_token(s: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-struct Checker {
-    index: usize,
-    errors: Vec<FieldError>,
+pub(crate) struct Checker {
+    pub(crate) index: usize,
+    pub(crate) errors: Vec<FieldError>,
 }
 
 impl Checker {
@@ -225,32 +225,13 @@ impl Checker {
                 }
                 None
             }
-            Some(Value::String(s)) => {
-                if s.trim().is_empty() {
-                    self.fail(
-                        field,
-                        ErrorCode::InvalidValue,
-                        format!("`{field}` must not be empty"),
-                    );
+            Some(Value::String(s)) => match string_problem(field, s) {
+                Some((code, reason)) => {
+                    self.fail(field, code, reason);
                     None
-                } else if s.len() > MAX_ID_LEN {
-                    self.fail(
-                        field,
-                        ErrorCode::TooLong,
-                        format!("`{field}` is {} bytes; at most {MAX_ID_LEN}", s.len()),
-                    );
-                    None
-                } else if s.chars().any(char::is_control) {
-                    self.fail(
-                        field,
-                        ErrorCode::InvalidValue,
-                        format!("`{field}` contains control characters"),
-                    );
-                    None
-                } else {
-                    Some(s)
                 }
-            }
+                None => Some(s),
+            },
             Some(other) => {
                 self.fail(
                     field,
@@ -272,6 +253,62 @@ pub fn json_type(v: &Value) -> &'static str {
         Value::String(_) => "string",
         Value::Array(_) => "array",
         Value::Object(_) => "object",
+    }
+}
+
+/// What is wrong with a string field's value, if anything: blank, too long, or control characters.
+pub(crate) fn string_problem(field: &str, s: &str) -> Option<(ErrorCode, String)> {
+    if s.trim().is_empty() {
+        Some((
+            ErrorCode::InvalidValue,
+            format!("`{field}` must not be empty"),
+        ))
+    } else if s.len() > MAX_ID_LEN {
+        Some((
+            ErrorCode::TooLong,
+            format!("`{field}` is {} bytes; at most {MAX_ID_LEN}", s.len()),
+        ))
+    } else if s.chars().any(char::is_control) {
+        Some((
+            ErrorCode::InvalidValue,
+            format!("`{field}` contains control characters"),
+        ))
+    } else {
+        None
+    }
+}
+
+/// The event time of a `time` string, in UTC, if it is RFC 3339 and inside the intake's window.
+pub(crate) fn event_time(
+    s: &str,
+    intake: &Intake<'_>,
+) -> Result<OffsetDateTime, (ErrorCode, String)> {
+    let t = OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|e| {
+            (
+                ErrorCode::InvalidValue,
+                format!("`time` is not RFC 3339: {e}"),
+            )
+        })?
+        .to_offset(time::UtcOffset::UTC);
+    if t < intake.received_at - intake.window.max_late {
+        Err((
+            ErrorCode::TooLate,
+            format!(
+                "event time {s} is more than {} days before arrival",
+                intake.window.max_late.whole_days()
+            ),
+        ))
+    } else if t > intake.received_at + intake.window.max_future {
+        Err((
+            ErrorCode::InFuture,
+            format!(
+                "event time {s} is more than {} s after arrival",
+                intake.window.max_future.whole_seconds()
+            ),
+        ))
+    } else {
+        Ok(t)
     }
 }
 
@@ -343,39 +380,10 @@ pub fn validate(
 
     let time = match obj.get("time") {
         None | Some(Value::Null) => Some(intake.received_at),
-        Some(Value::String(s)) => match OffsetDateTime::parse(s, &Rfc3339) {
-            Ok(t) => {
-                let t = t.to_offset(time::UtcOffset::UTC);
-                if t < intake.received_at - intake.window.max_late {
-                    c.fail(
-                        "time",
-                        ErrorCode::TooLate,
-                        format!(
-                            "event time {s} is more than {} days before arrival",
-                            intake.window.max_late.whole_days()
-                        ),
-                    );
-                    None
-                } else if t > intake.received_at + intake.window.max_future {
-                    c.fail(
-                        "time",
-                        ErrorCode::InFuture,
-                        format!(
-                            "event time {s} is more than {} s after arrival",
-                            intake.window.max_future.whole_seconds()
-                        ),
-                    );
-                    None
-                } else {
-                    Some(t)
-                }
-            }
-            Err(e) => {
-                c.fail(
-                    "time",
-                    ErrorCode::InvalidValue,
-                    format!("`time` is not RFC 3339: {e}"),
-                );
+        Some(Value::String(s)) => match event_time(s, intake) {
+            Ok(t) => Some(t),
+            Err((code, reason)) => {
+                c.fail("time", code, reason);
                 None
             }
         },
@@ -448,7 +456,7 @@ pub fn validate(
     }
 }
 
-fn measure(
+pub(crate) fn measure(
     c: &mut Checker,
     meter: &crate::catalog::Meter,
     data: &Map<String, Value>,

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`event`]: the CloudEvents usage event and its validation with per-field errors.
+//! - [`wire`]: the fast, borrowed decode of plain valid events (falls back to [`event`]).
 //! - [`catalog`]: meters and plans as configuration (`catalog.toml` is the default).
 //! - [`topics`]: Kafka topic names.
 //! - [`kafka`]: broker client settings and topic creation.
@@ -33,6 +34,7 @@ pub mod rows;
 pub mod shutdown;
 pub mod sql;
 pub mod topics;
+pub mod wire;
 
 pub use catalog::Catalog;
 pub use error::{Error, Result};

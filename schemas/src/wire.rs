@@ -1,0 +1,286 @@
+//! The fast path of event decoding: a typed, borrowed parse that accepts only what [`validate`] accepts.
+//!
+//! [`validate`] reads an event into a [`serde_json::Value`] tree, which allocates for every key and
+//! string and then clones `data`. Almost every event is valid and plain, so [`Wire::parse`] reads
+//! the fields straight into borrowed `&str`s and keeps `data` as its JSON text, and [`Wire::check`]
+//! applies the same rules with the same helpers. Both return `None` for anything they do not accept
+//! as is (a string with escapes, a duplicate field, a wrong type, an invalid value): the caller then
+//! runs [`validate`], which decides and explains. So the fast path never accepts an event the slow
+//! path would refuse, and never refuses one: it only falls back (tested below on a corpus of both).
+//!
+//! [`validate`]: crate::event::validate
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::catalog::Catalog;
+use crate::event::{Checker, Intake, MAX_DATA_BYTES, Measure, event_time, measure, string_problem};
+
+/// One event as it is on the wire, borrowed from the payload.
+#[derive(Debug, Deserialize)]
+pub struct Wire<'a> {
+    /// Present (even as `null`) or absent: `null` is not a valid spec version.
+    #[serde(default, borrow, deserialize_with = "present")]
+    specversion: Option<&'a RawValue>,
+    id: &'a str,
+    #[serde(default)]
+    source: Option<&'a str>,
+    #[serde(rename = "type")]
+    meter: &'a str,
+    #[serde(rename = "subject")]
+    customer: &'a str,
+    #[serde(default)]
+    time: Option<&'a str>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    tenant: Option<&'a str>,
+    #[serde(default)]
+    receivedat: Option<&'a str>,
+}
+
+/// A field that is present, `null` included (plain `Option` reads `null` as absent).
+fn present<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// An event the fast path accepted: the normalized fields, borrowed, and what its meter makes of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked<'a> {
+    /// Event id.
+    pub id: &'a str,
+    /// Producer (`api` when absent).
+    pub source: &'a str,
+    /// Meter key (`type`).
+    pub meter: &'a str,
+    /// Customer (`subject`).
+    pub customer: &'a str,
+    /// Event time, UTC (the arrival time when absent).
+    pub time: OffsetDateTime,
+    /// `data` as its JSON text (`{}` when absent).
+    pub data: &'a str,
+    /// Quantity, dimension and distinct value.
+    pub measure: Measure,
+}
+
+impl<'a> Wire<'a> {
+    /// Reads one event, or `None` when it is not plain enough for the fast path.
+    pub fn parse(json: &'a str) -> Option<Self> {
+        serde_json::from_str(json).ok()
+    }
+
+    /// The event's own `tenant` field.
+    pub fn tenant(&self) -> Option<&'a str> {
+        self.tenant
+    }
+
+    /// The event's own `receivedat` field.
+    pub fn receivedat(&self) -> Option<&'a str> {
+        self.receivedat
+    }
+
+    /// The event normalized as [`crate::event::validate`] would, or `None` (then run that).
+    pub fn check(&self, intake: &Intake<'_>, catalog: &Catalog) -> Option<Checked<'a>> {
+        if self.specversion.is_some_and(|v| v.get() != "\"1.0\"") {
+            return None;
+        }
+        let source = self.source.unwrap_or("api");
+        for (field, value) in [
+            ("id", self.id),
+            ("source", source),
+            ("subject", self.customer),
+            ("type", self.meter),
+        ] {
+            if string_problem(field, value).is_some() {
+                return None;
+            }
+        }
+        let meter = catalog.meter(self.meter)?;
+        if self.tenant.is_some_and(|t| t != intake.tenant)
+            || intake.customer_scope.is_some_and(|c| c != self.customer)
+        {
+            return None;
+        }
+        let time = match self.time {
+            None => intake.received_at,
+            Some(s) => event_time(s, intake).ok()?,
+        };
+        let data = self.data.map_or("{}", RawValue::get);
+        if !data.starts_with('{') || data.len() > MAX_DATA_BYTES {
+            return None;
+        }
+        let wanted = [
+            meter.dimension.as_deref(),
+            meter.value_property.as_deref(),
+            meter.unique_property.as_deref(),
+        ];
+        let fields = Picked(wanted)
+            .deserialize(&mut serde_json::Deserializer::from_str(data))
+            .ok()?;
+        let mut checker = Checker {
+            index: 0,
+            errors: Vec::new(),
+        };
+        let measure = measure(&mut checker, meter, &fields)?;
+        Some(Checked {
+            id: self.id,
+            source,
+            meter: self.meter,
+            customer: self.customer,
+            time,
+            data,
+            measure,
+        })
+    }
+}
+
+/// Reads a `data` object keeping only the named properties (parsed), skipping the rest unparsed.
+/// A repeated key keeps its last value, as a [`Map`] does.
+struct Picked<'n>([Option<&'n str>; 3]);
+
+impl<'de> DeserializeSeed<'de> for Picked<'_> {
+    type Value = Map<String, Value>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Picked<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut picked = Map::new();
+        while let Some(key) = map.next_key::<&'de str>()? {
+            if self.0.contains(&Some(key)) {
+                picked.insert(key.to_owned(), map.next_value::<Value>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(picked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Window, validate};
+
+    fn intake(now: OffsetDateTime, scope: Option<&'static str>) -> Intake<'static> {
+        Intake {
+            tenant: "acme",
+            customer_scope: scope,
+            received_at: now,
+            window: Window::default(),
+        }
+    }
+
+    /// Every input: the fast path either falls back or gives exactly what `validate` gives.
+    #[test]
+    fn the_fast_path_accepts_exactly_what_validate_accepts_and_gives_the_same_event() {
+        let now = OffsetDateTime::now_utc();
+        let mut toml = crate::catalog::DEFAULT_CATALOG_TOML.to_string();
+        toml.push_str(
+            r#"
+[[meters]]
+key = "tokens_used"
+name = "Tokens"
+aggregation = "sum"
+value_property = "tokens"
+dimension = "model"
+
+[[meters]]
+key = "active_users"
+name = "Active users"
+aggregation = "unique_count"
+unique_property = "user"
+"#,
+        );
+        let cat = Catalog::from_toml(&toml).expect("catalog");
+        let corpus = [
+            r#"{"id":"e1","type":"api_call","subject":"c1","data":{"endpoint":"redact"}}"#,
+            r#"{"specversion":"1.0","id":"e1","source":"svc","type":"api_call","subject":"c1","tenant":"acme","time":"2026-01-01T00:00:00Z","data":{"endpoint":"analyze","other":[1,{"x":2}]}}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1"}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","data":null,"time":null,"source":null}"#,
+            r#"{"specversion":null,"id":"e1","type":"api_call","subject":"c1"}"#,
+            r#"{"specversion":"0.3","id":"e1","type":"api_call","subject":"c1"}"#,
+            r#"{"id":"e\"1","type":"api_call","subject":"c1"}"#,
+            r#"{"id":"e1","id":"e2","type":"api_call","subject":"c1"}"#,
+            r#"{"id":" ","type":"api_call","subject":"c1"}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","tenant":"globex"}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","tenant":""}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c2"}"#,
+            r#"{"id":"e1","type":"nope","subject":"c1"}"#,
+            r#"{"id":5,"type":"api_call","subject":"c1"}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","time":"2020-01-01T00:00:00Z"}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","time":"yesterday"}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","data":[1]}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","data":{"endpoint":7}}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","data":{"endpoint":"a","endpoint":"b"}}"#,
+            r#"{"id":"e1","type":"tokens_used","subject":"c1","data":{"tokens":12.5,"model":"m"}}"#,
+            r#"{"id":"e1","type":"tokens_used","subject":"c1","data":{"tokens":-1}}"#,
+            r#"{"id":"e1","type":"tokens_used","subject":"c1","data":{"tokens":"5"}}"#,
+            r#"{"id":"e1","type":"tokens_used","subject":"c1","data":{}}"#,
+            r#"{"id":"e1","type":"tokens_used","subject":"c1","data":{"tokens":1e300}}"#,
+            r#"{"id":"e1","type":"active_users","subject":"c1","data":{"user":"u7"}}"#,
+            r#"{"id":"e1","type":"active_users","subject":"c1","data":{"user":42}}"#,
+            r#"{"id":"e1","type":"active_users","subject":"c1","data":{"user":""}}"#,
+            "[1]",
+            "7",
+        ];
+        let time = (now - time::Duration::minutes(1))
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("format");
+        let recent = format!(
+            r#"{{"id":"e1","type":"api_call","subject":"c1","time":"{time}","data":{{"endpoint":"drill"}}}}"#
+        );
+        let mut fast_accepted = 0;
+        for json in corpus.iter().copied().chain([recent.as_str()]) {
+            for scope in [None, Some("c1")] {
+                let ctx = intake(now, scope);
+                let value: Value = serde_json::from_str(json).expect("valid JSON");
+                let slow = validate(&value, 0, &ctx, &cat);
+                let fast = Wire::parse(json).and_then(|w| w.check(&ctx, &cat));
+                let Some(fast) = fast else { continue };
+                fast_accepted += 1;
+                let (event, measure) =
+                    slow.unwrap_or_else(|e| panic!("{json}: fast accepted, slow refused: {e:?}"));
+                let data: Map<String, Value> = serde_json::from_str(fast.data).expect("data");
+                assert_eq!(
+                    (
+                        fast.id,
+                        fast.source,
+                        fast.meter,
+                        fast.customer,
+                        fast.time,
+                        &data,
+                        &fast.measure
+                    ),
+                    (
+                        event.id.as_str(),
+                        event.source.as_str(),
+                        event.meter.as_str(),
+                        event.customer.as_str(),
+                        event.time,
+                        &event.data,
+                        &measure
+                    ),
+                    "{json}"
+                );
+            }
+        }
+        // The plain events take the fast path (so this test compares something).
+        assert!(
+            fast_accepted >= 12,
+            "only {fast_accepted} took the fast path"
+        );
+    }
+}
