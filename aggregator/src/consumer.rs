@@ -34,6 +34,8 @@ struct Shared {
     owned: HashSet<(String, i32)>,
     /// The previous batch's flush, running while the next batch is read.
     inflight: Option<tokio::task::JoinHandle<Tail>>,
+    /// A flushed batch, emptied, to be filled next (its buffers keep their capacity).
+    spare: Option<Batch>,
 }
 
 /// A batch flushed in the background (see [`Context::flush_pipelined`]).
@@ -153,6 +155,7 @@ impl Context {
         if tail.written {
             self.commit(consumer, &tail.batch, mode);
         }
+        lock(&self.shared).spare = Some(tail.batch.recycle());
         tail.written
     }
 
@@ -167,7 +170,11 @@ impl Context {
         if !self.settle(consumer, CommitMode::Async, None).await {
             return false;
         }
-        let batch = std::mem::take(&mut lock(&self.shared).batch);
+        let batch = {
+            let mut shared = lock(&self.shared);
+            let spare = shared.spare.take().unwrap_or_default();
+            std::mem::replace(&mut shared.batch, spare)
+        };
         if batch.is_empty() {
             return true;
         }

@@ -44,6 +44,17 @@ impl Batch {
         self.events.len() + self.dead.len() + self.subs.len()
     }
 
+    /// Empties the batch for reuse, keeping its buffers' capacity (a 50,000-event batch grown from
+    /// nothing cost page faults and copies on every flush).
+    pub fn recycle(mut self) -> Self {
+        self.events.clear();
+        self.dead.clear();
+        self.subs.clear();
+        self.last.clear();
+        self.messages = 0;
+        self
+    }
+
     /// Records the position of a message that was read.
     pub fn note(&mut self, topic: &str, partition: i32, offset: i64) {
         self.messages += 1;

@@ -8,11 +8,13 @@
 //! failed flush (a retry finds the events stored and adds nothing), and then read back again; so
 //! a replayed batch publishes the same values as before: the state is exactly-once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hashbrown::Equivalent;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
@@ -21,7 +23,7 @@ use schemas::catalog::Aggregation;
 use schemas::config::KafkaConfig;
 use schemas::quota::{Alert, PlanState, StateRecord, UsageState, crossed};
 use schemas::quota_store::DayRow;
-use schemas::rows::AlertRow;
+use schemas::rows::{AlertRow, RawEventRow};
 use schemas::sql::{pairs, quote};
 use schemas::topics::Topics;
 use serde::Deserialize;
@@ -33,11 +35,72 @@ use crate::{Error, Result};
 /// Days of usage read back per touched customer (covers a billing period and late events).
 pub const HISTORY_DAYS: i64 = 40;
 
-/// A customer's events partition and the (meter, day) keys a batch touched.
-type Touched<'a> = (i32, HashSet<(&'a str, Date)>);
+/// A customer: (tenant, customer), the caches' key.
+type Customer = (String, String);
 
-/// A customer's daily usage: (meter, day) → (events, quantity).
-type Days = HashMap<(String, Date), (u64, f64)>;
+/// A [`Customer`] borrowed from a row, to look one up without copying its names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CustomerRef<'a>(&'a str, &'a str);
+
+impl Hash for CustomerRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As a (String, String) hashes: the two strings in order.
+        (self.0, self.1).hash(state);
+    }
+}
+
+impl Equivalent<Customer> for CustomerRef<'_> {
+    fn equivalent(&self, key: &Customer) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
+impl CustomerRef<'_> {
+    fn owned(self) -> Customer {
+        (self.0.to_owned(), self.1.to_owned())
+    }
+}
+
+/// Hash maps keyed by customer names: a fast hasher (foldhash, randomly seeded) instead of SipHash.
+type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// One day of a customer's usage of one meter (by its position in the catalog).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct DayUsage {
+    meter: usize,
+    day: Date,
+    events: u64,
+    quantity: f64,
+}
+
+/// A customer's daily usage (a few entries: meters × days of the history window).
+type Days = Vec<DayUsage>;
+
+/// Adds one event (or a day's total read back) to a customer's days: a sum, or the largest
+/// quantity for max meters.
+fn add_day(days: &mut Days, add: DayUsage, max: bool) {
+    match days
+        .iter_mut()
+        .find(|d| d.day == add.day && d.meter == add.meter)
+    {
+        Some(d) => {
+            d.events += add.events;
+            d.quantity = if max {
+                d.quantity.max(add.quantity)
+            } else {
+                d.quantity + add.quantity
+            };
+        }
+        None => days.push(add),
+    }
+}
+
+/// What a batch touched of one customer: its events partition and the (meter, day) keys.
+#[derive(Debug)]
+struct Touched {
+    partition: i32,
+    keys: Vec<(usize, Date)>,
+}
 
 /// Most customers whose daily usage is kept between batches; past it the cache starts over.
 pub const USAGE_CACHE_CUSTOMERS: usize = 200_000;
@@ -64,8 +127,8 @@ pub struct Publisher {
     topics: Topics,
     catalog: Arc<Catalog>,
     partitions: i32,
-    plans: Arc<Mutex<HashMap<(String, String), PlanState>>>,
-    usage: Arc<Mutex<HashMap<(String, String), Days>>>,
+    plans: Arc<Mutex<Map<Customer, PlanState>>>,
+    usage: Arc<Mutex<Map<Customer, Days>>>,
     fired: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -116,10 +179,11 @@ impl Publisher {
         })
     }
 
-    /// Whether `meter` counts a day's largest quantity rather than the sum.
-    fn is_max(&self, meter: &str) -> bool {
+    /// Whether the meter at `position` counts a day's largest quantity rather than the sum.
+    fn is_max(&self, position: usize) -> bool {
         self.catalog
-            .meter(meter)
+            .meters
+            .get(position)
             .is_some_and(|m| m.aggregation == Aggregation::Max)
     }
 
@@ -128,83 +192,69 @@ impl Publisher {
         lock(&self.usage).clear();
     }
 
-    /// Daily usage of `customers` over the last [`HISTORY_DAYS`] days, after `fresh` (the events
-    /// the batch stored) were written: cached customers get `fresh` added, the others are read
-    /// back from ClickHouse (which then holds `fresh` already) and cached.
-    async fn usage_rows(
+    /// Makes the usage cache hold the daily usage of `customers` over the last [`HISTORY_DAYS`]
+    /// days, after `fresh` (the events the batch stored) were written: cached customers get
+    /// `fresh` added, the others are read back from ClickHouse (which then holds `fresh` already).
+    async fn load_usage(
         &self,
-        customers: &BTreeSet<(String, String)>,
-        fresh: &[&schemas::rows::RawEventRow],
+        customers: &[CustomerRef<'_>],
+        fresh: &[&RawEventRow],
         now: OffsetDateTime,
-    ) -> Result<Vec<DayRow>> {
-        let missing: BTreeSet<(String, String)> = {
+    ) -> Result<()> {
+        let missing: Vec<Customer> = {
             let mut cache = lock(&self.usage);
             if cache.len() > USAGE_CACHE_CUSTOMERS {
                 cache.clear();
             }
-            let mut by_customer: HashMap<(&str, &str), Vec<&schemas::rows::RawEventRow>> =
-                HashMap::new();
             for e in fresh {
-                by_customer
-                    .entry((e.tenant.as_str(), e.customer.as_str()))
-                    .or_default()
-                    .push(e);
-            }
-            for ((tenant, customer), events) in by_customer {
-                let Some(days) = cache.get_mut(&(tenant.to_string(), customer.to_string())) else {
-                    continue;
+                let Some(meter) = self.catalog.meter_position(&e.meter) else {
+                    continue; // not countable (cannot be in the batch's events)
                 };
-                for e in events {
-                    let max = self.is_max(&e.meter);
-                    let slot = days
-                        .entry((e.meter.clone(), e.time.date()))
-                        .or_insert((0, 0.0));
-                    slot.0 += 1;
-                    slot.1 = if max {
-                        slot.1.max(e.quantity)
-                    } else {
-                        slot.1 + e.quantity
+                if let Some(days) = cache.get_mut(&CustomerRef(&e.tenant, &e.customer)) {
+                    let add = DayUsage {
+                        meter,
+                        day: e.time.date(),
+                        events: 1,
+                        quantity: e.quantity,
                     };
+                    add_day(days, add, self.is_max(meter));
                 }
             }
             customers
                 .iter()
                 .filter(|k| !cache.contains_key(*k))
-                .cloned()
+                .map(|k| k.owned())
                 .collect()
         };
         if !missing.is_empty() {
             let loaded = self.daily_usage(&missing).await?;
             let mut cache = lock(&self.usage);
-            for k in &missing {
-                cache.insert(k.clone(), Days::new());
+            for k in missing {
+                cache.insert(k, Days::new());
             }
             for r in loaded {
-                if let Some(days) = cache.get_mut(&(r.tenant, r.customer)) {
-                    days.insert((r.meter, r.day), (r.events, r.quantity));
+                let Some(meter) = self.catalog.meter_position(&r.meter) else {
+                    continue; // a meter no longer in the catalog has no limit
+                };
+                if let Some(days) = cache.get_mut(&CustomerRef(&r.tenant, &r.customer)) {
+                    let add = DayUsage {
+                        meter,
+                        day: r.day,
+                        events: r.events,
+                        quantity: r.quantity,
+                    };
+                    add_day(days, add, self.is_max(meter));
                 }
             }
         }
         let since = now.date() - time::Duration::days(HISTORY_DAYS);
         let mut cache = lock(&self.usage);
-        let mut rows = Vec::new();
         for k in customers {
-            let Some(days) = cache.get_mut(k) else {
-                continue;
-            };
-            days.retain(|(_, day), _| *day >= since);
-            for ((meter, day), (events, quantity)) in days.iter() {
-                rows.push(DayRow {
-                    tenant: k.0.clone(),
-                    customer: k.1.clone(),
-                    meter: meter.clone(),
-                    day: *day,
-                    events: *events,
-                    quantity: *quantity,
-                });
+            if let Some(days) = cache.get_mut(k) {
+                days.retain(|d| d.day >= since);
             }
         }
-        Ok(rows)
+        Ok(())
     }
 
     /// Forgets cached plans (after a rebalance another instance may have folded changes).
@@ -250,15 +300,11 @@ impl Publisher {
 
     /// Folds the plan history of `customers` from ClickHouse (customers without changes get the
     /// default plan) and caches it.
-    async fn load_plans(
-        &self,
-        customers: &BTreeSet<(String, String)>,
-    ) -> Result<HashMap<(String, String), PlanState>> {
+    async fn load_plans(&self, customers: &[Customer]) -> Result<HashMap<Customer, PlanState>> {
         if customers.is_empty() {
             return Ok(HashMap::new());
         }
-        let list: Vec<(String, String)> = customers.iter().cloned().collect();
-        let out = schemas::quota_store::plans(&self.client, &self.catalog, Some(&list)).await?;
+        let out = schemas::quota_store::plans(&self.client, &self.catalog, Some(customers)).await?;
         let mut cache = lock(&self.plans);
         for (k, v) in &out {
             cache.insert(k.clone(), v.clone());
@@ -266,34 +312,27 @@ impl Publisher {
         Ok(out)
     }
 
+    /// Loads the plans of the `customers` not cached; returns them (the cache may be cleared by a
+    /// rebalance meanwhile, so look in both).
     async fn plans_for(
         &self,
-        customers: &BTreeSet<(String, String)>,
-    ) -> Result<HashMap<(String, String), PlanState>> {
-        let mut out = HashMap::new();
-        let mut missing = BTreeSet::new();
-        {
+        customers: &[CustomerRef<'_>],
+    ) -> Result<HashMap<Customer, PlanState>> {
+        let missing: Vec<Customer> = {
             let cache = lock(&self.plans);
-            for k in customers {
-                match cache.get(k) {
-                    Some(p) => {
-                        out.insert(k.clone(), p.clone());
-                    }
-                    None => {
-                        missing.insert(k.clone());
-                    }
-                }
-            }
-        }
-        out.extend(self.load_plans(&missing).await?);
-        Ok(out)
+            customers
+                .iter()
+                .filter(|k| !cache.contains_key(*k))
+                .map(|k| k.owned())
+                .collect()
+        };
+        self.load_plans(&missing).await
     }
 
     /// Daily usage of `customers` over the last [`HISTORY_DAYS`] days, per meter.
-    async fn daily_usage(&self, customers: &BTreeSet<(String, String)>) -> Result<Vec<DayRow>> {
-        let keys: Vec<(String, String)> = customers.iter().cloned().collect();
+    async fn daily_usage(&self, keys: &[Customer]) -> Result<Vec<DayRow>> {
         let mut rows =
-            schemas::quota_store::daily_usage(&self.client, Some(&keys), HISTORY_DAYS).await?;
+            schemas::quota_store::daily_usage(&self.client, Some(keys), HISTORY_DAYS).await?;
         let list = pairs(keys.iter().map(|(t, c)| (t.as_str(), c.as_str())));
         let max_meters: Vec<&str> = self
             .catalog
@@ -345,17 +384,19 @@ impl Publisher {
         fresh: &[usize],
         now: OffsetDateTime,
     ) -> Result<Published> {
-        let fresh: Vec<&schemas::rows::RawEventRow> =
-            fresh.iter().filter_map(|&i| batch.events.get(i)).collect();
+        let fresh: Vec<&RawEventRow> = fresh.iter().filter_map(|&i| batch.events.get(i)).collect();
         let mut done = Published::default();
         // Plans first: the usage thresholds below use them.
-        let plan_customers: BTreeSet<(String, String)> = batch
+        let mut plan_customers: Vec<CustomerRef<'_>> = batch
             .subs
             .iter()
-            .map(|s| (s.tenant.clone(), s.customer.clone()))
+            .map(|s| CustomerRef(&s.tenant, &s.customer))
             .collect();
+        plan_customers.sort_unstable_by_key(|k| (k.0, k.1));
+        plan_customers.dedup();
         if !plan_customers.is_empty() {
-            let plans = self.load_plans(&plan_customers).await?;
+            let owned: Vec<Customer> = plan_customers.iter().map(|k| k.owned()).collect();
+            let plans = self.load_plans(&owned).await?;
             let records: Vec<_> = plans
                 .into_values()
                 .map(|state| {
@@ -374,127 +415,158 @@ impl Publisher {
             done.plans += records.len();
         }
 
-        // Usage: the touched (customer, meter, day) keys and each customer's partition.
-        // (Borrowed keys: one entry per customer, not a copy of every event's names.)
-        let mut touched: HashMap<(&str, &str), Touched<'_>> = HashMap::new();
+        // Usage: the touched (meter, day) keys of each customer, and its partition.
+        let mut touched: Map<CustomerRef<'_>, Touched> = Map::default();
         for e in &batch.events {
+            let Some(meter) = self.catalog.meter_position(&e.meter) else {
+                continue;
+            };
             let entry = touched
-                .entry((e.tenant.as_str(), e.customer.as_str()))
-                .or_insert_with(|| (e.kafka_partition as i32, HashSet::new()));
-            entry.1.insert((e.meter.as_str(), e.time.date()));
+                .entry(CustomerRef(&e.tenant, &e.customer))
+                .or_insert_with(|| Touched {
+                    partition: e.kafka_partition as i32,
+                    keys: Vec::new(),
+                });
+            let key = (meter, e.time.date());
+            if !entry.keys.contains(&key) {
+                entry.keys.push(key);
+            }
         }
         // A plan change may cross thresholds too (a downgrade): check those customers as well.
-        let mut check: BTreeSet<(String, String)> = touched
-            .keys()
-            .map(|(t, c)| ((*t).to_string(), (*c).to_string()))
-            .collect();
-        check.extend(plan_customers);
+        let mut check: Vec<CustomerRef<'_>> = touched.keys().copied().collect();
+        check.extend(plan_customers.iter().filter(|k| !touched.contains_key(*k)));
         if check.is_empty() {
             return Ok(done);
         }
-        let rows = self.usage_rows(&check, &fresh, now).await?;
-        let topic_of_events = batch
+        self.load_usage(&check, &fresh, now).await?;
+        // The offset the state is as of, per events partition.
+        let as_of: HashMap<i32, i64> = batch
             .last
-            .keys()
-            .find(|(t, _)| *t == self.topics.events)
-            .map(|(t, _)| t.clone())
-            .unwrap_or_else(|| self.topics.events.clone());
-        let mut records = Vec::new();
-        for r in &rows {
-            let Some((partition, days)) = touched.get(&(r.tenant.as_str(), r.customer.as_str()))
-            else {
-                continue;
-            };
-            if !days.contains(&(r.meter.as_str(), r.day)) {
-                continue;
+            .iter()
+            .filter(|((topic, _), _)| *topic == self.topics.events)
+            .map(|((_, partition), offset)| (*partition, *offset))
+            .collect();
+        let mut records = Vec::with_capacity(touched.len());
+        {
+            let cache = lock(&self.usage);
+            for (k, t) in &touched {
+                let Some(days) = cache.get(k) else { continue };
+                for &(meter, day) in &t.keys {
+                    let Some(d) = days.iter().find(|d| d.meter == meter && d.day == day) else {
+                        continue;
+                    };
+                    let record = StateRecord::Usage(UsageState {
+                        tenant: k.0.to_owned(),
+                        customer: k.1.to_owned(),
+                        meter: self.catalog.meters[meter].key.clone(),
+                        day,
+                        quantity: d.quantity,
+                        events: d.events,
+                        partition: t.partition,
+                        as_of_offset: as_of.get(&t.partition).copied().unwrap_or(-1),
+                    });
+                    let payload = serde_json::to_vec(&record).unwrap_or_default();
+                    records.push((
+                        self.topics.state.as_str(),
+                        Some(t.partition),
+                        record.key(),
+                        payload,
+                    ));
+                }
             }
-            let as_of = batch
-                .last
-                .get(&(topic_of_events.clone(), *partition))
-                .copied()
-                .unwrap_or(-1);
-            let record = StateRecord::Usage(UsageState {
-                tenant: r.tenant.clone(),
-                customer: r.customer.clone(),
-                meter: r.meter.clone(),
-                day: r.day,
-                quantity: r.quantity,
-                events: r.events,
-                partition: *partition,
-                as_of_offset: as_of,
-            });
-            let payload = serde_json::to_vec(&record).unwrap_or_default();
-            records.push((
-                self.topics.state.as_str(),
-                Some(*partition),
-                record.key(),
-                payload,
-            ));
         }
         self.send_all(&records).await?;
         done.usage += records.len();
-        done.alerts = self.fire_alerts(&check, &rows, now).await?;
+        done.alerts = self.fire_alerts(&check, now).await?;
         Ok(done)
+    }
+
+    /// The thresholds `customers` crossed in their current period (from the usage cache, which
+    /// [`Self::load_usage`] filled), in (tenant, customer, meter, threshold) order.
+    fn crossed_thresholds(
+        &self,
+        customers: &[CustomerRef<'_>],
+        loaded: &HashMap<Customer, PlanState>,
+        now: OffsetDateTime,
+    ) -> Vec<Alert> {
+        let thresholds = &self.catalog.alert_thresholds;
+        let usage = lock(&self.usage);
+        let plans = lock(&self.plans);
+        let mut candidates = Vec::new();
+        let mut used: Vec<(usize, f64)> = Vec::new();
+        for k in customers {
+            let (Some(days), Some(plan)) = (
+                usage.get(k),
+                plans.get(k).or_else(|| loaded.get(&k.owned())),
+            ) else {
+                continue;
+            };
+            let period = plan.period(now);
+            used.clear();
+            for d in days.iter().filter(|d| period.contains(d.day)) {
+                let max = self.is_max(d.meter);
+                match used.iter_mut().find(|(m, _)| *m == d.meter) {
+                    Some((_, u)) => {
+                        *u = if max {
+                            u.max(d.quantity)
+                        } else {
+                            *u + d.quantity
+                        }
+                    }
+                    None => used.push((d.meter, d.quantity)),
+                }
+            }
+            for &(meter, used) in &used {
+                let meter = self.catalog.meters[meter].key.as_str();
+                let Some(limit) = plan.limit(&self.catalog, meter, now) else {
+                    continue; // unlimited
+                };
+                let hits = crossed(thresholds, used, limit);
+                if hits.is_empty() {
+                    continue;
+                }
+                let plan_key = plan
+                    .effective_plan(&self.catalog)
+                    .map_or_else(|| plan.plan.clone(), |p| p.key.clone());
+                for t in hits {
+                    candidates.push(Alert {
+                        id: Alert::make_id(k.0, k.1, meter, period.start, t),
+                        tenant: k.0.to_owned(),
+                        customer: k.1.to_owned(),
+                        meter: meter.to_owned(),
+                        threshold: t,
+                        used,
+                        limit,
+                        plan: plan_key.clone(),
+                        period_start: period.start,
+                        period_end: period.end,
+                        fired_at: now,
+                    });
+                }
+            }
+        }
+        candidates.sort_by(|a, b| {
+            (&a.tenant, &a.customer, &a.meter, a.threshold).cmp(&(
+                &b.tenant,
+                &b.customer,
+                &b.meter,
+                b.threshold,
+            ))
+        });
+        candidates
     }
 
     /// Fires the thresholds crossed in the current period that have not fired yet.
     async fn fire_alerts(
         &self,
-        customers: &BTreeSet<(String, String)>,
-        rows: &[DayRow],
+        customers: &[CustomerRef<'_>],
         now: OffsetDateTime,
     ) -> Result<usize> {
-        let thresholds = &self.catalog.alert_thresholds;
-        if thresholds.is_empty() {
+        if self.catalog.alert_thresholds.is_empty() {
             return Ok(0);
         }
-        let plans = self.plans_for(customers).await?;
-        let mut used: BTreeMap<(String, String, String), f64> = BTreeMap::new();
-        for r in rows {
-            let Some(plan) = plans.get(&(r.tenant.clone(), r.customer.clone())) else {
-                continue;
-            };
-            if !plan.period(now).contains(r.day) {
-                continue;
-            }
-            let max = self.is_max(&r.meter);
-            let slot = used
-                .entry((r.tenant.clone(), r.customer.clone(), r.meter.clone()))
-                .or_insert(0.0);
-            *slot = if max {
-                slot.max(r.quantity)
-            } else {
-                *slot + r.quantity
-            };
-        }
-        let mut candidates = Vec::new();
-        for ((tenant, customer, meter), used) in used {
-            let Some(plan) = plans.get(&(tenant.clone(), customer.clone())) else {
-                continue;
-            };
-            let Some(limit) = plan.limit(&self.catalog, &meter, now) else {
-                continue; // unlimited
-            };
-            let period = plan.period(now);
-            let plan_key = plan
-                .effective_plan(&self.catalog)
-                .map_or_else(|| plan.plan.clone(), |p| p.key.clone());
-            for t in crossed(thresholds, used, limit) {
-                candidates.push(Alert {
-                    id: Alert::make_id(&tenant, &customer, &meter, period.start, t),
-                    tenant: tenant.clone(),
-                    customer: customer.clone(),
-                    meter: meter.clone(),
-                    threshold: t,
-                    used,
-                    limit,
-                    plan: plan_key.clone(),
-                    period_start: period.start,
-                    period_end: period.end,
-                    fired_at: now,
-                });
-            }
-        }
+        let loaded = self.plans_for(customers).await?;
+        let mut candidates = self.crossed_thresholds(customers, &loaded, now);
         // Alerts known to have fired are not looked up again.
         {
             let fired = lock(&self.fired);

@@ -145,7 +145,17 @@ impl Catalog {
 
     /// The meter counting events of `event_type`.
     pub fn meter(&self, event_type: &str) -> Option<&Meter> {
-        self.meter_index.get(event_type).map(|&i| &self.meters[i])
+        self.meter_position(event_type).map(|i| &self.meters[i])
+    }
+
+    /// The position of the meter `event_type` in [`Self::meters`]. Asked once per event: a
+    /// short list is scanned (cheaper than hashing the key), a long one is looked up.
+    pub fn meter_position(&self, event_type: &str) -> Option<usize> {
+        if self.meters.len() <= 8 {
+            self.meters.iter().position(|m| m.key == event_type)
+        } else {
+            self.meter_index.get(event_type).copied()
+        }
     }
 
     /// What an accepted event adds to its meter's quota usage (`None` for unknown meters and for
