@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::producer::Outgoing;
+use crate::quota::Noted;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
@@ -15,7 +17,9 @@ use http_body_util::BodyExt;
 use schemas::Catalog;
 use schemas::api::Accepted;
 use schemas::event::{Intake, UsageEvent};
+use schemas::wire::{Checked, Wire};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -256,6 +260,16 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
         keep_rejection(state, &key.tenant, received_at, code, reason, &body);
     };
 
+    let ctx = Intake {
+        tenant: &key.tenant,
+        customer_scope: key.customer.as_deref(),
+        received_at,
+        window: state.config.window(),
+    };
+    if let Some(events) = fast_events(&body, &ctx, state) {
+        return produce(state, &events, |e| Noted::of_checked(e, &state.catalog)).await;
+    }
+
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -291,12 +305,6 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
         ));
     }
 
-    let ctx = Intake {
-        tenant: &key.tenant,
-        customer_scope: key.customer.as_deref(),
-        received_at,
-        window: state.config.window(),
-    };
     let mut events: Vec<UsageEvent> = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (i, item) in items.iter().enumerate() {
@@ -331,11 +339,39 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
         return Err(err);
     }
 
-    match state.producer.send_events(&events).await {
+    produce(state, &events, |e| Noted::of_event(e, &state.catalog)).await
+}
+
+/// The request's events through the fast path ([`Wire`]) when every one is plain and valid and
+/// their number is within the limit; `None` sends the request through the full validation, which
+/// also explains what is wrong.
+fn fast_events<'a>(body: &'a [u8], ctx: &Intake<'a>, state: &AppState) -> Option<Vec<Checked<'a>>> {
+    let raws: Vec<&RawValue> = if schemas::event::is_batch(body) {
+        serde_json::from_slice(body).ok()?
+    } else {
+        vec![serde_json::from_slice(body).ok()?]
+    };
+    if raws.is_empty() || raws.len() > state.config.max_batch_events {
+        return None;
+    }
+    raws.iter()
+        .map(|raw| Wire::parse(raw.get())?.check(ctx, &state.catalog))
+        .collect()
+}
+
+/// Produces accepted events, waits for the acknowledgement and counts them in the quota view.
+async fn produce<E: Outgoing>(
+    state: &AppState,
+    events: &[E],
+    noted: impl Fn(&E) -> Noted<'_>,
+) -> Result<usize, ApiError> {
+    match state.producer.send_events(events).await {
         Ok(positions) => {
             let n = positions.len();
             state.metrics.events_accepted.inc_by(n as u64);
-            crate::query::note_accepted(state, &events, &positions);
+            for (e, pos) in events.iter().zip(positions) {
+                state.view.note(noted(e), pos);
+            }
             Ok(n)
         }
         Err(e) => {

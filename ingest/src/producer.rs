@@ -13,6 +13,7 @@ use schemas::UsageEvent;
 use schemas::config::KafkaConfig;
 use schemas::kafka::{BATCH_CONTENT_TYPE, ORIGIN_HEADER};
 use schemas::topics::Topics;
+use schemas::wire::Checked;
 use serde::Serialize;
 
 use crate::Result;
@@ -39,6 +40,57 @@ impl ProduceError {
             Self::Broker(_) => "broker_unavailable",
             Self::Serialize(_) => "internal",
         }
+    }
+}
+
+/// An accepted event as the producer needs it: its message key parts, arrival time and JSON.
+/// Implemented by the owned [`UsageEvent`] and by the fast path's borrowed [`Checked`].
+pub trait Outgoing: Sync {
+    /// Tenant (the message key, and half the partition key).
+    fn tenant(&self) -> &str;
+    /// Customer (the other half of the partition key).
+    fn customer(&self) -> &str;
+    /// When the ingest accepted it (the message timestamp).
+    fn receivedat(&self) -> time::OffsetDateTime;
+    /// Appends the event's JSON as the events topic carries it.
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()>;
+
+    /// The events-topic partition among `partitions` (as [`UsageEvent::partition`]).
+    fn partition(&self, partitions: i32) -> i32 {
+        schemas::kafka::partition_of_parts(
+            &[self.tenant().as_bytes(), b"/", self.customer().as_bytes()],
+            partitions,
+        )
+    }
+}
+
+impl Outgoing for UsageEvent {
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+    fn customer(&self) -> &str {
+        &self.customer
+    }
+    fn receivedat(&self) -> time::OffsetDateTime {
+        self.receivedat
+    }
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        serde_json::to_writer(out, self)
+    }
+}
+
+impl Outgoing for Checked<'_> {
+    fn tenant(&self) -> &str {
+        self.tenant
+    }
+    fn customer(&self) -> &str {
+        self.customer
+    }
+    fn receivedat(&self) -> time::OffsetDateTime {
+        self.receivedat
+    }
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        Checked::write_json(self, out)
     }
 }
 
@@ -173,9 +225,9 @@ impl EventProducer {
 
     /// Sends every event and waits until the broker acknowledged all of them. Returns each
     /// event's (partition, offset).
-    pub async fn send_events(
+    pub async fn send_events<E: Outgoing>(
         &self,
-        events: &[UsageEvent],
+        events: &[E],
     ) -> Result<Vec<(i32, i64)>, ProduceError> {
         let result = self.try_send_events(events).await;
         if matches!(result, Err(ProduceError::Broker(_))) {
@@ -219,8 +271,8 @@ impl EventProducer {
     /// Groups `events` by partition into batch messages (JSON arrays, each at most
     /// [`MAX_MESSAGE_BYTES`] unless one event alone is larger), as [`Self::send_events`] produces
     /// them (public for the throughput benchmark's raw-produce baseline).
-    pub fn batches(
-        events: &[UsageEvent],
+    pub fn batches<E: Outgoing>(
+        events: &[E],
         partitions: i32,
     ) -> Result<Vec<BatchMessage>, ProduceError> {
         let mut by_partition: std::collections::BTreeMap<i32, Vec<usize>> = Default::default();
@@ -244,7 +296,7 @@ impl EventProducer {
                     });
                 }
                 payload.push(if members.is_empty() { b'[' } else { b',' });
-                serde_json::to_writer(&mut payload, &events[i])?;
+                events[i].write_json(&mut payload)?;
                 members.push(i);
             }
             payload.push(b']');
@@ -257,9 +309,9 @@ impl EventProducer {
         Ok(out)
     }
 
-    async fn try_send_events(
+    async fn try_send_events<E: Outgoing>(
         &self,
-        events: &[UsageEvent],
+        events: &[E],
     ) -> Result<Vec<(i32, i64)>, ProduceError> {
         let partitions = self.event_partitions().await?;
         let producer = self.current();
@@ -281,10 +333,10 @@ impl EventProducer {
         } in &batches
         {
             let first = &events[members[0]];
-            let ts = (first.receivedat.unix_timestamp_nanos() / 1_000_000) as i64;
+            let ts = (first.receivedat().unix_timestamp_nanos() / 1_000_000) as i64;
             let record = FutureRecord::to(&self.topics.events)
                 .partition(*partition)
-                .key(first.tenant.as_bytes())
+                .key(first.tenant().as_bytes())
                 .payload(payload)
                 .headers(headers.clone())
                 .timestamp(ts);

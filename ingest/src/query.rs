@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use schemas::event::{ErrorCode, FieldError, UsageEvent};
+use schemas::event::{ErrorCode, FieldError};
 use schemas::quota::{Change, Period, PlanState, SubscriptionEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -404,14 +404,6 @@ pub async fn track(
                 1,
             ))
         }
-    }
-}
-
-/// Records acknowledged intake events in the view as pending (so this instance's answers include
-/// them before the aggregator folds them).
-pub fn note_accepted(state: &AppState, events: &[UsageEvent], positions: &[(i32, i64)]) {
-    for (e, pos) in events.iter().zip(positions) {
-        state.view.note_event(e, *pos);
     }
 }
 

@@ -23,10 +23,11 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
+use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 use schemas::Catalog;
@@ -143,11 +144,74 @@ type PendingPlan = (u64, SubscriptionEvent, Option<(i32, i64)>);
 /// counted again while the aggregator has not folded (and deduplicated) it yet.
 pub const RECENT_IDS_SECS: i64 = 3600;
 
+/// Event ids accepted recently (id → unix seconds).
+type RecentIds = HashMap<Box<str>, i64, RandomState>;
+
+/// Remembers an accepted id at `at` (unix seconds). Ids older than [`RECENT_IDS_SECS`] are never
+/// seen again: they are dropped as the map doubles.
+fn remember_id(recent: &mut RecentIds, id: &str, at: i64) {
+    if recent.len() >= 16 && recent.len().is_power_of_two() {
+        recent.retain(|_, t| at - *t < RECENT_IDS_SECS);
+    }
+    recent.insert(id.into(), at);
+}
+
+/// An accepted event as the quota view counts it.
+#[derive(Debug, Clone, Copy)]
+pub struct Noted<'a> {
+    /// Tenant.
+    pub tenant: &'a str,
+    /// Customer.
+    pub customer: &'a str,
+    /// Event id (a retry with the same id counts once).
+    pub id: &'a str,
+    /// Meter key.
+    pub meter: &'a str,
+    /// What it adds to the meter's quota usage (`None`: nothing, e.g. unique counts).
+    pub quantity: Option<f64>,
+    /// Day of the event time.
+    pub day: Date,
+    /// When the ingest accepted it.
+    pub received_at: OffsetDateTime,
+}
+
+impl<'a> Noted<'a> {
+    /// An owned event's parts.
+    pub fn of_event(e: &'a schemas::UsageEvent, catalog: &Catalog) -> Self {
+        Self {
+            tenant: &e.tenant,
+            customer: &e.customer,
+            id: &e.id,
+            meter: &e.meter,
+            quantity: catalog.quantity_of(e),
+            day: e.time.date(),
+            received_at: e.receivedat,
+        }
+    }
+
+    /// A fast-path event's parts (the same quantity as [`Catalog::quantity_of`]: the measured
+    /// value, none for unique counts).
+    pub fn of_checked(e: &'a schemas::wire::Checked<'_>, catalog: &Catalog) -> Self {
+        let counted = catalog
+            .meter(e.meter)
+            .is_some_and(|m| m.aggregation != Aggregation::UniqueCount);
+        Self {
+            tenant: e.tenant,
+            customer: e.customer,
+            id: e.id,
+            meter: e.meter,
+            quantity: counted.then_some(e.measure.quantity),
+            day: e.time.date(),
+            received_at: e.receivedat,
+        }
+    }
+}
+
 /// What most customers do not have; boxed, and dropped when empty.
 #[derive(Debug, Default)]
 struct Extra {
     /// Ids of events accepted recently (id → unix seconds), for idempotent retries.
-    recent: HashMap<Box<str>, i64>,
+    recent: RecentIds,
     /// Plan changes this instance produced that the plan state does not include yet.
     pending_plan: Vec<PendingPlan>,
     /// Usage this instance produced that the state does not include yet, of every meter.
@@ -506,7 +570,7 @@ impl QuotaView {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             symbols: Symbols::default(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             default_plan: PlanState::initial("", "", &catalog),
             catalog,
             unknown,
@@ -766,21 +830,37 @@ impl QuotaView {
     /// Counts an acknowledged usage event (produced here, or seen on the events tail) as pending,
     /// unless its id was accepted recently: a client retry, which the aggregator drops too.
     pub fn note_event(&self, event: &schemas::UsageEvent, position: (i32, i64)) {
-        let (tenant, customer) = (&event.tenant, &event.customer);
-        if self.seen(tenant, customer, &event.id, event.receivedat) {
-            return;
-        }
-        self.remember(tenant, customer, &event.id, event.receivedat);
-        if let Some(quantity) = self.catalog.quantity_of(event) {
-            self.track(
-                tenant,
-                customer,
-                &event.meter,
-                quantity,
-                event.time.date(),
-                position,
-            );
-        }
+        self.note(Noted::of_event(event, &self.catalog), position);
+    }
+
+    /// [`Self::note_event`] for an event in its parts: one look-up of the customer checks and
+    /// remembers the id and adds the pending usage.
+    pub fn note(&self, n: Noted<'_>, position: (i32, i64)) {
+        let pending_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let meter = n.quantity.map(|_| self.symbols.intern(n.meter));
+        let at = n.received_at.unix_timestamp();
+        self.with_customer(n.tenant, n.customer, |c| {
+            let recent = &mut c.extra().recent;
+            if recent.get(n.id).is_some_and(|&t| at - t < RECENT_IDS_SECS) {
+                return; // a retry of an event counted already
+            }
+            remember_id(recent, n.id, at);
+            let (Some(quantity), Some(meter)) = (n.quantity, meter) else {
+                return;
+            };
+            c.meter_mut(meter);
+            // Counted once: the id check above skips retries, and the events tail skips the
+            // batches this instance produced. (Events of one batch message share its position.)
+            if c.as_of(meter, position.0).is_none_or(|o| o < position.1) {
+                c.extra().pending.push(Pending {
+                    id: pending_id,
+                    meter,
+                    day: n.day,
+                    quantity,
+                    position: Some(position),
+                });
+            }
+        });
     }
 
     /// The broker acknowledged a reservation's event at `position`.
@@ -858,13 +938,7 @@ impl QuotaView {
     /// Remembers an accepted event id (see [`Self::seen`]).
     pub fn remember(&self, tenant: &str, customer: &str, id: &str, at: OffsetDateTime) {
         self.with_customer(tenant, customer, |c| {
-            let recent = &mut c.extra().recent;
-            let at = at.unix_timestamp();
-            // Ids older than an hour are never seen again: drop them as the map doubles.
-            if recent.len() >= 16 && recent.len().is_power_of_two() {
-                recent.retain(|_, t| at - *t < RECENT_IDS_SECS);
-            }
-            recent.insert(id.into(), at);
+            remember_id(&mut c.extra().recent, id, at.unix_timestamp());
         });
     }
 
