@@ -38,6 +38,9 @@ pub struct ClickHouseConfig {
     pub password: secrecy::SecretString,
     /// Apply pending migrations at start.
     pub migrate: bool,
+    /// Compress inserts and results (LZ4). Worth it over a slow network; on loopback or a fast
+    /// local network it only costs CPU on both ends (off by default).
+    pub compression: bool,
 }
 
 impl Default for ClickHouseConfig {
@@ -48,6 +51,7 @@ impl Default for ClickHouseConfig {
             user: "default".into(),
             password: secrecy::SecretString::from(""),
             migrate: true,
+            compression: false,
         }
     }
 }
@@ -60,7 +64,12 @@ impl ClickHouseConfig {
             .with_url(&self.url)
             .with_user(&self.user)
             .with_database(&self.database)
-            .with_validation(false);
+            .with_validation(false)
+            .with_compression(if self.compression {
+                clickhouse::Compression::Lz4
+            } else {
+                clickhouse::Compression::None
+            });
         let password = self.password.expose_secret();
         if !password.is_empty() {
             client = client.with_password(password);
