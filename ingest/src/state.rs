@@ -11,14 +11,16 @@ use rdkafka::message::Headers;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::config::KafkaConfig;
-use schemas::event::events_in_message;
+use schemas::event::{Intake, UsageEvent, Window, is_batch};
 use schemas::kafka::ORIGIN_HEADER;
 use schemas::quota::{StateRecord, UsageState};
 use schemas::topics::Topics;
+use schemas::wire::Wire;
+use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
-use crate::quota::QuotaView;
+use crate::quota::{Noted, QuotaView};
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct RecentId {
@@ -137,9 +139,11 @@ pub async fn follow(
                 if own {
                     continue;
                 }
-                for event in events_in_message(m.payload().unwrap_or_default()) {
-                    view.note_event(&event, (m.partition(), m.offset()));
-                }
+                note_message(
+                    &view,
+                    m.payload().unwrap_or_default(),
+                    (m.partition(), m.offset()),
+                );
             }
             Ok(m) => {
                 if let Some(payload) = m.payload() {
@@ -167,4 +171,40 @@ pub async fn follow(
         }
     }
     Ok(())
+}
+
+/// Notes the events of a message another instance produced: plain events through the fast path
+/// ([`Wire`], checked against their own tenant and arrival time), the others decoded whole; an
+/// element that does not decode at all is skipped (the aggregator dead-letters it).
+fn note_message(view: &QuotaView, payload: &[u8], position: (i32, i64)) {
+    let elements: Vec<&RawValue> = if is_batch(payload) {
+        serde_json::from_slice(payload).unwrap_or_default()
+    } else {
+        serde_json::from_slice(payload)
+            .map(|e| vec![e])
+            .unwrap_or_default()
+    };
+    let catalog = view.catalog();
+    for raw in elements {
+        let fast = Wire::parse(raw.get()).and_then(|wire| {
+            let received_at = wire.receivedat().and_then(|s| {
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+            })?;
+            let intake = Intake {
+                tenant: wire.tenant()?,
+                customer_scope: None,
+                received_at,
+                window: Window::default(),
+            };
+            wire.check(&intake, catalog)
+        });
+        match fast {
+            Some(event) => view.note(Noted::of_checked(&event, catalog), position),
+            None => {
+                if let Ok(event) = serde_json::from_str::<UsageEvent>(raw.get()) {
+                    view.note_event(&event, position);
+                }
+            }
+        }
+    }
 }

@@ -58,24 +58,6 @@ impl UsageEvent {
     }
 }
 
-/// The events in one message of the events topic: a batch (JSON array) or a single event. Elements
-/// that do not decode are left out (the aggregator turns them into dead letters).
-pub fn events_in_message(payload: &[u8]) -> Vec<UsageEvent> {
-    if is_batch(payload) {
-        serde_json::from_slice::<Vec<UsageEvent>>(payload).unwrap_or_else(|_| {
-            serde_json::from_slice::<Vec<serde_json::Value>>(payload)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|v| serde_json::from_value(v).ok())
-                .collect()
-        })
-    } else {
-        serde_json::from_slice::<UsageEvent>(payload)
-            .into_iter()
-            .collect()
-    }
-}
-
 /// Whether a message payload is a batch of events (a JSON array) rather than one event.
 pub fn is_batch(payload: &[u8]) -> bool {
     payload
