@@ -109,23 +109,17 @@ pub fn decode_events(
 /// [`schemas::event::validate`] (which explains what is wrong, if anything is).
 fn fast(json: &str, pos: &Position<'_>, catalog: &Catalog, window: Window) -> Option<Decoded> {
     let wire = Wire::parse(json)?;
-    let tenant = wire.tenant().filter(|t| schemas::event::is_token(t, 64))?;
-    let intake = Intake {
-        tenant,
-        customer_scope: None,
-        received_at: received_at(wire.receivedat(), pos),
-        window,
-    };
-    let event = wire.check(&intake, catalog)?;
+    let received_at = wire.received_at().unwrap_or_else(|| arrival(pos));
+    let event = wire.check_produced(received_at, window, catalog)?;
     Some(Decoded::Event(RawEventRow {
-        tenant: tenant.into(),
+        tenant: event.tenant.into(),
         customer: event.customer.into(),
         meter: event.meter.into(),
         endpoint: event.measure.endpoint,
         id: event.id.into(),
         source: event.source.into(),
         time: event.time,
-        received_at: intake.received_at,
+        received_at,
         quantity: event.measure.quantity,
         unique_key: event.measure.unique_key,
         data: event.data.into(),

@@ -55,12 +55,9 @@ pub trait Outgoing: Sync {
     /// Appends the event's JSON as the events topic carries it.
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()>;
 
-    /// The events-topic partition among `partitions` (as [`UsageEvent::partition`]).
+    /// The events-topic partition among `partitions`.
     fn partition(&self, partitions: i32) -> i32 {
-        schemas::kafka::partition_of_parts(
-            &[self.tenant().as_bytes(), b"/", self.customer().as_bytes()],
-            partitions,
-        )
+        schemas::kafka::customer_partition(self.tenant(), self.customer(), partitions)
     }
 }
 

@@ -286,6 +286,23 @@ impl Customer {
     }
 
     /// The meter's usage, inserted (empty) when missing.
+    /// Adds usage produced (acknowledged at `position`) as pending, unless the folded state of
+    /// that partition includes it already. Counted once: callers skip ids seen before, and the
+    /// events tail skips the batches this instance produced. (Events of one batch message share
+    /// its position.)
+    fn add_pending(&mut self, id: u64, meter: u32, day: Date, quantity: f64, position: (i32, i64)) {
+        self.meter_mut(meter);
+        if self.as_of(meter, position.0).is_none_or(|o| o < position.1) {
+            self.extra().pending.push(Pending {
+                id,
+                meter,
+                day,
+                quantity,
+                position: Some(position),
+            });
+        }
+    }
+
     fn meter_mut(&mut self, meter: u32) -> &mut MeterUsage {
         if self.usage.as_ref().is_none_or(|m| m.meter == meter) {
             return self.usage.get_or_insert_with(|| MeterUsage::new(meter));
@@ -812,18 +829,7 @@ impl QuotaView {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let meter = self.symbols.intern(meter);
         self.with_customer(tenant, customer, |c| {
-            c.meter_mut(meter);
-            // Counted once: callers skip ids seen before, and the events tail skips the batches
-            // this instance produced. (Events of one batch message share its position.)
-            if c.as_of(meter, position.0).is_none_or(|o| o < position.1) {
-                c.extra().pending.push(Pending {
-                    id,
-                    meter,
-                    day,
-                    quantity,
-                    position: Some(position),
-                });
-            }
+            c.add_pending(id, meter, day, quantity, position);
         });
     }
 
@@ -845,20 +851,8 @@ impl QuotaView {
                 return; // a retry of an event counted already
             }
             remember_id(recent, n.id, at);
-            let (Some(quantity), Some(meter)) = (n.quantity, meter) else {
-                return;
-            };
-            c.meter_mut(meter);
-            // Counted once: the id check above skips retries, and the events tail skips the
-            // batches this instance produced. (Events of one batch message share its position.)
-            if c.as_of(meter, position.0).is_none_or(|o| o < position.1) {
-                c.extra().pending.push(Pending {
-                    id: pending_id,
-                    meter,
-                    day: n.day,
-                    quantity,
-                    position: Some(position),
-                });
+            if let (Some(quantity), Some(meter)) = (n.quantity, meter) {
+                c.add_pending(pending_id, meter, n.day, quantity, position);
             }
         });
     }

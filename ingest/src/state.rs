@@ -11,7 +11,7 @@ use rdkafka::message::Headers;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::config::KafkaConfig;
-use schemas::event::{Intake, UsageEvent, Window, is_batch};
+use schemas::event::{UsageEvent, Window, is_batch};
 use schemas::kafka::ORIGIN_HEADER;
 use schemas::quota::{StateRecord, UsageState};
 use schemas::topics::Topics;
@@ -186,18 +186,8 @@ fn note_message(view: &QuotaView, payload: &[u8], position: (i32, i64)) {
     };
     let catalog = view.catalog();
     for raw in elements {
-        let fast = Wire::parse(raw.get()).and_then(|wire| {
-            let received_at = wire.receivedat().and_then(|s| {
-                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
-            })?;
-            let intake = Intake {
-                tenant: wire.tenant()?,
-                customer_scope: None,
-                received_at,
-                window: Window::default(),
-            };
-            wire.check(&intake, catalog)
-        });
+        let fast = Wire::parse(raw.get())
+            .and_then(|wire| wire.check_produced(wire.received_at()?, Window::default(), catalog));
         match fast {
             Some(event) => view.note(Noted::of_checked(&event, catalog), position),
             None => {

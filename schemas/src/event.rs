@@ -51,10 +51,7 @@ impl UsageEvent {
 
     /// The events-topic partition of [`Self::partition_key`] among `partitions`.
     pub fn partition(&self, partitions: i32) -> i32 {
-        crate::kafka::partition_of_parts(
-            &[self.tenant.as_bytes(), b"/", self.customer.as_bytes()],
-            partitions,
-        )
+        crate::kafka::customer_partition(&self.tenant, &self.customer, partitions)
     }
 }
 

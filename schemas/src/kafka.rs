@@ -69,6 +69,11 @@ pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
     partition_of_parts(&[key], partitions)
 }
 
+/// The events-topic partition of a customer's key `tenant/customer` (see [`partition_for`]).
+pub fn customer_partition(tenant: &str, customer: &str, partitions: i32) -> i32 {
+    partition_of_parts(&[tenant.as_bytes(), b"/", customer.as_bytes()], partitions)
+}
+
 /// [`partition_for`] of the key made of `parts` (`tenant`, `/`, `customer`) without building it.
 pub fn partition_of_parts(parts: &[&[u8]], partitions: i32) -> i32 {
     let mut crc = !0u32;

@@ -17,7 +17,9 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use crate::catalog::Catalog;
-use crate::event::{Checker, Intake, MAX_DATA_BYTES, Measure, event_time, measure, string_problem};
+use crate::event::{
+    Checker, Intake, MAX_DATA_BYTES, Measure, Window, event_time, is_token, measure, string_problem,
+};
 
 /// One event as it is on the wire, borrowed from the payload.
 #[derive(Debug, Deserialize)]
@@ -76,14 +78,28 @@ impl<'a> Wire<'a> {
         serde_json::from_str(json).ok()
     }
 
-    /// The event's own `tenant` field.
-    pub fn tenant(&self) -> Option<&'a str> {
-        self.tenant
+    /// The event's own `receivedat` (when the ingest accepted it), if present and RFC 3339.
+    pub fn received_at(&self) -> Option<OffsetDateTime> {
+        let s = self.receivedat?;
+        OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
     }
 
-    /// The event's own `receivedat` field.
-    pub fn receivedat(&self) -> Option<&'a str> {
-        self.receivedat
+    /// The event as an ingest produced it, checked against its own `tenant` (a valid token) and
+    /// the arrival time `received_at`: the reading of the events topic (aggregator, ingest tail).
+    pub fn check_produced(
+        &self,
+        received_at: OffsetDateTime,
+        window: Window,
+        catalog: &Catalog,
+    ) -> Option<Checked<'a>> {
+        let tenant = self.tenant.filter(|t| is_token(t, 64))?;
+        let intake = Intake {
+            tenant,
+            customer_scope: None,
+            received_at,
+            window,
+        };
+        self.check(&intake, catalog)
     }
 
     /// The event normalized as [`crate::event::validate`] would, or `None` (then run that).
@@ -211,7 +227,7 @@ impl<'de> Visitor<'de> for Picked<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Window, validate};
+    use crate::event::validate;
 
     fn intake(now: OffsetDateTime, scope: Option<&'static str>) -> Intake<'static> {
         Intake {
