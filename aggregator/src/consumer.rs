@@ -489,6 +489,7 @@ impl Worker {
             .set("heartbeat.interval.ms", "1000")
             .set("max.poll.interval.ms", "300000")
             .set("fetch.wait.max.ms", "50")
+            .set("fetch.min.bytes", "1048576")
             .create_with_context(context)?;
         consumer.subscribe(&[
             &config.topics.events,

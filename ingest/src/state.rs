@@ -85,6 +85,7 @@ pub async fn follow(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("fetch.wait.max.ms", "20")
+        .set("fetch.min.bytes", "262144")
         .create()?;
     let topic = topics.state.clone();
     let (consumer, targets) = {

@@ -149,6 +149,14 @@ async fn bad_messages_on_the_topic_become_dead_letters_and_a_replay_does_not_dou
         (env.raw_counts().await.0 >= 5).then_some(())
     })
     .await;
+    // The metrics count a batch once its state is published and its offsets stored, which follows
+    // the rows' insert (and can take a moment longer on a loaded machine).
+    wait_until(
+        Duration::from_secs(30),
+        "the batch counted in the metrics",
+        || async { (metrics.events_stored.get() >= 5).then_some(()) },
+    )
+    .await;
     // Give a pipeline that writes too much the chance to show it.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
