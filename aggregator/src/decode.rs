@@ -126,6 +126,7 @@ fn fast(json: &str, pos: &Position<'_>, catalog: &Catalog, window: Window) -> Op
         kafka_topic: pos.topic.into(),
         kafka_partition: pos.partition as u32,
         kafka_offset: pos.offset as u64,
+        aggregation: Some(event.measure.aggregation),
     }))
 }
 
@@ -217,6 +218,7 @@ fn decode_value(
             kafka_topic: pos.topic.into(),
             kafka_partition: pos.partition as u32,
             kafka_offset: pos.offset as u64,
+            aggregation: Some(measure.aggregation),
         }),
         Err(errors) => {
             let code = errors.first().map_or("invalid_value", |e| e.code.as_str());

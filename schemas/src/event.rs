@@ -72,6 +72,8 @@ pub struct Measure {
     pub endpoint: String,
     /// Distinct value for unique-count meters ("" otherwise).
     pub unique_key: String,
+    /// How the meter folds it.
+    pub aggregation: Aggregation,
 }
 
 /// Why one field of one event is not acceptable.
@@ -524,6 +526,7 @@ pub(crate) fn measure(
         quantity,
         endpoint,
         unique_key,
+        aggregation: meter.aggregation,
     })
 }
 
@@ -555,7 +558,8 @@ mod tests {
             Measure {
                 quantity: 1.0,
                 endpoint: "analyze".into(),
-                unique_key: String::new()
+                unique_key: String::new(),
+                aggregation: Aggregation::Sum,
             }
         );
         assert_eq!(e.partition_key(), "acme/c1");

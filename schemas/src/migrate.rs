@@ -39,6 +39,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005_quota.sql", false),
     migration!(6, "0006_alert_deliveries.sql", false),
     migration!(7, "0007_billing.sql", false),
+    migration!(8, "0008_states_by_aggregation.sql", false),
 ];
 
 /// Oldest ClickHouse major version that gets the `modern_only` migrations.
@@ -149,7 +150,12 @@ pub async fn run(config: &ClickHouseConfig) -> Result<Vec<u32>> {
             continue;
         }
         for statement in m.statements() {
-            client.query(&statement).execute().await?;
+            match client.query(&statement).execute().await {
+                Ok(()) => {}
+                // Another runner applied this `ADD COLUMN` first (18.16 has no `IF NOT EXISTS`).
+                Err(e) if column_added_already(&statement, &e) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         let mut insert = client.insert::<Applied>("schema_migrations").await?;
         insert
@@ -167,6 +173,15 @@ pub async fn run(config: &ClickHouseConfig) -> Result<Vec<u32>> {
     Ok(done)
 }
 
+/// Whether `error` says that the column `statement` adds exists already: a concurrent runner
+/// applied the same migration first. Any other failure is a real one.
+fn column_added_already(statement: &str, error: &clickhouse::error::Error) -> bool {
+    statement.contains(" ADD COLUMN ")
+        && error
+            .to_string()
+            .contains("column with this name already exists")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,8 +194,11 @@ mod tests {
             assert_eq!(m.modern_only, m.name.ends_with(".modern.sql"));
             for s in m.statements() {
                 assert!(!s.contains(';'), "unsplit statement in {}: {s}", m.name);
+                // Safe to run twice: creations, alterations, and drops only if they exist.
                 assert!(
-                    s.starts_with("CREATE") || s.starts_with("ALTER"),
+                    s.starts_with("CREATE")
+                        || s.starts_with("ALTER")
+                        || s.starts_with("DROP TABLE IF EXISTS"),
                     "{}: {s}",
                     m.name
                 );

@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::catalog::Aggregation;
+
 /// A row struct bound to a table, with the ClickHouse type of each field in order.
 pub trait Table: clickhouse::Row {
     /// Table name.
@@ -48,6 +50,42 @@ pub struct RawEventRow {
     pub kafka_partition: u32,
     /// Kafka offset.
     pub kafka_offset: u64,
+    /// The meter's aggregation when the event was counted (`None`: 'unknown', a row written before
+    /// the column existed). Only max and unique-count events feed `usage_hourly_states`.
+    #[serde(with = "aggregation_code")]
+    pub aggregation: Option<Aggregation>,
+}
+
+/// [`RawEventRow::aggregation`] as its `Enum8` code in RowBinary.
+mod aggregation_code {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::catalog::Aggregation;
+
+    pub(super) fn serialize<S: Serializer>(
+        a: &Option<Aggregation>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_i8(match a {
+            None => 0,
+            Some(Aggregation::Count) => 1,
+            Some(Aggregation::Sum) => 2,
+            Some(Aggregation::Max) => 3,
+            Some(Aggregation::UniqueCount) => 4,
+        })
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Aggregation>, D::Error> {
+        Ok(match i8::deserialize(d)? {
+            1 => Some(Aggregation::Count),
+            2 => Some(Aggregation::Sum),
+            3 => Some(Aggregation::Max),
+            4 => Some(Aggregation::UniqueCount),
+            _ => None,
+        })
+    }
 }
 
 impl Table for RawEventRow {
@@ -67,6 +105,10 @@ impl Table for RawEventRow {
         ("kafka_topic", "String"),
         ("kafka_partition", "UInt32"),
         ("kafka_offset", "UInt64"),
+        (
+            "aggregation",
+            "Enum8('unknown' = 0, 'count' = 1, 'sum' = 2, 'max' = 3, 'unique_count' = 4)",
+        ),
     ];
 }
 

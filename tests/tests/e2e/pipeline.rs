@@ -188,3 +188,138 @@ async fn broker_unreachable_is_503_with_retry_after() {
     assert_eq!(body["error"]["code"], "broker_unavailable");
     ingest.stop().await;
 }
+
+/// The meters of [`hourly_states_are_kept_for_max_and_unique_meters_only`]: the default catalog
+/// plus a max meter and a unique-count meter.
+fn catalog_with_max_and_unique() -> String {
+    format!(
+        "{}\n[[meters]]\nkey = \"peak_gb\"\nname = \"Peak storage\"\naggregation = \"max\"\n\
+         value_property = \"gb\"\n\n[[meters]]\nkey = \"active_users\"\nname = \"Active users\"\n\
+         aggregation = \"unique_count\"\nunique_property = \"user\"\n",
+        schemas::catalog::DEFAULT_CATALOG_TOML
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hourly_states_are_kept_for_max_and_unique_meters_only() {
+    let env = TestEnv::new("states_kind").await;
+    let path = std::env::temp_dir().join(format!("{}_catalog.toml", env.name));
+    std::fs::write(&path, catalog_with_max_and_unique()).expect("catalog file");
+    let ingest = env
+        .start_ingest_with(ingest::Config {
+            catalog: Some(path.clone()),
+            ..env.ingest_config()
+        })
+        .await;
+    let (agg, _metrics) = env
+        .start_aggregator_with(aggregator::Config {
+            catalog: Some(path.clone()),
+            ..env.aggregator_config()
+        })
+        .await;
+    let key = env.key("acme", &[Scope::Ingest], None).await;
+    let http = reqwest::Client::new();
+
+    let event = |id: &str, meter: &str, data: Value| {
+        json!({"specversion": "1.0", "id": id, "source": "test", "type": meter,
+               "subject": "cust_1", "data": data})
+    };
+    let evs = vec![
+        event(
+            "c1",
+            "api_call",
+            json!({"endpoint": "analyze", "quantity": 2}),
+        ),
+        event(
+            "c2",
+            "api_call",
+            json!({"endpoint": "analyze", "quantity": 3}),
+        ),
+        event("m1", "peak_gb", json!({"gb": 2})),
+        event("m2", "peak_gb", json!({"gb": 7.5})),
+        event("m3", "peak_gb", json!({"gb": 5})),
+        event("u1", "active_users", json!({"user": "ann"})),
+        event("u2", "active_users", json!({"user": "bob"})),
+        event("u3", "active_users", json!({"user": "ann"})),
+    ];
+    send_all(&http, &ingest.url, &key, &evs, 8).await;
+    wait_until(Duration::from_secs(30), "8 events stored", || async {
+        (env.raw_counts().await.0 >= 8).then_some(())
+    })
+    .await;
+
+    // Each raw event carries its meter's aggregation.
+    let kinds: Vec<(String, String, u64)> = env
+        .ch()
+        .query(
+            "SELECT meter, toString(aggregation), count() FROM events_raw \
+             GROUP BY meter, aggregation ORDER BY meter",
+        )
+        .fetch_all()
+        .await
+        .expect("aggregations");
+    assert_eq!(
+        kinds,
+        vec![
+            ("active_users".to_string(), "unique_count".to_string(), 3),
+            ("api_call".to_string(), "sum".to_string(), 2),
+            ("peak_gb".to_string(), "max".to_string(), 3),
+        ]
+    );
+    // States only for the max and unique meters, with the right values; none for the sum meter,
+    // whose rollups still hold it.
+    let states_sql = "SELECT meter, maxMerge(quantity_max), uniqExactMerge(uniques) \
+                      FROM usage_hourly_states GROUP BY meter ORDER BY meter";
+    let states: Vec<(String, f64, u64)> = env
+        .ch()
+        .query(states_sql)
+        .fetch_all()
+        .await
+        .expect("states");
+    assert_eq!(
+        states,
+        vec![
+            ("active_users".to_string(), 1.0, 2),
+            ("peak_gb".to_string(), 7.5, 1),
+        ]
+    );
+    assert_eq!(
+        env.rollup_totals("usage_hourly").await,
+        (8, 2.0 + 3.0 + 14.5 + 3.0)
+    );
+
+    // A row from a writer that predates the column (a rolling upgrade) reads 'unknown' and still
+    // gets its state.
+    env.ch()
+        .query(
+            "INSERT INTO events_raw (tenant, customer, meter, endpoint, id, source, time, \
+             received_at, quantity, unique_key, data, kafka_topic, kafka_partition, kafka_offset) \
+             SELECT 'acme', 'cust_1', 'peak_gb', '', 'old-1', 'test', now(), now(), 9, '', '{}', \
+             'old', 0, 0",
+        )
+        .execute()
+        .await
+        .expect("insert without the column");
+    let old: String = env
+        .ch()
+        .query("SELECT toString(aggregation) FROM events_raw WHERE id = 'old-1'")
+        .fetch_one()
+        .await
+        .expect("old row");
+    assert_eq!(old, "unknown");
+    let states: Vec<(String, f64, u64)> = env
+        .ch()
+        .query(states_sql)
+        .fetch_all()
+        .await
+        .expect("states");
+    assert_eq!(
+        states[1],
+        ("peak_gb".to_string(), 9.0, 1),
+        "the old row's max"
+    );
+
+    agg.stop().await;
+    ingest.stop().await;
+    let _ = std::fs::remove_file(path);
+}

@@ -5,6 +5,7 @@
 use std::process::Output;
 
 use clickhouse::Row;
+use schemas::catalog::Aggregation;
 use schemas::config::ClickHouseConfig;
 use schemas::migrate::{self, MIGRATIONS};
 use schemas::rows::{
@@ -239,6 +240,15 @@ async fn show_tables(client: &clickhouse::Client) -> Vec<String> {
         .expect("SHOW TABLES")
 }
 
+async fn show_columns(client: &clickhouse::Client, table: &str) -> Vec<String> {
+    client
+        .query("SELECT name FROM system.columns WHERE database = currentDatabase() AND table = ?")
+        .bind(table)
+        .fetch_all::<String>()
+        .await
+        .expect("system.columns")
+}
+
 fn report(what: &str, out: &Output) -> String {
     format!(
         "{what}: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -292,6 +302,7 @@ async fn rows_round_trip_through_clickhouse() {
         kafka_topic: "usage-events".into(),
         kafka_partition: u32::MAX - 1,
         kafka_offset: u64::MAX - 1,
+        aggregation: Some(Aggregation::UniqueCount),
     };
     let dead = DeadLetterRow {
         tenant: "tenant_ü".into(),
@@ -353,6 +364,7 @@ async fn rows_round_trip_through_clickhouse() {
             "kafka_topic": "usage-events",
             "kafka_partition": u32::MAX - 1,
             "kafka_offset": u64::MAX - 1,
+            "aggregation": "unique_count",
         })],
         "events_raw as JSON"
     );
@@ -419,6 +431,45 @@ struct Recorded {
     version: u32,
     name: String,
     checksum: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrations_run_concurrently_on_a_fresh_database() {
+    let env = TestEnv::new("schema_concurrent").await;
+    // Three services starting at once on a database none of them has seen.
+    let fresh = ClickHouseConfig {
+        database: format!("{}_fresh", env.clickhouse.database),
+        ..env.clickhouse.clone()
+    };
+    let (a, b, c) = tokio::join!(
+        migrate::run(&fresh),
+        migrate::run(&fresh),
+        migrate::run(&fresh)
+    );
+    for (i, r) in [a, b, c].into_iter().enumerate() {
+        r.unwrap_or_else(|e| panic!("runner {i}: {e}"));
+    }
+    let client = fresh.client();
+    let versions: Vec<u32> = client
+        .query("SELECT DISTINCT version FROM schema_migrations ORDER BY version")
+        .fetch_all()
+        .await
+        .expect("schema_migrations");
+    let major = migrate::server_major(&client).await.expect("version");
+    let expected: Vec<u32> = MIGRATIONS
+        .iter()
+        .filter(|m| !m.modern_only || major >= migrate::MODERN_MAJOR)
+        .map(|m| m.version)
+        .collect();
+    assert_eq!(versions, expected);
+    let columns = show_columns(&client, "events_raw").await;
+    assert!(columns.iter().any(|c| c == "aggregation"), "{columns:?}");
+    fresh
+        .server_client()
+        .query(&format!("DROP DATABASE `{}`", fresh.database))
+        .execute()
+        .await
+        .expect("drop the fresh database");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
