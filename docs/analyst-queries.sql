@@ -69,7 +69,7 @@ GROUP BY minute, meter, endpoint
 ORDER BY minute, meter, endpoint;
 
 -- name: customer_max_and_unique_this_month
--- Largest quantity and number of distinct unique keys per meter and endpoint this month, for one customer.
+-- Largest quantity and number of distinct unique keys this month, for one customer's max and unique_count meters (the only ones with states).
 SELECT meter, endpoint, maxMerge(quantity_max) AS max_quantity, uniqExactMerge(uniques) AS unique_values
 FROM usage_hourly_states
 WHERE tenant = 'acme' AND customer = 'cust_1' AND hour >= toDateTime(toStartOfMonth(today()))

@@ -211,7 +211,7 @@ async fn hourly_states_are_kept_for_max_and_unique_meters_only() {
             ..env.ingest_config()
         })
         .await;
-    let (agg, _metrics) = env
+    let (agg, metrics) = env
         .start_aggregator_with(aggregator::Config {
             catalog: Some(path.clone()),
             ..env.aggregator_config()
@@ -243,8 +243,9 @@ async fn hourly_states_are_kept_for_max_and_unique_meters_only() {
         event("u3", "active_users", json!({"user": "ann"})),
     ];
     send_all(&http, &ingest.url, &key, &evs, 8).await;
+    // Counted once the whole insert returned: its views run after the raw rows are visible.
     wait_until(Duration::from_secs(30), "8 events stored", || async {
-        (env.raw_counts().await.0 >= 8).then_some(())
+        (metrics.events_stored.get() >= 8).then_some(())
     })
     .await;
 
@@ -268,16 +269,18 @@ async fn hourly_states_are_kept_for_max_and_unique_meters_only() {
     );
     // States only for the max and unique meters, with the right values; none for the sum meter,
     // whose rollups still hold it.
-    let states_sql = "SELECT meter, maxMerge(quantity_max), uniqExactMerge(uniques) \
-                      FROM usage_hourly_states GROUP BY meter ORDER BY meter";
-    let states: Vec<(String, f64, u64)> = env
-        .ch()
-        .query(states_sql)
-        .fetch_all()
-        .await
-        .expect("states");
+    let states = || async {
+        env.ch()
+            .query(
+                "SELECT meter, maxMerge(quantity_max), uniqExactMerge(uniques) \
+                 FROM usage_hourly_states GROUP BY meter ORDER BY meter",
+            )
+            .fetch_all::<(String, f64, u64)>()
+            .await
+            .expect("states")
+    };
     assert_eq!(
-        states,
+        states().await,
         vec![
             ("active_users".to_string(), 1.0, 2),
             ("peak_gb".to_string(), 7.5, 1),
@@ -307,14 +310,8 @@ async fn hourly_states_are_kept_for_max_and_unique_meters_only() {
         .await
         .expect("old row");
     assert_eq!(old, "unknown");
-    let states: Vec<(String, f64, u64)> = env
-        .ch()
-        .query(states_sql)
-        .fetch_all()
-        .await
-        .expect("states");
     assert_eq!(
-        states[1],
+        states().await[1],
         ("peak_gb".to_string(), 9.0, 1),
         "the old row's max"
     );
