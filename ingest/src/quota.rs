@@ -144,16 +144,27 @@ type PendingPlan = (u64, SubscriptionEvent, Option<(i32, i64)>);
 /// counted again while the aggregator has not folded (and deduplicated) it yet.
 pub const RECENT_IDS_SECS: i64 = 3600;
 
-/// Event ids accepted recently (id → unix seconds).
-type RecentIds = HashMap<Box<str>, i64, RandomState>;
+/// Event ids accepted recently, by [`id_key`] (→ unix seconds).
+type RecentIds = HashMap<u64, i64, RandomState>;
 
-/// Remembers an accepted id at `at` (unix seconds). Ids older than [`RECENT_IDS_SECS`] are never
-/// seen again: they are dropped as the map doubles.
-fn remember_id(recent: &mut RecentIds, id: &str, at: i64) {
+/// The key an event id is remembered by: a 64-bit hash (seeded per process), not the id itself,
+/// so that remembering an id allocates nothing and takes 16 bytes instead of the id's length plus
+/// an allocation. Two ids of one customer that collide within [`RECENT_IDS_SECS`] (about n²/2⁶⁵ for
+/// n ids) would make the second look like a retry to this view only: it is still produced, stored
+/// and counted, and the view counts it when the aggregator's state includes it.
+fn id_key(id: &str) -> u64 {
+    static SEED: std::sync::LazyLock<foldhash::quality::RandomState> =
+        std::sync::LazyLock::new(foldhash::quality::RandomState::default);
+    SEED.hash_one(id)
+}
+
+/// Remembers an accepted id (its [`id_key`]) at `at` (unix seconds). Ids older than
+/// [`RECENT_IDS_SECS`] are never seen again: they are dropped as the map doubles.
+fn remember_id(recent: &mut RecentIds, key: u64, at: i64) {
     if recent.len() >= 16 && recent.len().is_power_of_two() {
         recent.retain(|_, t| at - *t < RECENT_IDS_SECS);
     }
-    recent.insert(id.into(), at);
+    recent.insert(key, at);
 }
 
 /// An accepted event as the quota view counts it.
@@ -845,12 +856,13 @@ impl QuotaView {
         let pending_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let meter = n.quantity.map(|_| self.symbols.intern(n.meter));
         let at = n.received_at.unix_timestamp();
+        let key = id_key(n.id);
         self.with_customer(n.tenant, n.customer, |c| {
             let recent = &mut c.extra().recent;
-            if recent.get(n.id).is_some_and(|&t| at - t < RECENT_IDS_SECS) {
+            if recent.get(&key).is_some_and(|&t| at - t < RECENT_IDS_SECS) {
                 return; // a retry of an event counted already
             }
-            remember_id(recent, n.id, at);
+            remember_id(recent, key, at);
             if let (Some(quantity), Some(meter)) = (n.quantity, meter) {
                 c.add_pending(pending_id, meter, n.day, quantity, position);
             }
@@ -922,17 +934,19 @@ impl QuotaView {
 
     /// Whether an event with `id` was accepted for this customer in the last [`RECENT_IDS_SECS`].
     pub fn seen(&self, tenant: &str, customer: &str, id: &str, now: OffsetDateTime) -> bool {
+        let key = id_key(id);
         self.with_known(self.symbols.get(tenant), customer, |c| {
             c.and_then(|c| c.extra.as_ref())
-                .and_then(|e| e.recent.get(id))
+                .and_then(|e| e.recent.get(&key))
                 .is_some_and(|&at| now.unix_timestamp() - at < RECENT_IDS_SECS)
         })
     }
 
     /// Remembers an accepted event id (see [`Self::seen`]).
     pub fn remember(&self, tenant: &str, customer: &str, id: &str, at: OffsetDateTime) {
+        let key = id_key(id);
         self.with_customer(tenant, customer, |c| {
-            remember_id(&mut c.extra().recent, id, at.unix_timestamp());
+            remember_id(&mut c.extra().recent, key, at.unix_timestamp());
         });
     }
 
