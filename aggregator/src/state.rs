@@ -21,7 +21,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use schemas::Catalog;
 use schemas::catalog::Aggregation;
 use schemas::config::KafkaConfig;
-use schemas::quota::{Alert, PlanState, StateRecord, UsageState, crossed};
+use schemas::quota::{Alert, PlanState, StateRecord, UsageStateRef, crossed};
 use schemas::quota_store::DayRow;
 use schemas::rows::{AlertRow, RawEventRow};
 use schemas::sql::{pairs, quote};
@@ -418,7 +418,8 @@ impl Publisher {
         }
 
         // Usage: the touched (meter, day) keys of each customer, and its partition.
-        let mut touched: Map<CustomerRef<'_>, Touched> = Map::default();
+        let mut touched: Map<CustomerRef<'_>, Touched> =
+            Map::with_capacity_and_hasher(fresh.len() / 4, Default::default());
         for e in &batch.events {
             let Some(meter) = self.catalog.meter_position(&e.meter) else {
                 continue;
@@ -457,22 +458,21 @@ impl Publisher {
                     let Some(d) = days.iter().find(|d| d.meter == meter && d.day == day) else {
                         continue;
                     };
-                    let record = StateRecord::Usage(UsageState {
-                        tenant: k.0.to_owned(),
-                        customer: k.1.to_owned(),
-                        meter: self.catalog.meters[meter].key.clone(),
+                    let record = UsageStateRef {
+                        tenant: k.0,
+                        customer: k.1,
+                        meter: &self.catalog.meters[meter].key,
                         day,
                         quantity: d.quantity,
                         events: d.events,
                         partition: t.partition,
                         as_of_offset: as_of.get(&t.partition).copied().unwrap_or(-1),
-                    });
-                    let payload = serde_json::to_vec(&record).unwrap_or_default();
+                    };
                     records.push((
                         self.topics.state.as_str(),
                         Some(t.partition),
                         record.key(),
-                        payload,
+                        record.to_json(),
                     ));
                 }
             }

@@ -332,6 +332,55 @@ impl StateRecord {
     }
 }
 
+/// A [`StateRecord::Usage`] of borrowed parts, for the publisher: the same JSON and the same key,
+/// without copying the names into an owned [`UsageState`] per record.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct UsageStateRef<'a> {
+    /// Tenant.
+    pub tenant: &'a str,
+    /// Customer.
+    pub customer: &'a str,
+    /// Meter key.
+    pub meter: &'a str,
+    /// The UTC day.
+    pub day: Date,
+    /// Metered quantity that day.
+    pub quantity: f64,
+    /// Events that day.
+    pub events: u64,
+    /// Partition of the events topic.
+    pub partition: i32,
+    /// Every event of that partition up to this offset is included.
+    pub as_of_offset: i64,
+}
+
+/// The tagged wrapper that gives [`UsageStateRef`] the JSON of [`StateRecord::Usage`].
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum StateRecordRef<'a> {
+    Usage(UsageStateRef<'a>),
+}
+
+impl UsageStateRef<'_> {
+    /// The record's JSON, as [`StateRecord::Usage`] serializes.
+    pub fn to_json(self) -> Vec<u8> {
+        serde_json::to_vec(&StateRecordRef::Usage(self)).unwrap_or_default()
+    }
+
+    /// The compaction key, as [`StateRecord::key`] gives it.
+    pub fn key(&self) -> String {
+        use std::fmt::Write as _;
+        let mut key =
+            String::with_capacity(16 + self.tenant.len() + self.customer.len() + self.meter.len());
+        let _ = write!(
+            key,
+            "usage/{}/{}/{}/{}",
+            self.tenant, self.customer, self.meter, self.day
+        );
+        key
+    }
+}
+
 /// A usage threshold crossed by a customer in a period, published on `usage.alerts` (key = `id`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
@@ -386,6 +435,38 @@ pub fn crossed(thresholds: &[u8], used: f64, limit: u64) -> Vec<u8> {
 mod tests {
     use super::*;
     use time::macros::{date, datetime};
+
+    #[test]
+    fn a_borrowed_usage_record_has_the_owned_records_json_and_key() {
+        let owned = UsageState {
+            tenant: "acme \"ü\"".into(),
+            customer: "cust/1".into(),
+            meter: "api_call".into(),
+            day: time::macros::date!(2026 - 11 - 30),
+            quantity: 12.5,
+            events: 7,
+            partition: 3,
+            as_of_offset: -1,
+        };
+        let borrowed = UsageStateRef {
+            tenant: &owned.tenant,
+            customer: &owned.customer,
+            meter: &owned.meter,
+            day: owned.day,
+            quantity: owned.quantity,
+            events: owned.events,
+            partition: owned.partition,
+            as_of_offset: owned.as_of_offset,
+        };
+        let record = StateRecord::Usage(owned.clone());
+        assert_eq!(
+            String::from_utf8(borrowed.to_json()).expect("utf-8"),
+            serde_json::to_string(&record).expect("json")
+        );
+        assert_eq!(borrowed.key(), record.key());
+        let back: StateRecord = serde_json::from_slice(&borrowed.to_json()).expect("decodes");
+        assert_eq!(back, record);
+    }
 
     #[test]
     fn calendar_month_without_anchor() {
