@@ -113,27 +113,31 @@ struct Position {
 pub fn in_table_order<'a>(rows: impl Iterator<Item = &'a RawEventRow>) -> Vec<&'a RawEventRow> {
     type Series<'a> = (&'a str, &'a str, &'a str);
     let rows: Vec<&RawEventRow> = rows.collect();
-    let mut ranks: HashMap<Series<'_>, u32, foldhash::fast::RandomState> =
+    // Each row's series, numbered in order of first appearance (one hash look-up per row).
+    let mut numbers: HashMap<Series<'_>, u32, foldhash::fast::RandomState> =
         HashMap::with_capacity_and_hasher(rows.len() / 2, Default::default());
-    for r in &rows {
-        ranks.insert((&r.tenant, &r.customer, &r.meter), 0);
-    }
-    let mut series: Vec<Series<'_>> = ranks.keys().copied().collect();
-    series.sort_unstable();
-    for (rank, key) in series.iter().enumerate() {
-        if let Some(r) = ranks.get_mut(key) {
-            *r = rank as u32;
-        }
+    let mut series: Vec<Series<'_>> = Vec::new();
+    let of_row: Vec<u32> = rows
+        .iter()
+        .map(|r| {
+            let key = (r.tenant.as_str(), r.customer.as_str(), r.meter.as_str());
+            *numbers.entry(key).or_insert_with(|| {
+                series.push(key);
+                (series.len() - 1) as u32
+            })
+        })
+        .collect();
+    // Rank of each series number in the sorted order of the series.
+    let mut by_key: Vec<u32> = (0..series.len() as u32).collect();
+    by_key.sort_unstable_by_key(|&n| series[n as usize]);
+    let mut rank = vec![0u32; series.len()];
+    for (r, &n) in by_key.iter().enumerate() {
+        rank[n as usize] = r as u32;
     }
     let mut keyed: Vec<(u32, i64, &str, &RawEventRow)> = rows
         .iter()
-        .map(|r| {
-            let rank = ranks
-                .get(&(r.tenant.as_str(), r.customer.as_str(), r.meter.as_str()))
-                .copied()
-                .unwrap_or(u32::MAX);
-            (rank, r.time.unix_timestamp(), r.id.as_str(), *r)
-        })
+        .zip(of_row)
+        .map(|(r, n)| (rank[n as usize], r.time.unix_timestamp(), r.id.as_str(), *r))
         .collect();
     keyed.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
     keyed.into_iter().map(|k| k.3).collect()
