@@ -21,6 +21,15 @@ async fn assert_exact(env: &TestEnv, n: u64, total: f64) {
         (env.raw_counts().await.0 >= n).then_some(())
     })
     .await;
+    // An insert's rows are visible in events_raw before its views have written the rollups (on a
+    // loaded machine, for a while): wait for those too, then let the assertions below say what is
+    // missing if they never get there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for table in ROLLUPS {
+        while env.rollup_totals(table).await.0 < n && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     // Give a wrongly duplicating pipeline the chance to show it.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(env.raw_counts().await, (n, n), "raw rows, distinct ids");
