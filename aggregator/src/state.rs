@@ -419,7 +419,7 @@ impl Publisher {
 
         // Usage: the touched (meter, day) keys of each customer, and its partition.
         let mut touched: Map<CustomerRef<'_>, Touched> =
-            Map::with_capacity_and_hasher(fresh.len() / 4, Default::default());
+            Map::with_capacity_and_hasher(batch.events.len() / 4, Default::default());
         for e in &batch.events {
             let Some(meter) = self.catalog.meter_position(&e.meter) else {
                 continue;

@@ -267,7 +267,7 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
         window: state.config.window(),
     };
     if let Some(events) = fast_events(&body, &ctx, state) {
-        return produce(state, &events, |e| Noted::of_checked(e, &state.catalog)).await;
+        return produce(state, &events, |e| Noted::of_checked(e)).await;
     }
 
     let value: Value = match serde_json::from_slice(&body) {

@@ -144,21 +144,15 @@ type PendingPlan = (u64, SubscriptionEvent, Option<(i32, i64)>);
 /// counted again while the aggregator has not folded (and deduplicated) it yet.
 pub const RECENT_IDS_SECS: i64 = 3600;
 
-/// Event ids accepted recently, by [`id_key`] (→ unix seconds).
+/// Event ids accepted recently, by [`QuotaView::id_key`] (→ unix seconds).
 type RecentIds = HashMap<u64, i64, RandomState>;
 
-/// The key an event id is remembered by: a 64-bit hash (seeded per process), not the id itself,
-/// so that remembering an id allocates nothing and takes 16 bytes instead of the id's length plus
-/// an allocation. Two ids of one customer that collide within [`RECENT_IDS_SECS`] (about n²/2⁶⁵ for
-/// n ids) would make the second look like a retry to this view only: it is still produced, stored
-/// and counted, and the view counts it when the aggregator's state includes it.
-fn id_key(id: &str) -> u64 {
-    static SEED: std::sync::LazyLock<foldhash::quality::RandomState> =
-        std::sync::LazyLock::new(foldhash::quality::RandomState::default);
-    SEED.hash_one(id)
+/// Whether the id with `key` was accepted less than [`RECENT_IDS_SECS`] before `at` (unix seconds).
+fn accepted_recently(recent: &RecentIds, key: u64, at: i64) -> bool {
+    recent.get(&key).is_some_and(|&t| at - t < RECENT_IDS_SECS)
 }
 
-/// Remembers an accepted id (its [`id_key`]) at `at` (unix seconds). Ids older than
+/// Remembers an accepted id (its [`QuotaView::id_key`]) at `at` (unix seconds). Ids older than
 /// [`RECENT_IDS_SECS`] are never seen again: they are dropped as the map doubles.
 fn remember_id(recent: &mut RecentIds, key: u64, at: i64) {
     if recent.len() >= 16 && recent.len().is_power_of_two() {
@@ -202,10 +196,8 @@ impl<'a> Noted<'a> {
 
     /// A fast-path event's parts (the same quantity as [`Catalog::quantity_of`]: the measured
     /// value, none for unique counts).
-    pub fn of_checked(e: &'a schemas::wire::Checked<'_>, catalog: &Catalog) -> Self {
-        let counted = catalog
-            .meter(e.meter)
-            .is_some_and(|m| m.aggregation != Aggregation::UniqueCount);
+    pub fn of_checked(e: &'a schemas::wire::Checked<'_>) -> Self {
+        let counted = e.measure.aggregation != Aggregation::UniqueCount;
         Self {
             tenant: e.tenant,
             customer: e.customer,
@@ -856,10 +848,10 @@ impl QuotaView {
         let pending_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let meter = n.quantity.map(|_| self.symbols.intern(n.meter));
         let at = n.received_at.unix_timestamp();
-        let key = id_key(n.id);
+        let key = self.id_key(n.id);
         self.with_customer(n.tenant, n.customer, |c| {
             let recent = &mut c.extra().recent;
-            if recent.get(&key).is_some_and(|&t| at - t < RECENT_IDS_SECS) {
+            if accepted_recently(recent, key, at) {
                 return; // a retry of an event counted already
             }
             remember_id(recent, key, at);
@@ -934,17 +926,25 @@ impl QuotaView {
 
     /// Whether an event with `id` was accepted for this customer in the last [`RECENT_IDS_SECS`].
     pub fn seen(&self, tenant: &str, customer: &str, id: &str, now: OffsetDateTime) -> bool {
-        let key = id_key(id);
+        let key = self.id_key(id);
         self.with_known(self.symbols.get(tenant), customer, |c| {
             c.and_then(|c| c.extra.as_ref())
-                .and_then(|e| e.recent.get(&key))
-                .is_some_and(|&at| now.unix_timestamp() - at < RECENT_IDS_SECS)
+                .is_some_and(|e| accepted_recently(&e.recent, key, now.unix_timestamp()))
         })
+    }
+
+    /// The key an event id is remembered by: its 64-bit hash with this view's (random) seed, not
+    /// the id itself, so that remembering an id allocates nothing and takes 16 bytes. Two ids of one
+    /// customer that collide within [`RECENT_IDS_SECS`] (about n²/2⁶⁵ for n ids) would make the
+    /// second look like a retry to this view only: it is still produced, stored and counted, and
+    /// the view counts it when the aggregator's state includes it.
+    fn id_key(&self, id: &str) -> u64 {
+        self.hasher.hash_one(id)
     }
 
     /// Remembers an accepted event id (see [`Self::seen`]).
     pub fn remember(&self, tenant: &str, customer: &str, id: &str, at: OffsetDateTime) {
-        let key = id_key(id);
+        let key = self.id_key(id);
         self.with_customer(tenant, customer, |c| {
             remember_id(&mut c.extra().recent, key, at.unix_timestamp());
         });

@@ -190,7 +190,7 @@ fn note_message(view: &QuotaView, payload: &[u8], position: (i32, i64)) {
         let fast = Wire::parse(raw.get())
             .and_then(|wire| wire.check_produced(wire.received_at()?, Window::default(), catalog));
         match fast {
-            Some(event) => view.note(Noted::of_checked(&event, catalog), position),
+            Some(event) => view.note(Noted::of_checked(&event), position),
             None => {
                 if let Ok(event) = serde_json::from_str::<UsageEvent>(raw.get()) {
                     view.note_event(&event, position);

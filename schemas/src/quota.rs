@@ -326,8 +326,24 @@ impl StateRecord {
     /// The compaction key: the latest record per key is the state.
     pub fn key(&self) -> String {
         match self {
-            Self::Usage(u) => format!("usage/{}/{}/{}/{}", u.tenant, u.customer, u.meter, u.day),
+            Self::Usage(u) => u.borrowed().key(),
             Self::Plan(p) => format!("plan/{}/{}", p.tenant, p.customer),
+        }
+    }
+}
+
+impl UsageState {
+    /// The same record, borrowed.
+    pub fn borrowed(&self) -> UsageStateRef<'_> {
+        UsageStateRef {
+            tenant: &self.tenant,
+            customer: &self.customer,
+            meter: &self.meter,
+            day: self.day,
+            quantity: self.quantity,
+            events: self.events,
+            partition: self.partition,
+            as_of_offset: self.as_of_offset,
         }
     }
 }
@@ -442,28 +458,19 @@ mod tests {
             tenant: "acme \"ü\"".into(),
             customer: "cust/1".into(),
             meter: "api_call".into(),
-            day: time::macros::date!(2026 - 11 - 30),
+            day: date!(2026 - 11 - 30),
             quantity: 12.5,
             events: 7,
             partition: 3,
             as_of_offset: -1,
         };
-        let borrowed = UsageStateRef {
-            tenant: &owned.tenant,
-            customer: &owned.customer,
-            meter: &owned.meter,
-            day: owned.day,
-            quantity: owned.quantity,
-            events: owned.events,
-            partition: owned.partition,
-            as_of_offset: owned.as_of_offset,
-        };
+        let borrowed = owned.borrowed();
         let record = StateRecord::Usage(owned.clone());
         assert_eq!(
             String::from_utf8(borrowed.to_json()).expect("utf-8"),
             serde_json::to_string(&record).expect("json")
         );
-        assert_eq!(borrowed.key(), record.key());
+        assert_eq!(record.key(), "usage/acme \"ü\"/cust/1/api_call/2026-11-30");
         let back: StateRecord = serde_json::from_slice(&borrowed.to_json()).expect("decodes");
         assert_eq!(back, record);
     }
