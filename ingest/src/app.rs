@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 use crate::config::Config;
-use crate::http::{AppState, router};
+use crate::http::{AppState, Shared, router};
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::producer::EventProducer;
@@ -49,7 +49,7 @@ impl App {
         let ch = config.clickhouse.client();
         let baseline = crate::state::load_baseline(&ch, &view).await?;
         tracing::info!(records = baseline, "quota baseline loaded from ClickHouse");
-        let state = AppState {
+        let state = AppState::new(Shared {
             config: Arc::new(config),
             catalog,
             keys,
@@ -57,7 +57,7 @@ impl App {
             metrics: Arc::new(Metrics::default()),
             view,
             ch,
-        };
+        });
         Ok(Self { listener, state })
     }
 

@@ -31,9 +31,30 @@ use crate::keys::{KeyInfo, KeyStore, Scope};
 use crate::metrics::{CodeLabels, Metrics, RequestLabels, RouteLabels};
 use crate::producer::{EventProducer, MAX_REJECTED_PAYLOAD, Rejection};
 
-/// Shared state of the handlers.
+/// Shared state of the handlers: one allocation, so that the per-request clones axum makes of its
+/// state (every `State` extractor and middleware) cost one reference count, not a copy of the
+/// ClickHouse client's settings, the producer and the configuration handles.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Wraps the handlers' shared parts.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+#[derive(Debug)]
+pub struct Shared {
     /// Effective configuration.
     pub config: Arc<Config>,
     /// Meters and plans.

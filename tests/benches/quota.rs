@@ -1,6 +1,8 @@
-//! Quota benchmark: check latency and throughput over loopback HTTP against a baseline endpoint in
-//! the same process, freshness of the quota answer and of history, and overshoot at the limit under
-//! 50 concurrent check-and-track callers. Run: `scripts/bench.sh` (servers up, release build).
+//! Quota benchmark: check latency and throughput over loopback HTTP against a baseline endpoint of
+//! the same server and a Redis counter, driven by the same minimal keep-alive load generator, with
+//! the CPU time per request of the server and of the generator; freshness of the quota answer and of
+//! history; overshoot at the limit under 50 concurrent check-and-track callers. The ingests and the
+//! aggregator run as their own processes (release binaries). Run: `scripts/bench.sh quota`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ingest::keys::Scope;
 use serde_json::{Value, json};
-use tests::{Running, TestEnv, wait_until};
+use tests::{Service, TestEnv, cpu_ticks, wait_until};
 
 /// Concurrency levels of the load generator.
 const LEVELS: [usize; 4] = [1, 4, 16, 64];
@@ -22,6 +24,10 @@ struct Load {
     p50_us: f64,
     p99_us: f64,
     p999_us: f64,
+    /// CPU time of the serving process per request (µs): the ingest, or redis-server.
+    server_cpu_us: f64,
+    /// CPU time of this process (the load generator) per request (µs).
+    generator_cpu_us: f64,
 }
 
 fn pct(sorted: &[u64], p: f64) -> u64 {
@@ -45,20 +51,38 @@ async fn connection(target: Target, stop: Arc<AtomicBool>) -> Vec<u64> {
     let mut lat = Vec::with_capacity(200_000);
     match target {
         Target::Http { url, key } => {
-            let http = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .build()
-                .expect("client");
+            // A minimal keep-alive HTTP/1.1 client (one request in flight, like wrk): the request
+            // bytes are built once, the reply is read to its Content-Length. The same loop drives
+            // every HTTP target, so the generator's own cost is equal for the check and its baseline.
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let rest = url.strip_prefix("http://").expect("http url");
+            let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {key}\r\n\r\n"
+            );
+            let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+            stream.set_nodelay(true).expect("nodelay");
+            let mut buf = vec![0u8; 16 * 1024];
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let r = http
-                    .get(&url)
-                    .bearer_auth(&key)
-                    .send()
-                    .await
-                    .expect("request");
-                assert_eq!(r.status(), 200, "{url}");
-                let _ = r.bytes().await.expect("body");
+                stream.write_all(request.as_bytes()).await.expect("send");
+                let mut filled = 0;
+                let (head_end, body_len) = loop {
+                    let n = stream.read(&mut buf[filled..]).await.expect("reply");
+                    assert!(n > 0, "{url}: connection closed");
+                    filled += n;
+                    if let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+                        break (end + 4, reply_head(&buf[..end], &url));
+                    }
+                    assert!(filled < buf.len(), "{url}: reply head too long");
+                };
+                assert!(head_end + body_len <= buf.len(), "{url}: body too long");
+                while filled < head_end + body_len {
+                    let n = stream.read(&mut buf[filled..]).await.expect("body");
+                    assert!(n > 0, "{url}: connection closed in the body");
+                    filled += n;
+                }
+                assert_eq!(filled, head_end + body_len, "{url}: unexpected bytes");
                 lat.push(t.elapsed().as_nanos() as u64);
             }
         }
@@ -93,6 +117,22 @@ async fn connection(target: Target, stop: Arc<AtomicBool>) -> Vec<u64> {
     lat
 }
 
+/// Checks an HTTP/1.1 reply head (status line and headers, without the blank line) for status 200
+/// and returns its Content-Length.
+fn reply_head(head: &[u8], url: &str) -> usize {
+    let head = std::str::from_utf8(head).expect("reply head is text");
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or_default();
+    assert!(status.starts_with("HTTP/1.1 200 "), "{url}: {status}");
+    lines
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().expect("content-length"))
+        })
+        .unwrap_or_else(|| panic!("{url}: no content-length in {head}"))
+}
+
 /// Runs `connections` connections against `target` for SECONDS.
 async fn load(target: &Target, connections: usize) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
@@ -114,6 +154,8 @@ async fn load(target: &Target, connections: usize) -> Load {
         p50_us: pct(&all, 0.50) as f64 / 1000.0,
         p99_us: pct(&all, 0.99) as f64 / 1000.0,
         p999_us: pct(&all, 0.999) as f64 / 1000.0,
+        server_cpu_us: 0.0,
+        generator_cpu_us: 0.0,
     }
 }
 
@@ -172,6 +214,7 @@ fn server_p99_ms(before: &[(f64, u64)], after: &[(f64, u64)]) -> f64 {
 /// same counters the quota view holds: one per customer.
 struct Redis {
     child: std::process::Child,
+    pid: u32,
     addr: String,
 }
 
@@ -217,7 +260,8 @@ impl Redis {
             assert!(n > 0, "redis closed");
             ok += buf[..n].windows(3).filter(|w| w == b"+OK").count();
         }
-        Self { child, addr }
+        let pid = child.id();
+        Self { child, pid, addr }
     }
 }
 
@@ -228,9 +272,9 @@ impl Drop for Redis {
     }
 }
 
-async fn used(http: &reqwest::Client, svc: &Running, key: &str, customer: &str) -> f64 {
+async fn used(http: &reqwest::Client, base: &str, key: &str, customer: &str) -> f64 {
     let v: Value = http
-        .get(format!("{}/v1/customers/{customer}/quota", svc.url))
+        .get(format!("{base}/v1/customers/{customer}/quota"))
         .bearer_auth(key)
         .send()
         .await
@@ -243,13 +287,7 @@ async fn used(http: &reqwest::Client, svc: &Running, key: &str, customer: &str) 
 
 /// Freshness: an event accepted by instance A, until instance B's quota answer (which only knows
 /// it through the aggregator and the state topic) and the history include it.
-async fn freshness(
-    env: &TestEnv,
-    a: &Running,
-    b: &Running,
-    key: &str,
-    samples: usize,
-) -> (Vec<u64>, Vec<u64>) {
+async fn freshness(a: &str, b: &str, key: &str, samples: usize) -> (Vec<u64>, Vec<u64>) {
     let http = reqwest::Client::new();
     let mut quota_ms = Vec::new();
     let mut history_ms = Vec::new();
@@ -257,7 +295,7 @@ async fn freshness(
         let customer = format!("fresh_{i}");
         let t = Instant::now();
         let r = http
-            .post(format!("{}/v1/events", a.url))
+            .post(format!("{a}/v1/events"))
             .bearer_auth(key)
             .json(&tests::event(&format!("f-{i}"), &customer, "analyze", 1))
             .send()
@@ -273,8 +311,7 @@ async fn freshness(
             if seen_history.is_none() {
                 let v: Value = http
                     .get(format!(
-                        "{}/v1/customers/{customer}/history?granularity=hour",
-                        b.url
+                        "{b}/v1/customers/{customer}/history?granularity=hour"
                     ))
                     .bearer_auth(key)
                     .send()
@@ -296,7 +333,6 @@ async fn freshness(
         quota_ms.extend(seen_quota);
         history_ms.extend(seen_history);
     }
-    let _ = env;
     quota_ms.sort_unstable();
     history_ms.sort_unstable();
     (quota_ms, history_ms)
@@ -304,11 +340,11 @@ async fn freshness(
 
 /// 50 callers doing check-and-track on one free customer (limit 100) until refused, spread over
 /// `instances`. Returns the calls tracked.
-async fn overshoot(instances: &[&Running], key: &str, customer: &str) -> u64 {
+async fn overshoot(instances: &[&str], key: &str, customer: &str) -> u64 {
     let tracked = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for i in 0..50 {
-        let url = format!("{}/v1/check", instances[i % instances.len()].url);
+        let url = format!("{}/v1/check", instances[i % instances.len()]);
         let (key, customer, tracked) = (key.to_string(), customer.to_string(), tracked.clone());
         tasks.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
@@ -343,30 +379,39 @@ async fn overshoot(instances: &[&Running], key: &str, customer: &str) -> u64 {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let env = TestEnv::new("bench").await;
-    let (agg, _) = env.start_aggregator().await;
-    let a = env.start_ingest().await;
-    let b = env.start_ingest().await;
+    // The services run as their own processes (the release binaries, logging at `warn` like a
+    // production deployment), so the server's CPU per check is measured apart from the generator's.
+    let aggregator = Service::spawn("aggregator", env.aggregator_env());
+    let (port_a, port_b) = (tests::servers::free_port(), tests::servers::free_port());
+    let ingest_a = Service::spawn("ingest", env.ingest_env(port_a));
+    let ingest_b = Service::spawn("ingest", env.ingest_env(port_b));
+    let (a, b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
     let http = reqwest::Client::new();
-    tests::wait_ready(&http, &a.url).await;
-    tests::wait_ready(&http, &b.url).await;
+    tests::wait_ready(&http, &a).await;
+    tests::wait_ready(&http, &b).await;
     let key = env
         .key("bench", &[Scope::Ingest, Scope::Read, Scope::Admin], None)
         .await;
     // Some state to answer from: 1,000 customers with usage.
     let (events, _) = tests::events("seed", 5_000, 1_000);
-    tests::send_all(&http, &a.url, &key, &events, 1_000).await;
+    tests::send_all(&http, &a, &key, &events, 1_000).await;
 
     let redis = Redis::start(1_000).await;
     let targets = [
         (
             "GET /healthz (empty endpoint, baseline)",
+            ingest_a.pid(),
             Target::Http {
-                url: format!("{}/healthz", a.url),
+                url: format!("{a}/healthz"),
                 key: key.clone(),
             },
         ),
         (
             "Redis GET of a counter (baseline)",
+            redis.pid,
             Target::Redis {
                 addr: redis.addr.clone(),
                 key: "usage:bench:cust_7:api_call".into(),
@@ -374,8 +419,9 @@ async fn main() {
         ),
         (
             "GET /v1/customers/{c}/quota",
+            ingest_a.pid(),
             Target::Http {
-                url: format!("{}/v1/customers/cust_7/quota", a.url),
+                url: format!("{a}/v1/customers/cust_7/quota"),
                 key: key.clone(),
             },
         ),
@@ -383,26 +429,35 @@ async fn main() {
     println!(
         "# quota checks (loopback, {SECONDS} s per phase; the load generator and the servers share the machine)"
     );
-    println!("| target | connections | requests | per second | p50 | p99 | p99.9 |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| target | connections | requests | per second | p50 | p99 | p99.9 | server CPU / request | generator CPU / request |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut results = Vec::new();
     let mut server_p99 = Vec::new();
     for connections in LEVELS {
         let mut row = Vec::new();
-        for (name, target) in &targets {
-            let before = server_histogram(&a.url, "quota").await;
-            let l = load(target, connections).await;
+        for (name, pid, target) in &targets {
+            let before = server_histogram(&a, "quota").await;
+            let (server_cpu, own_cpu) = (cpu_ticks(*pid), cpu_ticks(std::process::id()));
+            let mut l = load(target, connections).await;
+            // Clock ticks are 10 ms: 10,000 µs each.
+            let per_request = |ticks: u64| ticks as f64 * 10_000.0 / l.requests.max(1) as f64;
+            l.server_cpu_us = per_request(cpu_ticks(*pid) - server_cpu);
+            l.generator_cpu_us = per_request(cpu_ticks(std::process::id()) - own_cpu);
             if name.contains("quota") {
-                let p99 = server_p99_ms(&before, &server_histogram(&a.url, "quota").await);
+                let p99 = server_p99_ms(&before, &server_histogram(&a, "quota").await);
                 server_p99.push((connections, p99));
             }
             println!(
-                "| {name} | {connections} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.3} ms |",
+                "| {name} | {connections} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.3} ms | {:.1} µs | {:.1} µs |",
                 l.requests,
                 l.per_sec,
                 l.p50_us / 1000.0,
                 l.p99_us / 1000.0,
-                l.p999_us / 1000.0
+                l.p999_us / 1000.0,
+                l.server_cpu_us,
+                l.generator_cpu_us
             );
             row.push(l);
         }
@@ -427,12 +482,13 @@ async fn main() {
             json_rows.push(json!({
                 "target": name, "connections": connections, "requests": l.requests,
                 "per_sec": l.per_sec.round(), "p50_us": l.p50_us, "p99_us": l.p99_us, "p999_us": l.p999_us,
+                "server_cpu_us": l.server_cpu_us, "generator_cpu_us": l.generator_cpu_us,
             }));
         }
     }
     drop(redis);
 
-    let (q, h) = freshness(&env, &a, &b, &key, 100).await;
+    let (q, h) = freshness(&a, &b, &key, 100).await;
     println!(
         "freshness (accepted on instance A -> visible on instance B): quota p50 {} ms, p99 {} ms; history p50 {} ms, p99 {} ms",
         pct(&q, 0.5),
@@ -441,8 +497,8 @@ async fn main() {
         pct(&h, 0.99)
     );
 
-    let one = overshoot(&[&a], &key, "limit_one").await;
-    let two = overshoot(&[&a, &b], &key, "limit_two").await;
+    let one = overshoot(&[a.as_str()], &key, "limit_one").await;
+    let two = overshoot(&[a.as_str(), b.as_str()], &key, "limit_two").await;
     println!("overshoot at the free limit of 100, 50 concurrent check-and-track callers:");
     println!(
         "  one instance: {one} tracked ({} over)",
@@ -468,7 +524,7 @@ async fn main() {
         }),
     );
 
-    a.stop().await;
-    b.stop().await;
-    agg.stop().await;
+    for service in [ingest_a, ingest_b, aggregator] {
+        service.stop();
+    }
 }

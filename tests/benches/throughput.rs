@@ -10,7 +10,6 @@
 //! round right after its own raw insert baseline, and the median round is reported with every round
 //! listed.
 
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -23,8 +22,8 @@ use schemas::Catalog;
 use schemas::event::{Intake, Window, validate};
 use schemas::rows::RawEventRow;
 use serde_json::{Value, json};
-use tests::TestEnv;
 use tests::servers::free_port;
+use tests::{Service, TestEnv, cpu_ticks};
 
 /// Events per HTTP request (the intake's largest batch).
 const BATCH: usize = 1_000;
@@ -172,51 +171,6 @@ async fn raw_insert(env: &TestEnv, msgs: &[(i32, String, Vec<u8>)], batch: usize
 }
 
 /// A service process.
-struct Service {
-    name: &'static str,
-    child: Child,
-    peak_rss_kb: u64,
-}
-
-impl Service {
-    fn spawn(name: &'static str, envs: Vec<(String, String)>) -> Self {
-        let log = std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into());
-        let child = tests::spawn_binary(
-            name,
-            envs,
-            &log,
-            "bench-logs",
-            &format!("{name}-{}", free_port()),
-        );
-        Self {
-            name,
-            child,
-            peak_rss_kb: 0,
-        }
-    }
-
-    /// Samples the resident set size (kB).
-    fn sample(&mut self) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        for line in status.lines() {
-            if let Some(v) = line.strip_prefix("VmHWM:") {
-                let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-                self.peak_rss_kb = self.peak_rss_kb.max(kb);
-            }
-        }
-    }
-
-    fn stop(mut self) -> (String, u64) {
-        self.sample();
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        (self.name.to_string(), self.peak_rss_kb)
-    }
-}
-
 /// One end-to-end run.
 struct EndToEnd {
     accepted_per_sec: f64,
@@ -224,21 +178,6 @@ struct EndToEnd {
     rss: Vec<(String, u64)>,
     /// CPU time per event (µs) by process, from the first request until every event was stored.
     cpu_us_per_event: Vec<(String, f64)>,
-}
-
-/// CPU time (user + system, in clock ticks of 10 ms) a process has used so far.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesized command name: state is the first, utime the 12th, stime the 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
 }
 
 /// Pids of the processes whose command name starts with `prefix` (the broker, ClickHouse).
@@ -259,8 +198,8 @@ fn cpu_groups(services: &[Service]) -> Vec<(String, Vec<u32>)> {
     let mut groups: Vec<(String, Vec<u32>)> = Vec::new();
     for s in services {
         match groups.iter_mut().find(|(n, _)| n == s.name) {
-            Some((_, pids)) => pids.push(s.child.id()),
-            None => groups.push((s.name.to_string(), vec![s.child.id()])),
+            Some((_, pids)) => pids.push(s.pid()),
+            None => groups.push((s.name.to_string(), vec![s.pid()])),
         }
     }
     groups.push(("broker (tansu)".into(), pids_named("tansu")));

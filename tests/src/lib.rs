@@ -557,3 +557,75 @@ pub fn bench_output(name: &str, value: &Value) {
         Err(e) => eprintln!("cannot write {}: {e}", path.display()),
     }
 }
+
+/// A workspace binary run as its own process by a benchmark, its log under `.data/bench-logs/`
+/// (`RUST_LOG` from `BENCH_SERVICE_LOG`, default `warn`); stopped with SIGTERM.
+#[derive(Debug)]
+pub struct Service {
+    /// The binary's name (`ingest`, `aggregator`).
+    pub name: &'static str,
+    child: std::process::Child,
+    /// The highest peak RSS (kB) sampled so far.
+    pub peak_rss_kb: u64,
+}
+
+impl Service {
+    /// Starts the binary `name` with `envs`.
+    pub fn spawn(name: &'static str, envs: Vec<(String, String)>) -> Self {
+        let log = std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into());
+        let child = spawn_binary(
+            name,
+            envs,
+            &log,
+            "bench-logs",
+            &format!("{name}-{}", servers::free_port()),
+        );
+        Self {
+            name,
+            child,
+            peak_rss_kb: 0,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Samples the peak resident set size (kB).
+    pub fn sample(&mut self) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        for line in status.lines() {
+            if let Some(v) = line.strip_prefix("VmHWM:") {
+                let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                self.peak_rss_kb = self.peak_rss_kb.max(kb);
+            }
+        }
+    }
+
+    /// Sends SIGTERM, waits for the exit and returns (name, peak RSS in kB).
+    pub fn stop(mut self) -> (String, u64) {
+        self.sample();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        (self.name.to_string(), self.peak_rss_kb)
+    }
+}
+
+/// CPU time (user + system, in clock ticks of 10 ms) the process `pid` has used so far.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesized command name: state is the first, utime the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
