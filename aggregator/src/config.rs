@@ -36,7 +36,11 @@ pub struct Config {
     pub session_timeout_ms: u64,
     /// A batch is written when it holds this many rows (events, dead letters, plan changes)...
     pub batch_max_events: usize,
-    /// ...or when its first message is this old (ms).
+    /// ...or when its first message is this old (ms). This is how late history and alerts may be
+    /// (quota answers do not wait for it: the ingests count accepted usage from the events topic).
+    /// Every batch costs one insert (a part per table and view, merged later) and one state record
+    /// per customer it touched, so fewer, larger batches cost less per event: 1 s and 100,000 rows
+    /// used 15-17 µs of CPU per event in the throughput benchmark, 200 ms and 50,000 used 19-28.
     pub batch_max_wait_ms: u64,
     /// Duplicates of an event id are recognized for this many days.
     pub dedup_window_days: i64,
@@ -71,8 +75,8 @@ impl Default for Config {
             group_id: "metering-aggregator".into(),
             instance_id: None,
             session_timeout_ms: 6_000,
-            batch_max_events: 50_000,
-            batch_max_wait_ms: 200,
+            batch_max_events: 100_000,
+            batch_max_wait_ms: 1_000,
             dedup_window_days: 35,
             max_late_days: 35,
             max_future_secs: 300,
