@@ -8,7 +8,7 @@
 //! share the machine with the broker and ClickHouse, so every figure is also given as a ratio to a
 //! baseline measured in the same run. The single setup runs `BENCH_ROUNDS` times (default 3), each
 //! round right after its own raw insert baseline, and the median round is reported with every round
-//! listed.
+//! listed. `BENCH_PREFILL_IDS=N` fills the dedup index with N random ids first (see `prefill_ids`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -224,6 +224,7 @@ fn sample_cpu(groups: &[(String, Vec<u32>)]) -> Vec<u64> {
 async fn end_to_end(label: &str, n: usize, aggregators: usize, ingests: usize) -> EndToEnd {
     let env = TestEnv::new(&format!("bench_tp_{label}")).await;
     let key = env.key("bench", &[Scope::Ingest, Scope::Read], None).await;
+    prefill_ids(&env).await;
     let mut services = Vec::new();
     for _ in 0..aggregators {
         let mut envs = env.aggregator_env();
@@ -304,6 +305,34 @@ async fn end_to_end(label: &str, n: usize, aggregators: usize, ingests: usize) -
         rss,
         cpu_us_per_event,
     }
+}
+
+/// Ids already in the dedup index before a run, from `BENCH_PREFILL_IDS` (default 0: a fresh
+/// database). A deployment holds every id of the 35-day window there, and the aggregator looks each
+/// batch's ids up in it; this fills it with that many random UUIDs of the benchmark's tenant,
+/// spread over the last 30 days, so the lookup's cost at a given volume can be measured.
+async fn prefill_ids(env: &TestEnv) {
+    let n: u64 = std::env::var("BENCH_PREFILL_IDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if n == 0 {
+        return;
+    }
+    let start = Instant::now();
+    env.ch()
+        .query(&format!(
+            "INSERT INTO event_ids SELECT 'bench', toString(generateUUIDv4()), \
+             now() - (number % 30) * 86400, 0, number FROM numbers({n})"
+        ))
+        .execute()
+        .await
+        .expect("prefill event_ids");
+    println!(
+        "({label}: {n} ids put in the dedup index first, in {:.1} s)",
+        start.elapsed().as_secs_f64(),
+        label = env.name
+    );
 }
 
 /// Rounds of (raw insert baseline, single-instance end to end), from `BENCH_ROUNDS` (default 3).
