@@ -214,7 +214,6 @@ fn server_p99_ms(before: &[(f64, u64)], after: &[(f64, u64)]) -> f64 {
 /// same counters the quota view holds: one per customer.
 struct Redis {
     child: std::process::Child,
-    pid: u32,
     addr: String,
 }
 
@@ -260,8 +259,7 @@ impl Redis {
             assert!(n > 0, "redis closed");
             ok += buf[..n].windows(3).filter(|w| w == b"+OK").count();
         }
-        let pid = child.id();
-        Self { child, pid, addr }
+        Self { child, addr }
     }
 }
 
@@ -414,7 +412,7 @@ async fn main() {
         ),
         (
             "Redis GET of a counter (baseline)",
-            redis.pid,
+            redis.child.id(),
             Target::Redis {
                 addr: redis.addr.clone(),
                 key: "usage:bench:cust_7:api_call".into(),
