@@ -379,10 +379,7 @@ async fn main() {
     let env = TestEnv::new("bench").await;
     // The services run as their own processes (the release binaries, logging at `warn` like a
     // production deployment), so the server's CPU per check is measured apart from the generator's.
-    // The aggregator at its default batch wait (the tests' 100 ms would flatter history freshness).
-    let mut aggregator_env = env.aggregator_env();
-    aggregator_env.retain(|(k, _)| k != "AGGREGATOR_BATCH_MAX_WAIT_MS");
-    let aggregator = Service::spawn("aggregator", aggregator_env);
+    let aggregator = Service::spawn("aggregator", env.bench_aggregator_env());
     let (port_a, port_b) = (tests::servers::free_port(), tests::servers::free_port());
     let ingest_a = Service::spawn("ingest", env.ingest_env(port_a));
     let ingest_b = Service::spawn("ingest", env.ingest_env(port_b));

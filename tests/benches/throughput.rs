@@ -32,11 +32,16 @@ const CONNECTIONS: usize = 8;
 /// Customers the events are spread over.
 const CUSTOMERS: usize = 10_000;
 
-fn events_total() -> usize {
-    std::env::var("BENCH_EVENTS")
+/// The number in the environment variable `name`, or `default` when it is unset or not a number.
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(400_000)
+        .unwrap_or(default)
+}
+
+fn events_total() -> usize {
+    env_number("BENCH_EVENTS", 400_000)
 }
 
 /// The request bodies: `n` events in arrays of BATCH, ids unique to `run`.
@@ -170,7 +175,6 @@ async fn raw_insert(env: &TestEnv, msgs: &[(i32, String, Vec<u8>)], batch: usize
     rows.len() as f64 / secs
 }
 
-/// A service process.
 /// One end-to-end run.
 struct EndToEnd {
     accepted_per_sec: f64,
@@ -227,8 +231,7 @@ async fn end_to_end(label: &str, n: usize, aggregators: usize, ingests: usize) -
     prefill_ids(&env).await;
     let mut services = Vec::new();
     for _ in 0..aggregators {
-        let mut envs = env.aggregator_env();
-        envs.retain(|(k, _)| k != "AGGREGATOR_BATCH_MAX_WAIT_MS");
+        let mut envs = env.bench_aggregator_env();
         if let Ok(v) = std::env::var("BENCH_AGGREGATOR_BATCH") {
             envs.push(("AGGREGATOR_BATCH_MAX_EVENTS".into(), v));
         }
@@ -312,10 +315,7 @@ async fn end_to_end(label: &str, n: usize, aggregators: usize, ingests: usize) -
 /// batch's ids up in it; this fills it with that many random UUIDs of the benchmark's tenant,
 /// spread over the last 30 days, so the lookup's cost at a given volume can be measured.
 async fn prefill_ids(env: &TestEnv) {
-    let n: u64 = std::env::var("BENCH_PREFILL_IDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let n: u64 = env_number("BENCH_PREFILL_IDS", 0);
     if n == 0 {
         return;
     }
@@ -340,11 +340,7 @@ async fn prefill_ids(env: &TestEnv) {
 /// against the raw insert measured just before it, and the median round is reported. (The raw
 /// produce baselines run in the first round only.)
 fn rounds() -> usize {
-    std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&r| r > 0)
-        .unwrap_or(3)
+    env_number("BENCH_ROUNDS", 3).max(1)
 }
 
 /// One round: the raw insert baseline, then the single-instance end to end.

@@ -287,6 +287,14 @@ impl TestEnv {
         .collect()
     }
 
+    /// [`Self::aggregator_env`] at the aggregator's default batch settings, for benchmarks: the
+    /// tests' 100 ms batch wait would flatter history freshness and cost more CPU per event.
+    pub fn bench_aggregator_env(&self) -> Vec<(String, String)> {
+        let mut envs = self.aggregator_env();
+        envs.retain(|(k, _)| k != "AGGREGATOR_BATCH_MAX_WAIT_MS");
+        envs
+    }
+
     /// Environment variables that point an ingest process at this test's resources, on `port`.
     pub fn ingest_env(&self, port: u16) -> Vec<(String, String)> {
         let t = &self.topics;
