@@ -40,8 +40,8 @@ impl App {
         }
         let sink = Sink::new(
             config.clickhouse.client(),
-            schemas::external::ExternalQuery::new(&config.clickhouse),
             time::Duration::days(config.dedup_window_days),
+            time::Duration::days(config.max_late_days),
         );
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Self {

@@ -92,6 +92,10 @@ impl Context {
         m.batches_flushed.inc();
         m.events_stored.inc_by(outcome.stored as u64);
         m.duplicates_skipped.inc_by(outcome.duplicates as u64);
+        m.dedup_index_loads.inc_by(outcome.index_loads as u64);
+        let (ids, bytes) = self.sink.index_size();
+        m.dedup_index_ids.set(ids as i64);
+        m.dedup_index_bytes.set(bytes as i64);
         for d in &batch.dead {
             m.dead_letters
                 .get_or_create(&ReasonLabels {
@@ -220,6 +224,7 @@ impl Context {
                     // What failed may have been stored all the same: the retry finds it stored
                     // and adds nothing, so cached usage is read back from ClickHouse instead.
                     self.publisher.forget_usage();
+                    self.sink.forget_ids();
                     self.metrics.flush_failures.inc();
                     tracing::warn!(error = %e, messages = batch.messages, ?backoff, "writing batch failed; retrying");
                 }
@@ -263,6 +268,8 @@ impl Context {
     fn assign(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         self.publisher.forget_plans();
         self.publisher.forget_usage();
+        // While not owned here, a partition may have been written by another member.
+        self.sink.forget_ids();
         let topics: HashSet<String> = tpl
             .elements()
             .iter()
@@ -345,6 +352,7 @@ impl Context {
             .assigned_partitions
             .set(shared.owned.len() as i64);
         drop(shared);
+        self.sink.forget_ids();
         if let Err(e) = base.unassign() {
             tracing::error!(error = %e, "unassign failed");
         }

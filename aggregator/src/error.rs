@@ -15,6 +15,9 @@ pub enum Error {
     /// ClickHouse failed.
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
+    /// A batch was checked against a partition whose dedup index is not loaded (it is retried).
+    #[error("the dedup index of partition {0} is not loaded")]
+    IndexNotLoaded(u32),
     /// Binding the metrics port failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

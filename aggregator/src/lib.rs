@@ -2,11 +2,13 @@
 //!
 //! Offsets live with the data: after a batch is in ClickHouse its last offset per partition is
 //! stored there too and read back when a partition is assigned; events are deduplicated by
-//! (tenant, id) within the lateness window; Kafka commits follow ClickHouse, only for owned partitions.
+//! (tenant, customer, id) within the lateness window, against an in-memory index of each owned
+//! partition's stored ids; Kafka commits follow ClickHouse, only for owned partitions.
 //!
 //! # Layout
 //! - [`config`]: the typed, layered configuration.
 //! - [`decode`]: message → raw-event row or dead letter.
+//! - [`dedup`]: the in-memory index of stored ids per partition.
 //! - [`sink`]: idempotent batch writes and stored offsets.
 //! - [`state`]: quota state and alerts published after each batch.
 //! - [`consumer`]: the loop, batching, rebalance handling, commits.
@@ -20,6 +22,7 @@ pub mod app;
 pub mod config;
 pub mod consumer;
 pub mod decode;
+pub mod dedup;
 mod error;
 pub mod metrics;
 pub mod notify;

@@ -29,8 +29,14 @@ pub struct Metrics {
     pub messages_consumed: Counter,
     /// `events_stored_total`: new events written to ClickHouse.
     pub events_stored: Counter,
-    /// `duplicates_skipped_total`: events whose (tenant, id) was already stored.
+    /// `duplicates_skipped_total`: events whose (tenant, customer, id) was already stored.
     pub duplicates_skipped: Counter,
+    /// `dedup_index_loads_total`: partitions whose dedup index was loaded from ClickHouse.
+    pub dedup_index_loads: Counter,
+    /// `dedup_index_ids`: ids held in the dedup index.
+    pub dedup_index_ids: Gauge,
+    /// `dedup_index_bytes`: heap bytes of the dedup index's tables.
+    pub dedup_index_bytes: Gauge,
     /// `dead_letters_total{reason}`.
     pub dead_letters: Family<ReasonLabels, Counter>,
     /// `batches_flushed_total`.
@@ -64,6 +70,9 @@ impl Default for Metrics {
             messages_consumed: Counter::default(),
             events_stored: Counter::default(),
             duplicates_skipped: Counter::default(),
+            dedup_index_loads: Counter::default(),
+            dedup_index_ids: Gauge::default(),
+            dedup_index_bytes: Gauge::default(),
             dead_letters: Family::default(),
             batches_flushed: Counter::default(),
             flush_failures: Counter::default(),
@@ -90,8 +99,23 @@ impl Default for Metrics {
         );
         r.register(
             "duplicates_skipped",
-            "Events already stored (same tenant and id)",
+            "Events already stored (same tenant, customer and id)",
             m.duplicates_skipped.clone(),
+        );
+        r.register(
+            "dedup_index_loads",
+            "Partitions whose dedup index was loaded from ClickHouse",
+            m.dedup_index_loads.clone(),
+        );
+        r.register(
+            "dedup_index_ids",
+            "Ids held in the dedup index",
+            m.dedup_index_ids.clone(),
+        );
+        r.register(
+            "dedup_index_bytes",
+            "Heap bytes of the dedup index's tables",
+            m.dedup_index_bytes.clone(),
         );
         r.register(
             "dead_letters",

@@ -1,22 +1,31 @@
-//! Writes batches to ClickHouse with exactly-once effect: dedup by (tenant, id), then data, then the
-//! batch's offsets, which are read back when a partition is assigned.
+//! Writes batches to ClickHouse with exactly-once effect: dedup by (tenant, customer, id), then
+//! data, then the batch's offsets, which are read back when a partition is assigned.
 //!
-//! Order of a flush: (1) drop events whose (tenant, id) is already stored (within the dedup window)
-//! or repeated in the batch, and dead letters whose Kafka position is already stored; (2) insert
-//! dead letters; (3) insert raw events (the rollups and the dedup index are filled by the same
-//! insert through materialized views); (4) the caller publishes the quota state read back from
-//! ClickHouse; (5) insert the batch's last offset per partition. A crash anywhere before (5) replays
-//! the batch: step (1) turns the replay into a no-op and step (4) publishes the same state again.
+//! Order of a flush: (1) drop events whose (tenant, customer, id) is already stored (within the
+//! dedup window, looked up in the in-memory [`DedupIndex`], loaded from `events_raw` for a
+//! partition not loaded yet) or repeated in the batch, and dead letters whose Kafka position is
+//! already stored; (2) insert dead letters; (3) insert raw events (the rollups are filled by the
+//! same insert through materialized views), then add them to the index; (4) the caller publishes
+//! the quota state read back from ClickHouse; (5) insert the batch's last offset per partition. A
+//! crash anywhere before (5) replays the batch: step (1) turns the replay into a no-op (a new
+//! process loads the index from ClickHouse) and step (4) publishes the same state again. After a
+//! failed flush the caller forgets the index, since a write may have landed unanswered.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 
-use schemas::external::{ExternalQuery, push_row};
 use schemas::rows::{DeadLetterRow, OffsetRow, RawEventRow, SubscriptionRow, Table};
 use schemas::sql::{in_list, quote};
 use serde::Deserialize;
 
 use crate::Result;
+use crate::dedup::{DedupIndex, PartitionIds, fingerprint, hour_of};
+
+/// How long past the dedup window the index keeps ids, so that an event replayed a while after it
+/// arrived is still checked against its whole window (production ClickHouse keeps `event_ids` as
+/// long: migration 0004).
+const INDEX_SLACK: time::Duration = time::Duration::days(5);
 
 /// Rows read from the broker, waiting to be written.
 #[derive(Debug, Default)]
@@ -80,6 +89,8 @@ pub struct Outcome {
     pub dead: usize,
     /// Subscription events stored.
     pub subs: usize,
+    /// Partitions whose dedup index was loaded from ClickHouse for this write.
+    pub index_loads: usize,
 }
 
 /// Ids per subscription-event lookup query.
@@ -89,8 +100,19 @@ const LOOKUP_CHUNK: usize = 5_000;
 #[derive(Debug, Clone)]
 pub struct Sink {
     client: clickhouse::Client,
-    external: ExternalQuery,
     dedup_window: time::Duration,
+    max_late: time::Duration,
+    index: Arc<Mutex<DedupIndex>>,
+}
+
+/// A stored event's dedup key, as the index is loaded.
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct StoredId {
+    kafka_partition: u32,
+    tenant: String,
+    customer: String,
+    id: String,
+    received: u32,
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -144,19 +166,106 @@ pub fn in_table_order<'a>(rows: impl Iterator<Item = &'a RawEventRow>) -> Vec<&'
 }
 
 impl Sink {
-    /// A sink over `client` (and `external` for the dedup lookup, same server and database),
-    /// recognizing duplicates for `dedup_window`.
+    /// A sink over `client`, recognizing duplicates for `dedup_window`; stored events are at most
+    /// `max_late` older than their arrival (which bounds the index's load to recent partitions).
     pub fn new(
         client: clickhouse::Client,
-        external: ExternalQuery,
         dedup_window: time::Duration,
+        max_late: time::Duration,
     ) -> Self {
         let client = client.with_setting("max_query_size", "16777216");
         Self {
             client,
-            external,
             dedup_window,
+            max_late,
+            index: Arc::default(),
         }
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, DedupIndex> {
+        self.index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Forgets the dedup index: every partition is loaded from ClickHouse again before its next
+    /// write. Called after a failed flush and when partitions are assigned or revoked.
+    pub fn forget_ids(&self) {
+        self.index().forget();
+    }
+
+    /// Ids in the dedup index and the bytes its tables hold.
+    pub fn index_size(&self) -> (usize, usize) {
+        let index = self.index();
+        (index.len(), index.bytes())
+    }
+
+    /// Loads the dedup index of the batch's partitions that are not loaded: the (tenant,
+    /// customer, id) of every event of theirs stored within the window (and [`INDEX_SLACK`]),
+    /// read from `events_raw` in one query. Returns how many partitions it loaded.
+    async fn load_missing(&self, events: &[RawEventRow]) -> Result<usize> {
+        let missing: Vec<u32> = {
+            let index = self.index();
+            let mut missing: Vec<u32> = events
+                .iter()
+                .map(|e| e.kafka_partition)
+                .filter(|p| index.partition(*p).is_none())
+                .collect();
+            missing.sort_unstable();
+            missing.dedup();
+            missing
+        };
+        let Some(first) = events.first().filter(|_| !missing.is_empty()) else {
+            return Ok(0);
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let oldest = events.iter().map(|e| e.received_at).min().unwrap_or(now);
+        let since = (oldest.min(now) - self.dedup_window - INDEX_SLACK)
+            .unix_timestamp()
+            .max(0);
+        // A stored event is at most `max_late` older than its arrival: older months are skipped.
+        let times_from = (since - self.max_late.whole_seconds() - 86_400).max(0);
+        let mut sql = String::from(
+            "SELECT kafka_partition, tenant, customer, id, toUInt32(received_at) AS received \
+             FROM events_raw WHERE kafka_topic = ",
+        );
+        quote(&mut sql, &first.kafka_topic);
+        let _ = write!(
+            sql,
+            " AND kafka_partition IN ({}) AND received_at >= toDateTime({since}) \
+             AND time >= toDateTime({times_from})",
+            missing
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let start = std::time::Instant::now();
+        let mut loaded: HashMap<u32, PartitionIds> = missing
+            .iter()
+            .map(|p| (*p, PartitionIds::default()))
+            .collect();
+        let mut cursor = self.client.query(&sql).fetch::<StoredId>()?;
+        while let Some(row) = cursor.next().await? {
+            if let Some(ids) = loaded.get_mut(&row.kafka_partition) {
+                ids.insert(
+                    fingerprint(&row.tenant, &row.customer, &row.id),
+                    hour_of(i64::from(row.received)),
+                );
+            }
+        }
+        let ids: usize = loaded.values().map(PartitionIds::len).sum();
+        let mut index = self.index();
+        for (partition, ids) in loaded {
+            index.load(partition, ids);
+        }
+        tracing::info!(
+            partitions = ?missing,
+            ids,
+            ms = start.elapsed().as_millis() as u64,
+            "dedup index loaded from ClickHouse"
+        );
+        Ok(missing.len())
     }
 
     /// The last stored offset per partition of `topic`.
@@ -170,37 +279,6 @@ impl Sink {
         Ok(rows
             .into_iter()
             .map(|p| (p.kafka_partition as i32, p.kafka_offset as i64))
-            .collect())
-    }
-
-    /// Which of `events` are already stored, as (tenant, id): one query per batch, the batch's
-    /// keys shipped as an external table. (Literal `IN` lists of 5,000 ids were mostly ClickHouse
-    /// parsing literals, and each of a batch's ten lookups scanned the index table again.)
-    async fn stored_ids(&self, events: &[RawEventRow]) -> Result<HashSet<(String, String)>> {
-        let Some(oldest) = events.iter().map(|e| e.received_at).min() else {
-            return Ok(HashSet::new());
-        };
-        let since = (oldest - self.dedup_window).unix_timestamp().max(0);
-        let mut keys = Vec::with_capacity(events.len() * 32);
-        for e in events {
-            push_row(&mut keys, &[&e.tenant, &e.id]);
-        }
-        // `id IN` one column is cheaper than the (tenant, id) tuple; the pairs are matched here.
-        let sql = format!(
-            "SELECT tenant, id FROM event_ids WHERE received_at >= toDateTime({since}) \
-             AND id IN (SELECT id FROM batch_keys) AND tenant IN (SELECT tenant FROM batch_keys)"
-        );
-        let rows = self
-            .external
-            .fetch(&sql, "batch_keys", "tenant String, id String", keys)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|mut r| {
-                let id = r.pop()?;
-                let tenant = r.pop()?;
-                Some((tenant, id))
-            })
             .collect())
     }
 
@@ -273,28 +351,35 @@ impl Sink {
 
     /// Writes the batch's rows, skipping what is already stored; offsets are not stored yet.
     pub async fn write_data(&self, batch: &Batch) -> Result<Outcome> {
-        let mut seen: HashSet<(&str, &str), foldhash::fast::RandomState> =
-            HashSet::with_capacity_and_hasher(batch.events.len(), Default::default());
-        let unique: Vec<usize> = (0..batch.events.len())
-            .filter(|&i| {
-                let e = &batch.events[i];
-                seen.insert((e.tenant.as_str(), e.id.as_str()))
-            })
-            .collect();
         let lookup_start = std::time::Instant::now();
-        let stored = self.stored_ids(&batch.events).await?;
-        let lookup = lookup_start.elapsed();
-        let stored: HashSet<(&str, &str), foldhash::fast::RandomState> = stored
+        let index_loads = self.load_missing(&batch.events).await?;
+        let fingerprints: Vec<u128> = batch
+            .events
             .iter()
-            .map(|(t, i)| (t.as_str(), i.as_str()))
+            .map(|e| fingerprint(&e.tenant, &e.customer, &e.id))
             .collect();
-        let fresh: Vec<usize> = unique
-            .into_iter()
-            .filter(|&i| {
-                let e = &batch.events[i];
-                !stored.contains(&(e.tenant.as_str(), e.id.as_str()))
-            })
-            .collect();
+        let fresh: Vec<usize> = {
+            let mut index = self.index();
+            index.expire(hour_of(
+                (time::OffsetDateTime::now_utc() - self.dedup_window - INDEX_SLACK)
+                    .unix_timestamp(),
+            ));
+            let mut seen: HashSet<u128, foldhash::fast::RandomState> =
+                HashSet::with_capacity_and_hasher(batch.events.len(), Default::default());
+            let mut fresh = Vec::with_capacity(batch.events.len());
+            for (i, (e, f)) in batch.events.iter().zip(&fingerprints).enumerate() {
+                let Some(ids) = index.partition(e.kafka_partition) else {
+                    // Forgotten meanwhile (cannot happen: forgetting waits for the flush).
+                    return Err(crate::Error::IndexNotLoaded(e.kafka_partition));
+                };
+                let since = hour_of((e.received_at - self.dedup_window).unix_timestamp());
+                if !ids.contains(*f, since) && seen.insert(*f) {
+                    fresh.push(i);
+                }
+            }
+            fresh
+        };
+        let lookup = lookup_start.elapsed();
         let dead: Vec<DeadLetterRow> = if batch.dead.is_empty() {
             Vec::new()
         } else {
@@ -328,6 +413,15 @@ impl Sink {
         let insert_start = std::time::Instant::now();
         let rows = in_table_order(fresh.iter().map(|&i| &batch.events[i]));
         self.insert_refs(&rows).await?;
+        {
+            let mut index = self.index();
+            for &i in &fresh {
+                let e = &batch.events[i];
+                if let Some(ids) = index.partition_mut(e.kafka_partition) {
+                    ids.insert(fingerprints[i], hour_of(e.received_at.unix_timestamp()));
+                }
+            }
+        }
         tracing::debug!(
             events = batch.events.len(),
             lookup_ms = lookup.as_millis() as u64,
@@ -339,6 +433,7 @@ impl Sink {
             duplicates: batch.events.len() - fresh.len(),
             dead: dead.len(),
             subs: subs.len(),
+            index_loads,
             fresh,
         })
     }

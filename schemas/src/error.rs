@@ -34,9 +34,6 @@ pub enum Error {
         /// Checksum of the file now.
         current: String,
     },
-    /// A query with an external table failed (transport or a server exception).
-    #[error("clickhouse (external data query): {0}")]
-    External(String),
     /// A name that goes into SQL identifiers is not safe.
     #[error("invalid identifier {0:?}: use ASCII letters, digits and underscores")]
     InvalidIdentifier(String),

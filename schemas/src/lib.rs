@@ -11,7 +11,6 @@
 //! - [`quota`]: plan changes, plan and usage state, billing periods, alerts.
 //! - [`quota_store`]: daily usage and folded plans read back from ClickHouse.
 //! - [`sql`]: client-side SQL literals.
-//! - [`external`]: queries that ship key sets as an external table instead of literals.
 //! - [`shutdown`]: a cancellation token tied to Ctrl-C / SIGTERM.
 //! - [`logs`]: the binaries' log set-up.
 //! - [`api`]: HTTP request/response bodies.
@@ -24,7 +23,6 @@ pub mod catalog;
 pub mod config;
 mod error;
 pub mod event;
-pub mod external;
 pub mod kafka;
 pub mod logs;
 pub mod migrate;

@@ -122,7 +122,9 @@ async fn a_second_aggregator_joining_and_leaving_keeps_totals_exact() {
     let key = env.key("acme", &[Scope::Ingest], None).await;
     let n = 8_000;
     let (evs, total) = events("r", n, 30);
+    let resend = evs.clone();
     let url = ingest.url.clone();
+    let retry_key = key.clone();
     let sender = tokio::spawn(async move {
         let http = reqwest::Client::new();
         for chunk in evs.chunks(200) {
@@ -189,6 +191,30 @@ async fn a_second_aggregator_joining_and_leaving_keeps_totals_exact() {
         },
     )
     .await;
+
+    // Client retries of everything, now that A owns every partition again: A must drop them all,
+    // those of the partitions B wrote while it owned them included (A's dedup index of a
+    // partition is loaded again after every assignment).
+    let (stored, skipped) = (ma.events_stored.get(), ma.duplicates_skipped.get());
+    send_all(
+        &reqwest::Client::new(),
+        &ingest.url,
+        &retry_key,
+        &resend,
+        500,
+    )
+    .await;
+    wait_until(Duration::from_secs(60), "every retry processed", || async {
+        let done = ma.events_stored.get() - stored + ma.duplicates_skipped.get() - skipped;
+        (done >= n as u64).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.raw_counts().await,
+        (n as u64, n as u64),
+        "after the retries"
+    );
+    assert_eq!(ma.events_stored.get(), stored, "no retry was stored again");
     a.stop().await;
     ingest.stop().await;
 }

@@ -320,3 +320,118 @@ async fn hourly_states_are_kept_for_max_and_unique_meters_only() {
     ingest.stop().await;
     let _ = std::fs::remove_file(path);
 }
+
+/// The dedup index is loaded from `events_raw` (rows a previous owner stored), keeps an id for the
+/// dedup window of its arrival and no longer, is keyed by (tenant, customer, id), and is loaded
+/// again by a new aggregator process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dedup_is_by_customer_and_id_within_the_window_and_loaded_from_clickhouse() {
+    let env = TestEnv::new("dedup_index").await;
+    let ingest = env.start_ingest().await;
+    let key = env.key("acme", &[Scope::Ingest], None).await;
+    let http = reqwest::Client::new();
+
+    // Stored before this aggregator ever ran, on every partition (whichever one `c-old` maps to):
+    // one id 30 days ago (inside the 35-day window) and one 36 days ago (outside it).
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut values = Vec::new();
+    for partition in 0..4 {
+        for (id, days) in [("stored-30d", 30), ("stored-36d", 36)] {
+            let at = now - days * 86_400;
+            values.push(format!(
+                "('acme', 'c-old', 'api_call', 'analyze', '{id}', 'test', {at}, {at}, 1, '', '{{}}', \
+                 '{topic}', {partition}, {offset})",
+                topic = env.topics.events,
+                offset = 1_000_000 + partition,
+            ));
+        }
+    }
+    env.ch()
+        .query(&format!(
+            "INSERT INTO events_raw (tenant, customer, meter, endpoint, id, source, time, received_at, \
+             quantity, unique_key, data, kafka_topic, kafka_partition, kafka_offset) VALUES {}",
+            values.join(", ")
+        ))
+        .execute()
+        .await
+        .expect("rows of a previous owner");
+    let before = env.raw_counts().await.0;
+
+    let (agg, metrics) = env.start_aggregator().await;
+    let send = |evs: Vec<Value>| {
+        let (http, url, key) = (http.clone(), ingest.url.clone(), key.clone());
+        async move { send_all(&http, &url, &key, &evs, 1).await }
+    };
+    send(vec![
+        tests::event("stored-30d", "c-old", "analyze", 1),
+        tests::event("stored-36d", "c-old", "analyze", 1),
+        tests::event("shared", "c-a", "analyze", 1),
+        tests::event("shared", "c-b", "analyze", 1),
+        tests::event("shared", "c-a", "analyze", 1),
+    ])
+    .await;
+    wait_until(Duration::from_secs(30), "five events processed", || async {
+        (metrics.events_stored.get() + metrics.duplicates_skipped.get() >= 5).then_some(())
+    })
+    .await;
+    assert_eq!(
+        (
+            metrics.events_stored.get(),
+            metrics.duplicates_skipped.get()
+        ),
+        (3, 2),
+        "stored: stored-36d (outside the window), shared for c-a and for c-b; \
+         dropped: stored-30d (inside the window), the second shared of c-a"
+    );
+    assert!(metrics.dedup_index_loads.get() >= 1, "the index was loaded");
+    assert!(
+        metrics.dedup_index_ids.get() >= 3,
+        "the index holds what it stored"
+    );
+    let stored: Vec<(String, String, u64)> = env
+        .ch()
+        .query(&format!(
+            "SELECT customer, id, count() FROM events_raw WHERE received_at > toDateTime({}) \
+             GROUP BY customer, id ORDER BY customer, id",
+            now - 3_600
+        ))
+        .fetch_all()
+        .await
+        .expect("stored now");
+    assert_eq!(
+        stored,
+        vec![
+            ("c-a".into(), "shared".into(), 1),
+            ("c-b".into(), "shared".into(), 1),
+            ("c-old".into(), "stored-36d".into(), 1),
+        ]
+    );
+    agg.stop().await;
+
+    // A new process has an empty index: it loads it from ClickHouse and drops the retries, and
+    // the first run's five messages, which it reads again (it resumes `resume_rewind` messages
+    // before the stored offsets, 10,000 by default, for the local broker).
+    let (agg, metrics) = env.start_aggregator().await;
+    send(vec![
+        tests::event("shared", "c-b", "analyze", 1),
+        tests::event("stored-36d", "c-old", "analyze", 1),
+        tests::event("stored-30d", "c-old", "analyze", 1),
+        tests::event("fresh", "c-b", "analyze", 1),
+    ])
+    .await;
+    wait_until(Duration::from_secs(30), "nine events processed", || async {
+        (metrics.events_stored.get() + metrics.duplicates_skipped.get() >= 9).then_some(())
+    })
+    .await;
+    assert_eq!(
+        (
+            metrics.events_stored.get(),
+            metrics.duplicates_skipped.get()
+        ),
+        (1, 8),
+        "only `fresh` is new after the restart"
+    );
+    assert_eq!(env.raw_counts().await.0, before + 4);
+    agg.stop().await;
+    ingest.stop().await;
+}
