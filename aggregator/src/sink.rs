@@ -107,12 +107,19 @@ pub struct Sink {
 
 /// A stored event's dedup key, as the index is loaded.
 #[derive(Debug, clickhouse::Row, Deserialize)]
-struct StoredId {
+struct StoredId<'a> {
     kafka_partition: u32,
-    tenant: String,
-    customer: String,
-    id: String,
+    tenant: &'a str,
+    customer: &'a str,
+    id: &'a str,
     received: u32,
+}
+
+/// Stored events of a partition, to size its index before the load.
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct PartitionCount {
+    kafka_partition: u32,
+    events: u64,
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -225,13 +232,10 @@ impl Sink {
             .max(0);
         // A stored event is at most `max_late` older than its arrival: older months are skipped.
         let times_from = (since - self.max_late.whole_seconds() - 86_400).max(0);
-        let mut sql = String::from(
-            "SELECT kafka_partition, tenant, customer, id, toUInt32(received_at) AS received \
-             FROM events_raw WHERE kafka_topic = ",
-        );
-        quote(&mut sql, &first.kafka_topic);
+        let mut filter = String::from(" FROM events_raw WHERE kafka_topic = ");
+        quote(&mut filter, &first.kafka_topic);
         let _ = write!(
-            sql,
+            filter,
             " AND kafka_partition IN ({}) AND received_at >= toDateTime({since}) \
              AND time >= toDateTime({times_from})",
             missing
@@ -241,15 +245,34 @@ impl Sink {
                 .join(",")
         );
         let start = std::time::Instant::now();
+        // Sized first: growing a table of millions of ids rehashes it every time it doubles.
+        let counts: Vec<PartitionCount> = self
+            .client
+            .query_raw(&format!(
+                "SELECT kafka_partition, count() AS events{filter} GROUP BY kafka_partition"
+            ))
+            .fetch_all()
+            .await?;
         let mut loaded: HashMap<u32, PartitionIds> = missing
             .iter()
-            .map(|p| (*p, PartitionIds::default()))
+            .map(|p| {
+                let n = counts
+                    .iter()
+                    .find(|c| c.kafka_partition == *p)
+                    .map_or(0, |c| c.events as usize);
+                (*p, PartitionIds::with_capacity(n))
+            })
             .collect();
-        let mut cursor = self.client.query(&sql).fetch::<StoredId>()?;
+        let mut cursor = self
+            .client
+            .query_raw(&format!(
+                "SELECT kafka_partition, tenant, customer, id, toUInt32(received_at) AS received{filter}"
+            ))
+            .fetch::<StoredId<'_>>()?;
         while let Some(row) = cursor.next().await? {
             if let Some(ids) = loaded.get_mut(&row.kafka_partition) {
                 ids.insert(
-                    fingerprint(&row.tenant, &row.customer, &row.id),
+                    fingerprint(row.tenant, row.customer, row.id),
                     hour_of(i64::from(row.received)),
                 );
             }
