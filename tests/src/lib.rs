@@ -6,12 +6,14 @@
 //! - [`servers`]: private tansu / ClickHouse processes that a test may stop and restart.
 //! - [`billing`]: the Stripe fake and billing-sync wired together.
 //! - [`wait_until`]: polling with a deadline instead of fixed sleeps.
+//! - [`proxy`]: a TCP proxy that loses ClickHouse's answer to a chosen request.
 //! - [`smtp`]: an SMTP sink that records the mail it accepts.
 //! - [`webhook`]: a webhook receiver that records requests and answers scripted statuses.
 
 #![forbid(unsafe_code)]
 
 pub mod billing;
+pub mod proxy;
 pub mod servers;
 pub mod smtp;
 pub mod webhook;

@@ -189,6 +189,53 @@ async fn clickhouse_stopped_and_started_mid_stream_is_recovered_by_itself() {
     ingest.stop().await;
 }
 
+/// An insert that lands in ClickHouse but whose answer never reaches the aggregator (the connection
+/// drops after the server did the work): the retry must find the rows stored and add nothing, in
+/// the tables and in the published quota state. The aggregator forgets its dedup index and usage
+/// cache after any failed flush for exactly this case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_insert_that_landed_without_an_answer_counts_once() {
+    let env = TestEnv::new("lostanswer").await;
+    let upstream = tests::clickhouse_url()
+        .trim_start_matches("http://")
+        .to_string();
+    // The insert's SQL travels URL-encoded in the query string: `INSERT INTO \`events_raw\`(…`.
+    let proxy =
+        tests::proxy::LosingProxy::start(&upstream, &["query=INSERT+INTO+%60events_raw%60"]).await;
+    let mut config = env.aggregator_config();
+    config.clickhouse.url = proxy.url.clone();
+    let ingest = env.start_ingest().await;
+    let key = env.key("acme", &[Scope::Ingest], None).await;
+    let n = 3_000;
+    let (evs, total) = events("l", n, 20);
+    let (first, second) = evs.split_at(n / 2);
+    let http = reqwest::Client::new();
+    let (agg, metrics) = env.start_aggregator_with(config).await;
+    // A first half stored normally, so the index and the usage cache hold something.
+    send_all(&http, &ingest.url, &key, first, 300).await;
+    wait_until(Duration::from_secs(30), "the first half stored", || async {
+        (metrics.events_stored.get() >= (n / 2) as u64).then_some(())
+    })
+    .await;
+    proxy.arm(2);
+    send_all(&http, &ingest.url, &key, second, 300).await;
+    wait_until(Duration::from_secs(30), "two answers lost", || async {
+        (proxy.lost() >= 2).then_some(())
+    })
+    .await;
+    assert_exact(&env, n as u64, total).await;
+    assert!(
+        metrics.flush_failures.get() >= 2,
+        "the lost answers were not noticed: the test did not test it"
+    );
+    assert!(
+        metrics.duplicates_skipped.get() > 0,
+        "the retries found nothing stored: the lost answers hid no landed insert"
+    );
+    agg.stop().await;
+    ingest.stop().await;
+}
+
 /// Invariant 5: quota answers (and check-and-track) never touch ClickHouse: with ClickHouse
 /// stopped they keep answering, from memory, with the right numbers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
