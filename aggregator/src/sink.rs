@@ -201,15 +201,29 @@ impl Sink {
         self.index().forget();
     }
 
+    /// Whether the index holds (tenant, customer, id) as stored in `partition` within the window
+    /// of an event arriving at `received_at` (`None`: the partition is not loaded). One lock per
+    /// call; a batch's flush checks all its events under one.
+    pub fn is_stored(
+        &self,
+        partition: u32,
+        key: (&str, &str, &str),
+        received_at: time::OffsetDateTime,
+    ) -> Option<bool> {
+        let since = hour_of((received_at - self.dedup_window).unix_timestamp());
+        self.index()
+            .partition(partition)
+            .map(|ids| ids.contains(fingerprint(key.0, key.1, key.2), since))
+    }
+
     /// Ids in the dedup index and the bytes its tables hold.
     pub fn index_size(&self) -> (usize, usize) {
         let index = self.index();
         (index.len(), index.bytes())
     }
 
-    /// Loads the dedup index of the batch's partitions that are not loaded: the (tenant,
-    /// customer, id) of every event of theirs stored within the window (and [`INDEX_SLACK`]),
-    /// read from `events_raw` in one query. Returns how many partitions it loaded.
+    /// Loads the dedup index of the batch's partitions that are not loaded. Returns how many
+    /// partitions it loaded.
     async fn load_missing(&self, events: &[RawEventRow]) -> Result<usize> {
         let missing: Vec<u32> = {
             let index = self.index();
@@ -225,15 +239,31 @@ impl Sink {
         let Some(first) = events.first().filter(|_| !missing.is_empty()) else {
             return Ok(0);
         };
+        let oldest = events.iter().map(|e| e.received_at).min();
+        self.load(&first.kafka_topic, &missing, oldest).await?;
+        Ok(missing.len())
+    }
+
+    /// Loads the dedup index of `partitions` of `topic`: the (tenant, customer, id) of every event
+    /// of theirs stored within the window (from `oldest` arrival, or now, whichever is earlier)
+    /// and [`INDEX_SLACK`], read from `events_raw` in one query after a count that sizes the
+    /// tables. Returns the ids loaded.
+    pub async fn load(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+        oldest: Option<time::OffsetDateTime>,
+    ) -> Result<usize> {
+        let missing = partitions;
         let now = time::OffsetDateTime::now_utc();
-        let oldest = events.iter().map(|e| e.received_at).min().unwrap_or(now);
+        let oldest = oldest.unwrap_or(now);
         let since = (oldest.min(now) - self.dedup_window - INDEX_SLACK)
             .unix_timestamp()
             .max(0);
         // A stored event is at most `max_late` older than its arrival: older months are skipped.
         let times_from = (since - self.max_late.whole_seconds() - 86_400).max(0);
         let mut filter = String::from(" FROM events_raw WHERE kafka_topic = ");
-        quote(&mut filter, &first.kafka_topic);
+        quote(&mut filter, topic);
         let _ = write!(
             filter,
             " AND kafka_partition IN ({}) AND received_at >= toDateTime({since}) \
@@ -288,7 +318,7 @@ impl Sink {
             ms = start.elapsed().as_millis() as u64,
             "dedup index loaded from ClickHouse"
         );
-        Ok(missing.len())
+        Ok(ids)
     }
 
     /// The last stored offset per partition of `topic`.

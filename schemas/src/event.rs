@@ -21,7 +21,7 @@ pub const MAX_QUANTITY: f64 = 1e15;
 pub struct UsageEvent {
     /// CloudEvents spec version, always "1.0".
     pub specversion: String,
-    /// Client-chosen id; (tenant, id) is unique: a retry with the same id counts once.
+    /// Client-chosen id; (tenant, customer, id) is unique: a retry with the same id counts once.
     pub id: String,
     /// Producer of the event.
     pub source: String,
