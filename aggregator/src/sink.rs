@@ -254,7 +254,6 @@ impl Sink {
         partitions: &[u32],
         oldest: Option<time::OffsetDateTime>,
     ) -> Result<usize> {
-        let missing = partitions;
         let now = time::OffsetDateTime::now_utc();
         let oldest = oldest.unwrap_or(now);
         let since = (oldest.min(now) - self.dedup_window - INDEX_SLACK)
@@ -268,7 +267,7 @@ impl Sink {
             filter,
             " AND kafka_partition IN ({}) AND received_at >= toDateTime({since}) \
              AND time >= toDateTime({times_from})",
-            missing
+            partitions
                 .iter()
                 .map(u32::to_string)
                 .collect::<Vec<_>>()
@@ -283,7 +282,7 @@ impl Sink {
             ))
             .fetch_all()
             .await?;
-        let mut loaded: HashMap<u32, PartitionIds> = missing
+        let mut loaded: HashMap<u32, PartitionIds> = partitions
             .iter()
             .map(|p| {
                 let n = counts
@@ -313,7 +312,7 @@ impl Sink {
             index.load(partition, ids);
         }
         tracing::info!(
-            partitions = ?missing,
+            partitions = ?partitions,
             ids,
             ms = start.elapsed().as_millis() as u64,
             "dedup index loaded from ClickHouse"
