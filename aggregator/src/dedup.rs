@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use twox_hash::XxHash3_128;
 
 /// Bits of an entry holding the arrival hour.
@@ -30,9 +31,14 @@ const HOUR_BITS: u32 = 24;
 /// The arrival hour of an entry.
 const HOUR_MASK: u128 = (1 << HOUR_BITS) - 1;
 
-/// The fingerprint of an event's dedup key, (tenant, customer, id). Each part is preceded by its
-/// length, so no two different keys are the same bytes.
-pub fn fingerprint(tenant: &str, customer: &str, id: &str) -> u128 {
+/// The fingerprint of an event's dedup key, (tenant, customer, id), as text or as the bytes of the
+/// text. Each part is preceded by its length, so no two different keys are the same bytes.
+pub fn fingerprint(
+    tenant: impl AsRef<[u8]>,
+    customer: impl AsRef<[u8]>,
+    id: impl AsRef<[u8]>,
+) -> u128 {
+    let (tenant, customer, id) = (tenant.as_ref(), customer.as_ref(), id.as_ref());
     let mut stack = [0u8; 256];
     let len = 12 + tenant.len() + customer.len() + id.len();
     let mut heap = Vec::new();
@@ -46,7 +52,7 @@ pub fn fingerprint(tenant: &str, customer: &str, id: &str) -> u128 {
     for part in [tenant, customer, id] {
         buf[at..at + 4].copy_from_slice(&(part.len() as u32).to_le_bytes());
         at += 4;
-        buf[at..at + part.len()].copy_from_slice(part.as_bytes());
+        buf[at..at + part.len()].copy_from_slice(part);
         at += part.len();
     }
     XxHash3_128::oneshot(buf) & !HOUR_MASK
@@ -82,15 +88,18 @@ impl PartitionIds {
     /// Records `fingerprint` as stored at `hour` (the later hour wins if it is there already).
     pub fn insert(&mut self, fingerprint: u128, hour: u32) {
         let entry = fingerprint & !HOUR_MASK | u128::from(hour);
+        // One probe for both cases (at millions of ids the table is mostly cache misses).
         match self
             .table
-            .find_mut(table_hash(&entry), |e| same_key(*e, entry))
+            .entry(table_hash(&entry), |e| same_key(*e, entry), table_hash)
         {
-            Some(e) if (*e & HOUR_MASK) < u128::from(hour) => *e = entry,
-            Some(_) => {}
-            None => {
-                self.table
-                    .insert_unique(table_hash(&entry), entry, table_hash);
+            Entry::Occupied(mut o) => {
+                if (*o.get() & HOUR_MASK) < u128::from(hour) {
+                    *o.get_mut() = entry;
+                }
+            }
+            Entry::Vacant(v) => {
+                v.insert(entry);
             }
         }
     }

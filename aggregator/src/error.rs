@@ -18,6 +18,9 @@ pub enum Error {
     /// A batch was checked against a partition whose dedup index is not loaded (it is retried).
     #[error("the dedup index of partition {0} is not loaded")]
     IndexNotLoaded(u32),
+    /// A task loading the dedup index stopped (panicked or was cancelled).
+    #[error("loading the dedup index: {0}")]
+    IndexLoad(String),
     /// Binding the metrics port failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

@@ -105,13 +105,13 @@ pub struct Sink {
     index: Arc<Mutex<DedupIndex>>,
 }
 
-/// A stored event's dedup key, as the index is loaded.
+/// A stored event's dedup key, as the index is loaded (bytes: hashing needs no UTF-8 check, which
+/// was a tenth of a load's CPU).
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct StoredId<'a> {
-    kafka_partition: u32,
-    tenant: &'a str,
-    customer: &'a str,
-    id: &'a str,
+    tenant: &'a [u8],
+    customer: &'a [u8],
+    id: &'a [u8],
     received: u32,
 }
 
@@ -265,48 +265,54 @@ impl Sink {
         quote(&mut filter, topic);
         let _ = write!(
             filter,
-            " AND kafka_partition IN ({}) AND received_at >= toDateTime({since}) \
-             AND time >= toDateTime({times_from})",
-            partitions
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
+            " AND received_at >= toDateTime({since}) AND time >= toDateTime({times_from})"
         );
         let start = std::time::Instant::now();
         // Sized first: growing a table of millions of ids rehashes it every time it doubles.
         let counts: Vec<PartitionCount> = self
             .client
             .query_raw(&format!(
-                "SELECT kafka_partition, count() AS events{filter} GROUP BY kafka_partition"
+                "SELECT kafka_partition, count() AS events{filter} AND kafka_partition IN ({}) \
+                 GROUP BY kafka_partition",
+                partitions
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
             ))
             .fetch_all()
             .await?;
-        let mut loaded: HashMap<u32, PartitionIds> = partitions
-            .iter()
-            .map(|p| {
-                let n = counts
-                    .iter()
-                    .find(|c| c.kafka_partition == *p)
-                    .map_or(0, |c| c.events as usize);
-                (*p, PartitionIds::with_capacity(n))
-            })
-            .collect();
-        let mut cursor = self
-            .client
-            .query_raw(&format!(
-                "SELECT kafka_partition, tenant, customer, id, toUInt32(received_at) AS received{filter}"
-            ))
-            .fetch::<StoredId<'_>>()?;
-        while let Some(row) = cursor.next().await? {
-            if let Some(ids) = loaded.get_mut(&row.kafka_partition) {
-                ids.insert(
-                    fingerprint(row.tenant, row.customer, row.id),
-                    hour_of(i64::from(row.received)),
-                );
-            }
+        // One query and one task per partition: ClickHouse reads while the tasks hash, on every
+        // core (one query for all took 4.6 s for 5M ids, most of it waiting on the other side).
+        let mut tasks = tokio::task::JoinSet::new();
+        for &partition in partitions {
+            let n = counts
+                .iter()
+                .find(|c| c.kafka_partition == partition)
+                .map_or(0, |c| c.events as usize);
+            let client = self.client.clone();
+            let sql = format!(
+                "SELECT tenant, customer, id, toUInt32(received_at) AS received{filter} \
+                 AND kafka_partition = {partition}"
+            );
+            tasks.spawn(async move {
+                let mut ids = PartitionIds::with_capacity(n);
+                let mut cursor = client.query_raw(&sql).fetch::<StoredId<'_>>()?;
+                while let Some(row) = cursor.next().await? {
+                    ids.insert(
+                        fingerprint(row.tenant, row.customer, row.id),
+                        hour_of(i64::from(row.received)),
+                    );
+                }
+                Ok::<_, crate::Error>((partition, ids))
+            });
         }
-        let ids: usize = loaded.values().map(PartitionIds::len).sum();
+        let mut loaded = Vec::with_capacity(partitions.len());
+        while let Some(joined) = tasks.join_next().await {
+            let loaded_one = joined.map_err(|e| crate::Error::IndexLoad(e.to_string()))??;
+            loaded.push(loaded_one);
+        }
+        let ids: usize = loaded.iter().map(|(_, ids)| ids.len()).sum();
         let mut index = self.index();
         for (partition, ids) in loaded {
             index.load(partition, ids);
