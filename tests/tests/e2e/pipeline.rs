@@ -321,6 +321,18 @@ async fn hourly_states_are_kept_for_max_and_unique_meters_only() {
     let _ = std::fs::remove_file(path);
 }
 
+/// Events stored and duplicates skipped by an aggregator, once it has processed `n` events.
+async fn stored_and_skipped(metrics: &aggregator::metrics::Metrics, n: u64) -> (u64, u64) {
+    wait_until(Duration::from_secs(30), "events processed", || async {
+        let done = (
+            metrics.events_stored.get(),
+            metrics.duplicates_skipped.get(),
+        );
+        (done.0 + done.1 >= n).then_some(done)
+    })
+    .await
+}
+
 /// The dedup index is loaded from `events_raw` (rows a previous owner stored), keeps an id for the
 /// dedup window of its arrival and no longer, is keyed by (tenant, customer, id), and is loaded
 /// again by a new aggregator process.
@@ -370,15 +382,8 @@ async fn dedup_is_by_customer_and_id_within_the_window_and_loaded_from_clickhous
         tests::event("shared", "c-a", "analyze", 1),
     ])
     .await;
-    wait_until(Duration::from_secs(30), "five events processed", || async {
-        (metrics.events_stored.get() + metrics.duplicates_skipped.get() >= 5).then_some(())
-    })
-    .await;
     assert_eq!(
-        (
-            metrics.events_stored.get(),
-            metrics.duplicates_skipped.get()
-        ),
+        stored_and_skipped(&metrics, 5).await,
         (3, 2),
         "stored: stored-36d (outside the window), shared for c-a and for c-b; \
          dropped: stored-30d (inside the window), the second shared of c-a"
@@ -419,15 +424,8 @@ async fn dedup_is_by_customer_and_id_within_the_window_and_loaded_from_clickhous
         tests::event("fresh", "c-b", "analyze", 1),
     ])
     .await;
-    wait_until(Duration::from_secs(30), "nine events processed", || async {
-        (metrics.events_stored.get() + metrics.duplicates_skipped.get() >= 9).then_some(())
-    })
-    .await;
     assert_eq!(
-        (
-            metrics.events_stored.get(),
-            metrics.duplicates_skipped.get()
-        ),
+        stored_and_skipped(&metrics, 9).await,
         (1, 8),
         "only `fresh` is new after the restart"
     );
