@@ -221,8 +221,9 @@ impl Context {
                     return true;
                 }
                 Err(e) => {
-                    // What failed may have been stored all the same: the retry finds it stored
-                    // and adds nothing, so cached usage is read back from ClickHouse instead.
+                    // What failed may have been stored all the same: the retry must find it
+                    // stored and add nothing, so the dedup index is loaded again and cached usage
+                    // read back from ClickHouse (faults::an_insert_that_landed_without_an_answer…).
                     self.publisher.forget_usage();
                     self.sink.forget_ids();
                     self.metrics.flush_failures.inc();
