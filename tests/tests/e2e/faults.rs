@@ -217,15 +217,17 @@ async fn an_insert_that_landed_without_an_answer_counts_once() {
         (metrics.events_stored.get() >= (n / 2) as u64).then_some(())
     })
     .await;
-    proxy.arm(2);
+    // One answer: the retry then finds every row stored and inserts nothing, so a second arming
+    // would depend on how the second half was cut into batches.
+    proxy.arm(1);
     send_all(&http, &ingest.url, &key, second, 300).await;
-    wait_until(Duration::from_secs(30), "two answers lost", || async {
-        (proxy.lost() >= 2).then_some(())
+    wait_until(Duration::from_secs(30), "an answer lost", || async {
+        (proxy.lost() >= 1).then_some(())
     })
     .await;
     assert_exact(&env, n as u64, total).await;
     assert!(
-        metrics.flush_failures.get() >= 2,
+        metrics.flush_failures.get() >= 1,
         "the lost answers were not noticed: the test did not test it"
     );
     assert!(
