@@ -176,7 +176,7 @@ impl DedupIndex {
     pub fn bytes(&self) -> usize {
         self.partitions
             .values()
-            .map(|p| p.table.capacity() * 17)
+            .map(|p| p.table.allocation_size())
             .sum()
     }
 }
