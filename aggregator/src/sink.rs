@@ -22,9 +22,8 @@ use serde::Deserialize;
 use crate::Result;
 use crate::dedup::{DedupIndex, PartitionIds, fingerprint, hour_of};
 
-/// How long past the dedup window the index keeps ids, so that an event replayed a while after it
-/// arrived is still checked against its whole window (production ClickHouse keeps `event_ids` as
-/// long: migration 0004).
+/// How long past the dedup window (from now, or from the oldest arrival of the batch being written
+/// if that is earlier) the index keeps ids.
 const INDEX_SLACK: time::Duration = time::Duration::days(5);
 
 /// Rows read from the broker, waiting to be written.
@@ -418,9 +417,13 @@ impl Sink {
             .collect();
         let fresh: Vec<usize> = {
             let mut index = self.index();
+            // Measured from the batch's oldest arrival when that is earlier than now: a batch
+            // replayed days after it arrived needs its own whole window (the load went as far).
+            let now = time::OffsetDateTime::now_utc();
+            let oldest = batch.events.iter().map(|e| e.received_at).min();
+            let base = oldest.map_or(now, |o| o.min(now));
             index.expire(hour_of(
-                (time::OffsetDateTime::now_utc() - self.dedup_window - INDEX_SLACK)
-                    .unix_timestamp(),
+                (base - self.dedup_window - INDEX_SLACK).unix_timestamp(),
             ));
             let mut seen: HashSet<u128, foldhash::fast::RandomState> =
                 HashSet::with_capacity_and_hasher(batch.events.len(), Default::default());

@@ -433,3 +433,66 @@ async fn dedup_is_by_customer_and_id_within_the_window_and_loaded_from_clickhous
     agg.stop().await;
     ingest.stop().await;
 }
+
+/// An event replayed long after it arrived (here 6 days, an aggregator down that long) is checked
+/// against its own whole window, which reaches back further than the index keeps ids for events
+/// arriving now (window plus 5 days).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_replayed_days_after_it_arrived_is_checked_against_its_own_window() {
+    use time::format_description::well_known::Rfc3339;
+    let env = TestEnv::new("dedup_replay").await;
+    let now = time::OffsetDateTime::now_utc();
+    // Stored 40.5 days ago: outside the index's 40 days before now, inside the window (35 days)
+    // of an event that arrived 6 days ago.
+    let at = (now - time::Duration::hours(40 * 24 + 12)).unix_timestamp();
+    let values: Vec<String> = (0..4)
+        .map(|partition| {
+            format!(
+                "('acme', 'cust_1', 'api_call', 'analyze', 'old-1', 'test', {at}, {at}, 1, '', '{{}}', \
+                 '{topic}', {partition}, {offset})",
+                topic = env.topics.events,
+                offset = 1_000_000 + partition,
+            )
+        })
+        .collect();
+    env.ch()
+        .query(&format!(
+            "INSERT INTO events_raw (tenant, customer, meter, endpoint, id, source, time, received_at, \
+             quantity, unique_key, data, kafka_topic, kafka_partition, kafka_offset) VALUES {}",
+            values.join(", ")
+        ))
+        .execute()
+        .await
+        .expect("a row stored 40.5 days ago");
+    // The replayed messages, as the ingest produced them 6 days ago.
+    let arrived = (now - time::Duration::days(6))
+        .format(&Rfc3339)
+        .expect("RFC 3339");
+    let producer: FutureProducer = schemas::kafka::client_config(&env.kafka)
+        .set("acks", "all")
+        .create()
+        .expect("producer");
+    for id in ["old-1", "new-1"] {
+        let mut e = tests::event(id, "cust_1", "analyze", 1);
+        e["tenant"] = json!("acme");
+        e["time"] = json!(arrived);
+        e["receivedat"] = json!(arrived);
+        producer
+            .send(
+                FutureRecord::to(&env.topics.events)
+                    .key("acme/cust_1")
+                    .payload(&e.to_string()),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+    let (agg, metrics) = env.start_aggregator().await;
+    assert_eq!(
+        stored_and_skipped(&metrics, 2).await,
+        (1, 1),
+        "new-1 stored, old-1 dropped: stored 34.5 days before it arrived"
+    );
+    agg.stop().await;
+}
