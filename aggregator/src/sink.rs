@@ -194,6 +194,14 @@ impl Sink {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The oldest arrival whose ids the index keeps: the window and [`INDEX_SLACK`] before now, or
+    /// before `oldest` (the oldest arrival of a batch being written) if that is earlier, so a batch
+    /// replayed days after it arrived keeps its whole window.
+    fn kept_since(&self, oldest: Option<time::OffsetDateTime>) -> time::OffsetDateTime {
+        let now = time::OffsetDateTime::now_utc();
+        oldest.map_or(now, |o| o.min(now)) - self.dedup_window - INDEX_SLACK
+    }
+
     /// Forgets the dedup index: every partition is loaded from ClickHouse again before its next
     /// write. Called after a failed flush and when partitions are assigned or revoked.
     pub fn forget_ids(&self) {
@@ -223,7 +231,11 @@ impl Sink {
 
     /// Loads the dedup index of the batch's partitions that are not loaded. Returns how many
     /// partitions it loaded.
-    async fn load_missing(&self, events: &[RawEventRow]) -> Result<usize> {
+    async fn load_missing(
+        &self,
+        events: &[RawEventRow],
+        oldest: Option<time::OffsetDateTime>,
+    ) -> Result<usize> {
         let missing: Vec<u32> = {
             let index = self.index();
             let mut missing: Vec<u32> = events
@@ -238,7 +250,6 @@ impl Sink {
         let Some(first) = events.first().filter(|_| !missing.is_empty()) else {
             return Ok(0);
         };
-        let oldest = events.iter().map(|e| e.received_at).min();
         self.load(&first.kafka_topic, &missing, oldest).await?;
         Ok(missing.len())
     }
@@ -253,11 +264,7 @@ impl Sink {
         partitions: &[u32],
         oldest: Option<time::OffsetDateTime>,
     ) -> Result<usize> {
-        let now = time::OffsetDateTime::now_utc();
-        let oldest = oldest.unwrap_or(now);
-        let since = (oldest.min(now) - self.dedup_window - INDEX_SLACK)
-            .unix_timestamp()
-            .max(0);
+        let since = self.kept_since(oldest).unix_timestamp().max(0);
         // A stored event is at most `max_late` older than its arrival: older months are skipped.
         let times_from = (since - self.max_late.whole_seconds() - 86_400).max(0);
         let mut filter = String::from(" FROM events_raw WHERE kafka_topic = ");
@@ -409,7 +416,8 @@ impl Sink {
     /// Writes the batch's rows, skipping what is already stored; offsets are not stored yet.
     pub async fn write_data(&self, batch: &Batch) -> Result<Outcome> {
         let lookup_start = std::time::Instant::now();
-        let index_loads = self.load_missing(&batch.events).await?;
+        let oldest = batch.events.iter().map(|e| e.received_at).min();
+        let index_loads = self.load_missing(&batch.events, oldest).await?;
         let fingerprints: Vec<u128> = batch
             .events
             .iter()
@@ -417,14 +425,7 @@ impl Sink {
             .collect();
         let fresh: Vec<usize> = {
             let mut index = self.index();
-            // Measured from the batch's oldest arrival when that is earlier than now: a batch
-            // replayed days after it arrived needs its own whole window (the load went as far).
-            let now = time::OffsetDateTime::now_utc();
-            let oldest = batch.events.iter().map(|e| e.received_at).min();
-            let base = oldest.map_or(now, |o| o.min(now));
-            index.expire(hour_of(
-                (base - self.dedup_window - INDEX_SLACK).unix_timestamp(),
-            ));
+            index.expire(hour_of(self.kept_since(oldest).unix_timestamp()));
             let mut seen: HashSet<u128, foldhash::fast::RandomState> =
                 HashSet::with_capacity_and_hasher(batch.events.len(), Default::default());
             let mut fresh = Vec::with_capacity(batch.events.len());

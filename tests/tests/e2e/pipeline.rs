@@ -321,6 +321,32 @@ async fn hourly_states_are_kept_for_max_and_unique_meters_only() {
     let _ = std::fs::remove_file(path);
 }
 
+/// Stores `api_call` events of tenant `acme`'s `customer` straight into `events_raw`, as a previous
+/// owner of the partition would have: (id, arrival as Unix seconds) each, on every partition of
+/// the events topic (whichever one the customer maps to).
+async fn stored_by_a_previous_owner(env: &TestEnv, customer: &str, rows: &[(&str, i64)]) {
+    let mut values = Vec::new();
+    for partition in 0..env.kafka.partitions {
+        for (id, at) in rows {
+            values.push(format!(
+                "('acme', '{customer}', 'api_call', 'analyze', '{id}', 'test', {at}, {at}, 1, '', \
+                 '{{}}', '{topic}', {partition}, {offset})",
+                topic = env.topics.events,
+                offset = 1_000_000 + partition,
+            ));
+        }
+    }
+    env.ch()
+        .query(&format!(
+            "INSERT INTO events_raw (tenant, customer, meter, endpoint, id, source, time, received_at, \
+             quantity, unique_key, data, kafka_topic, kafka_partition, kafka_offset) VALUES {}",
+            values.join(", ")
+        ))
+        .execute()
+        .await
+        .expect("rows of a previous owner");
+}
+
 /// Events stored and duplicates skipped by an aggregator, once it has processed `n` events.
 async fn stored_and_skipped(metrics: &aggregator::metrics::Metrics, n: u64) -> (u64, u64) {
     wait_until(Duration::from_secs(30), "events processed", || async {
@@ -346,27 +372,15 @@ async fn dedup_is_by_customer_and_id_within_the_window_and_loaded_from_clickhous
     // Stored before this aggregator ever ran, on every partition (whichever one `c-old` maps to):
     // one id 30 days ago (inside the 35-day window) and one 36 days ago (outside it).
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut values = Vec::new();
-    for partition in 0..4 {
-        for (id, days) in [("stored-30d", 30), ("stored-36d", 36)] {
-            let at = now - days * 86_400;
-            values.push(format!(
-                "('acme', 'c-old', 'api_call', 'analyze', '{id}', 'test', {at}, {at}, 1, '', '{{}}', \
-                 '{topic}', {partition}, {offset})",
-                topic = env.topics.events,
-                offset = 1_000_000 + partition,
-            ));
-        }
-    }
-    env.ch()
-        .query(&format!(
-            "INSERT INTO events_raw (tenant, customer, meter, endpoint, id, source, time, received_at, \
-             quantity, unique_key, data, kafka_topic, kafka_partition, kafka_offset) VALUES {}",
-            values.join(", ")
-        ))
-        .execute()
-        .await
-        .expect("rows of a previous owner");
+    stored_by_a_previous_owner(
+        &env,
+        "c-old",
+        &[
+            ("stored-30d", now - 30 * 86_400),
+            ("stored-36d", now - 36 * 86_400),
+        ],
+    )
+    .await;
     let before = env.raw_counts().await.0;
 
     let (agg, metrics) = env.start_aggregator().await;
@@ -445,25 +459,7 @@ async fn an_event_replayed_days_after_it_arrived_is_checked_against_its_own_wind
     // Stored 40.5 days ago: outside the index's 40 days before now, inside the window (35 days)
     // of an event that arrived 6 days ago.
     let at = (now - time::Duration::hours(40 * 24 + 12)).unix_timestamp();
-    let values: Vec<String> = (0..4)
-        .map(|partition| {
-            format!(
-                "('acme', 'cust_1', 'api_call', 'analyze', 'old-1', 'test', {at}, {at}, 1, '', '{{}}', \
-                 '{topic}', {partition}, {offset})",
-                topic = env.topics.events,
-                offset = 1_000_000 + partition,
-            )
-        })
-        .collect();
-    env.ch()
-        .query(&format!(
-            "INSERT INTO events_raw (tenant, customer, meter, endpoint, id, source, time, received_at, \
-             quantity, unique_key, data, kafka_topic, kafka_partition, kafka_offset) VALUES {}",
-            values.join(", ")
-        ))
-        .execute()
-        .await
-        .expect("a row stored 40.5 days ago");
+    stored_by_a_previous_owner(&env, "cust_1", &[("old-1", at)]).await;
     // The replayed messages, as the ingest produced them 6 days ago.
     let arrived = (now - time::Duration::days(6))
         .format(&Rfc3339)
