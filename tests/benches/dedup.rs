@@ -21,9 +21,6 @@ fn stored_ids() -> u64 {
 /// Batch sizes looked up.
 const BATCHES: [u64; 6] = [1, 10, 100, 1_000, 10_000, 100_000];
 
-/// Events topic partitions the stored ids are spread over.
-const PARTITIONS: u32 = 4;
-
 /// Median of three timings of `f`, in seconds.
 async fn median_secs<F, Fut>(mut f: F) -> f64
 where
@@ -46,18 +43,7 @@ async fn main() {
     let n = stored_ids();
     let ch = env.ch();
     let start = Instant::now();
-    ch.query(&format!(
-        "INSERT INTO events_raw (tenant, customer, meter, endpoint, id, source, time, received_at, \
-         quantity, unique_key, data, kafka_topic, kafka_partition, kafka_offset) \
-         SELECT 'bench', concat('cust_', toString(number % 10000)), 'api_call', 'analyze', \
-         toString(generateUUIDv4()), 'bench', now() - (number % 30) * 86400, \
-         now() - (number % 30) * 86400, 1, '', '{{}}', '{topic}', number % {PARTITIONS}, number \
-         FROM numbers({n})",
-        topic = env.topics.events
-    ))
-    .execute()
-    .await
-    .expect("store ids");
+    env.store_random_events("bench", n).await;
     // The earlier design's index, as its view filled it (the view is gone since migration 0009).
     ch.query(
         "INSERT INTO event_ids SELECT tenant, id, received_at, kafka_partition, kafka_offset \
@@ -84,7 +70,7 @@ async fn main() {
         time::Duration::days(35),
         time::Duration::days(35),
     );
-    let partitions: Vec<u32> = (0..PARTITIONS).collect();
+    let partitions: Vec<u32> = (0..env.kafka.partitions as u32).collect();
     let start = Instant::now();
     let loaded = sink
         .load(&env.topics.events, &partitions, None)
@@ -125,7 +111,7 @@ async fn main() {
         let keys: Vec<(u32, String)> = (0..b)
             .map(|i| {
                 (
-                    (i % u64::from(PARTITIONS)) as u32,
+                    (i % partitions.len() as u64) as u32,
                     uuid::Uuid::new_v4().to_string(),
                 )
             })

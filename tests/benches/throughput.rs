@@ -327,20 +327,7 @@ async fn prefill_ids(env: &TestEnv) -> u64 {
         return 0;
     }
     let start = Instant::now();
-    env.ch()
-        .query(&format!(
-            "INSERT INTO events_raw (tenant, customer, meter, endpoint, id, source, time, \
-             received_at, quantity, unique_key, data, kafka_topic, kafka_partition, kafka_offset) \
-             SELECT 'prefill', concat('cust_', toString(number % 10000)), 'api_call', 'analyze', \
-             toString(generateUUIDv4()), 'prefill', now() - (number % 30) * 86400, \
-             now() - (number % 30) * 86400, 1, '', '{{}}', '{topic}', number % {partitions}, number \
-             FROM numbers({n})",
-            topic = env.topics.events,
-            partitions = env.kafka.partitions,
-        ))
-        .execute()
-        .await
-        .expect("prefill events_raw");
+    env.store_random_events("prefill", n).await;
     println!(
         "({label}: {n} events of another tenant stored first, in {:.1} s)",
         start.elapsed().as_secs_f64(),

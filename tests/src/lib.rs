@@ -330,6 +330,27 @@ impl TestEnv {
         v
     }
 
+    /// Stores `n` events of `tenant` straight into `events_raw`, as a deployment's 35-day window
+    /// holds them: random UUIDs, 10,000 customers, arrivals spread over the last 30 days and the
+    /// events topic's partitions (the rollup views count them too). For the benchmarks.
+    pub async fn store_random_events(&self, tenant: &str, n: u64) {
+        self.ch()
+            .query(&format!(
+                "INSERT INTO events_raw (tenant, customer, meter, endpoint, id, source, time, \
+                 received_at, quantity, unique_key, data, kafka_topic, kafka_partition, \
+                 kafka_offset) \
+                 SELECT '{tenant}', concat('cust_', toString(number % 10000)), 'api_call', \
+                 'analyze', toString(generateUUIDv4()), 'stored', now() - (number % 30) * 86400, \
+                 now() - (number % 30) * 86400, 1, '', '{{}}', '{topic}', number % {partitions}, \
+                 number FROM numbers({n})",
+                topic = self.topics.events,
+                partitions = self.kafka.partitions,
+            ))
+            .execute()
+            .await
+            .expect("store random events");
+    }
+
     /// Number of distinct (tenant, id) in events_raw and total rows (they must be equal).
     pub async fn raw_counts(&self) -> (u64, u64) {
         let rows: (u64, u64) = self
