@@ -178,13 +178,13 @@ impl EventProducer {
         &self.origin
     }
 
-    /// The usage-event producer's settings: idempotent, acks=all, lz4, messages failing after
+    /// The usage-event producer's settings: idempotent, acks=all, the configured compression, messages failing after
     /// `timeout` unacknowledged (also the throughput benchmark's raw-produce baseline).
     pub fn client_config(kafka: &KafkaConfig, timeout: Duration) -> ClientConfig {
         let mut c = schemas::kafka::client_config(kafka);
         c.set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("compression.type", "lz4")
+            .set("compression.type", kafka.compression.as_str())
             .set("linger.ms", "2")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "200000")
@@ -463,5 +463,24 @@ mod tests {
             .count();
         assert!(on_big >= 2, "large events split over {on_big} messages");
         assert!(batches.len() <= 4 + on_big);
+    }
+
+    #[test]
+    fn the_events_producer_compresses_with_the_configured_codec() {
+        let codec = |json: &str| {
+            let kafka: KafkaConfig = serde_json::from_str(json).expect("kafka config");
+            EventProducer::client_config(&kafka, Duration::from_secs(5))
+                .get("compression.type")
+                .map(str::to_owned)
+        };
+        assert_eq!(codec("{}").as_deref(), Some("lz4"), "the default");
+        assert_eq!(codec(r#"{"compression": "zstd"}"#).as_deref(), Some("zstd"));
+        assert_eq!(codec(r#"{"compression": "none"}"#).as_deref(), Some("none"));
+        let err = serde_json::from_str::<KafkaConfig>(r#"{"compression": "brotli"}"#)
+            .expect_err("an unknown codec is refused");
+        assert!(
+            err.to_string().contains("unknown variant `brotli`"),
+            "{err}"
+        );
     }
 }

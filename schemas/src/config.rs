@@ -12,6 +12,41 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Create missing topics at start.
     pub create_topics: bool,
+    /// Compression of the usage-event batches the ingest produces (`none`, `lz4`, `zstd`,
+    /// `snappy`, `gzip`; default `lz4`). Every consumer of the events topic (the aggregator and
+    /// each ingest's tail) decompresses every batch, but the broker handles a quarter of the bytes:
+    /// on the local broker `none` cost more CPU in total than `lz4` (see the README's benchmark).
+    pub compression: Compression,
+}
+
+/// A Kafka compression codec (librdkafka's `compression.type`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// LZ4: cheap to compress and decompress.
+    #[default]
+    Lz4,
+    /// Zstandard: smaller, costlier.
+    Zstd,
+    /// Snappy.
+    Snappy,
+    /// Gzip: smallest, costliest.
+    Gzip,
+}
+
+impl Compression {
+    /// The codec's name in librdkafka's `compression.type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+            Self::Snappy => "snappy",
+            Self::Gzip => "gzip",
+        }
+    }
 }
 
 impl Default for KafkaConfig {
@@ -20,6 +55,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             partitions: 6,
             create_topics: true,
+            compression: Compression::Lz4,
         }
     }
 }

@@ -154,6 +154,7 @@ impl TestEnv {
             brokers: brokers.into(),
             partitions,
             create_topics: true,
+            ..KafkaConfig::default()
         };
         let clickhouse = ClickHouseConfig {
             url: clickhouse.into(),
