@@ -14,6 +14,12 @@ use tests::{Service, TestEnv, cpu_ticks, wait_until};
 
 /// Concurrency levels of the load generator.
 const LEVELS: [usize; 4] = [1, 4, 16, 64];
+/// Request rates of the open-loop phases (checks per second over all connections).
+const RATES: [f64; 3] = [10_000.0, 20_000.0, 30_000.0];
+/// Connections of the open-loop phases: enough that one connection's interval (3.2 ms at
+/// 20,000/s) is far above a reply's time, so a request waits for the previous one only when the
+/// server is slow.
+const OPEN_CONNECTIONS: usize = 64;
 /// Seconds per load phase.
 const SECONDS: u64 = 4;
 
@@ -46,9 +52,60 @@ enum Target {
     Redis { addr: String, key: String },
 }
 
-/// One connection's loop until `stop`: latencies in nanoseconds.
-async fn connection(target: Target, stop: Arc<AtomicBool>) -> Vec<u64> {
+/// When one connection sends its requests.
+struct Schedule {
+    /// `None`: the next request as soon as the reply is read (closed loop, like wrk). Otherwise
+    /// one request per interval whatever the replies do (open loop, like wrk2).
+    interval: Option<Duration>,
+    /// When the next request is due (open loop).
+    due: Instant,
+    /// When the last reply was read.
+    replied: Instant,
+}
+
+impl Schedule {
+    fn new(pace: Option<(Instant, Duration)>) -> Self {
+        let now = Instant::now();
+        Self {
+            interval: pace.map(|(_, interval)| interval),
+            due: pace.map_or(now, |(first, _)| first),
+            replied: now,
+        }
+    }
+
+    /// Waits until the next request is due and returns the instant its latency counts from. In
+    /// the open loop that is its due time when the previous reply came back after it (the wait was
+    /// the server's, so it counts: no coordinated omission), and otherwise when it is sent (a timer
+    /// waking late is the generator's delay, not the server's).
+    async fn start(&mut self) -> Instant {
+        let Some(interval) = self.interval else {
+            return Instant::now();
+        };
+        let due = self.due;
+        self.due += interval;
+        if self.replied > due {
+            return due;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        Instant::now()
+    }
+
+    /// The reply was read: the latency of a request counted from `from`, in nanoseconds.
+    fn replied(&mut self, from: Instant) -> u64 {
+        self.replied = Instant::now();
+        (self.replied - from).as_nanos() as u64
+    }
+}
+
+/// One connection's loop until `stop`, on `pace` (first request, interval) or closed-loop:
+/// latencies in nanoseconds.
+async fn connection(
+    target: Target,
+    stop: Arc<AtomicBool>,
+    pace: Option<(Instant, Duration)>,
+) -> Vec<u64> {
     let mut lat = Vec::with_capacity(200_000);
+    let mut schedule = Schedule::new(pace);
     match target {
         Target::Http { url, key } => {
             // A minimal keep-alive HTTP/1.1 client (one request in flight, like wrk): the request
@@ -64,7 +121,7 @@ async fn connection(target: Target, stop: Arc<AtomicBool>) -> Vec<u64> {
             stream.set_nodelay(true).expect("nodelay");
             let mut buf = vec![0u8; 16 * 1024];
             while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
+                let t = schedule.start().await;
                 stream.write_all(request.as_bytes()).await.expect("send");
                 let mut filled = 0;
                 let (head_end, body_len) = loop {
@@ -83,7 +140,7 @@ async fn connection(target: Target, stop: Arc<AtomicBool>) -> Vec<u64> {
                     filled += n;
                 }
                 assert_eq!(filled, head_end + body_len, "{url}: unexpected bytes");
-                lat.push(t.elapsed().as_nanos() as u64);
+                lat.push(schedule.replied(t));
             }
         }
         Target::Redis { addr, key } => {
@@ -94,7 +151,7 @@ async fn connection(target: Target, stop: Arc<AtomicBool>) -> Vec<u64> {
             let command = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
             let mut line = String::new();
             while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
+                let t = schedule.start().await;
                 stream
                     .get_mut()
                     .write_all(command.as_bytes())
@@ -110,7 +167,7 @@ async fn connection(target: Target, stop: Arc<AtomicBool>) -> Vec<u64> {
                 line.clear();
                 stream.read_line(&mut line).await.expect("value");
                 let _: u64 = line.trim().parse().expect("counter");
-                lat.push(t.elapsed().as_nanos() as u64);
+                lat.push(schedule.replied(t));
             }
         }
     }
@@ -133,13 +190,24 @@ fn reply_head(head: &[u8], url: &str) -> usize {
         .unwrap_or_else(|| panic!("{url}: no content-length in {head}"))
 }
 
-/// Runs `connections` connections against `target` for SECONDS.
-async fn load(target: &Target, connections: usize) -> Load {
+/// Runs `connections` connections against `target` for SECONDS: each as fast as its replies come
+/// back, or, with a `rate` (requests per second over all connections), on a fixed schedule with
+/// the connections' first requests spread over one interval.
+async fn load(target: &Target, connections: usize, rate: Option<f64>) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| tokio::spawn(connection(target.clone(), stop.clone())))
-        .collect();
     let start = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| {
+            let pace = rate.map(|rate| {
+                let interval = Duration::from_secs_f64(connections as f64 / rate);
+                (
+                    start + interval.mul_f64(c as f64 / connections as f64),
+                    interval,
+                )
+            });
+            tokio::spawn(connection(target.clone(), stop.clone(), pace))
+        })
+        .collect();
     tokio::time::sleep(Duration::from_secs(SECONDS)).await;
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
@@ -374,6 +442,48 @@ async fn overshoot(instances: &[&str], key: &str, customer: &str) -> u64 {
     tracked.load(Ordering::Relaxed)
 }
 
+/// One load phase against `target` (served by process `pid`, the ingest at `base` for the
+/// quota check's server-side histogram): the load with the CPU time per request, and the
+/// server-side p99 bound of the quota check over the phase.
+async fn measure(
+    base: &str,
+    pid: u32,
+    target: &Target,
+    connections: usize,
+    rate: Option<f64>,
+) -> (Load, f64) {
+    let before = server_histogram(base, "quota").await;
+    let (server_cpu, own_cpu) = (cpu_ticks(pid), cpu_ticks(std::process::id()));
+    let mut l = load(target, connections, rate).await;
+    // Clock ticks are 10 ms: 10,000 µs each.
+    let per_request = |ticks: u64| ticks as f64 * 10_000.0 / l.requests.max(1) as f64;
+    l.server_cpu_us = per_request(cpu_ticks(pid) - server_cpu);
+    l.generator_cpu_us = per_request(cpu_ticks(std::process::id()) - own_cpu);
+    let p99 = server_p99_ms(&before, &server_histogram(base, "quota").await);
+    (l, p99)
+}
+
+fn print_row(name: &str, load: &str, l: &Load) {
+    println!(
+        "| {name} | {load} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.3} ms | {:.1} µs | {:.1} µs |",
+        l.requests,
+        l.per_sec,
+        l.p50_us / 1000.0,
+        l.p99_us / 1000.0,
+        l.p999_us / 1000.0,
+        l.server_cpu_us,
+        l.generator_cpu_us
+    );
+}
+
+fn load_json(name: &str, l: &Load) -> Value {
+    json!({
+        "target": name, "requests": l.requests,
+        "per_sec": l.per_sec.round(), "p50_us": l.p50_us, "p99_us": l.p99_us, "p999_us": l.p999_us,
+        "server_cpu_us": l.server_cpu_us, "generator_cpu_us": l.generator_cpu_us,
+    })
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let env = TestEnv::new("bench").await;
@@ -436,30 +546,36 @@ async fn main() {
     for connections in LEVELS {
         let mut row = Vec::new();
         for (name, pid, target) in &targets {
-            let before = server_histogram(&a, "quota").await;
-            let (server_cpu, own_cpu) = (cpu_ticks(*pid), cpu_ticks(std::process::id()));
-            let mut l = load(target, connections).await;
-            // Clock ticks are 10 ms: 10,000 µs each.
-            let per_request = |ticks: u64| ticks as f64 * 10_000.0 / l.requests.max(1) as f64;
-            l.server_cpu_us = per_request(cpu_ticks(*pid) - server_cpu);
-            l.generator_cpu_us = per_request(cpu_ticks(std::process::id()) - own_cpu);
+            let (l, p99) = measure(&a, *pid, target, connections, None).await;
             if name.contains("quota") {
-                let p99 = server_p99_ms(&before, &server_histogram(&a, "quota").await);
                 server_p99.push((connections, p99));
             }
-            println!(
-                "| {name} | {connections} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.3} ms | {:.1} µs | {:.1} µs |",
-                l.requests,
-                l.per_sec,
-                l.p50_us / 1000.0,
-                l.p99_us / 1000.0,
-                l.p999_us / 1000.0,
-                l.server_cpu_us,
-                l.generator_cpu_us
-            );
+            print_row(name, &connections.to_string(), &l);
             row.push(l);
         }
         results.push((connections, row));
+    }
+    println!();
+    println!(
+        "open loop: each rate for {SECONDS} s over {OPEN_CONNECTIONS} connections, on a fixed schedule; a request's latency counts from when it was due if the previous reply on its connection came later"
+    );
+    println!(
+        "| target | rate asked | requests | per second | p50 | p99 | p99.9 | server CPU / request | generator CPU / request |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut open = Vec::new();
+    for rate in RATES {
+        let mut row = Vec::new();
+        let mut quota_server_p99 = 0.0;
+        for (name, pid, target) in &targets {
+            let (l, p99) = measure(&a, *pid, target, OPEN_CONNECTIONS, Some(rate)).await;
+            if name.contains("quota") {
+                quota_server_p99 = p99;
+            }
+            print_row(name, &format!("{rate:.0}/s"), &l);
+            row.push(l);
+        }
+        open.push((rate, row, quota_server_p99));
     }
     for (connections, p99) in &server_p99 {
         println!(
@@ -477,11 +593,28 @@ async fn main() {
             quota.p99_us / redis.p99_us.max(0.001)
         );
         for (name, l) in [("healthz", empty), ("redis", redis), ("quota", quota)] {
-            json_rows.push(json!({
-                "target": name, "connections": connections, "requests": l.requests,
-                "per_sec": l.per_sec.round(), "p50_us": l.p50_us, "p99_us": l.p99_us, "p999_us": l.p999_us,
-                "server_cpu_us": l.server_cpu_us, "generator_cpu_us": l.generator_cpu_us,
-            }));
+            let mut j = load_json(name, &l);
+            j["connections"] = json!(connections);
+            json_rows.push(j);
+        }
+    }
+    let mut open_rows = Vec::new();
+    for (rate, row, server_p99) in &open {
+        let (empty, redis, quota) = (row[0], row[1], row[2]);
+        println!(
+            "at {rate:.0}/s asked: quota p99 {:.3} ms ({:.2}x the empty endpoint's, {:.2}x Redis's; server-side <= {server_p99} ms)",
+            quota.p99_us / 1000.0,
+            quota.p99_us / empty.p99_us.max(0.001),
+            quota.p99_us / redis.p99_us.max(0.001)
+        );
+        for (name, l) in [("healthz", empty), ("redis", redis), ("quota", quota)] {
+            let mut j = load_json(name, &l);
+            j["rate_asked"] = json!(rate);
+            j["connections"] = json!(OPEN_CONNECTIONS);
+            if name == "quota" {
+                j["server_p99_ms_le"] = json!(server_p99);
+            }
+            open_rows.push(j);
         }
     }
     drop(redis);
@@ -513,6 +646,7 @@ async fn main() {
             "bench": "quota",
             "seconds_per_phase": SECONDS,
             "load": json_rows,
+            "open_loop": open_rows,
             "server_p99_ms_upper_bound": server_p99.iter().map(|(c, p)| json!({"connections": c, "p99_ms_le": p})).collect::<Vec<_>>(),
             "freshness_ms": {
                 "quota_p50": pct(&q, 0.5), "quota_p99": pct(&q, 0.99),
