@@ -10,12 +10,13 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use schemas::Catalog;
 use schemas::config::KafkaConfig;
 use schemas::event::{UsageEvent, Window, is_batch};
 use schemas::kafka::ORIGIN_HEADER;
 use schemas::quota::{StateRecord, UsageState};
 use schemas::topics::Topics;
-use schemas::wire::Wire;
+use schemas::wire::{Checked, Wire};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
@@ -182,6 +183,25 @@ pub async fn follow(
 /// ([`Wire`], checked against their own tenant and arrival time), the others decoded whole; an
 /// element that does not decode at all is skipped (the aggregator dead-letters it).
 fn note_message(view: &QuotaView, payload: &[u8], position: (i32, i64)) {
+    fn check<'a>(wire: &Wire<'a>, catalog: &Catalog) -> Option<Checked<'a>> {
+        wire.check_produced(wire.received_at()?, Window::default(), catalog)
+    }
+    let catalog = view.catalog();
+    // Nearly every batch is plain: read in one pass and noted when every element passes its
+    // check; otherwise read again element by element below.
+    if is_batch(payload)
+        && let Some(events) = Wire::parse_batch(payload).and_then(|wires| {
+            wires
+                .iter()
+                .map(|w| check(w, catalog))
+                .collect::<Option<Vec<_>>>()
+        })
+    {
+        for event in &events {
+            view.note(Noted::of_checked(event), position);
+        }
+        return;
+    }
     let elements: Vec<&RawValue> = if is_batch(payload) {
         serde_json::from_slice(payload).unwrap_or_default()
     } else {
@@ -189,11 +209,8 @@ fn note_message(view: &QuotaView, payload: &[u8], position: (i32, i64)) {
             .map(|e| vec![e])
             .unwrap_or_default()
     };
-    let catalog = view.catalog();
     for raw in elements {
-        let fast = Wire::parse(raw.get())
-            .and_then(|wire| wire.check_produced(wire.received_at()?, Window::default(), catalog));
-        match fast {
+        match Wire::parse(raw.get()).and_then(|wire| check(&wire, catalog)) {
             Some(event) => view.note(Noted::of_checked(&event), position),
             None => {
                 if let Ok(event) = serde_json::from_str::<UsageEvent>(raw.get()) {
@@ -201,5 +218,49 @@ fn note_message(view: &QuotaView, payload: &[u8], position: (i32, i64)) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::UnknownCustomer;
+
+    #[test]
+    fn a_batch_of_another_instance_counts_each_new_event_once_read_in_one_pass_or_not() {
+        let view = QuotaView::new(Arc::new(Catalog::default()), UnknownCustomer::DefaultPlan);
+        let at = "2026-03-10T12:00:00Z";
+        let event = |id: &str, customer: &str| {
+            format!(
+                r#"{{"specversion":"1.0","id":"{id}","source":"api","type":"api_call","subject":"{customer}","time":"{at}","data":{{"endpoint":"analyze"}},"tenant":"t","receivedat":"{at}"}}"#
+            )
+        };
+        let pending = |customer: &str| view.pending("t", customer, "api_call");
+        // Plain: one pass.
+        let plain = format!(
+            "[{},{},{}]",
+            event("e1", "c"),
+            event("e2", "c"),
+            event("e3", "d")
+        );
+        note_message(&view, plain.as_bytes(), (0, 1));
+        assert_eq!((pending("c"), pending("d")), (2, 1));
+        // An escaped id (e4) is not plain: the batch is read element by element; e1 is a retry.
+        let mixed = format!(
+            "[{},{},{}]",
+            event(r"e\u0034", "c"),
+            event("e1", "c"),
+            event("e5", "c")
+        );
+        note_message(&view, mixed.as_bytes(), (0, 2));
+        assert_eq!(pending("c"), 4);
+        // So is a batch with an element that fails its check (an unknown meter): the others count.
+        let unknown = event("e6", "d").replace("api_call", "nope");
+        note_message(
+            &view,
+            format!("[{unknown},{}]", event("e7", "d")).as_bytes(),
+            (0, 3),
+        );
+        assert_eq!(pending("d"), 2);
     }
 }

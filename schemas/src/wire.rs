@@ -78,6 +78,14 @@ impl<'a> Wire<'a> {
         serde_json::from_str(json).ok()
     }
 
+    /// Reads a batch message (a JSON array of events) in one pass, or `None` when it is not an
+    /// array or any element is not plain enough for [`Self::parse`]: the caller then splits the
+    /// array and reads its elements one by one. An element is accepted here exactly when
+    /// [`Self::parse`] accepts its text.
+    pub fn parse_batch(json: &'a [u8]) -> Option<Vec<Self>> {
+        serde_json::from_slice(json).ok()
+    }
+
     /// The event's own `receivedat` (when the ingest accepted it), if present and RFC 3339.
     pub fn received_at(&self) -> Option<OffsetDateTime> {
         let s = self.receivedat?;
@@ -342,6 +350,37 @@ unique_property = "user"
         assert!(
             fast_accepted >= 12,
             "only {fast_accepted} took the fast path"
+        );
+
+        // A batch read in one pass: accepted exactly when every element is, element for element
+        // as read alone.
+        let plain = corpus[1];
+        let mut batches_accepted = 0;
+        for json in corpus.iter().copied().chain([recent.as_str()]) {
+            let alone = Wire::parse(json).map(|w| format!("{w:?}"));
+            let batch = format!("[{plain},{json}]");
+            let read = Wire::parse_batch(batch.as_bytes());
+            assert_eq!(
+                read.as_ref().map(|w| format!("{:?}", w[1])),
+                alone,
+                "{json} in a batch"
+            );
+            if let Some(read) = read {
+                batches_accepted += 1;
+                assert_eq!(read.len(), 2);
+                assert_eq!(
+                    format!("{:?}", read[0]),
+                    format!("{:?}", Wire::parse(plain).expect("plain"))
+                );
+            }
+        }
+        assert!(
+            batches_accepted >= 12,
+            "only {batches_accepted} batches read"
+        );
+        assert!(
+            Wire::parse_batch(plain.as_bytes()).is_none(),
+            "not an array"
         );
     }
 }
