@@ -552,6 +552,7 @@ impl Worker {
     /// Reads, batches and writes until cancelled, then writes what is pending and leaves the group.
     pub async fn run(self) -> Result<()> {
         let max_events = self.config.batch_max_events;
+        let max_bytes = self.config.batch_max_bytes;
         let max_wait = Duration::from_millis(self.config.batch_max_wait_ms);
         let window = self.config.window();
         let mut first_at: Option<tokio::time::Instant> = None;
@@ -604,7 +605,7 @@ impl Worker {
                         {
                             continue;
                         }
-                        shared.batch.note(pos.topic, pos.partition, pos.offset);
+                        shared.batch.note(pos.topic, pos.partition, pos.offset, msg.payload_len());
                         for row in decoded {
                             match row {
                                 Decoded::Event(row) => shared.batch.events.push(row),
@@ -613,7 +614,10 @@ impl Worker {
                             }
                         }
                         let started = *first_at.get_or_insert_with(tokio::time::Instant::now);
-                        if shared.batch.rows() < max_events && started.elapsed() < max_wait {
+                        if shared.batch.rows() < max_events
+                            && shared.batch.bytes < max_bytes
+                            && started.elapsed() < max_wait
+                        {
                             continue;
                         }
                     }

@@ -39,6 +39,8 @@ pub struct Batch {
     pub last: BTreeMap<(String, i32), i64>,
     /// Messages in the batch.
     pub messages: usize,
+    /// Payload bytes of the messages in the batch (what its rows hold, about).
+    pub bytes: usize,
 }
 
 impl Batch {
@@ -60,12 +62,14 @@ impl Batch {
         self.subs.clear();
         self.last.clear();
         self.messages = 0;
+        self.bytes = 0;
         self
     }
 
-    /// Records the position of a message that was read.
-    pub fn note(&mut self, topic: &str, partition: i32, offset: i64) {
+    /// Records the position and payload size of a message that was read.
+    pub fn note(&mut self, topic: &str, partition: i32, offset: i64, bytes: usize) {
         self.messages += 1;
+        self.bytes += bytes;
         let e = self
             .last
             .entry((topic.to_string(), partition))

@@ -75,6 +75,39 @@ async fn n_events_count_exactly_once_in_raw_and_every_rollup_even_when_resent() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_is_written_once_its_messages_reach_the_byte_limit_and_the_rest_on_shutdown() {
+    let env = TestEnv::new("batchbytes").await;
+    let ingest = env.start_ingest().await;
+    // Neither the row limit nor the wait (10 minutes) cuts a batch here: only its bytes do.
+    let (agg, metrics) = env
+        .start_aggregator_with(aggregator::Config {
+            batch_max_events: 1_000_000,
+            batch_max_bytes: 8_192,
+            batch_max_wait_ms: 600_000,
+            ..env.aggregator_config()
+        })
+        .await;
+    let key = env.key("acme", &[Scope::Ingest], None).await;
+    let n = 200;
+    let (evs, total) = events("b", n, 10);
+    send_all(&reqwest::Client::new(), &ingest.url, &key, &evs, 20).await;
+    // An event is about 300 bytes on the topic: fewer than 40 can wait below the limit.
+    wait_until(
+        Duration::from_secs(30),
+        "batches cut by their bytes",
+        || async { (env.raw_counts().await.0 >= n as u64 - 40).then_some(()) },
+    )
+    .await;
+    let flushed = metrics.batches_flushed.get();
+    assert!(flushed >= 4, "{flushed} batches for {n} events");
+    // Stopping writes the batch still below the limit.
+    agg.stop().await;
+    assert_eq!(env.raw_counts().await, (n as u64, n as u64));
+    assert_eq!(env.rollup_totals("usage_minute").await, (n as u64, total));
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn accepted_means_on_the_broker() {
     let env = TestEnv::new("durable202").await;
     let ingest = env.start_ingest().await;
