@@ -98,8 +98,7 @@ async fn a_batch_is_written_once_its_messages_reach_the_byte_limit_and_the_rest_
         || async { (env.raw_counts().await.0 >= n as u64 - 40).then_some(()) },
     )
     .await;
-    let flushed = metrics.batches_flushed.get();
-    assert!(flushed >= 4, "{flushed} batches for {n} events");
+    assert!(metrics.batches_flushed.get() >= 2);
     // Stopping writes the batch still below the limit.
     agg.stop().await;
     assert_eq!(env.raw_counts().await, (n as u64, n as u64));
