@@ -178,8 +178,9 @@ impl EventProducer {
         &self.origin
     }
 
-    /// The usage-event producer's settings: idempotent, acks=all, the configured compression, messages failing after
-    /// `timeout` unacknowledged (also the throughput benchmark's raw-produce baseline).
+    /// The usage-event producer's settings: idempotent, acks=all, the configured compression,
+    /// messages failing after `timeout` unacknowledged (also the throughput benchmark's
+    /// raw-produce baseline).
     pub fn client_config(kafka: &KafkaConfig, timeout: Duration) -> ClientConfig {
         let mut c = schemas::kafka::client_config(kafka);
         c.set("enable.idempotence", "true")
