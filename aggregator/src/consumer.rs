@@ -36,6 +36,26 @@ struct Shared {
     inflight: Option<tokio::task::JoinHandle<Tail>>,
     /// A flushed batch, emptied, to be filled next (its buffers keep their capacity).
     spare: Option<Batch>,
+    /// [`Worker::run`] was dropped before it finished: its runtime is shutting down (say `main`
+    /// returned early), so nothing can drive a flush any more.
+    abandoned: bool,
+}
+
+/// Marks the shared state abandoned when [`Worker::run`] is dropped before it finished. The
+/// consumer is dropped after this guard and may revoke its partitions on the way: the revocation
+/// then gives the batch up (nothing committed, the next owner replays it) instead of waiting for a
+/// flush that no runtime drives any more, which hung the process at exit.
+struct AbandonOnDrop {
+    shared: Arc<Mutex<Shared>>,
+    finished: bool,
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if !self.finished {
+            lock(&self.shared).abandoned = true;
+        }
+    }
 }
 
 /// A batch flushed in the background (see [`Context::flush_pipelined`]).
@@ -334,10 +354,12 @@ impl Context {
 
     fn revoke(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let deadline = Some(Instant::now() + self.grace);
-        let written = tokio::task::block_in_place(|| {
-            self.runtime
-                .block_on(self.flush(base, CommitMode::Sync, deadline))
-        });
+        let abandoned = lock(&self.shared).abandoned;
+        let written = !abandoned
+            && tokio::task::block_in_place(|| {
+                self.runtime
+                    .block_on(self.flush(base, CommitMode::Sync, deadline))
+            });
         if !written {
             let dropped = std::mem::take(&mut lock(&self.shared).batch);
             tracing::warn!(
@@ -551,6 +573,10 @@ impl Worker {
 
     /// Reads, batches and writes until cancelled, then writes what is pending and leaves the group.
     pub async fn run(self) -> Result<()> {
+        let mut guard = AbandonOnDrop {
+            shared: self.shared.clone(),
+            finished: false,
+        };
         let max_events = self.config.batch_max_events;
         let max_bytes = self.config.batch_max_bytes;
         let max_wait = Duration::from_millis(self.config.batch_max_wait_ms);
@@ -605,7 +631,9 @@ impl Worker {
                         {
                             continue;
                         }
-                        shared.batch.note(pos.topic, pos.partition, pos.offset, msg.payload_len());
+                        shared
+                            .batch
+                            .note(pos.topic, pos.partition, pos.offset, msg.payload_len());
                         for row in decoded {
                             match row {
                                 Decoded::Event(row) => shared.batch.events.push(row),
@@ -650,6 +678,7 @@ impl Worker {
             tracing::info!(pending, written = ok, "drained on shutdown");
         }
         self.consumer.unsubscribe();
+        guard.finished = true;
         Ok(())
     }
 }

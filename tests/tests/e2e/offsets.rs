@@ -285,3 +285,67 @@ async fn resuming_inside_a_record_batch_loses_nothing() {
     .await;
     agg.stop().await;
 }
+
+/// An aggregator whose runtime is dropped under it, mid-batch (`main` returning early, say), lets
+/// go at once: its consumer's revocation gives the pending batch up instead of waiting for a flush
+/// that no runtime drives any more (the process hung), and commits nothing, so the next aggregator
+/// stores every event exactly once.
+#[test]
+fn an_aggregator_dropped_with_its_runtime_mid_batch_lets_go_and_loses_nothing() {
+    let runtime = |threads| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    let rt = runtime(2);
+    let env = rt.block_on(TestEnv::new("abandoned"));
+    let n = 300;
+    let (evs, total) = events("a", n, 10);
+    let first = runtime(2);
+    // A batch that would wait 10 minutes: it is pending when the runtime goes.
+    let (agg, metrics) = first.block_on(env.start_aggregator_with(aggregator::Config {
+        batch_max_wait_ms: 600_000,
+        ..env.aggregator_config()
+    }));
+    let ingest = rt.block_on(async {
+        let ingest = env.start_ingest().await;
+        let key = env.key("acme", &[Scope::Ingest], None).await;
+        send_all(&reqwest::Client::new(), &ingest.url, &key, &evs, 50).await;
+        wait_until(
+            Duration::from_secs(30),
+            "the aggregator to read the events",
+            || async { (metrics.messages_consumed.get() > 0).then_some(()) },
+        )
+        .await;
+        ingest
+    });
+    // No stop: the task is still running when its runtime is dropped.
+    drop(agg);
+    let (done, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(first);
+        let _ = done.send(());
+    });
+    dropped
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the aggregator's runtime was dropped within 30 s");
+    rt.block_on(async {
+        assert_eq!(
+            env.raw_counts().await.0,
+            0,
+            "the pending batch was not written"
+        );
+        let (agg, _) = env.start_aggregator().await;
+        wait_until(Duration::from_secs(60), "every event stored", || async {
+            (env.raw_counts().await.0 >= n as u64).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(env.raw_counts().await, (n as u64, n as u64));
+        assert_eq!(env.rollup_totals("usage_minute").await, (n as u64, total));
+        agg.stop().await;
+        ingest.stop().await;
+    });
+}
