@@ -85,9 +85,15 @@ async fn sigkill_of_the_aggregator_at_random_points_keeps_totals_exact() {
         let http = reqwest::Client::new();
         for chunk in evs.chunks(400) {
             send_all(&http, &url, &key, chunk, 400).await;
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::time::sleep(Duration::from_millis(1_000)).await;
         }
     });
+    // The local broker (tansu) gives a member that joins while a killed member's session is still
+    // open only part of the partitions, and never gives the killed member's share back (README,
+    // "Known gaps"); Kafka rebalances when the session expires. So the next process starts once
+    // the killed one's session is over: the kills still land at random points of real work.
+    let session_over =
+        Duration::from_millis(aggregator::Config::default().session_timeout_ms + 1_000);
     for round in 0..4 {
         let mut child = spawn_aggregator(&env);
         // Kill only once this process is writing: a random point of real work.
@@ -108,6 +114,7 @@ async fn sigkill_of_the_aggregator_at_random_points_keeps_totals_exact() {
             "round {round}: killed with {} events stored",
             env.raw_counts().await.0
         );
+        tokio::time::sleep(session_over).await;
     }
     sender.await.expect("sender");
     let mut child = spawn_aggregator(&env);
