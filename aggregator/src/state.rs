@@ -160,7 +160,7 @@ impl Publisher {
         topics: Topics,
         catalog: Arc<Catalog>,
     ) -> Result<Self> {
-        let producer: FutureProducer = schemas::kafka::client_config(kafka)
+        let producer: FutureProducer = schemas::kafka::producer_config(kafka)
             .set("acks", "all")
             .set("max.in.flight.requests.per.connection", "1")
             .set("linger.ms", "1")

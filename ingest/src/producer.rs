@@ -182,10 +182,9 @@ impl EventProducer {
     /// messages failing after `timeout` unacknowledged (also the throughput benchmark's
     /// raw-produce baseline).
     pub fn client_config(kafka: &KafkaConfig, timeout: Duration) -> ClientConfig {
-        let mut c = schemas::kafka::client_config(kafka);
+        let mut c = schemas::kafka::producer_config(kafka);
         c.set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("compression.type", kafka.compression.as_str())
             .set("linger.ms", "2")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "200000")

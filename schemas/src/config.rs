@@ -12,9 +12,9 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Create missing topics at start.
     pub create_topics: bool,
-    /// Compression of the usage-event batches the ingest produces (`none`, `lz4`, `zstd`,
-    /// `snappy`, `gzip`; default `lz4`). Every consumer of the events topic (the aggregator and
-    /// each ingest's tail) decompresses every batch, but the broker handles a quarter of the bytes:
+    /// Compression of the messages this service produces (`none`, `lz4`, `zstd`, `snappy`, `gzip`;
+    /// default `lz4`): the ingest's usage-event batches, the aggregator's quota state and alerts.
+    /// Every consumer decompresses what it reads, but the broker handles a quarter of the bytes:
     /// on the local broker `none` cost more CPU in total than `lz4` (see the README's benchmark).
     pub compression: Compression,
 }

@@ -19,6 +19,15 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// Base settings for a producer: [`client_config`] and the configured compression. Every producer
+/// of the project starts from here (the ingest's usage events, the aggregator's quota state and
+/// alerts), so `kafka.compression` means the same in each service.
+pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = client_config(config);
+    c.set("compression.type", config.compression.as_str());
+    c
+}
+
 /// Creates the pipeline's topics; an existing topic is fine.
 pub async fn ensure_topics(
     config: &KafkaConfig,
