@@ -187,9 +187,10 @@ fn note_message(view: &QuotaView, payload: &[u8], position: (i32, i64)) {
         wire.check_produced(wire.received_at()?, Window::default(), catalog)
     }
     let catalog = view.catalog();
+    let batch = is_batch(payload);
     // Nearly every batch is plain: read in one pass and noted when every element passes its
     // check; otherwise read again element by element below.
-    if is_batch(payload)
+    if batch
         && let Some(events) = Wire::parse_batch(payload).and_then(|wires| {
             wires
                 .iter()
@@ -202,7 +203,7 @@ fn note_message(view: &QuotaView, payload: &[u8], position: (i32, i64)) {
         }
         return;
     }
-    let elements: Vec<&RawValue> = if is_batch(payload) {
+    let elements: Vec<&RawValue> = if batch {
         serde_json::from_slice(payload).unwrap_or_default()
     } else {
         serde_json::from_slice(payload)
