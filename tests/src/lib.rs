@@ -118,6 +118,14 @@ where
     }
 }
 
+/// The rollup tables, finest first.
+pub const ROLLUP_TABLES: [&str; 4] = [
+    "usage_minute",
+    "usage_hourly",
+    "usage_daily",
+    "usage_monthly",
+];
+
 /// Resources of one test. The database is dropped when the test passes and kept when it fails.
 #[derive(Debug)]
 pub struct TestEnv {
@@ -350,6 +358,54 @@ impl TestEnv {
             .execute()
             .await
             .expect("store random events");
+    }
+
+    /// Waits until `n` events are stored, then asserts each counts exactly once: in `events_raw`
+    /// (as many rows as distinct ids), in every rollup (events and `total` quantity), and in the
+    /// quota state published on the state topic (equal to ClickHouse's daily usage).
+    pub async fn assert_stored_exactly(&self, n: u64, total: f64) {
+        wait_until(Duration::from_secs(60), "every event stored", || async {
+            (self.raw_counts().await.0 >= n).then_some(())
+        })
+        .await;
+        // An insert's rows are visible in events_raw before its views have written the rollups (on
+        // a loaded machine, for a while): wait for those too, then let the assertions below say
+        // what is missing if they never get there.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for table in ROLLUP_TABLES {
+            while self.rollup_totals(table).await.0 < n && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        // Give a wrongly duplicating pipeline the chance to show it.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(self.raw_counts().await, (n, n), "raw rows, distinct ids");
+        for table in ROLLUP_TABLES {
+            assert_eq!(self.rollup_totals(table).await, (n, total), "{table}");
+        }
+        // The quota state published on the state topic counts every event once as well.
+        let expected = self.daily_usage().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let published = tokio::task::block_in_place(|| self.published_usage());
+            if published == expected {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let wrong: Vec<String> = expected
+                    .iter()
+                    .filter(|(k, v)| published.get(*k) != Some(v))
+                    .take(5)
+                    .map(|(k, v)| format!("{k}: published {:?}, stored {v:?}", published.get(k)))
+                    .collect();
+                panic!(
+                    "published quota state differs from ClickHouse's daily usage ({} keys stored, {} published), e.g. {wrong:?}",
+                    expected.len(),
+                    published.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Number of distinct (tenant, id) in events_raw and total rows (they must be equal).

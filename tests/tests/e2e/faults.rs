@@ -9,58 +9,6 @@ use rand::Rng;
 use tests::servers::{Broker, ClickHouse};
 use tests::{TestEnv, events, send_all, wait_until};
 
-const ROLLUPS: [&str; 4] = [
-    "usage_minute",
-    "usage_hourly",
-    "usage_daily",
-    "usage_monthly",
-];
-
-async fn assert_exact(env: &TestEnv, n: u64, total: f64) {
-    wait_until(Duration::from_secs(60), "every event stored", || async {
-        (env.raw_counts().await.0 >= n).then_some(())
-    })
-    .await;
-    // An insert's rows are visible in events_raw before its views have written the rollups (on a
-    // loaded machine, for a while): wait for those too, then let the assertions below say what is
-    // missing if they never get there.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    for table in ROLLUPS {
-        while env.rollup_totals(table).await.0 < n && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    // Give a wrongly duplicating pipeline the chance to show it.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(env.raw_counts().await, (n, n), "raw rows, distinct ids");
-    for table in ROLLUPS {
-        assert_eq!(env.rollup_totals(table).await, (n, total), "{table}");
-    }
-    // The quota state published on the state topic counts every event once as well.
-    let expected = env.daily_usage().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let published = tokio::task::block_in_place(|| env.published_usage());
-        if published == expected {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            let wrong: Vec<String> = expected
-                .iter()
-                .filter(|(k, v)| published.get(*k) != Some(v))
-                .take(5)
-                .map(|(k, v)| format!("{k}: published {:?}, stored {v:?}", published.get(k)))
-                .collect();
-            panic!(
-                "published quota state differs from ClickHouse's daily usage ({} keys stored, {} published), e.g. {wrong:?}",
-                expected.len(),
-                published.len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// Starts an aggregator process; its log is appended to `.data/test-logs/<test>-aggregator.log`.
 fn spawn_aggregator(env: &TestEnv) -> Child {
     tests::spawn_binary(
@@ -118,7 +66,7 @@ async fn sigkill_of_the_aggregator_at_random_points_keeps_totals_exact() {
     }
     sender.await.expect("sender");
     let mut child = spawn_aggregator(&env);
-    assert_exact(&env, n as u64, total).await;
+    env.assert_stored_exactly(n as u64, total).await;
     let _ = child.kill();
     let _ = child.wait();
     ingest.stop().await;
@@ -154,7 +102,7 @@ async fn broker_restart_with_durable_storage_loses_and_doubles_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     broker.restart();
     sender.await.expect("sender");
-    assert_exact(&env, n as u64, total).await;
+    env.assert_stored_exactly(n as u64, total).await;
     agg.stop().await;
     ingest.stop().await;
 }
@@ -187,7 +135,7 @@ async fn clickhouse_stopped_and_started_mid_stream_is_recovered_by_itself() {
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     ch.start_again();
-    assert_exact(&env, n as u64, total).await;
+    env.assert_stored_exactly(n as u64, total).await;
     assert!(
         metrics.flush_failures.get() > 0,
         "the outage was not noticed: the test did not test it"
@@ -232,7 +180,7 @@ async fn an_insert_that_landed_without_an_answer_counts_once() {
         (proxy.lost() >= 1).then_some(())
     })
     .await;
-    assert_exact(&env, n as u64, total).await;
+    env.assert_stored_exactly(n as u64, total).await;
     assert!(
         metrics.flush_failures.get() >= 1,
         "the lost answers were not noticed: the test did not test it"

@@ -338,13 +338,7 @@ fn an_aggregator_dropped_with_its_runtime_mid_batch_lets_go_and_loses_nothing() 
             "the pending batch was not written"
         );
         let (agg, _) = env.start_aggregator().await;
-        wait_until(Duration::from_secs(60), "every event stored", || async {
-            (env.raw_counts().await.0 >= n as u64).then_some(())
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(env.raw_counts().await, (n as u64, n as u64));
-        assert_eq!(env.rollup_totals("usage_minute").await, (n as u64, total));
+        env.assert_stored_exactly(n as u64, total).await;
         agg.stop().await;
         ingest.stop().await;
     });

@@ -10,14 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
-use tests::{TestEnv, events, send_all, wait_until};
-
-const ROLLUPS: [&str; 4] = [
-    "usage_minute",
-    "usage_hourly",
-    "usage_daily",
-    "usage_monthly",
-];
+use tests::{ROLLUP_TABLES, TestEnv, events, send_all, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn n_events_count_exactly_once_in_raw_and_every_rollup_even_when_resent() {
@@ -55,7 +48,7 @@ async fn n_events_count_exactly_once_in_raw_and_every_rollup_even_when_resent() 
         (n as u64, n as u64),
         "raw rows, distinct ids"
     );
-    for table in ROLLUPS {
+    for table in ROLLUP_TABLES {
         assert_eq!(env.rollup_totals(table).await, (n as u64, total), "{table}");
     }
     let per_endpoint: Vec<(String, u64)> = env
