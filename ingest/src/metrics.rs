@@ -50,7 +50,9 @@ impl Default for Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(exponential_buckets(0.0001, 2.0, 16))) as fn() -> Histogram,
+            // 10 µs to 5.2 s: a quota check is answered in tens of microseconds, so the smallest
+            // bucket must be below that for its p99 to be read from the histogram.
+            (|| Histogram::new(exponential_buckets(0.000_01, 2.0, 20))) as fn() -> Histogram,
         );
         let events_accepted = Counter::default();
         let events_rejected = Family::<CodeLabels, Counter>::default();
@@ -95,5 +97,51 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The upper bound of the first `http_request_duration_seconds` bucket that holds a request.
+    fn first_bucket_holding_one(text: &str) -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("http_request_duration_seconds_bucket"))
+            .filter(|l| l.ends_with(" 1"))
+            .filter_map(|l| {
+                l.split("le=\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    #[test]
+    fn a_request_of_tens_of_microseconds_is_told_apart_from_one_of_seventy_microseconds() {
+        let fast = Metrics::default();
+        let route = RouteLabels {
+            route: "/v1/customers/{customer}/quota".into(),
+        };
+        fast.request_duration
+            .get_or_create(&route)
+            .observe(0.000_015);
+        let slow = Metrics::default();
+        slow.request_duration
+            .get_or_create(&route)
+            .observe(0.000_07);
+        let (fast, slow) = (
+            first_bucket_holding_one(&fast.render()),
+            first_bucket_holding_one(&slow.render()),
+        );
+        assert!(fast <= 0.000_02, "15 µs lands in the bucket up to {fast} s");
+        assert!(
+            fast < slow,
+            "15 µs and 70 µs share the bucket up to {fast} s"
+        );
+        assert!(slow <= 0.000_1, "70 µs lands in the bucket up to {slow} s");
     }
 }

@@ -262,7 +262,7 @@ async fn server_histogram(base: &str, route: &str) -> Vec<(f64, u64)> {
 }
 
 /// The server-side p99 of the requests between two histogram readings, as the upper bound of the
-/// bucket it falls in (buckets double from 0.1 ms).
+/// bucket it falls in (buckets double from 10 µs).
 fn server_p99_ms(before: &[(f64, u64)], after: &[(f64, u64)]) -> f64 {
     let delta: Vec<(f64, u64)> = after
         .iter()
@@ -275,7 +275,8 @@ fn server_p99_ms(before: &[(f64, u64)], after: &[(f64, u64)]) -> f64 {
     delta
         .iter()
         .find(|(_, n)| *n as f64 >= total as f64 * 0.99)
-        .map_or(f64::NAN, |(le, _)| le * 1000.0)
+        // Rounded to the microsecond: the bounds are powers of two times 10 µs.
+        .map_or(f64::NAN, |(le, _)| (le * 1e6).round() / 1000.0)
 }
 
 /// A private redis-server on a free port (Debian's package; `scripts/install.sh redis`), with the

@@ -647,7 +647,8 @@ pub fn bench_output(name: &str, value: &Value) {
 }
 
 /// A workspace binary run as its own process by a benchmark, its log under `.data/bench-logs/`
-/// (`RUST_LOG` from `BENCH_SERVICE_LOG`, default `warn`); stopped with SIGTERM.
+/// (`RUST_LOG` from `BENCH_SERVICE_LOG`, default `warn`); stopped with SIGTERM, killed if dropped
+/// while still running.
 #[derive(Debug)]
 pub struct Service {
     /// The binary's name (`ingest`, `aggregator`).
@@ -700,6 +701,17 @@ impl Service {
             .status();
         let _ = self.child.wait();
         (self.name.to_string(), self.peak_rss_kb)
+    }
+}
+
+/// A benchmark that panics (or returns early) must not leave its services running: they would
+/// skew the next benchmark's CPU figures.
+impl Drop for Service {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
