@@ -1,15 +1,13 @@
-//! HTTP routes: event intake, health, readiness, metrics; request ids and per-route metrics.
+//! HTTP routes: event intake, health, readiness, metrics (the per-request layer is `request`).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::producer::Outgoing;
 use crate::quota::Noted;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
@@ -20,15 +18,12 @@ use schemas::event::{Intake, UsageEvent};
 use schemas::wire::{Checked, Wire};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tower_http::request_id::{
-    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::trace::TraceLayer;
+use tower_http::request_id::RequestId;
 
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::keys::{KeyInfo, KeyStore, Scope};
-use crate::metrics::{CodeLabels, Metrics, RequestLabels, RouteLabels};
+use crate::metrics::{CodeLabels, Metrics};
 use crate::producer::{EventProducer, MAX_REJECTED_PAYLOAD, Rejection};
 
 /// Shared state of the handlers: one allocation, so that the per-request clones axum makes of its
@@ -71,60 +66,49 @@ pub struct Shared {
     pub ch: clickhouse::Client,
 }
 
-const REQUEST_ID: &str = "x-request-id";
-
 /// The router with every route and layer.
 pub fn router(state: AppState) -> Router {
-    let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
     Router::new()
         .route("/v1/events", post(post_events))
         .route("/v1/check", post(crate::query::post_check))
-        .route("/v1/customers/{customer}/quota", get(crate::query::get_quota))
-        .route("/v1/customers/{customer}/usage", get(crate::query::get_usage))
-        .route("/v1/customers/{customer}/history", get(crate::query::get_history))
-        .route("/v1/customers/{customer}/plan", post(crate::query::post_plan))
+        .route(
+            "/v1/customers/{customer}/quota",
+            get(crate::query::get_quota),
+        )
+        .route(
+            "/v1/customers/{customer}/usage",
+            get(crate::query::get_usage),
+        )
+        .route(
+            "/v1/customers/{customer}/history",
+            get(crate::query::get_history),
+        )
+        .route(
+            "/v1/customers/{customer}/plan",
+            post(crate::query::post_plan),
+        )
         .route(
             "/v1/customers/{customer}/limits/{meter}",
             axum::routing::put(crate::query::put_limit).delete(crate::query::delete_limit),
         )
-        .route("/v1/customers/{customer}/grants", post(crate::query::post_grant))
+        .route(
+            "/v1/customers/{customer}/grants",
+            post(crate::query::post_grant),
+        )
         .route("/usage", get(crate::seed::get_usage))
         .route("/usage/track", post(crate::seed::post_track))
         .route("/usage/history", get(crate::seed::get_history))
         .route("/openapi.json", get(openapi))
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .merge(crate::dashboard::routes())
-        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
-        }))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(crate::request::RequestLayer::new(state.metrics.clone()))
         .with_state(state)
-}
-
-async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let start = Instant::now();
-    let response = next.run(req).await;
-    let labels = RequestLabels {
-        route: route.clone(),
-        status: response.status().as_u16(),
-    };
-    state.metrics.requests.get_or_create(&labels).inc();
-    state
-        .metrics
-        .request_duration
-        .get_or_create(&RouteLabels { route })
-        .observe(start.elapsed().as_secs_f64());
-    response
 }
 
 fn request_id(id: &Option<Extension<RequestId>>) -> Option<String> {

@@ -13,7 +13,8 @@
 //! - [`state`]: builds the view from ClickHouse at start and follows the state topic.
 //! - [`query`]: quota, check-and-track, usage, history and admin plan endpoints.
 //! - [`seed`]: the seed application's `/usage` endpoints over the native API.
-//! - [`http`]: routes and middleware.
+//! - [`http`]: routes, intake and health.
+//! - [`request`]: the per-request layer (request id, tracing span, per-route metrics).
 //! - [`dashboard`]: the customer dashboard page, its embeddable compact display, the plans list and signed sign-in links.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`app`]: build, serve, shut down.
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod producer;
 pub mod query;
 pub mod quota;
+pub mod request;
 pub mod seed;
 pub mod state;
 
