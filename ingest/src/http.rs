@@ -368,9 +368,9 @@ fn fast_events<'a>(body: &'a [u8], ctx: &Intake<'a>, state: &AppState) -> Option
 async fn produce<E: Outgoing>(
     state: &AppState,
     events: &[E],
-    noted: impl Fn(&E) -> Noted<'_>,
+    noted: impl Fn(&E) -> Noted<'_> + Sync,
 ) -> Result<usize, ApiError> {
-    match state.producer.send_events(events).await {
+    match state.producer.send_events(events, &noted).await {
         Ok(positions) => {
             let n = positions.len();
             state.metrics.events_accepted.inc_by(n as u64);

@@ -10,6 +10,7 @@
 //! - [`keys`]: API key creation, hashing and the in-memory key store.
 //! - [`producer`]: the acks=all producer.
 //! - [`quota`]: the in-memory quota view (plans, daily usage, this instance's pending usage).
+//! - [`notes`]: the compact header of a batch message that other instances' tails count from.
 //! - [`state`]: builds the view from ClickHouse at start and follows the state topic.
 //! - [`query`]: quota, check-and-track, usage, history and admin plan endpoints.
 //! - [`seed`]: the seed application's `/usage` endpoints over the native API.
@@ -29,6 +30,7 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod notes;
 pub mod producer;
 pub mod query;
 pub mod quota;

@@ -17,6 +17,8 @@ use schemas::wire::Checked;
 use serde::Serialize;
 
 use crate::Result;
+use crate::notes::NOTES_HEADER;
+use crate::quota::Noted;
 
 /// Why a batch was not acknowledged.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +142,8 @@ pub struct BatchMessage {
     pub partition: i32,
     /// A JSON array of the events.
     pub payload: Vec<u8>,
+    /// Its [`crate::notes::NOTES_HEADER`]: what the quota view counts of each event.
+    pub notes: Vec<u8>,
     /// Indexes of the events in the request.
     pub members: Vec<usize>,
 }
@@ -222,11 +226,13 @@ impl EventProducer {
 
     /// Sends every event and waits until the broker acknowledged all of them. Returns each
     /// event's (partition, offset).
+    /// `noted` gives what the quota view counts of an event, for the batches' notes header.
     pub async fn send_events<E: Outgoing>(
         &self,
         events: &[E],
+        noted: &(dyn Fn(&E) -> Noted<'_> + Sync),
     ) -> Result<Vec<(i32, i64)>, ProduceError> {
-        let result = self.try_send_events(events).await;
+        let result = self.try_send_events(events, noted).await;
         if matches!(result, Err(ProduceError::Broker(_))) {
             self.recover();
         }
@@ -271,7 +277,13 @@ impl EventProducer {
     pub fn batches<E: Outgoing>(
         events: &[E],
         partitions: i32,
+        noted: &(dyn Fn(&E) -> Noted<'_> + Sync),
     ) -> Result<Vec<BatchMessage>, ProduceError> {
+        let notes_of = |members: &[usize]| {
+            let mut notes = Vec::with_capacity(members.len() * 64 + 5);
+            crate::notes::encode(members.iter().map(|&i| noted(&events[i])), &mut notes);
+            notes
+        };
         let mut by_partition: std::collections::BTreeMap<i32, Vec<usize>> = Default::default();
         for (i, e) in events.iter().enumerate() {
             by_partition
@@ -289,6 +301,7 @@ impl EventProducer {
                     out.push(BatchMessage {
                         partition,
                         payload: std::mem::take(&mut payload),
+                        notes: notes_of(&members),
                         members: std::mem::take(&mut members),
                     });
                 }
@@ -300,6 +313,7 @@ impl EventProducer {
             out.push(BatchMessage {
                 partition,
                 payload,
+                notes: notes_of(&members),
                 members,
             });
         }
@@ -309,10 +323,11 @@ impl EventProducer {
     async fn try_send_events<E: Outgoing>(
         &self,
         events: &[E],
+        noted: &(dyn Fn(&E) -> Noted<'_> + Sync),
     ) -> Result<Vec<(i32, i64)>, ProduceError> {
         let partitions = self.event_partitions().await?;
         let producer = self.current();
-        let batches = Self::batches(events, partitions)?;
+        let batches = Self::batches(events, partitions, noted)?;
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "content-type",
@@ -326,6 +341,7 @@ impl EventProducer {
         for BatchMessage {
             partition,
             payload,
+            notes,
             members,
         } in &batches
         {
@@ -335,7 +351,10 @@ impl EventProducer {
                 .partition(*partition)
                 .key(first.tenant().as_bytes())
                 .payload(payload)
-                .headers(headers.clone())
+                .headers(headers.clone().insert(Header {
+                    key: NOTES_HEADER,
+                    value: Some(notes),
+                }))
                 .timestamp(ts);
             match producer.send_result(record) {
                 Ok(delivery) => pending.push(delivery),
@@ -441,14 +460,20 @@ mod tests {
             .collect();
         // One customer's large events: more than one message on its partition.
         events.extend((300..320).map(|i| event(i, "big", MAX_MESSAGE_BYTES / 8)));
-        let batches = EventProducer::batches(&events, 4).expect("batches");
+        let catalog = schemas::Catalog::default();
+        let batches =
+            EventProducer::batches(&events, 4, &|e| Noted::of_event(e, &catalog)).expect("batches");
         let mut seen = vec![0; events.len()];
         for b in &batches {
             let decoded: Vec<UsageEvent> = serde_json::from_slice(&b.payload).expect("array");
             assert_eq!(decoded.len(), b.members.len());
-            for (e, &i) in decoded.iter().zip(&b.members) {
+            // The notes header holds each event of the message, in its order.
+            let notes = crate::notes::decode(&b.notes).expect("notes read back");
+            assert_eq!(notes.len(), b.members.len());
+            for ((e, &i), n) in decoded.iter().zip(&b.members).zip(&notes) {
                 assert_eq!(e, &events[i], "order and content kept");
                 assert_eq!(e.partition(4), b.partition, "one partition per message");
+                assert_eq!((n.customer, n.id), (e.customer.as_str(), e.id.as_str()));
                 seen[i] += 1;
             }
             assert!(b.payload.len() < MAX_MESSAGE_BYTES + MAX_MESSAGE_BYTES / 4);

@@ -382,7 +382,12 @@ pub async fn track(
     if events.is_empty() {
         return Ok(results);
     }
-    match state.producer.send_events(&events).await {
+    let catalog = &state.catalog;
+    let sent = state
+        .producer
+        .send_events(&events, &|e| crate::quota::Noted::of_event(e, catalog))
+        .await;
+    match sent {
         Ok(positions) => {
             state.metrics.events_accepted.inc_by(events.len() as u64);
             for (((_, customer, meter, r), pos), event) in

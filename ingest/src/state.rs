@@ -21,6 +21,7 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
+use crate::notes::NOTES_HEADER;
 use crate::quota::{Noted, QuotaView};
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
@@ -137,19 +138,22 @@ pub async fn follow(
         };
         match msg {
             Ok(m) if m.topic() == topics.events => {
-                // Batches this instance produced were counted when the broker acknowledged them.
-                let own = m.headers().is_some_and(|h| {
-                    h.iter()
-                        .any(|h| h.key == ORIGIN_HEADER && h.value == Some(origin.as_bytes()))
-                });
-                if own {
-                    continue;
+                let position = (m.partition(), m.offset());
+                let (mut own, mut notes) = (false, None);
+                for h in m.headers().into_iter().flat_map(|h| h.iter()) {
+                    // Batches this instance produced were counted when the broker acknowledged
+                    // them (its origin header comes before its notes).
+                    if h.key == ORIGIN_HEADER && h.value == Some(origin.as_bytes()) {
+                        own = true;
+                        break;
+                    }
+                    if h.key == NOTES_HEADER {
+                        notes = h.value;
+                    }
                 }
-                note_message(
-                    &view,
-                    m.payload().unwrap_or_default(),
-                    (m.partition(), m.offset()),
-                );
+                if !own {
+                    note_batch(&view, notes, m.payload().unwrap_or_default(), position);
+                }
             }
             Ok(m) => {
                 if let Some(payload) = m.payload() {
@@ -177,6 +181,19 @@ pub async fn follow(
         }
     }
     Ok(())
+}
+
+/// Notes the events of a batch message another instance produced: from its notes header when it
+/// has one that reads back, else from its JSON ([`note_message`]).
+fn note_batch(view: &QuotaView, notes: Option<&[u8]>, payload: &[u8], position: (i32, i64)) {
+    match notes.and_then(crate::notes::decode) {
+        Some(notes) => {
+            for n in notes {
+                view.note(n, position);
+            }
+        }
+        None => note_message(view, payload, position),
+    }
 }
 
 /// Notes the events of a message another instance produced: plain events through the fast path
@@ -263,5 +280,51 @@ mod tests {
             (0, 3),
         );
         assert_eq!(pending("d"), 2);
+    }
+
+    #[test]
+    fn a_batch_with_a_notes_header_counts_as_its_json_does_and_a_bad_header_falls_back() {
+        let catalog = Catalog::default();
+        let at = "2026-03-10T12:00:00Z";
+        let events: Vec<UsageEvent> = [("e1", "c"), ("e2", "c"), ("e3", "d")]
+            .iter()
+            .map(|(id, customer)| {
+                serde_json::from_value(serde_json::json!({
+                    "specversion": "1.0", "id": id, "source": "api", "type": "api_call",
+                    "subject": customer, "time": at, "data": {"endpoint": "analyze"},
+                    "tenant": "t", "receivedat": at
+                }))
+                .expect("event")
+            })
+            .collect();
+        let batches =
+            crate::producer::EventProducer::batches(&events, 1, &|e| Noted::of_event(e, &catalog))
+                .expect("batches");
+        let [batch] = &batches[..] else {
+            panic!("one partition, one message: {batches:?}")
+        };
+        let view = || QuotaView::new(Arc::new(Catalog::default()), UnknownCustomer::DefaultPlan);
+        let counts = |v: &QuotaView| {
+            (
+                v.pending("t", "c", "api_call"),
+                v.pending("t", "d", "api_call"),
+            )
+        };
+
+        let from_json = view();
+        note_batch(&from_json, None, &batch.payload, (0, 1));
+        assert_eq!(counts(&from_json), (2, 1));
+        // The header alone is read: the payload is not even JSON here.
+        let from_notes = view();
+        note_batch(&from_notes, Some(&batch.notes), b"not json", (0, 1));
+        assert_eq!(counts(&from_notes), counts(&from_json));
+        // A retry of the same ids at a later offset counts once, as from the JSON.
+        note_batch(&from_notes, Some(&batch.notes), b"not json", (0, 2));
+        assert_eq!(counts(&from_notes), (2, 1));
+        // A header that does not read back: the JSON is read instead.
+        let cut = view();
+        let short = &batch.notes[..batch.notes.len() - 1];
+        note_batch(&cut, Some(short), &batch.payload, (0, 1));
+        assert_eq!(counts(&cut), (2, 1));
     }
 }

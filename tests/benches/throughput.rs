@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use aggregator::decode::{Decoded, Position, decode_events};
 use bytes::Bytes;
 use ingest::keys::Scope;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::Catalog;
 use schemas::event::{Intake, Window, validate};
@@ -71,8 +72,9 @@ fn bodies(run: &str, n: usize) -> Vec<Bytes> {
 
 /// The messages the ingest produces for `bodies` (one per request and partition), and the same
 /// events as one message per event (the conventional layout, a second baseline):
-/// (batch messages, per-event messages), each (partition, key, payload).
-type Messages = Vec<(i32, String, Vec<u8>)>;
+/// (batch messages, per-event messages), each (partition, key, payload, the ingest's notes header:
+/// empty for the per-event messages, which the ingest does not produce).
+type Messages = Vec<(i32, String, Vec<u8>, Vec<u8>)>;
 
 fn messages(bodies: &[Bytes], partitions: i32) -> (Messages, Messages) {
     let catalog = Catalog::default();
@@ -95,10 +97,14 @@ fn messages(bodies: &[Bytes], partitions: i32) -> (Messages, Messages) {
                 e.partition(partitions),
                 e.partition_key(),
                 serde_json::to_vec(e).expect("json"),
+                Vec::new(),
             ));
         }
-        for b in ingest::producer::EventProducer::batches(&events, partitions).expect("batches") {
-            batched.push((b.partition, "bench".to_string(), b.payload));
+        let batches = ingest::producer::EventProducer::batches(&events, partitions, &|e| {
+            ingest::quota::Noted::of_event(e, &catalog)
+        });
+        for b in batches.expect("batches") {
+            batched.push((b.partition, "bench".to_string(), b.payload, b.notes));
         }
     }
     (batched, single)
@@ -106,7 +112,7 @@ fn messages(bodies: &[Bytes], partitions: i32) -> (Messages, Messages) {
 
 /// Baseline 1: the same messages produced straight to the broker with rdkafka, with the ingest's
 /// producer settings (idempotent, acks=all, lz4). Returns events/s for `events` events.
-async fn raw_produce(env: &TestEnv, msgs: &[(i32, String, Vec<u8>)], events: usize) -> f64 {
+async fn raw_produce(env: &TestEnv, msgs: &Messages, events: usize) -> f64 {
     let producer: FutureProducer =
         ingest::producer::EventProducer::client_config(&env.kafka, Duration::from_secs(30))
             // Room for every message at once: the baseline never waits for queue space.
@@ -117,11 +123,17 @@ async fn raw_produce(env: &TestEnv, msgs: &[(i32, String, Vec<u8>)], events: usi
     let topic = env.topics.events.clone();
     let start = Instant::now();
     let mut pending = Vec::with_capacity(msgs.len());
-    for (partition, key, payload) in msgs {
-        let record = FutureRecord::to(&topic)
+    for (partition, key, payload, notes) in msgs {
+        let mut record = FutureRecord::to(&topic)
             .partition(*partition)
             .key(key)
             .payload(payload);
+        if !notes.is_empty() {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: ingest::notes::NOTES_HEADER,
+                value: Some(notes),
+            }));
+        }
         match producer.send_result(record) {
             Ok(d) => pending.push(d),
             Err((e, _)) => panic!("raw produce: {e}"),
@@ -135,12 +147,12 @@ async fn raw_produce(env: &TestEnv, msgs: &[(i32, String, Vec<u8>)], events: usi
 
 /// Baseline 2: the same rows (as the aggregator decodes them) inserted straight into `events_raw`,
 /// whose materialized views fill the rollups, in batches of the aggregator's size. Returns events/s.
-async fn raw_insert(env: &TestEnv, msgs: &[(i32, String, Vec<u8>)], batch: usize) -> f64 {
+async fn raw_insert(env: &TestEnv, msgs: &Messages, batch: usize) -> f64 {
     let catalog = Catalog::default();
     let rows: Vec<RawEventRow> = msgs
         .iter()
         .enumerate()
-        .flat_map(|(i, (partition, _, payload))| {
+        .flat_map(|(i, (partition, _, payload, _))| {
             let pos = Position {
                 topic: "rawbase",
                 partition: *partition,
