@@ -23,17 +23,21 @@ pub const NOTES_HEADER: &str = "usage-notes";
 
 const VERSION: u8 = 1;
 
-/// Appends the notes of `notes` (each event of one batch message, in order) to `out`.
+/// Appends the notes of `notes` (each event of one batch message, in order) to `out`. Appends
+/// nothing if a field does not fit its 16-bit length (the intake's limits keep every one far
+/// below): the batch is then read from its JSON.
 pub fn encode<'a>(notes: impl ExactSizeIterator<Item = Noted<'a>>, out: &mut Vec<u8>) {
+    let start = out.len();
     out.push(VERSION);
     out.extend_from_slice(&(notes.len() as u32).to_le_bytes());
     for n in notes {
         for s in [n.tenant, n.customer, n.id, n.meter] {
-            // Every field is far below 64 KiB after the intake's checks; cut rather than wrap, so
-            // that a field that somehow is not makes the header unreadable, never misread.
-            let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+            let Ok(len) = u16::try_from(s.len()) else {
+                out.truncate(start);
+                return;
+            };
             out.extend_from_slice(&len.to_le_bytes());
-            out.extend_from_slice(&s.as_bytes()[..usize::from(len).min(s.len())]);
+            out.extend_from_slice(s.as_bytes());
         }
         match n.quantity {
             None => out.push(0),
@@ -147,6 +151,17 @@ mod tests {
         for (a, b) in notes.iter().zip(&back) {
             assert!(same(a, b), "{a:?} came back as {b:?}");
         }
+    }
+
+    #[test]
+    fn a_field_too_long_for_its_length_leaves_no_header() {
+        let long = "x".repeat(usize::from(u16::MAX) + 1);
+        let mut out = vec![7];
+        encode(
+            [noted("c", "e1", None), noted("c", &long, None)].into_iter(),
+            &mut out,
+        );
+        assert_eq!(out, [7], "nothing appended");
     }
 
     #[test]
