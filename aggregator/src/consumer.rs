@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Result;
 use crate::config::Config;
 use crate::decode::{Decoded, Position, decode_events, decode_rejection, decode_subscription};
+use crate::gaps::{Gaps, Verdict};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::sink::{Batch, Outcome, Sink};
 use crate::state::{Published, Publisher};
@@ -32,6 +33,8 @@ use crate::state::{Published, Publisher};
 struct Shared {
     batch: Batch,
     owned: HashSet<(String, i32)>,
+    /// The next offset expected per owned partition (a fetch that skipped messages is read again).
+    gaps: Gaps,
     /// The previous batch's flush, running while the next batch is read.
     inflight: Option<tokio::task::JoinHandle<Tail>>,
     /// A flushed batch, emptied, to be filled next (its buffers keep their capacity).
@@ -344,6 +347,9 @@ impl Context {
         }
         tracing::info!(partitions = ?owned, "partitions assigned at stored offsets");
         let mut shared = lock(&self.shared);
+        for (topic, partition, _) in &owned {
+            shared.gaps.forget(topic, *partition);
+        }
         shared
             .owned
             .extend(owned.into_iter().map(|(t, p, _)| (t, p)));
@@ -370,6 +376,7 @@ impl Context {
         let mut shared = lock(&self.shared);
         for e in tpl.elements() {
             shared.owned.remove(&(e.topic().to_string(), e.partition()));
+            shared.gaps.forget(e.topic(), e.partition());
         }
         self.metrics
             .assigned_partitions
@@ -412,7 +419,9 @@ impl ConsumerContext for Context {
             other => {
                 tracing::error!(?other, "rebalance error; dropping assignment");
                 let _ = base.unassign();
-                lock(&self.shared).owned.clear();
+                let mut shared = lock(&self.shared);
+                shared.owned.clear();
+                shared.gaps.clear();
             }
         }
     }
@@ -630,6 +639,45 @@ impl Worker {
                             .contains(&(pos.topic.to_string(), pos.partition))
                         {
                             continue;
+                        }
+                        let verdict = shared.gaps.observe(
+                            pos.topic,
+                            pos.partition,
+                            pos.offset,
+                            Instant::now(),
+                        );
+                        match verdict {
+                            Verdict::Take => {}
+                            Verdict::Wait => continue,
+                            Verdict::Reread(from) => {
+                                drop(shared);
+                                self.metrics.fetch_gaps_reread.inc();
+                                tracing::warn!(
+                                    topic = pos.topic,
+                                    partition = pos.partition,
+                                    from,
+                                    got = pos.offset,
+                                    "a fetch skipped messages; reading the partition again from the first missing one"
+                                );
+                                let to = Offset::Offset(from);
+                                if let Err(e) =
+                                    self.consumer
+                                        .seek(pos.topic, pos.partition, to, Duration::ZERO)
+                                {
+                                    tracing::error!(error = %e, "seek failed");
+                                }
+                                continue;
+                            }
+                            Verdict::TakeAfterGap { from } => {
+                                self.metrics.fetch_gaps_accepted.inc();
+                                tracing::error!(
+                                    topic = pos.topic,
+                                    partition = pos.partition,
+                                    from,
+                                    to = pos.offset - 1,
+                                    "offsets never came after every re-read; going on without them"
+                                );
+                            }
                         }
                         shared
                             .batch

@@ -12,6 +12,7 @@
 //! - [`sink`]: idempotent batch writes and stored offsets.
 //! - [`state`]: quota state and alerts published after each batch.
 //! - [`consumer`]: the loop, batching, rebalance handling, commits.
+//! - [`gaps`]: catches a fetch that skipped messages and reads the partition again.
 //! - [`notify`]: alert notifications (signed webhooks, email), once per alert and channel.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`app`]: build, run, shut down.
@@ -24,6 +25,7 @@ pub mod consumer;
 pub mod decode;
 pub mod dedup;
 mod error;
+pub mod gaps;
 pub mod metrics;
 pub mod notify;
 pub mod sink;

@@ -27,6 +27,11 @@ pub struct Metrics {
     registry: Registry,
     /// `messages_consumed_total`.
     pub messages_consumed: Counter,
+    /// `fetch_gaps_reread_total`: partitions read again because a fetch skipped messages.
+    pub fetch_gaps_reread: Counter,
+    /// `fetch_gaps_accepted_total`: skips that stayed after every re-read (messages lost to this
+    /// consumer until the next rebalance).
+    pub fetch_gaps_accepted: Counter,
     /// `events_stored_total`: new events written to ClickHouse.
     pub events_stored: Counter,
     /// `duplicates_skipped_total`: events whose (tenant, customer, id) was already stored.
@@ -68,6 +73,8 @@ impl Default for Metrics {
         let mut r = Registry::default();
         let m = Self {
             messages_consumed: Counter::default(),
+            fetch_gaps_reread: Counter::default(),
+            fetch_gaps_accepted: Counter::default(),
             events_stored: Counter::default(),
             duplicates_skipped: Counter::default(),
             dedup_index_loads: Counter::default(),
@@ -91,6 +98,16 @@ impl Default for Metrics {
             "messages_consumed",
             "Messages read from the broker",
             m.messages_consumed.clone(),
+        );
+        r.register(
+            "fetch_gaps_reread",
+            "Partitions read again because a fetch skipped messages",
+            m.fetch_gaps_reread.clone(),
+        );
+        r.register(
+            "fetch_gaps_accepted",
+            "Fetch skips that stayed after every re-read",
+            m.fetch_gaps_accepted.clone(),
         );
         r.register(
             "events_stored",
