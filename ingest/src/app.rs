@@ -98,8 +98,11 @@ impl App {
             let (kafka, topics) = (state.config.kafka.clone(), state.config.topics.clone());
             let (view, cancel) = (state.view.clone(), cancel.clone());
             let origin = state.producer.origin().to_string();
+            let metrics = state.metrics.clone();
             tasks.spawn(async move {
-                if let Err(e) = crate::state::follow(&kafka, &topics, &origin, view, cancel).await {
+                if let Err(e) =
+                    crate::state::follow(&kafka, &topics, &origin, view, metrics, cancel).await
+                {
                     tracing::error!(error = %e, "quota state follower stopped");
                 }
             });

@@ -29,6 +29,13 @@ pub struct RouteLabels {
     pub route: &'static str,
 }
 
+/// How the events tail read another instance's batch.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabels {
+    /// `notes` (its `usage-notes` header) or `json` (its events).
+    pub read: &'static str,
+}
+
 /// Every metric the ingest exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -43,6 +50,8 @@ pub struct Metrics {
     pub events_rejected: Family<CodeLabels, Counter>,
     /// `produce_failures_total{code}`: batches answered 503.
     pub produce_failures: Family<CodeLabels, Counter>,
+    /// `tail_batches_counted_total{read}`: other instances' batches the events tail counted.
+    pub tail_batches: Family<ReadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -57,6 +66,7 @@ impl Default for Metrics {
         let events_accepted = Counter::default();
         let events_rejected = Family::<CodeLabels, Counter>::default();
         let produce_failures = Family::<CodeLabels, Counter>::default();
+        let tail_batches = Family::<ReadLabels, Counter>::default();
         registry.register("http_requests", "HTTP requests answered", requests.clone());
         registry.register(
             "http_request_duration_seconds",
@@ -78,6 +88,11 @@ impl Default for Metrics {
             "Batches answered 503, by reason",
             produce_failures.clone(),
         );
+        registry.register(
+            "tail_batches_counted",
+            "Other instances' batches the events tail counted, by what it read",
+            tail_batches.clone(),
+        );
         Self {
             registry,
             requests,
@@ -85,6 +100,7 @@ impl Default for Metrics {
             events_accepted,
             events_rejected,
             produce_failures,
+            tail_batches,
         }
     }
 }

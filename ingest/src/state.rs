@@ -80,6 +80,7 @@ pub async fn follow(
     topics: &Topics,
     origin: &str,
     view: Arc<QuotaView>,
+    metrics: Arc<crate::metrics::Metrics>,
     cancel: CancellationToken,
 ) -> Result<()> {
     let consumer: StreamConsumer = schemas::kafka::client_config(kafka)
@@ -152,7 +153,11 @@ pub async fn follow(
                     }
                 }
                 if !own {
-                    note_batch(&view, notes, m.payload().unwrap_or_default(), position);
+                    let read = note_batch(&view, notes, m.payload().unwrap_or_default(), position);
+                    metrics
+                        .tail_batches
+                        .get_or_create(&crate::metrics::ReadLabels { read })
+                        .inc();
                 }
             }
             Ok(m) => {
@@ -184,15 +189,25 @@ pub async fn follow(
 }
 
 /// Notes the events of a batch message another instance produced: from its notes header when it
-/// has one that reads back, else from its JSON ([`note_message`]).
-fn note_batch(view: &QuotaView, notes: Option<&[u8]>, payload: &[u8], position: (i32, i64)) {
+/// has one that reads back, else from its JSON ([`note_message`]). Returns which it read
+/// (`notes` or `json`).
+fn note_batch(
+    view: &QuotaView,
+    notes: Option<&[u8]>,
+    payload: &[u8],
+    position: (i32, i64),
+) -> &'static str {
     match notes.and_then(crate::notes::decode) {
         Some(notes) => {
             for n in notes {
                 view.note(n, position);
             }
+            "notes"
         }
-        None => note_message(view, payload, position),
+        None => {
+            note_message(view, payload, position);
+            "json"
+        }
     }
 }
 
@@ -312,11 +327,12 @@ mod tests {
         };
 
         let from_json = view();
-        note_batch(&from_json, None, &batch.payload, (0, 1));
+        assert_eq!(note_batch(&from_json, None, &batch.payload, (0, 1)), "json");
         assert_eq!(counts(&from_json), (2, 1));
         // The header alone is read: the payload is not even JSON here.
         let from_notes = view();
-        note_batch(&from_notes, Some(&batch.notes), b"not json", (0, 1));
+        let read = note_batch(&from_notes, Some(&batch.notes), b"not json", (0, 1));
+        assert_eq!(read, "notes");
         assert_eq!(counts(&from_notes), counts(&from_json));
         // A retry of the same ids at a later offset counts once, as from the JSON.
         note_batch(&from_notes, Some(&batch.notes), b"not json", (0, 2));
@@ -324,7 +340,10 @@ mod tests {
         // A header that does not read back: the JSON is read instead.
         let cut = view();
         let short = &batch.notes[..batch.notes.len() - 1];
-        note_batch(&cut, Some(short), &batch.payload, (0, 1));
+        assert_eq!(
+            note_batch(&cut, Some(short), &batch.payload, (0, 1)),
+            "json"
+        );
         assert_eq!(counts(&cut), (2, 1));
     }
 }

@@ -170,6 +170,35 @@ async fn another_instance_sees_usage_through_the_events_tail_and_plans_through_t
         (quota(&http, &b, &key, "cust_0").await["used"] == json!(expected)).then_some(())
     })
     .await;
+    // B's events tail counted A's batch from its usage-notes header, not from its JSON.
+    let tail = |read: &'static str| {
+        let (http, url) = (http.clone(), b.url.clone());
+        async move {
+            let text = http
+                .get(format!("{url}/metrics"))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("metrics text");
+            let line = format!("tail_batches_counted_total{{read=\"{read}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(line.as_str()))
+                .map_or(0, |v| v.trim().parse::<u64>().expect("a count"))
+        }
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "B's tail counts A's batch",
+        || async { (tail("notes").await >= 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        tail("json").await,
+        0,
+        "no batch of A was read from its JSON"
+    );
     // A plan change made on B reaches A through the state topic.
     let (s, v) = send(
         &http,
