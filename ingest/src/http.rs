@@ -272,7 +272,8 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
         window: state.config.window(),
     };
     if let Some(events) = fast_events(&body, &ctx, state) {
-        return produce(state, &events, |e| Noted::of_checked(e)).await;
+        let notes: Vec<Noted<'_>> = events.iter().map(Noted::of_checked).collect();
+        return produce(state, &events, &notes).await;
     }
 
     let value: Value = match serde_json::from_slice(&body) {
@@ -344,7 +345,11 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
         return Err(err);
     }
 
-    produce(state, &events, |e| Noted::of_event(e, &state.catalog)).await
+    let notes: Vec<Noted<'_>> = events
+        .iter()
+        .map(|e| Noted::of_event(e, &state.catalog))
+        .collect();
+    produce(state, &events, &notes).await
 }
 
 /// The request's events through the fast path ([`Wire`]) when every one is plain and valid and
@@ -364,18 +369,19 @@ fn fast_events<'a>(body: &'a [u8], ctx: &Intake<'a>, state: &AppState) -> Option
         .collect()
 }
 
-/// Produces accepted events, waits for the acknowledgement and counts them in the quota view.
+/// Produces accepted events, waits for the acknowledgement and counts them in the quota view
+/// (`notes`: what the view counts of each event, in order; also the batches' notes header).
 async fn produce<E: Outgoing>(
     state: &AppState,
     events: &[E],
-    noted: impl Fn(&E) -> Noted<'_> + Sync,
+    notes: &[Noted<'_>],
 ) -> Result<usize, ApiError> {
-    match state.producer.send_events(events, &noted).await {
+    match state.producer.send_events(events, notes).await {
         Ok(positions) => {
             let n = positions.len();
             state.metrics.events_accepted.inc_by(n as u64);
-            for (e, pos) in events.iter().zip(positions) {
-                state.view.note(noted(e), pos);
+            for (&note, pos) in notes.iter().zip(positions) {
+                state.view.note(note, pos);
             }
             Ok(n)
         }

@@ -226,13 +226,14 @@ impl EventProducer {
 
     /// Sends every event and waits until the broker acknowledged all of them. Returns each
     /// event's (partition, offset).
-    /// `noted` gives what the quota view counts of an event, for the batches' notes header.
+    /// `notes` holds what the quota view counts of each event, in order, for the batches' notes
+    /// header.
     pub async fn send_events<E: Outgoing>(
         &self,
         events: &[E],
-        noted: &(dyn Fn(&E) -> Noted<'_> + Sync),
+        notes: &[Noted<'_>],
     ) -> Result<Vec<(i32, i64)>, ProduceError> {
-        let result = self.try_send_events(events, noted).await;
+        let result = self.try_send_events(events, notes).await;
         if matches!(result, Err(ProduceError::Broker(_))) {
             self.recover();
         }
@@ -276,13 +277,14 @@ impl EventProducer {
     /// them (public for the throughput benchmark's raw-produce baseline).
     pub fn batches<E: Outgoing>(
         events: &[E],
+        notes: &[Noted<'_>],
         partitions: i32,
-        noted: &(dyn Fn(&E) -> Noted<'_> + Sync),
     ) -> Result<Vec<BatchMessage>, ProduceError> {
+        debug_assert_eq!(events.len(), notes.len());
         let notes_of = |members: &[usize]| {
-            let mut notes = Vec::with_capacity(members.len() * 64 + 5);
-            crate::notes::encode(members.iter().map(|&i| noted(&events[i])), &mut notes);
-            notes
+            let mut header = Vec::with_capacity(members.len() * 64 + 5);
+            crate::notes::encode(members.iter().map(|&i| notes[i]), &mut header);
+            header
         };
         let mut by_partition: std::collections::BTreeMap<i32, Vec<usize>> = Default::default();
         for (i, e) in events.iter().enumerate() {
@@ -323,11 +325,11 @@ impl EventProducer {
     async fn try_send_events<E: Outgoing>(
         &self,
         events: &[E],
-        noted: &(dyn Fn(&E) -> Noted<'_> + Sync),
+        notes: &[Noted<'_>],
     ) -> Result<Vec<(i32, i64)>, ProduceError> {
         let partitions = self.event_partitions().await?;
         let producer = self.current();
-        let batches = Self::batches(events, partitions, noted)?;
+        let batches = Self::batches(events, notes, partitions)?;
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "content-type",
@@ -461,8 +463,11 @@ mod tests {
         // One customer's large events: more than one message on its partition.
         events.extend((300..320).map(|i| event(i, "big", MAX_MESSAGE_BYTES / 8)));
         let catalog = schemas::Catalog::default();
-        let batches =
-            EventProducer::batches(&events, 4, &|e| Noted::of_event(e, &catalog)).expect("batches");
+        let notes: Vec<Noted<'_>> = events
+            .iter()
+            .map(|e| Noted::of_event(e, &catalog))
+            .collect();
+        let batches = EventProducer::batches(&events, &notes, 4).expect("batches");
         let mut seen = vec![0; events.len()];
         for b in &batches {
             let decoded: Vec<UsageEvent> = serde_json::from_slice(&b.payload).expect("array");

@@ -382,12 +382,11 @@ pub async fn track(
     if events.is_empty() {
         return Ok(results);
     }
-    let catalog = &state.catalog;
-    let sent = state
-        .producer
-        .send_events(&events, &|e| crate::quota::Noted::of_event(e, catalog))
-        .await;
-    match sent {
+    let notes: Vec<crate::quota::Noted<'_>> = events
+        .iter()
+        .map(|e| crate::quota::Noted::of_event(e, &state.catalog))
+        .collect();
+    match state.producer.send_events(&events, &notes).await {
         Ok(positions) => {
             state.metrics.events_accepted.inc_by(events.len() as u64);
             for (((_, customer, meter, r), pos), event) in

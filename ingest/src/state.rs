@@ -312,9 +312,11 @@ mod tests {
                 .expect("event")
             })
             .collect();
-        let batches =
-            crate::producer::EventProducer::batches(&events, 1, &|e| Noted::of_event(e, &catalog))
-                .expect("batches");
+        let notes: Vec<Noted<'_>> = events
+            .iter()
+            .map(|e| Noted::of_event(e, &catalog))
+            .collect();
+        let batches = crate::producer::EventProducer::batches(&events, &notes, 1).expect("batches");
         let [batch] = &batches[..] else {
             panic!("one partition, one message: {batches:?}")
         };

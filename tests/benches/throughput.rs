@@ -100,9 +100,11 @@ fn messages(bodies: &[Bytes], partitions: i32) -> (Messages, Messages) {
                 Vec::new(),
             ));
         }
-        let batches = ingest::producer::EventProducer::batches(&events, partitions, &|e| {
-            ingest::quota::Noted::of_event(e, &catalog)
-        });
+        let notes: Vec<_> = events
+            .iter()
+            .map(|e| ingest::quota::Noted::of_event(e, &catalog))
+            .collect();
+        let batches = ingest::producer::EventProducer::batches(&events, &notes, partitions);
         for b in batches.expect("batches") {
             batched.push((b.partition, "bench".to_string(), b.payload, b.notes));
         }
