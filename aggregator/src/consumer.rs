@@ -85,8 +85,8 @@ pub struct Context {
 
 impl ClientContext for Context {}
 
-fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(|e| e.into_inner())
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Offsets to commit: one past the last written offset, only for partitions still owned.
@@ -430,10 +430,13 @@ impl ConsumerContext for Context {
 /// A consumer context that resumes `rewind` messages before the committed offset on every
 /// assignment (for consumers that commit to Kafka and deduplicate re-read messages themselves):
 /// tansu answers a fetch from inside a record batch with the next batch, skipping the rest.
-#[derive(Debug, Clone, Copy)]
+/// It also holds the consumer's [`Gaps`], forgotten on every assignment and revocation.
+#[derive(Debug, Clone, Default)]
 pub struct RewindContext {
     /// Messages to re-read.
     pub rewind: i64,
+    /// The next offset expected per partition since its assignment.
+    pub gaps: Arc<Mutex<Gaps>>,
 }
 
 impl ClientContext for RewindContext {}
@@ -447,6 +450,7 @@ impl ConsumerContext for RewindContext {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                lock(&self.gaps).clear();
                 let committed = base
                     .committed_offsets(tpl.clone(), Duration::from_secs(10))
                     .unwrap_or_else(|e| {
@@ -471,6 +475,7 @@ impl ConsumerContext for RewindContext {
                 }
             }
             _ => {
+                lock(&self.gaps).clear();
                 let _ = base.unassign();
             }
         }
@@ -646,38 +651,12 @@ impl Worker {
                             pos.offset,
                             Instant::now(),
                         );
-                        match verdict {
-                            Verdict::Take => {}
-                            Verdict::Wait => continue,
-                            Verdict::Reread(from) => {
-                                drop(shared);
-                                self.metrics.fetch_gaps_reread.inc();
-                                tracing::warn!(
-                                    topic = pos.topic,
-                                    partition = pos.partition,
-                                    from,
-                                    got = pos.offset,
-                                    "a fetch skipped messages; reading the partition again from the first missing one"
-                                );
-                                let to = Offset::Offset(from);
-                                if let Err(e) =
-                                    self.consumer
-                                        .seek(pos.topic, pos.partition, to, Duration::ZERO)
-                                {
-                                    tracing::error!(error = %e, "seek failed");
-                                }
+                        if verdict != Verdict::Take {
+                            drop(shared);
+                            if !crate::gaps::act(verdict, &self.consumer, &self.metrics, &pos) {
                                 continue;
                             }
-                            Verdict::TakeAfterGap { from } => {
-                                self.metrics.fetch_gaps_accepted.inc();
-                                tracing::error!(
-                                    topic = pos.topic,
-                                    partition = pos.partition,
-                                    from,
-                                    to = pos.offset - 1,
-                                    "offsets never came after every re-read; going on without them"
-                                );
-                            }
+                            shared = lock(&self.shared);
                         }
                         shared
                             .batch

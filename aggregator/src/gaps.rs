@@ -20,6 +20,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use rdkafka::Offset;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+
+use crate::decode::Position;
+use crate::metrics::Metrics;
+
 /// Times a partition is read again from one gap before the gap is accepted.
 pub const MAX_REREADS: u32 = 5;
 /// Least time between two re-reads of one gap.
@@ -107,6 +113,46 @@ impl Gaps {
     /// Forgets every partition.
     pub fn clear(&mut self) {
         self.partitions.clear();
+    }
+}
+
+/// Carries out `verdict` for the message at `pos` of `consumer` (a re-read is a seek back to the
+/// first missing offset): true when the message is to be taken.
+pub fn act<C: ConsumerContext + 'static>(
+    verdict: Verdict,
+    consumer: &StreamConsumer<C>,
+    metrics: &Metrics,
+    pos: &Position<'_>,
+) -> bool {
+    match verdict {
+        Verdict::Take => true,
+        Verdict::Wait => false,
+        Verdict::Reread(from) => {
+            metrics.fetch_gaps_reread.inc();
+            tracing::warn!(
+                topic = pos.topic,
+                partition = pos.partition,
+                from,
+                got = pos.offset,
+                "a fetch skipped messages; reading the partition again from the first missing one"
+            );
+            let to = Offset::Offset(from);
+            if let Err(e) = consumer.seek(pos.topic, pos.partition, to, Duration::ZERO) {
+                tracing::error!(error = %e, "seek failed");
+            }
+            false
+        }
+        Verdict::TakeAfterGap { from } => {
+            metrics.fetch_gaps_accepted.inc();
+            tracing::error!(
+                topic = pos.topic,
+                partition = pos.partition,
+                from,
+                to = pos.offset - 1,
+                "offsets never came after every re-read; going on without them"
+            );
+            true
+        }
     }
 }
 

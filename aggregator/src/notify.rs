@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use lettre::message::Mailbox;
@@ -39,7 +39,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::consumer::RewindContext;
+use crate::consumer::{RewindContext, lock};
+use crate::decode::Position;
 use crate::metrics::{ChannelLabels, Metrics};
 use crate::{Error, Result};
 
@@ -582,7 +583,10 @@ impl Notifier {
             .set("max.poll.interval.ms", worst_ms.to_string())
             .set("fetch.wait.max.ms", "50")
             // Alerts are produced one record per batch; a short rewind covers a retried batch.
-            .create_with_context(RewindContext { rewind: 100 })?;
+            .create_with_context(RewindContext {
+                rewind: 100,
+                ..RewindContext::default()
+            })?;
         consumer.subscribe(&[&config.topics.alerts])?;
         Ok(Self {
             log: config.clickhouse.client(),
@@ -611,6 +615,19 @@ impl Notifier {
                     continue;
                 }
             };
+            // The alerts topic has several producers when several aggregators run: a fetch that
+            // skipped alerts is read again (see `gaps`).
+            let pos = Position {
+                topic: msg.topic(),
+                partition: msg.partition(),
+                offset: msg.offset(),
+                timestamp_ms: None,
+            };
+            let gaps = &self.consumer.context().gaps;
+            let verdict = lock(gaps).observe(pos.topic, pos.partition, pos.offset, Instant::now());
+            if !crate::gaps::act(verdict, &self.consumer, &self.metrics, &pos) {
+                continue;
+            }
             let alert = match msg.payload().map(serde_json::from_slice::<Alert>) {
                 Some(Ok(a)) => Some(a),
                 other => {
