@@ -343,3 +343,108 @@ fn an_aggregator_dropped_with_its_runtime_mid_batch_lets_go_and_loses_nothing() 
         ingest.stop().await;
     });
 }
+
+/// The gap check's re-read against the real broker (`aggregator::gaps`): a consumer that takes
+/// what `Gaps` says and carries it out with `gaps::act`, as the aggregator's loop and the notifier
+/// do, gets every offset exactly once and in order after a fetch that skipped messages. The
+/// broker's omission (tansu 0.6, two producers on one partition; it could not be produced on
+/// demand) is played by a seek forward past three messages; the seek back, the messages fetched
+/// before it took effect and the re-read are the broker's and librdkafka's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_that_skipped_messages_is_read_again_from_the_first_missing_offset() {
+    use aggregator::decode::Position;
+    use aggregator::gaps::{self, Gaps, Verdict};
+    use aggregator::metrics::Metrics;
+    use rdkafka::Message;
+    use rdkafka::consumer::StreamConsumer;
+    use std::time::Instant;
+
+    let env = TestEnv::new("gaps").await;
+    let topic = env.topics.events.clone();
+    let producer: FutureProducer = schemas::kafka::client_config(&env.kafka)
+        .create()
+        .expect("producer");
+    let produce = |range: std::ops::Range<i64>| {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        async move {
+            for i in range {
+                let payload = format!("m{i}");
+                let delivery = producer
+                    .send(
+                        FutureRecord::<(), _>::to(&topic)
+                            .partition(0)
+                            .payload(&payload),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .expect("produced");
+                assert_eq!(
+                    delivery.offset, i,
+                    "the partition's offsets follow each other"
+                );
+            }
+        }
+    };
+    produce(0..6).await;
+
+    let consumer: StreamConsumer = schemas::kafka::client_config(&env.kafka)
+        .set("group.id", &env.group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&tpl).expect("assign");
+
+    let metrics = Metrics::default();
+    let mut gaps = Gaps::default();
+    let mut taken = Vec::new();
+    let mut verdicts = Vec::new();
+    let mut skipped = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while taken.len() < 20 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = tokio::time::timeout(left, consumer.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("timed out; taken so far: {taken:?}, verdicts: {verdicts:?}")
+            })
+            .expect("message");
+        let pos = Position {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: None,
+        };
+        let verdict = gaps.observe(pos.topic, pos.partition, pos.offset, Instant::now());
+        verdicts.push((pos.offset, verdict));
+        if !gaps::act(verdict, &consumer, &metrics, &pos) {
+            continue;
+        }
+        let payload = std::str::from_utf8(m.payload().expect("payload")).expect("utf-8");
+        assert_eq!(payload, format!("m{}", pos.offset));
+        taken.push(pos.offset);
+        if pos.offset == 5 && !skipped {
+            // The "broker" leaves out offsets 6 to 8: the next fetch starts at 9, which is
+            // produced (with everything after it) only once the seek is under way.
+            skipped = true;
+            consumer
+                .seek(&topic, 0, Offset::Offset(9), Duration::from_secs(5))
+                .expect("seek forward");
+            produce(6..20).await;
+        }
+    }
+    assert_eq!(
+        taken,
+        (0..20).collect::<Vec<i64>>(),
+        "every offset once, in order; verdicts: {verdicts:?}"
+    );
+    assert!(
+        verdicts.contains(&(9, Verdict::Reread(6))),
+        "the skip was seen and the partition read again from 6: {verdicts:?}"
+    );
+    assert_eq!(metrics.fetch_gaps_reread.get(), 1, "{verdicts:?}");
+    assert_eq!(metrics.fetch_gaps_accepted.get(), 0, "{verdicts:?}");
+}
