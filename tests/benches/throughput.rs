@@ -410,19 +410,7 @@ async fn warm_up(env: &TestEnv, url: &str, key: &str) -> usize {
     let body = bodies(&format!("{}-warm", env.name), BATCH).remove(0);
     let start = Instant::now();
     tests::post_until_accepted(&reqwest::Client::new(), url, key, body).await;
-    loop {
-        let stored = env
-            .scalar("SELECT toFloat64(sum(events)) FROM usage_minute WHERE tenant = 'bench'")
-            .await as usize;
-        if stored >= BATCH {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "the warm-up request was not stored within 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_stored(env, BATCH).await;
     println!(
         "({label}: the first request was stored {:.1} s after it was sent, the dedup index's load \
          included)",
