@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Result;
 use crate::config::Config;
 use crate::decode::{Decoded, Position, decode_events_into, decode_rejection, decode_subscription};
-use crate::gaps::{Gaps, Verdict};
+use crate::gaps::Gaps;
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::sink::{Batch, Outcome, Sink};
 use crate::state::{Published, Publisher};
@@ -669,12 +669,8 @@ impl Worker {
                             pos.offset,
                             Instant::now(),
                         );
-                        if verdict != Verdict::Take {
-                            drop(shared);
-                            if !crate::gaps::act(verdict, &self.consumer, &self.metrics, &pos) {
-                                continue;
-                            }
-                            shared = lock(&self.shared);
+                        if !crate::gaps::act(verdict, &self.consumer, &self.metrics, &pos) {
+                            continue;
                         }
                         shared
                             .batch

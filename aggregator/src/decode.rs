@@ -90,14 +90,12 @@ pub fn decode_events_into(
     // element is not plain or fails its check, the batch is read again element by element below,
     // which says what is wrong with each.
     let start = out.len();
-    let read = std::str::from_utf8(bytes).ok().and_then(|text| {
-        Wire::each_in_batch(text, |wire| match fast(&wire, pos, catalog, window) {
-            Some(row) => {
-                out.push(row);
-                true
-            }
-            None => false,
-        })
+    let read = Wire::each_in_batch(bytes, |wire| match fast(&wire, pos, catalog, window) {
+        Some(row) => {
+            out.push(row);
+            true
+        }
+        None => false,
     });
     if read.is_some() && out.len() > start {
         return;

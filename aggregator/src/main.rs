@@ -2,6 +2,12 @@
 
 #![deny(unsafe_code)]
 
+use std::path::PathBuf;
+
+use aggregator::{App, Config};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
 /// mimalloc instead of glibc's malloc: the intake allocates per event (JSON values, strings), and
 /// glibc's allocator was a quarter of the CPU in the throughput benchmark's profile.
 #[global_allocator]
@@ -27,12 +33,6 @@ fn keep_freed_memory_a_while() -> std::ffi::c_long {
     // SAFETY: reads an option value.
     unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
 }
-
-use std::path::PathBuf;
-
-use aggregator::{App, Config};
-use anyhow::Context;
-use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(about = "Folds usage events from Kafka into ClickHouse")]
