@@ -3,11 +3,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::collections::BTreeMap;
+
+use lettre::Address;
+use lettre::message::Mailbox;
 use schemas::config::{ClickHouseConfig, KafkaConfig};
 use schemas::topics::Topics;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-pub use crate::notify::{NotifyConfig, SmtpConfig, TenantTargets};
 use crate::{Error, Result};
 
 /// Environment variable prefix (`AGGREGATOR_KAFKA__BROKERS=...`).
@@ -64,7 +68,7 @@ pub struct Config {
     /// the local broker (tansu), which can leave a live member without partitions after another
     /// member died. Set 0 on Kafka when the group has more members than partitions.
     pub rejoin_idle_secs: u64,
-    /// Alert notifications (webhooks and email); see [`crate::notify`].
+    /// Alert notifications (webhooks and email), see [`NotifyConfig`] and [`crate::notify`].
     pub notify: NotifyConfig,
 }
 
@@ -134,5 +138,238 @@ impl Config {
             max_late: time::Duration::days(self.max_late_days),
             max_future: time::Duration::seconds(self.max_future_secs),
         }
+    }
+}
+
+/// Alert notification settings (`[notify]`). By default enabled with no targets: nothing is sent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// Run the notifier.
+    pub enabled: bool,
+    /// Where to send each tenant's alerts, by tenant id (`[notify.tenants.acme]`). Tenants not listed
+    /// get no notifications. Environment variables lowercase the tenant id
+    /// (`AGGREGATOR_NOTIFY__TENANTS__ACME__WEBHOOK_URL` configures tenant `acme`).
+    pub tenants: BTreeMap<String, TenantTargets>,
+    /// The SMTP server for email notifications; required when any tenant has `email_to`.
+    pub smtp: Option<SmtpConfig>,
+    /// Attempts per alert and channel before giving up (per run of the notifier).
+    pub max_attempts: u32,
+    /// Wait before the first retry (ms); doubled for each further retry.
+    pub initial_backoff_ms: u64,
+    /// Longest wait between two attempts (ms); also caps a webhook's `Retry-After`.
+    pub max_backoff_ms: u64,
+    /// Timeout of one webhook request or one SMTP command (ms).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tenants: BTreeMap::new(),
+            smtp: None,
+            max_attempts: 6,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 30_000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// One tenant's notification targets.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantTargets {
+    /// Webhook endpoint (http or https); none = no webhooks.
+    pub webhook_url: Option<String>,
+    /// Secret the webhooks are signed with (required with `webhook_url`).
+    pub webhook_secret: SecretString,
+    /// Email recipients; empty = no email.
+    pub email_to: Vec<String>,
+}
+
+/// The SMTP server used to send email notifications.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Server host name.
+    pub host: String,
+    /// Server port (587 by default; 465 means implicit TLS when `tls` is on).
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    /// Sender mailbox (`alerts@example.com` or `Metering <alerts@example.com>`).
+    pub from: String,
+    /// User name for SMTP AUTH; none = no authentication.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for SMTP AUTH.
+    #[serde(default)]
+    pub password: SecretString,
+    /// Encrypt: STARTTLS (required) on any port but 465, implicit TLS on 465. Off = plain SMTP,
+    /// for a local relay only.
+    #[serde(default = "yes")]
+    pub tls: bool,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl NotifyConfig {
+    /// Checks values that parse but make no sense: URLs, addresses, retry settings.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_attempts == 0 {
+            return Err("notify.max_attempts must be at least 1".into());
+        }
+        if self.initial_backoff_ms == 0 || self.max_backoff_ms < self.initial_backoff_ms {
+            return Err(
+                "notify.initial_backoff_ms must be at least 1 and at most notify.max_backoff_ms"
+                    .into(),
+            );
+        }
+        if self.request_timeout_ms == 0 {
+            return Err("notify.request_timeout_ms must be at least 1".into());
+        }
+        if let Some(smtp) = &self.smtp {
+            if smtp.host.trim().is_empty() || smtp.port == 0 {
+                return Err("notify.smtp.host must not be empty and port not 0".into());
+            }
+            smtp.from
+                .parse::<Mailbox>()
+                .map_err(|e| format!("notify.smtp.from {:?}: {e}", smtp.from))?;
+        }
+        for (tenant, t) in &self.tenants {
+            if let Some(url) = &t.webhook_url {
+                let parsed = reqwest::Url::parse(url)
+                    .map_err(|e| format!("notify.tenants.{tenant}.webhook_url {url:?}: {e}"))?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                    return Err(format!(
+                        "notify.tenants.{tenant}.webhook_url {url:?}: must be an http(s) URL with a host"
+                    ));
+                }
+                if t.webhook_secret.expose_secret().is_empty() {
+                    return Err(format!(
+                        "notify.tenants.{tenant}.webhook_secret must be set with webhook_url"
+                    ));
+                }
+            }
+            for to in &t.email_to {
+                to.parse::<Address>()
+                    .map_err(|e| format!("notify.tenants.{tenant}.email_to {to:?}: {e}"))?;
+            }
+            if !t.email_to.is_empty() && self.smtp.is_none() {
+                return Err(format!(
+                    "notify.tenants.{tenant}.email_to needs notify.smtp to be configured"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::providers::{Format, Toml};
+
+    use super::*;
+
+    #[test]
+    fn validation_catches_bad_targets() {
+        let ok = |c: &NotifyConfig| c.validate();
+        let mut c = NotifyConfig::default();
+        assert!(ok(&c).is_ok());
+        c.tenants.insert(
+            "acme".into(),
+            TenantTargets {
+                webhook_url: Some("https://hooks.acme.test/metering".into()),
+                webhook_secret: "s".into(),
+                email_to: vec!["ops@acme.test".into()],
+            },
+        );
+        assert!(ok(&c).is_err(), "email without smtp");
+        c.smtp = Some(SmtpConfig {
+            host: "127.0.0.1".into(),
+            port: 2525,
+            from: "Metering <alerts@example.com>".into(),
+            username: None,
+            password: SecretString::default(),
+            tls: false,
+        });
+        assert_eq!(ok(&c), Ok(()));
+        for (url, secret) in [
+            ("not a url", "s"),
+            ("ftp://x.test/", "s"),
+            ("https://hooks.acme.test/", ""),
+        ] {
+            let mut bad = c.clone();
+            if let Some(t) = bad.tenants.get_mut("acme") {
+                t.webhook_url = Some(url.into());
+                t.webhook_secret = secret.into();
+            }
+            assert!(ok(&bad).is_err(), "{url} / {secret:?}");
+        }
+        let mut bad = c.clone();
+        if let Some(t) = bad.tenants.get_mut("acme") {
+            t.email_to = vec!["not an address".into()];
+        }
+        assert!(ok(&bad).is_err(), "bad recipient");
+        let mut bad = c.clone();
+        if let Some(s) = bad.smtp.as_mut() {
+            s.from = "nobody".into();
+        }
+        assert!(ok(&bad).is_err(), "bad sender");
+        let mut bad = c.clone();
+        bad.max_attempts = 0;
+        assert!(ok(&bad).is_err(), "no attempts");
+        let mut bad = c;
+        bad.max_backoff_ms = 1;
+        assert!(ok(&bad).is_err(), "max below initial");
+    }
+
+    #[test]
+    fn config_loads_from_toml() {
+        let text = r#"
+            [notify]
+            max_attempts = 3
+            [notify.smtp]
+            host = "127.0.0.1"
+            port = 2525
+            from = "alerts@example.com"
+            tls = false
+            [notify.tenants.acme]
+            webhook_url = "http://127.0.0.1:9/hook"
+            webhook_secret = "s3cret"
+            email_to = ["ops@acme.test"]
+        "#;
+        let config: Config = toml_config(text);
+        assert!(config.notify.enabled);
+        assert_eq!(config.notify.max_attempts, 3);
+        assert_eq!(
+            config.notify.initial_backoff_ms,
+            NotifyConfig::default().initial_backoff_ms
+        );
+        let acme = &config.notify.tenants["acme"];
+        assert_eq!(acme.webhook_secret.expose_secret(), "s3cret");
+        assert_eq!(acme.email_to, ["ops@acme.test"]);
+        assert!(config.validate().is_ok());
+        // Secrets are not printed.
+        assert!(!format!("{config:?}").contains("s3cret"));
+        // Unknown keys are errors.
+        let bad = figment::Figment::new()
+            .merge(Toml::string("[notify]\nretries = 3"))
+            .extract::<Config>();
+        assert!(bad.is_err());
+    }
+
+    fn toml_config(text: &str) -> Config {
+        figment::Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .expect("config")
     }
 }
