@@ -57,7 +57,7 @@ enum Command {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let purge_delay_ms = keep_freed_memory_a_while();
-    schemas::logs::init("info,rdkafka=warn");
+    platform::logs::init("info,rdkafka=warn");
     tracing::debug!(purge_delay_ms, "allocator");
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve => {
             let app = App::build(config).await?;
-            let cancel = schemas::shutdown::on_signal();
+            let cancel = platform::shutdown::on_signal();
             app.run(cancel).await?;
         }
     }

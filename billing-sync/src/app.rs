@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ingest::keys::KeyStore;
-use ingest::producer::EventProducer;
+use platform::keys::KeyStore;
+use platform::producer::EventProducer;
+use platform::sessions::Signer;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -85,7 +86,7 @@ impl App {
         }
         let mut keys = KeyStore::new(config.clickhouse.client());
         if !secrecy::ExposeSecret::expose_secret(&config.dashboard_secret).is_empty() {
-            keys = keys.with_sessions(Arc::new(ingest::dashboard::Signer::new(
+            keys = keys.with_sessions(Arc::new(Signer::new(
                 &config.dashboard_secret,
             )));
         }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ingest::producer::EventProducer;
+use platform::producer::EventProducer;
 use schemas::Catalog;
 use schemas::quota::{Change, SubscriptionEvent};
 use schemas::rows::{BillingCustomerRow, BillingSubscriptionRow, BillingWebhookEventRow};
@@ -57,7 +57,7 @@ pub struct Billing {
     pub store: Store,
     /// Stripe.
     pub stripe: StripeApi,
-    /// Plan changes go out through the ingest's acks=all producer.
+    /// Plan changes go out through the platform's acks=all producer.
     pub producer: EventProducer,
     /// Metrics.
     pub metrics: Arc<Metrics>,

@@ -1,4 +1,4 @@
-//! billing-sync's error type (HTTP errors reuse the ingest's `ApiError` JSON shape).
+//! billing-sync's error type (HTTP answers are [`platform::ApiError`]).
 
 /// Start-up, background and handler failures.
 #[derive(Debug, thiserror::Error)]
@@ -9,15 +9,15 @@ pub enum Error {
     /// Catalog, migration or other shared-layer failure.
     #[error(transparent)]
     Schemas(#[from] schemas::Error),
-    /// The ingest crate (API keys) failed.
+    /// Keys or producer failed.
     #[error(transparent)]
-    Ingest(#[from] ingest::Error),
+    Platform(#[from] platform::Error),
     /// The broker client failed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     /// A plan change was not acknowledged by the broker.
     #[error("produce: {0}")]
-    Produce(#[from] ingest::producer::ProduceError),
+    Produce(#[from] platform::producer::ProduceError),
     /// ClickHouse failed.
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),

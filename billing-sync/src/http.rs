@@ -1,4 +1,4 @@
-//! HTTP routes: the seed's subscription endpoints (authenticated with the ingest's API keys), the
+//! HTTP routes: the seed's subscription endpoints (authenticated with the platform's API keys), the
 //! Stripe webhook, admin triggers for the background jobs, health, readiness and metrics.
 //!
 //! The customer is the key's own (a customer-scoped key), or, for a tenant-wide key, the
@@ -15,10 +15,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ingest::ApiError;
-use ingest::http::authenticate;
-use ingest::keys::{KeyInfo, KeyStore, Scope};
-use ingest::query::{customer_of, invalid};
+use platform::auth::{authenticate, customer_of};
+use platform::error::{ApiError, invalid};
+use platform::keys::KeyStore;
+use platform::principal::{KeyInfo, Scope};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};

@@ -30,7 +30,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    schemas::logs::init("info,rdkafka=warn");
+    platform::logs::init("info,rdkafka=warn");
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
     match cli.command.unwrap_or(Command::Serve) {
@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve => {
             let app = App::build(config).await?;
-            let cancel = schemas::shutdown::on_signal();
+            let cancel = platform::shutdown::on_signal();
             app.run(cancel).await?;
         }
     }

@@ -10,11 +10,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 use crate::config::Config;
-use crate::http::{AppState, Shared, router};
-use crate::keys::KeyStore;
+use crate::http::router;
 use crate::metrics::Metrics;
-use crate::producer::EventProducer;
 use crate::quota::QuotaView;
+use crate::shared::{AppState, Shared};
+use platform::keys::KeyStore;
+use platform::producer::EventProducer;
+use platform::sessions::Signer;
 
 /// A built ingest, bound to its port, not yet serving.
 #[derive(Debug)]
@@ -35,7 +37,7 @@ impl App {
             schemas::kafka::ensure_topics(&config.kafka, &config.topics).await?;
         }
         let keys = KeyStore::new(config.clickhouse.client()).with_sessions(Arc::new(
-            crate::dashboard::Signer::new(&config.dashboard_secret),
+            Signer::new(&config.dashboard_secret),
         ));
         keys.refresh().await?;
         let producer = EventProducer::new(

@@ -1,9 +1,5 @@
 //! HTTP routes: event intake, health, readiness, metrics (the per-request layer is `request`).
 
-use std::sync::Arc;
-
-use crate::producer::Outgoing;
-use crate::quota::Noted;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -12,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
 use http_body_util::BodyExt;
-use schemas::Catalog;
 use schemas::api::Accepted;
 use schemas::event::{Intake, UsageEvent};
 use schemas::wire::{Checked, Wire};
@@ -20,51 +15,14 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tower_http::request_id::RequestId;
 
-use crate::config::Config;
-use crate::error::ApiError;
-use crate::keys::{KeyInfo, KeyStore, Scope};
-use crate::metrics::{CodeLabels, Metrics};
-use crate::producer::{EventProducer, MAX_REJECTED_PAYLOAD, Rejection};
+use platform::auth::authenticate;
+use platform::error::ApiError;
+use platform::principal::Scope;
+use platform::notes::Noted;
+use platform::producer::{MAX_REJECTED_PAYLOAD, Outgoing, Rejection, now_millis};
 
-/// Shared state of the handlers: one allocation, so that the per-request clones axum makes of its
-/// state (every `State` extractor and middleware) cost one reference count, not a copy of the
-/// ClickHouse client's settings, the producer and the configuration handles.
-#[derive(Debug, Clone)]
-pub struct AppState(Arc<Shared>);
-
-impl AppState {
-    /// Wraps the handlers' shared parts.
-    pub fn new(shared: Shared) -> Self {
-        Self(Arc::new(shared))
-    }
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-/// The parts of [`AppState`].
-#[derive(Debug)]
-pub struct Shared {
-    /// Effective configuration.
-    pub config: Arc<Config>,
-    /// Meters and plans.
-    pub catalog: Arc<Catalog>,
-    /// API keys.
-    pub keys: KeyStore,
-    /// The producer.
-    pub producer: EventProducer,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// The in-memory quota view.
-    pub view: Arc<crate::quota::QuotaView>,
-    /// ClickHouse (usage breakdowns and history; never on the quota path).
-    pub ch: clickhouse::Client,
-}
+use crate::metrics::CodeLabels;
+use crate::shared::AppState;
 
 /// The router with every route and layer.
 pub fn router(state: AppState) -> Router {
@@ -152,41 +110,6 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
-}
-
-/// Resolves the `Authorization: Bearer` key and checks its scope.
-pub async fn authenticate(
-    keys: &KeyStore,
-    headers: &HeaderMap,
-    scope: Scope,
-) -> Result<KeyInfo, ApiError> {
-    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
-        ApiError::unauthorized("missing_api_key", "send `Authorization: Bearer <api key>`")
-    })?;
-    let key = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
-            ApiError::unauthorized(
-                "missing_api_key",
-                "the Authorization header must be `Bearer <api key>`",
-            )
-        })?;
-    let info = keys
-        .authenticate(key)
-        .await
-        .ok_or_else(|| ApiError::unauthorized("invalid_api_key", "unknown or revoked API key"))?;
-    if !info.allows(scope) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "insufficient_scope",
-            format!("this key lacks the `{}` scope", scope.as_str()),
-        ));
-    }
-    Ok(info)
 }
 
 /// Reads at most `limit` bytes of the body; more is a 413.
@@ -428,9 +351,3 @@ fn keep_rejection(
     });
 }
 
-/// Now, truncated to milliseconds (the Kafka timestamp resolution).
-pub fn now_millis() -> time::OffsetDateTime {
-    let now = time::OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
-        .unwrap_or(now)
-}

@@ -28,16 +28,14 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod http;
-pub mod keys;
 pub mod metrics;
-pub mod notes;
-pub mod producer;
 pub mod query;
 pub mod quota;
 pub mod request;
 pub mod seed;
+pub mod shared;
 pub mod state;
 
 pub use app::App;
 pub use config::Config;
-pub use error::{ApiError, Error, Result};
+pub use error::{Error, Result};

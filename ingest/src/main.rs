@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ingest::keys::Scope;
+use platform::principal::Scope;
 use ingest::{App, Config};
 
 #[derive(Parser)]
@@ -51,7 +51,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    schemas::logs::init("info,rdkafka=warn");
+    platform::logs::init("info,rdkafka=warn");
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
     match cli.command.unwrap_or(Command::Serve) {
@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
             if config.clickhouse.migrate {
                 schemas::migrate::run(&config.clickhouse).await?;
             }
-            let key = ingest::keys::create_key(
+            let key = platform::keys::create_key(
                 &config.clickhouse.client(),
                 &tenant,
                 customer.as_deref(),
@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve => {
             let app = App::build(config).await?;
-            let cancel = schemas::shutdown::on_signal();
+            let cancel = platform::shutdown::on_signal();
             app.run(cancel).await?;
         }
     }

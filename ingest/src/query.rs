@@ -8,82 +8,21 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use schemas::event::{ErrorCode, FieldError};
 use schemas::quota::{Change, Period, PlanState, SubscriptionEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::error::ApiError;
-use crate::http::{AppState, authenticate, now_millis};
-use crate::keys::{KeyInfo, Scope};
+use platform::auth::{authenticate, authorize_customer, check_customer};
+use platform::error::{ApiError, invalid};
+use platform::principal::Scope;
+use platform::notes::Noted;
+use platform::principal::KeyInfo;
+use platform::producer::now_millis;
+
 use crate::quota::QuotaAnswer;
-
-/// Refuses a customer-scoped key asking about another customer.
-pub fn authorize_customer(key: &KeyInfo, customer: &str) -> Result<(), ApiError> {
-    match &key.customer {
-        Some(own) if own != customer => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "customer_forbidden",
-            "this API key may only access its own customer",
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// The customer a request acts for: the key's own customer, or for a tenant-wide key the one named
-/// in `X-Customer-Id` or the `customer` query parameter (a scoped key may only name itself).
-pub fn customer_of(
-    key: &KeyInfo,
-    headers: &HeaderMap,
-    in_query: Option<&str>,
-) -> Result<String, ApiError> {
-    let asked = headers
-        .get("x-customer-id")
-        .and_then(|v| v.to_str().ok())
-        .or(in_query)
-        .filter(|c| !c.is_empty())
-        .map(String::from);
-    match (&key.customer, asked) {
-        (Some(own), None) => Ok(own.clone()),
-        (_, Some(c)) => {
-            authorize_customer(key, &c)?;
-            check_customer(&c)?;
-            Ok(c)
-        }
-        (None, None) => Err(invalid(
-            "customer",
-            "use a customer-scoped key, or name the customer in `X-Customer-Id` or `?customer=`",
-        )),
-    }
-}
-
-/// A 400 naming the field and why.
-pub fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
-    let reason = reason.into();
-    let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", reason.clone());
-    e.details = vec![FieldError {
-        index: 0,
-        field: field.into(),
-        code: ErrorCode::InvalidValue,
-        reason,
-    }];
-    e
-}
-
-fn check_customer(customer: &str) -> Result<(), ApiError> {
-    if customer.trim().is_empty()
-        || customer.len() > schemas::event::MAX_ID_LEN
-        || customer.chars().any(char::is_control)
-    {
-        return Err(invalid(
-            "customer",
-            "the customer must be 1-256 bytes without control characters",
-        ));
-    }
-    Ok(())
-}
+use crate::shared::AppState;
 
 fn check_meter(state: &AppState, meter: &str) -> Result<(), ApiError> {
     if state.catalog.meter(meter).is_none() {
@@ -382,9 +321,9 @@ pub async fn track(
     if events.is_empty() {
         return Ok(results);
     }
-    let notes: Vec<crate::quota::Noted<'_>> = events
+    let notes: Vec<Noted<'_>> = events
         .iter()
-        .map(|e| crate::quota::Noted::of_event(e, &state.catalog))
+        .map(|e| Noted::of_event(e, &state.catalog))
         .collect();
     match state.producer.send_events(&events, &notes).await {
         Ok(positions) => {

@@ -30,6 +30,7 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
+use platform::notes::Noted;
 use schemas::Catalog;
 use schemas::catalog::Aggregation;
 use schemas::quota::{Period, PlanState, StateRecord, SubscriptionEvent, UsageState};
@@ -159,55 +160,6 @@ fn remember_id(recent: &mut RecentIds, key: u64, at: i64) {
         recent.retain(|_, t| at - *t < RECENT_IDS_SECS);
     }
     recent.insert(key, at);
-}
-
-/// An accepted event as the quota view counts it.
-#[derive(Debug, Clone, Copy)]
-pub struct Noted<'a> {
-    /// Tenant.
-    pub tenant: &'a str,
-    /// Customer.
-    pub customer: &'a str,
-    /// Event id (a retry with the same id counts once).
-    pub id: &'a str,
-    /// Meter key.
-    pub meter: &'a str,
-    /// What it adds to the meter's quota usage (`None`: nothing, e.g. unique counts).
-    pub quantity: Option<f64>,
-    /// Day of the event time.
-    pub day: Date,
-    /// When the ingest accepted it.
-    pub received_at: OffsetDateTime,
-}
-
-impl<'a> Noted<'a> {
-    /// An owned event's parts.
-    pub fn of_event(e: &'a schemas::UsageEvent, catalog: &Catalog) -> Self {
-        Self {
-            tenant: &e.tenant,
-            customer: &e.customer,
-            id: &e.id,
-            meter: &e.meter,
-            quantity: catalog.quantity_of(e),
-            day: e.time.date(),
-            received_at: e.receivedat,
-        }
-    }
-
-    /// A fast-path event's parts (the same quantity as [`Catalog::quantity_of`]: the measured
-    /// value, none for unique counts).
-    pub fn of_checked(e: &'a schemas::wire::Checked<'_>) -> Self {
-        let counted = e.measure.aggregation != Aggregation::UniqueCount;
-        Self {
-            tenant: e.tenant,
-            customer: e.customer,
-            id: e.id,
-            meter: e.meter,
-            quantity: counted.then_some(e.measure.quantity),
-            day: e.time.date(),
-            received_at: e.receivedat,
-        }
-    }
 }
 
 /// What most customers do not have; boxed, and dropped when empty.

@@ -9,10 +9,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::error::ApiError;
-use crate::http::{AppState, authenticate, now_millis};
-use crate::keys::Scope;
-use crate::query::{CheckItem, HistoryQuery, customer_of, invalid, track, usage_body};
+use platform::auth::{authenticate, customer_of};
+use platform::error::{ApiError, invalid};
+use platform::principal::Scope;
+use platform::producer::now_millis;
+
+use crate::query::{CheckItem, HistoryQuery, track, usage_body};
+use crate::shared::AppState;
 
 /// `customer` query parameter for tenant-wide keys.
 #[derive(Debug, Deserialize, Default)]

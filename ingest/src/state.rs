@@ -20,9 +20,10 @@ use schemas::wire::{Checked, Wire};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
+use platform::notes::{NOTES_HEADER, Noted};
+
 use crate::Result;
-use crate::notes::NOTES_HEADER;
-use crate::quota::{Noted, QuotaView};
+use crate::quota::QuotaView;
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct RecentId {
@@ -197,7 +198,7 @@ fn note_batch(
     payload: &[u8],
     position: (i32, i64),
 ) -> &'static str {
-    match notes.and_then(crate::notes::decode) {
+    match notes.and_then(platform::notes::decode) {
         Some(notes) => {
             for n in notes {
                 view.note(n, position);
@@ -316,7 +317,7 @@ mod tests {
             .iter()
             .map(|e| Noted::of_event(e, &catalog))
             .collect();
-        let batches = crate::producer::EventProducer::batches(&events, &notes, 1).expect("batches");
+        let batches = platform::producer::EventProducer::batches(&events, &notes, 1).expect("batches");
         let [batch] = &batches[..] else {
             panic!("one partition, one message: {batches:?}")
         };

@@ -11,8 +11,6 @@
 //! - [`quota`]: plan changes, plan and usage state, billing periods, alerts.
 //! - [`quota_store`]: daily usage and folded plans read back from ClickHouse.
 //! - [`sql`]: client-side SQL literals.
-//! - [`shutdown`]: a cancellation token tied to Ctrl-C / SIGTERM.
-//! - [`logs`]: the binaries' log set-up.
 //! - [`api`]: HTTP request/response bodies.
 //! - [`rows`]: ClickHouse row structs, shared by writers and readers.
 
@@ -24,12 +22,10 @@ pub mod config;
 mod error;
 pub mod event;
 pub mod kafka;
-pub mod logs;
 pub mod migrate;
 pub mod quota;
 pub mod quota_store;
 pub mod rows;
-pub mod shutdown;
 pub mod sql;
 pub mod topics;
 pub mod wire;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use aggregator::decode::{Decoded, Position, decode_events};
 use bytes::Bytes;
-use ingest::keys::Scope;
+use platform::principal::Scope;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::Catalog;
@@ -107,9 +107,9 @@ fn messages(bodies: &[Bytes], partitions: i32) -> (Messages, Messages) {
         }
         let notes: Vec<_> = events
             .iter()
-            .map(|e| ingest::quota::Noted::of_event(e, &catalog))
+            .map(|e| platform::notes::Noted::of_event(e, &catalog))
             .collect();
-        let batches = ingest::producer::EventProducer::batches(&events, &notes, partitions);
+        let batches = platform::producer::EventProducer::batches(&events, &notes, partitions);
         for b in batches.expect("batches") {
             batched.push((b.partition, "bench".to_string(), b.payload, b.notes));
         }
@@ -121,7 +121,7 @@ fn messages(bodies: &[Bytes], partitions: i32) -> (Messages, Messages) {
 /// producer settings (idempotent, acks=all, lz4). Returns events/s for `events` events.
 async fn raw_produce(env: &TestEnv, msgs: &Messages, events: usize) -> f64 {
     let producer: FutureProducer =
-        ingest::producer::EventProducer::client_config(&env.kafka, Duration::from_secs(30))
+        platform::producer::EventProducer::client_config(&env.kafka, Duration::from_secs(30))
             // Room for every message at once: the baseline never waits for queue space.
             .set("queue.buffering.max.messages", "2000000")
             .create()
@@ -137,7 +137,7 @@ async fn raw_produce(env: &TestEnv, msgs: &Messages, events: usize) -> f64 {
             .payload(payload);
         if !notes.is_empty() {
             record = record.headers(OwnedHeaders::new().insert(Header {
-                key: ingest::notes::NOTES_HEADER,
+                key: platform::notes::NOTES_HEADER,
                 value: Some(notes),
             }));
         }

@@ -21,7 +21,7 @@ pub mod webhook;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ingest::keys::Scope;
+use platform::principal::Scope;
 use rand::Rng;
 use schemas::config::{ClickHouseConfig, KafkaConfig};
 use schemas::topics::Topics;
@@ -219,7 +219,7 @@ impl TestEnv {
 
     /// Creates an API key for `tenant`.
     pub async fn key(&self, tenant: &str, scopes: &[Scope], customer: Option<&str>) -> String {
-        ingest::keys::create_key(&self.ch(), tenant, customer, scopes, "test")
+        platform::keys::create_key(&self.ch(), tenant, customer, scopes, "test")
             .await
             .expect("create key")
     }

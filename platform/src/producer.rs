@@ -17,8 +17,7 @@ use schemas::wire::Checked;
 use serde::Serialize;
 
 use crate::Result;
-use crate::notes::NOTES_HEADER;
-use crate::quota::Noted;
+use crate::notes::{NOTES_HEADER, Noted};
 
 /// Why a batch was not acknowledged.
 #[derive(Debug, thiserror::Error)]
@@ -439,6 +438,13 @@ impl EventProducer {
         let producer = self.current();
         let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
     }
+}
+
+/// Now, truncated to milliseconds (the Kafka timestamp resolution).
+pub fn now_millis() -> time::OffsetDateTime {
+    let now = time::OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap_or(now)
 }
 
 #[cfg(test)]

@@ -7,61 +7,10 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use schemas::rows::{ApiKeyRow, Table};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::Result;
-
-/// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scope {
-    /// Send usage events.
-    Ingest,
-    /// Read usage and quota.
-    Read,
-    /// Manage keys, plans and tenants' customers.
-    Admin,
-}
-
-impl Scope {
-    /// The scope's name as stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ingest => "ingest",
-            Self::Read => "read",
-            Self::Admin => "admin",
-        }
-    }
-
-    /// Parses a stored scope name.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "ingest" => Some(Self::Ingest),
-            "read" => Some(Self::Read),
-            "admin" => Some(Self::Admin),
-            _ => None,
-        }
-    }
-}
-
-/// A key's tenant, optional customer restriction and scopes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyInfo {
-    /// Tenant the key belongs to.
-    pub tenant: String,
-    /// Customer the key is restricted to.
-    pub customer: Option<String>,
-    /// Granted scopes.
-    pub scopes: Vec<Scope>,
-}
-
-impl KeyInfo {
-    /// Whether the key has `scope` (admin implies every scope).
-    pub fn allows(&self, scope: Scope) -> bool {
-        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
-    }
-}
+use crate::principal::{KeyInfo, Scope};
 
 /// Hex SHA-256 of a presented key.
 pub fn hash_key(key: &str) -> String {
@@ -123,7 +72,7 @@ pub struct KeyStore {
     inner: Arc<RwLock<Inner>>,
     miss_refresh: Arc<tokio::sync::Mutex<Instant>>,
     /// Verifies the dashboard's signed session tokens (customer-scoped, read only).
-    sessions: Option<Arc<crate::dashboard::Signer>>,
+    sessions: Option<Arc<crate::sessions::Signer>>,
 }
 
 /// The least time between two reloads caused by unknown keys.
@@ -143,14 +92,14 @@ impl KeyStore {
         }
     }
 
-    /// Also accepts the dashboard's session tokens signed by `signer` (see [`crate::dashboard`]).
-    pub fn with_sessions(mut self, signer: Arc<crate::dashboard::Signer>) -> Self {
+    /// Also accepts the dashboard's session tokens signed by `signer` (see [`crate::sessions`]).
+    pub fn with_sessions(mut self, signer: Arc<crate::sessions::Signer>) -> Self {
         self.sessions = Some(signer);
         self
     }
 
     /// The dashboard's link and session signer, when sessions are accepted.
-    pub fn sessions(&self) -> Option<&Arc<crate::dashboard::Signer>> {
+    pub fn sessions(&self) -> Option<&Arc<crate::sessions::Signer>> {
         self.sessions.as_ref()
     }
 
@@ -200,7 +149,7 @@ impl KeyStore {
     /// Looks a presented key up; an unknown key triggers at most one reload per second, so a key
     /// created a moment ago works at once.
     pub async fn authenticate(&self, key: &str) -> Option<KeyInfo> {
-        if key.starts_with(crate::dashboard::SESSION_PREFIX) {
+        if key.starts_with(crate::sessions::SESSION_PREFIX) {
             return self.sessions.as_ref().and_then(|s| s.session_key(key));
         }
         let hash = hash_key(key);
