@@ -23,10 +23,13 @@ use tokio_util::sync::CancellationToken;
 use crate::Result;
 use crate::config::Config;
 use crate::decode::{Decoded, Position, decode_events_into, decode_rejection, decode_subscription};
-use crate::gaps::Gaps;
 use crate::metrics::{Metrics, ReasonLabels};
+use crate::quirks::gaps::{self, Gaps};
+use crate::quirks::rejoin::IdleRejoin;
+use crate::quirks::rewind::resume_at;
 use crate::sink::{Batch, Outcome, Sink};
 use crate::state::{Published, Publisher};
+use crate::sync::lock;
 
 /// Rows of room made up front in each of the two batches (a larger `batch_max_events` grows past it).
 const MAX_RESERVED_ROWS: usize = 1 << 18;
@@ -87,10 +90,6 @@ pub struct Context {
 }
 
 impl ClientContext for Context {}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Offsets to commit: one past the last written offset, only for partitions still owned.
 pub fn commit_list(
@@ -325,20 +324,12 @@ impl Context {
         }
         let mut owned = Vec::new();
         for e in tpl.elements() {
-            // Resume a little before the stored offset: tansu answers a fetch from the middle of
-            // a record batch with the *next* batch, which would skip the rest of that batch.
-            // Re-read events are duplicates and the sink drops them.
+            // Resume a little before the stored offset (see `quirks::rewind`); re-read events
+            // are duplicates and the sink drops them.
             let offset = stored
                 .get(e.topic())
                 .and_then(|o| o.get(&e.partition()))
-                .map_or(Offset::Beginning, |o| {
-                    let from = o + 1 - self.rewind;
-                    if from <= 0 {
-                        Offset::Beginning
-                    } else {
-                        Offset::Offset(from)
-                    }
-                });
+                .map_or(Offset::Beginning, |o| resume_at(o + 1, self.rewind));
             owned.push((e.topic().to_string(), e.partition(), offset));
         }
         for (topic, partition, offset) in &owned {
@@ -430,61 +421,6 @@ impl ConsumerContext for Context {
     }
 }
 
-/// A consumer context that resumes `rewind` messages before the committed offset on every
-/// assignment (for consumers that commit to Kafka and deduplicate re-read messages themselves):
-/// tansu answers a fetch from inside a record batch with the next batch, skipping the rest.
-/// It also holds the consumer's [`Gaps`], forgotten on every assignment and revocation.
-#[derive(Debug, Clone, Default)]
-pub struct RewindContext {
-    /// Messages to re-read.
-    pub rewind: i64,
-    /// The next offset expected per partition since its assignment.
-    pub gaps: Arc<Mutex<Gaps>>,
-}
-
-impl ClientContext for RewindContext {}
-
-impl ConsumerContext for RewindContext {
-    fn rebalance(
-        &self,
-        base: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                lock(&self.gaps).clear();
-                let committed = base
-                    .committed_offsets(tpl.clone(), Duration::from_secs(10))
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "reading committed offsets failed; starting from the beginning");
-                        TopicPartitionList::new()
-                    });
-                let mut assign = TopicPartitionList::new();
-                for e in tpl.elements() {
-                    let c = committed
-                        .find_partition(e.topic(), e.partition())
-                        .map(|c| c.offset());
-                    let offset = match c {
-                        Some(Offset::Offset(o)) if o - self.rewind > 0 => {
-                            Offset::Offset(o - self.rewind)
-                        }
-                        _ => Offset::Beginning,
-                    };
-                    let _ = assign.add_partition_offset(e.topic(), e.partition(), offset);
-                }
-                if let Err(e) = base.assign(&assign) {
-                    tracing::error!(error = %e, "assign failed");
-                }
-            }
-            _ => {
-                lock(&self.gaps).clear();
-                let _ = base.unassign();
-            }
-        }
-    }
-}
-
 /// The running consumer.
 #[allow(missing_debug_implementations)]
 pub struct Worker {
@@ -539,11 +475,7 @@ impl Worker {
             .set("fetch.wait.max.ms", "50")
             .set("fetch.min.bytes", "1048576")
             .create_with_context(context)?;
-        consumer.subscribe(&[
-            &config.topics.events,
-            &config.topics.rejected,
-            &config.topics.subscriptions,
-        ])?;
+        consumer.subscribe(&topics(&config))?;
         Ok(Self {
             consumer,
             shared,
@@ -552,40 +484,6 @@ impl Worker {
             metrics,
             cancel,
         })
-    }
-
-    /// Leaves and rejoins the group when this member has owned no partition for `after`: tansu (the
-    /// local broker) can complete a rebalance that gives every partition to a member that has just
-    /// died and never rebalance again when its session expires, leaving the live member idle.
-    fn rejoin_if_idle(&self, idle_since: &mut Option<Instant>, after: Duration) {
-        if !lock(&self.shared).owned.is_empty() {
-            *idle_since = None;
-            return;
-        }
-        let since = *idle_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < after {
-            return;
-        }
-        tracing::warn!(
-            idle_secs = since.elapsed().as_secs(),
-            "no partitions assigned; rejoining the group"
-        );
-        self.metrics
-            .rebalances
-            .get_or_create(&ReasonLabels {
-                reason: "rejoin_idle".into(),
-            })
-            .inc();
-        self.consumer.unsubscribe();
-        let topics = [
-            self.config.topics.events.as_str(),
-            self.config.topics.rejected.as_str(),
-            self.config.topics.subscriptions.as_str(),
-        ];
-        if let Err(e) = self.consumer.subscribe(&topics) {
-            tracing::error!(error = %e, "subscribing again failed");
-        }
-        *idle_since = None;
     }
 
     /// Reads, batches and writes until cancelled, then writes what is pending and leaves the group.
@@ -599,8 +497,7 @@ impl Worker {
         let max_wait = Duration::from_millis(self.config.batch_max_wait_ms);
         let window = self.config.window();
         let mut first_at: Option<tokio::time::Instant> = None;
-        let rejoin_after = Duration::from_secs(self.config.rejoin_idle_secs);
-        let mut idle_since: Option<Instant> = None;
+        let mut rejoin = IdleRejoin::new(Duration::from_secs(self.config.rejoin_idle_secs));
         // One message's rows, reused from message to message.
         let mut decoded: Vec<Decoded> = Vec::new();
         // Both batches (the one being read and the one being written) get room for a full batch
@@ -632,8 +529,9 @@ impl Worker {
                 }
                 m = self.consumer.recv() => Some(m),
                 () = sleep_until(deadline) => None,
-                () = tokio::time::sleep(Duration::from_secs(1)), if first_at.is_none() && !rejoin_after.is_zero() => {
-                    self.rejoin_if_idle(&mut idle_since, rejoin_after);
+                () = tokio::time::sleep(Duration::from_secs(1)), if first_at.is_none() && rejoin.is_enabled() => {
+                    let owns_any = !lock(&self.shared).owned.is_empty();
+                    rejoin.check(owns_any, &self.consumer, &topics(&self.config), &self.metrics);
                     continue;
                 }
             };
@@ -669,7 +567,7 @@ impl Worker {
                             pos.offset,
                             Instant::now(),
                         );
-                        if !crate::gaps::act(verdict, &self.consumer, &self.metrics, &pos) {
+                        if !gaps::act(verdict, &self.consumer, &self.metrics, &pos) {
                             continue;
                         }
                         shared
@@ -739,6 +637,15 @@ impl Context {
             rewind: self.rewind,
         }
     }
+}
+
+/// The topics the consumer reads: events, rejections and plan changes.
+fn topics(config: &Config) -> [&str; 3] {
+    [
+        config.topics.events.as_str(),
+        config.topics.rejected.as_str(),
+        config.topics.subscriptions.as_str(),
+    ]
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -25,11 +25,12 @@ pub mod consumer;
 pub mod decode;
 pub mod dedup;
 mod error;
-pub mod gaps;
 pub mod metrics;
 pub mod notify;
+pub mod quirks;
 pub mod sink;
 pub mod state;
+mod sync;
 
 pub use app::App;
 pub use config::Config;

@@ -16,7 +16,7 @@
 //! "<t>.<body>">`; receivers check them with [`verify`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use lettre::message::Mailbox;
@@ -38,9 +38,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, NotifyConfig};
-use crate::consumer::{RewindContext, lock};
 use crate::decode::Position;
 use crate::metrics::{ChannelLabels, Metrics};
+use crate::quirks::gaps::Gaps;
+use crate::quirks::rewind::RewindContext;
 use crate::{Error, Result};
 
 /// Webhook header carrying the signature.
@@ -450,10 +451,7 @@ impl Notifier {
             .set("max.poll.interval.ms", worst_ms.to_string())
             .set("fetch.wait.max.ms", "50")
             // Alerts are produced one record per batch; a short rewind covers a retried batch.
-            .create_with_context(RewindContext {
-                rewind: 100,
-                ..RewindContext::default()
-            })?;
+            .create_with_context(RewindContext::new(100, Gaps::default()))?;
         consumer.subscribe(&[&config.topics.alerts])?;
         Ok(Self {
             log: config.clickhouse.client(),
@@ -483,16 +481,18 @@ impl Notifier {
                 }
             };
             // The alerts topic has several producers when several aggregators run: a fetch that
-            // skipped alerts is read again (see `gaps`).
+            // skipped alerts is read again (see `quirks::gaps`).
             let pos = Position {
                 topic: msg.topic(),
                 partition: msg.partition(),
                 offset: msg.offset(),
                 timestamp_ms: None,
             };
-            let gaps = &self.consumer.context().gaps;
-            let verdict = lock(gaps).observe(pos.topic, pos.partition, pos.offset, Instant::now());
-            if !crate::gaps::act(verdict, &self.consumer, &self.metrics, &pos) {
+            if !self
+                .consumer
+                .context()
+                .take(&self.consumer, &self.metrics, &pos)
+            {
                 continue;
             }
             let alert = match msg.payload().map(serde_json::from_slice::<Alert>) {

@@ -344,17 +344,17 @@ fn an_aggregator_dropped_with_its_runtime_mid_batch_lets_go_and_loses_nothing() 
     });
 }
 
-/// The gap check's re-read against the real broker (`aggregator::gaps`): a consumer that takes
-/// what `Gaps` says and carries it out with `gaps::act`, as the aggregator's loop and the notifier
-/// do, gets every offset exactly once and in order after a fetch that skipped messages. The
-/// broker's omission (tansu 0.6, two producers on one partition; it could not be produced on
+/// The gap check's re-read against the real broker (`aggregator::quirks::gaps`): a consumer that
+/// takes what `Gaps` says and carries it out with `gaps::act`, as the aggregator's loop and the
+/// notifier do, gets every offset exactly once and in order after a fetch that skipped messages.
+/// The broker's omission (tansu 0.6, two producers on one partition; it could not be produced on
 /// demand) is played by a seek forward past three messages; the seek back, the messages fetched
 /// before it took effect and the re-read are the broker's and librdkafka's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_that_skipped_messages_is_read_again_from_the_first_missing_offset() {
     use aggregator::decode::Position;
-    use aggregator::gaps::{self, Gaps, Verdict};
     use aggregator::metrics::Metrics;
+    use aggregator::quirks::gaps::{self, Gaps, Verdict};
     use rdkafka::Message;
     use rdkafka::consumer::StreamConsumer;
     use std::time::Instant;
