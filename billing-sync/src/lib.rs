@@ -16,16 +16,13 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`app`]: build, serve, background jobs, shut down.
 //! - [`error`]: the crate error.
-//! - [`fake`]: the Stripe test double (also the `stripe-fake` binary).
 
 #![forbid(unsafe_code)]
-#![recursion_limit = "256"]
 
 pub mod app;
 pub mod billing;
 pub mod config;
 pub mod error;
-pub mod fake;
 pub mod http;
 pub mod metrics;
 pub mod plans;

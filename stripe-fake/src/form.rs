@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 /// Parses `application/x-www-form-urlencoded` pairs with bracket notation into a JSON object.
 /// Every leaf is a string (Stripe's own parser types values per endpoint); an all-digit key
 /// segment makes an array.
-pub fn parse(pairs: &[(String, String)]) -> Value {
+pub(crate) fn parse(pairs: &[(String, String)]) -> Value {
     let mut root = Value::Object(Map::new());
     for (key, value) in pairs {
         let path = split_key(key);

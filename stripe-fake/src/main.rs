@@ -2,11 +2,13 @@
 //! API, creates the catalog's products, prices (`price_<plan>`) and meters (`mtr_<meter>`), and prints
 //! the `STRIPE_PRICE_ID_*` lines to use, so the demo upgrade flow works offline.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use billing_sync::fake::{FakeConfig, FakeStripe};
 use clap::Parser;
+use stripe_fake::{FakeConfig, FakeStripe};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -34,7 +36,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    schemas::logs::init("info");
+    platform::logs::init("info");
     let cli = Cli::parse();
     let fake = FakeStripe::bind(FakeConfig {
         listen: cli.listen,

@@ -3,15 +3,15 @@
 use serde_json::{Map, Value, json};
 
 /// The API version the fake claims (async-stripe rc.10's `stripe_shared::version::VERSION`).
-pub const API_VERSION: &str = "2026-09-30.endive";
+pub(crate) const API_VERSION: &str = "2026-09-30.endive";
 
 /// A list envelope.
-pub fn list(data: Vec<Value>, has_more: bool, url: &str) -> Value {
+pub(crate) fn list(data: Vec<Value>, has_more: bool, url: &str) -> Value {
     json!({"object": "list", "data": data, "has_more": has_more, "url": url})
 }
 
 /// A Stripe error body.
-pub fn error(kind: &str, code: Option<&str>, message: &str, param: Option<&str>) -> Value {
+pub(crate) fn error(kind: &str, code: Option<&str>, message: &str, param: Option<&str>) -> Value {
     let mut e = Map::new();
     e.insert("type".into(), json!(kind));
     if let Some(code) = code {
@@ -29,7 +29,7 @@ pub fn error(kind: &str, code: Option<&str>, message: &str, param: Option<&str>)
 }
 
 /// A product.
-pub fn product(id: &str, name: &str, created: i64, metadata: &Value) -> Value {
+pub(crate) fn product(id: &str, name: &str, created: i64, metadata: &Value) -> Value {
     json!({
         "id": id, "object": "product", "active": true, "created": created, "default_price": null,
         "description": null, "images": [], "livemode": false, "marketing_features": [],
@@ -41,43 +41,43 @@ pub fn product(id: &str, name: &str, created: i64, metadata: &Value) -> Value {
 
 /// Recurring settings of a price.
 #[derive(Debug, Clone)]
-pub struct Recurring {
+pub(crate) struct Recurring {
     /// `day`, `week`, `month`, `year`.
-    pub interval: String,
+    pub(crate) interval: String,
     /// Intervals per period.
-    pub interval_count: u64,
+    pub(crate) interval_count: u64,
     /// `licensed` or `metered`.
-    pub usage_type: String,
+    pub(crate) usage_type: String,
     /// Billing meter of a metered price.
-    pub meter: Option<String>,
+    pub(crate) meter: Option<String>,
 }
 
 /// A price.
 #[derive(Debug, Clone)]
-pub struct Price {
+pub(crate) struct Price {
     /// Id.
-    pub id: String,
+    pub(crate) id: String,
     /// Product id.
-    pub product: String,
+    pub(crate) product: String,
     /// Amount in the smallest unit.
-    pub unit_amount: i64,
+    pub(crate) unit_amount: i64,
     /// Currency.
-    pub currency: String,
+    pub(crate) currency: String,
     /// Recurring settings (none = one-time).
-    pub recurring: Option<Recurring>,
+    pub(crate) recurring: Option<Recurring>,
     /// Lookup key.
-    pub lookup_key: Option<String>,
+    pub(crate) lookup_key: Option<String>,
     /// Nickname.
-    pub nickname: Option<String>,
+    pub(crate) nickname: Option<String>,
     /// Metadata.
-    pub metadata: Value,
+    pub(crate) metadata: Value,
     /// Creation time.
-    pub created: i64,
+    pub(crate) created: i64,
 }
 
 impl Price {
     /// The price object.
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         let recurring = self.recurring.as_ref().map(|r| {
             json!({
                 "interval": r.interval, "interval_count": r.interval_count,
@@ -96,7 +96,7 @@ impl Price {
     }
 
     /// The legacy plan object that subscription items carry next to the price.
-    pub fn plan_json(&self) -> Value {
+    pub(crate) fn plan_json(&self) -> Value {
         let r = self.recurring.clone().unwrap_or(Recurring {
             interval: "month".into(),
             interval_count: 1,
@@ -116,7 +116,7 @@ impl Price {
 }
 
 /// A customer.
-pub fn customer(
+pub(crate) fn customer(
     id: &str,
     created: i64,
     email: Option<&str>,
@@ -136,28 +136,28 @@ pub fn customer(
 
 /// A billing meter.
 #[derive(Debug, Clone)]
-pub struct Meter {
+pub(crate) struct Meter {
     /// Id.
-    pub id: String,
+    pub(crate) id: String,
     /// Display name.
-    pub display_name: String,
+    pub(crate) display_name: String,
     /// Event name the meter counts.
-    pub event_name: String,
+    pub(crate) event_name: String,
     /// `sum`, `count` or `last`.
-    pub formula: String,
+    pub(crate) formula: String,
     /// Payload key of the customer id.
-    pub customer_key: String,
+    pub(crate) customer_key: String,
     /// Payload key of the value.
-    pub value_key: String,
+    pub(crate) value_key: String,
     /// `active` or `inactive`.
-    pub status: String,
+    pub(crate) status: String,
     /// Creation time.
-    pub created: i64,
+    pub(crate) created: i64,
 }
 
 impl Meter {
     /// The meter object.
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         json!({
             "id": self.id, "object": "billing.meter", "created": self.created,
             "customer_mapping": {"event_payload_key": self.customer_key, "type": "by_id"},
@@ -172,26 +172,26 @@ impl Meter {
 
 /// A meter event as accepted.
 #[derive(Debug, Clone)]
-pub struct MeterEvent {
+pub(crate) struct MeterEvent {
     /// Event name.
-    pub event_name: String,
+    pub(crate) event_name: String,
     /// Unique identifier.
-    pub identifier: String,
+    pub(crate) identifier: String,
     /// The payload as sent.
-    pub payload: Map<String, Value>,
+    pub(crate) payload: Map<String, Value>,
     /// Customer (from the meter's customer key).
-    pub customer: String,
+    pub(crate) customer: String,
     /// Value (from the meter's value key).
-    pub value: f64,
+    pub(crate) value: f64,
     /// Event time.
-    pub timestamp: i64,
+    pub(crate) timestamp: i64,
     /// When it was accepted.
-    pub created: i64,
+    pub(crate) created: i64,
 }
 
 impl MeterEvent {
     /// The meter event object.
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         json!({
             "object": "billing.meter_event", "created": self.created,
             "event_name": self.event_name, "identifier": self.identifier, "livemode": false,
@@ -201,7 +201,7 @@ impl MeterEvent {
 }
 
 /// A meter event summary.
-pub fn summary(id: &str, meter: &str, start: i64, end: i64, value: f64) -> Value {
+pub(crate) fn summary(id: &str, meter: &str, start: i64, end: i64, value: f64) -> Value {
     json!({
         "id": id, "object": "billing.meter_event_summary", "aggregated_value": value,
         "end_time": end, "livemode": false, "meter": meter, "start_time": start,
@@ -210,42 +210,42 @@ pub fn summary(id: &str, meter: &str, start: i64, end: i64, value: f64) -> Value
 
 /// A subscription.
 #[derive(Debug, Clone)]
-pub struct Subscription {
+pub(crate) struct Subscription {
     /// Id.
-    pub id: String,
+    pub(crate) id: String,
     /// Its only item's id.
-    pub item_id: String,
+    pub(crate) item_id: String,
     /// Customer id.
-    pub customer: String,
+    pub(crate) customer: String,
     /// Price of the item.
-    pub price: Price,
+    pub(crate) price: Price,
     /// Quantity of the item.
-    pub quantity: u64,
+    pub(crate) quantity: u64,
     /// `active`, `past_due`, `canceled`, ...
-    pub status: String,
+    pub(crate) status: String,
     /// Creation time.
-    pub created: i64,
+    pub(crate) created: i64,
     /// Current period start.
-    pub period_start: i64,
+    pub(crate) period_start: i64,
     /// Current period end.
-    pub period_end: i64,
+    pub(crate) period_end: i64,
     /// Ends at the period end.
-    pub cancel_at_period_end: bool,
+    pub(crate) cancel_at_period_end: bool,
     /// When it was canceled (or asked to be).
-    pub canceled_at: Option<i64>,
+    pub(crate) canceled_at: Option<i64>,
     /// When it ended.
-    pub ended_at: Option<i64>,
+    pub(crate) ended_at: Option<i64>,
     /// Metadata.
-    pub metadata: Value,
+    pub(crate) metadata: Value,
     /// Latest invoice id.
-    pub latest_invoice: Option<String>,
+    pub(crate) latest_invoice: Option<String>,
     /// The next renewal's payment fails (admin switch).
-    pub fail_next_payment: bool,
+    pub(crate) fail_next_payment: bool,
 }
 
 impl Subscription {
     /// The subscription object.
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         let cancel_at = self.cancel_at_period_end.then_some(self.period_end);
         let item = json!({
             "id": self.item_id, "object": "subscription_item", "billing_thresholds": null,
@@ -279,14 +279,14 @@ impl Subscription {
     }
 
     /// Whether the subscription is over.
-    pub fn is_terminal(&self) -> bool {
+    pub(crate) fn is_terminal(&self) -> bool {
         matches!(self.status.as_str(), "canceled" | "incomplete_expired")
     }
 }
 
 /// An invoice for one period of a subscription.
 #[allow(clippy::too_many_arguments)]
-pub fn invoice(
+pub(crate) fn invoice(
     id: &str,
     sub: &Subscription,
     created: i64,
@@ -334,44 +334,44 @@ pub fn invoice(
 
 /// A Checkout Session.
 #[derive(Debug, Clone)]
-pub struct CheckoutSession {
+pub(crate) struct CheckoutSession {
     /// Id.
-    pub id: String,
+    pub(crate) id: String,
     /// Customer id.
-    pub customer: String,
+    pub(crate) customer: String,
     /// Line items: (price id, quantity).
-    pub line_items: Vec<(String, Option<u64>)>,
+    pub(crate) line_items: Vec<(String, Option<u64>)>,
     /// `subscription` (the only mode the fake completes).
-    pub mode: String,
+    pub(crate) mode: String,
     /// Where the customer goes after paying.
-    pub success_url: Option<String>,
+    pub(crate) success_url: Option<String>,
     /// Where the customer goes after giving up.
-    pub cancel_url: Option<String>,
+    pub(crate) cancel_url: Option<String>,
     /// Caller's reference.
-    pub client_reference_id: Option<String>,
+    pub(crate) client_reference_id: Option<String>,
     /// Session metadata.
-    pub metadata: Value,
+    pub(crate) metadata: Value,
     /// Metadata for the subscription it creates.
-    pub subscription_metadata: Value,
+    pub(crate) subscription_metadata: Value,
     /// `open`, `complete`, `expired`.
-    pub status: String,
+    pub(crate) status: String,
     /// The subscription it created.
-    pub subscription: Option<String>,
+    pub(crate) subscription: Option<String>,
     /// The first invoice.
-    pub invoice: Option<String>,
+    pub(crate) invoice: Option<String>,
     /// Total of the line items.
-    pub amount_total: i64,
+    pub(crate) amount_total: i64,
     /// Currency.
-    pub currency: String,
+    pub(crate) currency: String,
     /// Creation time.
-    pub created: i64,
+    pub(crate) created: i64,
     /// The page that completes it.
-    pub url: String,
+    pub(crate) url: String,
 }
 
 impl CheckoutSession {
     /// The session object.
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         let complete = self.status == "complete";
         json!({
             "id": self.id, "object": "checkout.session", "adaptive_pricing": null,
@@ -399,7 +399,7 @@ impl CheckoutSession {
 }
 
 /// A billing portal session.
-pub fn portal_session(
+pub(crate) fn portal_session(
     id: &str,
     customer: &str,
     created: i64,
@@ -414,7 +414,13 @@ pub fn portal_session(
 }
 
 /// An event envelope.
-pub fn event(id: &str, kind: &str, created: i64, object: Value, previous: Option<Value>) -> Value {
+pub(crate) fn event(
+    id: &str,
+    kind: &str,
+    created: i64,
+    object: Value,
+    previous: Option<Value>,
+) -> Value {
     let mut data = Map::new();
     data.insert("object".into(), object);
     if let Some(p) = previous {

@@ -1,0 +1,46 @@
+//! stripe-fake: a stateful Stripe test double served over HTTP — the subset of the API billing-sync
+//! uses, hosted checkout and portal pages, signed webhooks, Idempotency-Key replay, injectable
+//! faults and a movable clock. Every response and webhook payload is checked against async-stripe's
+//! typed structs by the contract test (`tests/tests/e2e/billing_contract.rs`). The tests run it
+//! in-process ([`FakeStripe`]); the `stripe-fake` binary serves it for the demo (`scripts/run.sh`).
+//!
+//! # Layout
+//! - `server`: the handle: [`FakeConfig`], bind, URL, catalog seed, serve until cancelled.
+//! - `router`: the routes.
+//! - `api`: the `/v1` API (authentication, faults, idempotency, dispatch).
+//! - `pages`: the hosted checkout and portal pages.
+//! - `admin`: the admin endpoints under `/_fake`.
+//! - `webhooks`: webhook signing and delivery.
+//! - `shared`: what the handlers share (account lock, webhook target, queue, JSON answers).
+//! - `state`: the account (customers, products, prices, meters, meter events, subscriptions,
+//!   sessions, invoices, events, faults, logs) and its rules (identifier dedup, the 35-day window,
+//!   periods).
+//! - `objects`: Stripe-shaped JSON of each object.
+//! - `form`: Stripe's bracket form encoding parsed into JSON.
+//! - `error`: the Stripe-shaped API error.
+//!
+//! # Admin endpoints (not Stripe's; for tests and demos)
+//! - `POST /_fake/faults` `{"kind": "status"|"timeout"|"delay", "status", "ms", "path", "count"}`,
+//!   `DELETE /_fake/faults`.
+//! - `POST /_fake/clock/advance` `{"seconds": n}`: renewals, period-end cancellations.
+//! - `POST /_fake/webhooks` `{"url", "secret", "paused"}`: where and whether webhooks go.
+//! - `GET /_fake/events`, `POST /_fake/events/{id}/deliver` `{"signature": "valid"|"bad"|"stale"}`.
+//! - `POST /_fake/subscriptions/{id}/{payment_failed|invoice_paid|delete|fail_next_payment|update}`.
+//! - `GET /_fake/meter_events`, `GET /_fake/requests`, `GET /_fake/deliveries`, `GET /_fake/stats`.
+
+#![forbid(unsafe_code)]
+#![recursion_limit = "256"]
+
+mod admin;
+mod api;
+mod error;
+mod form;
+mod objects;
+mod pages;
+mod router;
+mod server;
+mod shared;
+mod state;
+mod webhooks;
+
+pub use server::{FakeConfig, FakeStripe};

@@ -1,0 +1,293 @@
+//! Customers, products, prices and meters: create, retrieve, list, and the catalog's seed.
+
+use serde_json::{Value, json};
+
+use super::State;
+use super::params::{int_param, metadata, page, req_str, str_param};
+use crate::error::{ApiErr, ApiResult};
+use crate::objects::{self, Meter, Price, Recurring};
+
+impl State {
+    /// `POST /v1/customers`.
+    pub(crate) fn create_customer(&mut self, p: &Value) -> ApiResult {
+        let id = self.id("cus");
+        let c = objects::customer(
+            &id,
+            self.now(),
+            str_param(p, "email"),
+            str_param(p, "name"),
+            &metadata(p, "metadata"),
+        );
+        self.customers.insert(id, c.clone());
+        Ok(c)
+    }
+
+    /// `GET /v1/customers/{id}`.
+    pub(crate) fn customer(&self, id: &str) -> ApiResult {
+        self.customers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiErr::missing("customer", id, Some("id")))
+    }
+
+    /// `GET /v1/customers`.
+    pub(crate) fn list_customers(&self, p: &Value) -> ApiResult {
+        let email = str_param(p, "email");
+        let mut items: Vec<Value> = self
+            .customers
+            .values()
+            .filter(|c| email.is_none_or(|e| c["email"] == e))
+            .cloned()
+            .collect();
+        items.sort_by(|a, b| {
+            b["created"]
+                .as_i64()
+                .cmp(&a["created"].as_i64())
+                .then(b["id"].as_str().cmp(&a["id"].as_str()))
+        });
+        page(items, p, "/v1/customers")
+    }
+
+    /// `POST /v1/products`.
+    pub(crate) fn create_product(&mut self, p: &Value) -> ApiResult {
+        let name = req_str(p, "name")?;
+        let id = match str_param(p, "id") {
+            Some(id) if self.products.contains_key(id) => {
+                return Err(ApiErr::invalid(
+                    "resource_already_exists",
+                    format!("Product already exists: {id}"),
+                    Some("id"),
+                ));
+            }
+            Some(id) => id.to_string(),
+            None => self.id("prod"),
+        };
+        let product = objects::product(&id, name, self.now(), &metadata(p, "metadata"));
+        self.products.insert(id, product.clone());
+        Ok(product)
+    }
+
+    /// `GET /v1/products/{id}`.
+    pub(crate) fn product(&self, id: &str) -> ApiResult {
+        self.products
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiErr::missing("product", id, Some("id")))
+    }
+
+    /// `POST /v1/prices`.
+    pub(crate) fn create_price(&mut self, p: &Value) -> ApiResult {
+        let currency = req_str(p, "currency")?.to_lowercase();
+        let product = match (str_param(p, "product"), p.get("product_data")) {
+            (Some(id), _) => {
+                self.product(id)
+                    .map_err(|_| ApiErr::missing("product", id, Some("product")))?;
+                id.to_string()
+            }
+            (None, Some(data)) => {
+                let created = self.create_product(data)?;
+                created["id"].as_str().unwrap_or_default().to_string()
+            }
+            (None, None) => return Err(ApiErr::param_missing("product")),
+        };
+        let unit_amount = int_param(p, "unit_amount")?.unwrap_or(0);
+        let recurring = match p.get("recurring") {
+            Some(r) => {
+                let interval = req_str(r, "interval")
+                    .map_err(|_| ApiErr::param_missing("recurring[interval]"))?;
+                if !["day", "week", "month", "year"].contains(&interval) {
+                    return Err(ApiErr::invalid(
+                        "parameter_invalid_string",
+                        format!("Invalid recurring[interval]: {interval}"),
+                        Some("recurring[interval]"),
+                    ));
+                }
+                let usage_type = str_param(r, "usage_type").unwrap_or("licensed").to_string();
+                let meter = str_param(r, "meter").map(String::from);
+                if let Some(m) = &meter {
+                    if !self.meters.contains_key(m) {
+                        return Err(ApiErr::missing(
+                            "billing meter",
+                            m,
+                            Some("recurring[meter]"),
+                        ));
+                    }
+                    if usage_type != "metered" {
+                        return Err(ApiErr::invalid(
+                            "parameter_invalid_string",
+                            "recurring[meter] requires recurring[usage_type]=metered",
+                            Some("recurring[usage_type]"),
+                        ));
+                    }
+                }
+                Some(Recurring {
+                    interval: interval.into(),
+                    interval_count: int_param(r, "interval_count")?.unwrap_or(1).max(1) as u64,
+                    usage_type,
+                    meter,
+                })
+            }
+            None => None,
+        };
+        let price = Price {
+            id: self.id("price"),
+            product,
+            unit_amount,
+            currency,
+            recurring,
+            lookup_key: str_param(p, "lookup_key").map(String::from),
+            nickname: str_param(p, "nickname").map(String::from),
+            metadata: metadata(p, "metadata"),
+            created: self.now(),
+        };
+        let json = price.json();
+        self.prices.insert(price.id.clone(), price);
+        Ok(json)
+    }
+
+    /// `GET /v1/prices/{id}`.
+    pub(crate) fn price(&self, id: &str) -> ApiResult {
+        self.prices
+            .get(id)
+            .map(Price::json)
+            .ok_or_else(|| ApiErr::missing("price", id, Some("price")))
+    }
+
+    /// `GET /v1/prices`.
+    pub(crate) fn list_prices(&self, p: &Value) -> ApiResult {
+        let mut items: Vec<&Price> = self.prices.values().collect();
+        items.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
+        page(
+            items.into_iter().map(Price::json).collect(),
+            p,
+            "/v1/prices",
+        )
+    }
+
+    /// `POST /v1/billing/meters`.
+    pub(crate) fn create_meter(&mut self, p: &Value) -> ApiResult {
+        let display_name = req_str(p, "display_name")?.to_string();
+        let event_name = req_str(p, "event_name")?.to_string();
+        let formula = p
+            .get("default_aggregation")
+            .and_then(|d| str_param(d, "formula"))
+            .ok_or_else(|| ApiErr::param_missing("default_aggregation[formula]"))?
+            .to_string();
+        if !["sum", "count", "last"].contains(&formula.as_str()) {
+            return Err(ApiErr::invalid(
+                "parameter_invalid_string",
+                format!("Invalid default_aggregation[formula]: {formula}"),
+                Some("default_aggregation[formula]"),
+            ));
+        }
+        if self
+            .meters
+            .values()
+            .any(|m| m.event_name == event_name && m.status == "active")
+        {
+            return Err(ApiErr::invalid(
+                "resource_already_exists",
+                format!("An active meter with event_name '{event_name}' already exists."),
+                Some("event_name"),
+            ));
+        }
+        let meter = Meter {
+            id: self.id("mtr"),
+            display_name,
+            event_name,
+            formula,
+            customer_key: p
+                .get("customer_mapping")
+                .and_then(|c| str_param(c, "event_payload_key"))
+                .unwrap_or("stripe_customer_id")
+                .into(),
+            value_key: p
+                .get("value_settings")
+                .and_then(|c| str_param(c, "event_payload_key"))
+                .unwrap_or("value")
+                .into(),
+            status: "active".into(),
+            created: self.now(),
+        };
+        let json = meter.json();
+        self.meters.insert(meter.id.clone(), meter);
+        Ok(json)
+    }
+
+    /// `GET /v1/billing/meters/{id}`.
+    pub(crate) fn meter(&self, id: &str) -> ApiResult {
+        self.meters
+            .get(id)
+            .map(Meter::json)
+            .ok_or_else(|| ApiErr::missing("billing meter", id, Some("id")))
+    }
+
+    /// `GET /v1/billing/meters`.
+    pub(crate) fn list_meters(&self, p: &Value) -> ApiResult {
+        let status = str_param(p, "status");
+        let mut items: Vec<&Meter> = self
+            .meters
+            .values()
+            .filter(|m| status.is_none_or(|s| m.status == s))
+            .collect();
+        items.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
+        page(
+            items.into_iter().map(Meter::json).collect(),
+            p,
+            "/v1/billing/meters",
+        )
+    }
+
+    /// See [`FakeStripe::seed_catalog`](crate::FakeStripe::seed_catalog).
+    pub(crate) fn seed_catalog(&mut self, catalog: &schemas::Catalog) -> Vec<(String, String)> {
+        let now = self.now();
+        let mut out = Vec::new();
+        for plan in catalog.plans.iter().filter(|p| p.price_cents > 0) {
+            let product = format!("prod_{}", plan.key);
+            let price = format!("price_{}", plan.key);
+            self.products.insert(
+                product.clone(),
+                objects::product(&product, &plan.name, now, &json!({"plan": plan.key})),
+            );
+            self.prices.insert(
+                price.clone(),
+                objects::Price {
+                    id: price.clone(),
+                    product,
+                    unit_amount: plan.price_cents as i64,
+                    currency: plan.currency.clone(),
+                    recurring: Some(objects::Recurring {
+                        interval: "month".into(),
+                        interval_count: 1,
+                        usage_type: "licensed".into(),
+                        meter: None,
+                    }),
+                    lookup_key: Some(plan.key.clone()),
+                    nickname: Some(plan.name.clone()),
+                    metadata: json!({"plan": plan.key}),
+                    created: now,
+                },
+            );
+            if let Some(env) = &plan.stripe_price_env {
+                out.push((env.clone(), price));
+            }
+        }
+        for meter in &catalog.meters {
+            let id = format!("mtr_{}", meter.key);
+            self.meters.insert(
+                id.clone(),
+                objects::Meter {
+                    id,
+                    display_name: meter.name.clone(),
+                    event_name: meter.key.clone(),
+                    formula: "sum".into(),
+                    customer_key: "stripe_customer_id".into(),
+                    value_key: "value".into(),
+                    status: "active".into(),
+                    created: now,
+                },
+            );
+        }
+        out
+    }
+}

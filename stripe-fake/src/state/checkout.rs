@@ -1,0 +1,160 @@
+//! Checkout Sessions (subscription mode, completed on the hosted page) and billing portal sessions.
+
+use serde_json::{Value, json};
+
+use super::State;
+use super::params::{int_param, metadata, req_str, str_param};
+use crate::error::{ApiErr, ApiResult};
+use crate::objects::{self, CheckoutSession};
+
+impl State {
+    /// `POST /v1/checkout/sessions` (subscription mode).
+    pub(crate) fn create_checkout_session(&mut self, p: &Value, base_url: &str) -> ApiResult {
+        let mode = req_str(p, "mode")?;
+        if mode != "subscription" {
+            return Err(ApiErr::invalid(
+                "parameter_invalid_string",
+                format!("The fake completes only subscription-mode sessions, not '{mode}'."),
+                Some("mode"),
+            ));
+        }
+        let items = p
+            .get("line_items")
+            .and_then(Value::as_array)
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| ApiErr::param_missing("line_items"))?;
+        let mut line_items = Vec::new();
+        let mut amount = 0;
+        let mut currency = "usd".to_string();
+        for (i, item) in items.iter().enumerate() {
+            let pid = str_param(item, "price")
+                .ok_or_else(|| ApiErr::param_missing(&format!("line_items[{i}][price]")))?;
+            let price = self.prices.get(pid).ok_or_else(|| {
+                ApiErr::missing("price", pid, Some(&format!("line_items[{i}][price]")))
+            })?;
+            let quantity = int_param(item, "quantity")?.map(|q| q.max(1) as u64);
+            let metered = price
+                .recurring
+                .as_ref()
+                .is_some_and(|r| r.usage_type == "metered");
+            if metered && quantity.is_some() {
+                return Err(ApiErr::invalid(
+                    "parameter_invalid_integer",
+                    "Quantity should not be specified where usage_type is `metered`.",
+                    Some(&format!("line_items[{i}][quantity]")),
+                ));
+            }
+            if !metered && quantity.is_none() {
+                return Err(ApiErr::param_missing(&format!("line_items[{i}][quantity]")));
+            }
+            amount += price.unit_amount * quantity.unwrap_or(0) as i64;
+            currency.clone_from(&price.currency);
+            line_items.push((pid.to_string(), quantity));
+        }
+        let customer = match str_param(p, "customer") {
+            Some(c) => {
+                self.customer(c)
+                    .map_err(|_| ApiErr::missing("customer", c, Some("customer")))?;
+                c.to_string()
+            }
+            None => {
+                let created =
+                    self.create_customer(&json!({"email": str_param(p, "customer_email")}))?;
+                created["id"].as_str().unwrap_or_default().to_string()
+            }
+        };
+        let id = format!("cs_test_{}", &self.id("x")[2..]);
+        let session = CheckoutSession {
+            url: format!("{base_url}/checkout/{id}"),
+            id: id.clone(),
+            customer,
+            line_items,
+            mode: mode.into(),
+            success_url: str_param(p, "success_url").map(String::from),
+            cancel_url: str_param(p, "cancel_url").map(String::from),
+            client_reference_id: str_param(p, "client_reference_id").map(String::from),
+            metadata: metadata(p, "metadata"),
+            subscription_metadata: p
+                .get("subscription_data")
+                .map(|d| metadata(d, "metadata"))
+                .unwrap_or_else(|| json!({})),
+            status: "open".into(),
+            subscription: None,
+            invoice: None,
+            amount_total: amount,
+            currency,
+            created: self.now(),
+        };
+        let json = session.json();
+        self.sessions.insert(id, session);
+        Ok(json)
+    }
+
+    /// `GET /v1/checkout/sessions/{id}`.
+    pub(crate) fn checkout_session(&self, id: &str) -> ApiResult {
+        self.sessions
+            .get(id)
+            .map(CheckoutSession::json)
+            .ok_or_else(|| ApiErr::missing("checkout.session", id, Some("session")))
+    }
+
+    /// The customer pays on the hosted page: the subscription starts and the session completes.
+    /// Visiting a completed session again changes nothing.
+    pub(crate) fn complete_checkout(
+        &mut self,
+        id: &str,
+    ) -> Result<(CheckoutSession, Vec<Value>), ApiErr> {
+        let session = self
+            .sessions
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiErr::missing("checkout.session", id, None))?;
+        if session.status != "open" {
+            return Ok((session, Vec::new()));
+        }
+        let (price, quantity) = session.line_items[0].clone();
+        let sub = self.new_subscription(
+            &session.customer,
+            &price,
+            quantity.unwrap_or(1),
+            session.subscription_metadata.clone(),
+        )?;
+        let sub_id = sub.id.clone();
+        let mut events = self.start_subscription(sub, "subscription_create");
+        let invoice = self
+            .subscriptions
+            .get(&sub_id)
+            .and_then(|s| s.latest_invoice.clone());
+        let done = {
+            let s = self
+                .sessions
+                .get_mut(id)
+                .ok_or_else(|| ApiErr::missing("checkout.session", id, None))?;
+            s.status = "complete".into();
+            s.subscription = Some(sub_id);
+            s.invoice = invoice;
+            s.clone()
+        };
+        // Stripe sends checkout.session.completed after the subscription exists.
+        let completed = self.push_event("checkout.session.completed", done.json(), None);
+        events.insert(0, completed);
+        Ok((done, events))
+    }
+
+    /// `POST /v1/billing_portal/sessions`.
+    pub(crate) fn create_portal_session(&mut self, p: &Value, base_url: &str) -> ApiResult {
+        let customer = req_str(p, "customer")?;
+        self.customer(customer)
+            .map_err(|_| ApiErr::missing("customer", customer, Some("customer")))?;
+        let id = self.id("bps");
+        let session = objects::portal_session(
+            &id,
+            customer,
+            self.now(),
+            str_param(p, "return_url"),
+            &format!("{base_url}/portal/{id}"),
+        );
+        self.portal_sessions.insert(id, session.clone());
+        Ok(session)
+    }
+}
