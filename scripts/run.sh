@@ -25,7 +25,7 @@ if [[ "${1:-}" == "stop" ]]; then stop_services; bash scripts/servers.sh stop; e
 
 bash scripts/install.sh clickhouse tansu
 bash scripts/servers.sh start
-cargo build -q -p ingest -p aggregator -p billing-sync --bins
+cargo build -q -p ingest -p aggregator -p billing-sync -p stripe-fake --bins
 stop_services
 
 export INGEST_LISTEN="127.0.0.1:$API_PORT" AGGREGATOR_LISTEN="127.0.0.1:$AGG_PORT"

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use billing_sync::billing::Billing;
-use billing_sync::fake::{FakeConfig, FakeStripe};
 use serde_json::Value;
+use stripe_fake::{FakeConfig, FakeStripe};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

@@ -7,7 +7,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use billing_sync::fake::{FakeConfig, FakeStripe};
 use serde_json::{Value, json};
 use stripe::{Client, ClientBuilder, RequestStrategy, StripeError, StripeRequest};
 use stripe_billing::billing_meter::{
@@ -28,6 +27,7 @@ use stripe_checkout::checkout_session::{
     RetrieveCheckoutSession,
 };
 use stripe_core::customer::{CreateCustomer, ListCustomer, RetrieveCustomer};
+use stripe_fake::{FakeConfig, FakeStripe};
 use stripe_product::price::{
     CreatePrice, CreatePriceRecurring, CreatePriceRecurringInterval, CreatePriceRecurringUsageType,
     ListPrice, RetrievePrice,
