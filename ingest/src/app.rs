@@ -36,9 +36,8 @@ impl App {
         if config.kafka.create_topics {
             schemas::kafka::ensure_topics(&config.kafka, &config.topics).await?;
         }
-        let keys = KeyStore::new(config.clickhouse.client()).with_sessions(Arc::new(
-            Signer::new(&config.dashboard_secret),
-        ));
+        let keys = KeyStore::new(config.clickhouse.client())
+            .with_sessions(Arc::new(Signer::new(&config.dashboard_secret)));
         keys.refresh().await?;
         let producer = EventProducer::new(
             &config.kafka,
@@ -49,7 +48,7 @@ impl App {
         let catalog = Arc::new(catalog);
         let view = Arc::new(QuotaView::new(catalog.clone(), config.unknown_customer));
         let ch = config.clickhouse.client();
-        let baseline = crate::state::load_baseline(&ch, &view).await?;
+        let baseline = crate::follow::load_baseline(&ch, &view).await?;
         tracing::info!(records = baseline, "quota baseline loaded from ClickHouse");
         let state = AppState::new(Shared {
             config: Arc::new(config),
@@ -103,7 +102,7 @@ impl App {
             let metrics = state.metrics.clone();
             tasks.spawn(async move {
                 if let Err(e) =
-                    crate::state::follow(&kafka, &topics, &origin, view, metrics, cancel).await
+                    crate::follow::follow(&kafka, &topics, &origin, view, metrics, cancel).await
                 {
                     tracing::error!(error = %e, "quota state follower stopped");
                 }

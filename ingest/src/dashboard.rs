@@ -358,10 +358,7 @@ async fn post_link(
     };
     let ttl = req.ttl_secs.unwrap_or(LINK_TTL_SECS);
     if !LINK_TTL_RANGE.contains(&ttl) {
-        return Err(invalid(
-            "ttl_secs",
-            "between 60 and 86400 seconds",
-        ));
+        return Err(invalid("ttl_secs", "between 60 and 86400 seconds"));
     }
     let exp = OffsetDateTime::now_utc() + time::Duration::seconds(ttl);
     let link = signer(&state)?.link(&key.tenant, &customer, exp);

@@ -6,35 +6,41 @@
 //! reaches the events topic (it is kept on the rejected topic for the dead-letter table).
 //!
 //! # Layout
-//! - [`config`]: the typed, layered configuration.
-//! - [`keys`]: API key creation, hashing and the in-memory key store.
-//! - [`producer`]: the acks=all producer.
+//! From the bottom up; a module uses only those above it in this list.
+//! - [`error`], [`config`], [`metrics`]: the crate error, the typed layered configuration, the
+//!   Prometheus metrics.
 //! - [`quota`]: the in-memory quota view (plans, daily usage, this instance's pending usage).
-//! - [`notes`]: the compact header of a batch message that other instances' tails count from.
-//! - [`state`]: builds the view from ClickHouse at start and follows the state topic.
-//! - [`query`]: quota, check-and-track, usage, history and admin plan endpoints.
-//! - [`seed`]: the seed application's `/usage` endpoints over the native API.
-//! - [`http`]: routes, intake and health.
+//! - [`follow`]: builds the view from ClickHouse at start and follows the state and events topics.
+//! - [`shared`]: [`shared::AppState`], what every handler shares.
+//! - [`access`]: what the native handlers check first (key, customer, ready view, meter, quantity).
+//! - Handlers: [`intake`] (`POST /v1/events`), [`check`] (quota and check-and-track), [`usage`]
+//!   (usage and history), [`admin`] (plans, limits, grants), [`seed`] (the seed application's
+//!   `/usage` endpoints), [`dashboard`] (the customer dashboard, its compact display, the plans
+//!   list and sign-in links).
 //! - [`request`]: the per-request layer (request id, tracing span, per-route metrics).
-//! - [`dashboard`]: the customer dashboard page, its embeddable compact display, the plans list and signed sign-in links.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`http`]: the router on top, health, readiness, metrics and the OpenAPI document.
 //! - [`app`]: build, serve, shut down.
-//! - [`error`]: the crate error and HTTP error rendering.
+//!
+//! Keys, auth, sessions, the HTTP error type and the producer are the `platform` crate's.
 
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod admin;
 pub mod app;
+pub mod check;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+pub mod follow;
 pub mod http;
+pub mod intake;
 pub mod metrics;
-pub mod query;
 pub mod quota;
 pub mod request;
 pub mod seed;
 pub mod shared;
-pub mod state;
+pub mod usage;
 
 pub use app::App;
 pub use config::Config;

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use platform::principal::Scope;
 use ingest::{App, Config};
+use platform::principal::Scope;
 
 #[derive(Parser)]
 #[command(about = "Usage-event intake API")]

@@ -14,8 +14,9 @@ use platform::error::{ApiError, invalid};
 use platform::principal::Scope;
 use platform::producer::now_millis;
 
-use crate::query::{CheckItem, HistoryQuery, track, usage_body};
+use crate::check::{CheckItem, track};
 use crate::shared::AppState;
+use crate::usage::{HistoryQuery, history, usage_body};
 
 /// `customer` query parameter for tenant-wide keys.
 #[derive(Debug, Deserialize, Default)]
@@ -171,7 +172,7 @@ pub async fn get_history(
         group_by: Some("endpoint".into()),
         meter: None,
     };
-    let (_, _, _, points) = crate::query::history(&state, &key.tenant, &customer, &hq).await?;
+    let (_, _, _, points) = history(&state, &key.tenant, &customer, &hq).await?;
     let mut by_day: std::collections::BTreeMap<String, (f64, serde_json::Map<String, Value>)> =
         std::collections::BTreeMap::new();
     for i in 0..i64::from(days) {

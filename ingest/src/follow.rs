@@ -317,7 +317,8 @@ mod tests {
             .iter()
             .map(|e| Noted::of_event(e, &catalog))
             .collect();
-        let batches = platform::producer::EventProducer::batches(&events, &notes, 1).expect("batches");
+        let batches =
+            platform::producer::EventProducer::batches(&events, &notes, 1).expect("batches");
         let [batch] = &batches[..] else {
             panic!("one partition, one message: {batches:?}")
         };

@@ -1,0 +1,271 @@
+//! Event intake (`POST /v1/events`): authenticate, read the body within its limit, validate (the
+//! fast path for plain valid events, the full validation with per-field errors otherwise), produce
+//! with acks=all and count the accepted events in the quota view; refused batches are kept on the
+//! rejected topic.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use http_body_util::BodyExt;
+use schemas::api::Accepted;
+use schemas::event::{Intake, UsageEvent};
+use schemas::wire::{Checked, Wire};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tower_http::request_id::RequestId;
+
+use platform::auth::authenticate;
+use platform::error::ApiError;
+use platform::notes::Noted;
+use platform::principal::Scope;
+use platform::producer::{MAX_REJECTED_PAYLOAD, Outgoing, Rejection, now_millis};
+
+use crate::metrics::CodeLabels;
+use crate::shared::AppState;
+
+fn request_id(id: &Option<Extension<RequestId>>) -> Option<String> {
+    id.as_ref()
+        .and_then(|Extension(r)| r.header_value().to_str().ok().map(String::from))
+}
+
+/// Reads at most `limit` bytes of the body; more is a 413.
+/// A body declared up to this many times the limit is read and dropped before the 413.
+const DRAIN_FACTOR: usize = 8;
+
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body exceeds {limit} bytes; split it into smaller batches"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = declared.filter(|&n| n > limit) {
+        // Read (and drop) a moderately oversized body before answering, so the client reads the
+        // 413 instead of a connection reset in the middle of its upload; a huge one is refused at
+        // once.
+        if n <= limit.saturating_mul(DRAIN_FACTOR) {
+            let mut body = body;
+            while let Some(frame) = body.frame().await {
+                if frame.is_err() {
+                    break;
+                }
+            }
+        }
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "body_read_failed",
+            format!("cannot read the body: {e}"),
+        )),
+    }
+}
+
+/// `POST /v1/events`: 202 once the broker acknowledged every event of the batch.
+pub(crate) async fn post_events(
+    State(state): State<AppState>,
+    rid: Option<Extension<RequestId>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let rid = request_id(&rid);
+    match intake(&state, &headers, body).await {
+        Ok(accepted) => (StatusCode::ACCEPTED, Json(Accepted { accepted })).into_response(),
+        Err(e) => e.with_request_id(rid).into_response(),
+    }
+}
+
+async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usize, ApiError> {
+    let key = authenticate(&state.keys, headers, Scope::Ingest).await?;
+    let body = read_body(body, headers, state.config.max_body_bytes).await?;
+    let received_at = now_millis();
+    let reject = |code: &'static str, reason: String| {
+        state
+            .metrics
+            .events_rejected
+            .get_or_create(&CodeLabels { code: code.into() })
+            .inc();
+        keep_rejection(state, &key.tenant, received_at, code, reason, &body);
+    };
+
+    let ctx = Intake {
+        tenant: &key.tenant,
+        customer_scope: key.customer.as_deref(),
+        received_at,
+        window: state.config.window(),
+    };
+    if let Some(events) = fast_events(&body, &ctx, state) {
+        let notes: Vec<Noted<'_>> = events.iter().map(Noted::of_checked).collect();
+        return produce(state, &events, &notes).await;
+    }
+
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            let message = format!("the body is not valid JSON: {e}");
+            reject("malformed_json", message.clone());
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                message,
+            ));
+        }
+    };
+    let items: Vec<&Value> = match &value {
+        Value::Array(items) => items.iter().collect(),
+        single => vec![single],
+    };
+    if items.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty_batch",
+            "the batch holds no events",
+        ));
+    }
+    if items.len() > state.config.max_batch_events {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_events",
+            format!(
+                "{} events in one request; at most {}",
+                items.len(),
+                state.config.max_batch_events
+            ),
+        ));
+    }
+
+    let mut events: Vec<UsageEvent> = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match schemas::event::validate(item, i, &ctx, &state.catalog) {
+            Ok((event, _)) => events.push(event),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if !errors.is_empty() {
+        let forbidden = errors.iter().any(|e| e.code.is_forbidden());
+        let bad = errors
+            .iter()
+            .map(|e| e.index)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        let (status, code) = if forbidden {
+            (StatusCode::FORBIDDEN, "forbidden")
+        } else {
+            (StatusCode::BAD_REQUEST, "invalid_events")
+        };
+        let reason = serde_json::to_string(&errors).unwrap_or_default();
+        reject(code, reason);
+        let mut err = ApiError::new(
+            status,
+            code,
+            format!(
+                "{bad} of {} events are invalid; nothing was accepted",
+                items.len()
+            ),
+        );
+        err.details = errors;
+        return Err(err);
+    }
+
+    let notes: Vec<Noted<'_>> = events
+        .iter()
+        .map(|e| Noted::of_event(e, &state.catalog))
+        .collect();
+    produce(state, &events, &notes).await
+}
+
+/// The request's events through the fast path ([`Wire`]) when every one is plain and valid and
+/// their number is within the limit; `None` sends the request through the full validation, which
+/// also explains what is wrong.
+fn fast_events<'a>(body: &'a [u8], ctx: &Intake<'a>, state: &AppState) -> Option<Vec<Checked<'a>>> {
+    let raws: Vec<&RawValue> = if schemas::event::is_batch(body) {
+        serde_json::from_slice(body).ok()?
+    } else {
+        vec![serde_json::from_slice(body).ok()?]
+    };
+    if raws.is_empty() || raws.len() > state.config.max_batch_events {
+        return None;
+    }
+    raws.iter()
+        .map(|raw| Wire::parse(raw.get())?.check(ctx, &state.catalog))
+        .collect()
+}
+
+/// Produces accepted events, waits for the acknowledgement and counts them in the quota view
+/// (`notes`: what the view counts of each event, in order; also the batches' notes header).
+async fn produce<E: Outgoing>(
+    state: &AppState,
+    events: &[E],
+    notes: &[Noted<'_>],
+) -> Result<usize, ApiError> {
+    match state.producer.send_events(events, notes).await {
+        Ok(positions) => {
+            let n = positions.len();
+            state.metrics.events_accepted.inc_by(n as u64);
+            for (&note, pos) in notes.iter().zip(positions) {
+                state.view.note(note, pos);
+            }
+            Ok(n)
+        }
+        Err(e) => {
+            state
+                .metrics
+                .produce_failures
+                .get_or_create(&CodeLabels {
+                    code: e.code().into(),
+                })
+                .inc();
+            tracing::warn!(error = %e, events = events.len(), "batch not acknowledged");
+            Err(ApiError::unavailable(
+                e.code(),
+                "the event log did not acknowledge the batch; retry it unchanged (same ids count once)",
+                1,
+            ))
+        }
+    }
+}
+
+/// Keeps a refused batch on the rejected topic without delaying the answer.
+fn keep_rejection(
+    state: &AppState,
+    tenant: &str,
+    receivedat: time::OffsetDateTime,
+    code: &str,
+    reason: String,
+    body: &[u8],
+) {
+    let cut = body.len().min(MAX_REJECTED_PAYLOAD);
+    let rejection = Rejection {
+        tenant: tenant.into(),
+        receivedat,
+        reason_code: code.into(),
+        reason,
+        payload: String::from_utf8_lossy(&body[..cut]).into_owned(),
+    };
+    let producer = state.producer.clone();
+    tokio::spawn(async move {
+        if let Err(e) = producer.send_rejection(&rejection).await {
+            tracing::warn!(error = %e, "could not keep a rejected batch");
+        }
+    });
+}

@@ -1,0 +1,337 @@
+//! Usage and history from the ClickHouse rollups: every meter's quota with its per-endpoint
+//! breakdown and the projection to the period end (`GET .../usage`), and history series
+//! (`GET .../history`).
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use schemas::quota::{Period, PlanState};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use platform::error::{ApiError, invalid};
+use platform::principal::Scope;
+
+use crate::access::{check_meter, reader, starting};
+use crate::shared::AppState;
+
+/// The projection of a period: usage and cost at the period end at the current pace.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Projection {
+    /// Usage expected at the period end.
+    pub projected_used: f64,
+    /// In percent of the limit (`null` = unlimited).
+    pub projected_percent: Option<f64>,
+    /// The plan's price for the period (cents).
+    pub projected_cost_cents: u64,
+    /// Currency.
+    pub currency: String,
+    /// The cheapest plan whose limit covers the projection, when the current one does not.
+    pub recommended_plan: Option<String>,
+}
+
+/// Projects `used` in `period` to its end.
+pub fn project(
+    catalog: &schemas::Catalog,
+    plan: &PlanState,
+    meter: &str,
+    used: f64,
+    limit: Option<u64>,
+    period: &Period,
+    now: OffsetDateTime,
+) -> Projection {
+    let total = (period.end_time() - period.start_time()).as_seconds_f64();
+    let elapsed = (now - period.start_time())
+        .as_seconds_f64()
+        .clamp(3600.0, total);
+    let projected = (used * total / elapsed).round();
+    let effective = plan.effective_plan(catalog);
+    let recommended = match limit {
+        Some(l) if projected > l as f64 => {
+            let mut plans: Vec<_> = catalog
+                .plans
+                .iter()
+                .filter(|p| p.limit(meter).is_none_or(|pl| pl as f64 >= projected))
+                .collect();
+            plans.sort_by_key(|p| p.price_cents);
+            plans.first().map(|p| p.key.clone())
+        }
+        _ => None,
+    };
+    Projection {
+        projected_used: projected,
+        projected_percent: limit.map(|l| {
+            if l == 0 {
+                100.0
+            } else {
+                (projected * 10_000.0 / l as f64).round() / 100.0
+            }
+        }),
+        projected_cost_cents: effective.map_or(0, |p| p.price_cents),
+        currency: effective.map_or_else(|| "usd".into(), |p| p.currency.clone()),
+        recommended_plan: recommended,
+    }
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct EndpointRow {
+    endpoint: String,
+    events: u64,
+    quantity: f64,
+}
+
+/// Usage per endpoint of `meter` in `period`, from the daily rollup.
+pub async fn by_endpoint(
+    state: &AppState,
+    tenant: &str,
+    customer: &str,
+    meter: &str,
+    period: &Period,
+) -> Result<BTreeMap<String, f64>, ApiError> {
+    let rows: Vec<EndpointRow> = state
+        .ch
+        .query(
+            "SELECT endpoint, sum(events) AS events, sum(quantity) AS quantity FROM usage_daily \
+             WHERE tenant = ? AND customer = ? AND meter = ? AND day >= toDate(?) AND day < toDate(?) \
+             GROUP BY endpoint ORDER BY endpoint",
+        )
+        .bind(tenant)
+        .bind(customer)
+        .bind(meter)
+        .bind(period.start.to_string())
+        .bind(period.end.to_string())
+        .fetch_all()
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.endpoint,
+                if r.quantity == 0.0 {
+                    r.events as f64
+                } else {
+                    r.quantity
+                },
+            )
+        })
+        .collect())
+}
+
+/// `GET /v1/customers/{customer}/usage`: every meter's quota, the per-endpoint breakdown and the
+/// projection to the period end.
+pub async fn get_usage(
+    State(state): State<AppState>,
+    Path(customer): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let key = reader(&state, &headers, Scope::Read, &customer).await?;
+    if !state.view.is_ready() {
+        return Err(starting());
+    }
+    Ok(Json(usage_body(&state, &key.tenant, &customer).await?))
+}
+
+/// The body of the usage answers (native and seed).
+pub async fn usage_body(state: &AppState, tenant: &str, customer: &str) -> Result<Value, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let (plan, known) = state.view.plan(tenant, customer);
+    let period = plan.period(now);
+    let answers = state.view.all_meters(tenant, customer, now);
+    let mut meters = Vec::new();
+    for a in answers {
+        let endpoints = by_endpoint(state, tenant, customer, &a.meter, &period).await?;
+        let projection = project(
+            &state.catalog,
+            &plan,
+            &a.meter,
+            a.used,
+            a.limit,
+            &period,
+            now,
+        );
+        let mut v = serde_json::to_value(&a).unwrap_or_default();
+        v["by_endpoint"] = json!(endpoints);
+        v["projection"] = serde_json::to_value(&projection).unwrap_or_default();
+        meters.push(v);
+    }
+    let effective = plan.effective_plan(&state.catalog);
+    Ok(json!({
+        "customer": customer,
+        "known": known,
+        "plan": {
+            "key": effective.map(|p| p.key.clone()),
+            "name": effective.map(|p| p.name.clone()),
+            "price_cents": effective.map(|p| p.price_cents),
+            "currency": effective.map(|p| p.currency.clone()),
+            "status": plan.status,
+            "cancel_at_period_end": plan.cancel_at_period_end,
+        },
+        "period_start": period.start_time().format(&Rfc3339).unwrap_or_default(),
+        "period_end": period.end_time().format(&Rfc3339).unwrap_or_default(),
+        "warn_percent": state.catalog.warn_percent,
+        "meters": meters,
+    }))
+}
+
+/// Query of `GET /v1/customers/{customer}/history`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Start (RFC 3339 or YYYY-MM-DD), inclusive; default: 30 days ago (24 h for hour).
+    pub from: Option<String>,
+    /// End, exclusive; default now.
+    pub to: Option<String>,
+    /// `hour`, `day` (default) or `month`.
+    pub granularity: Option<String>,
+    /// `endpoint` to break the series down by endpoint.
+    pub group_by: Option<String>,
+    /// Meter (default: the first meter).
+    pub meter: Option<String>,
+}
+
+pub(crate) fn parse_when(field: &str, s: &str) -> Result<OffsetDateTime, ApiError> {
+    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok(t);
+    }
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s, &fmt)
+        .map(|d| d.midnight().assume_utc())
+        .map_err(|_| invalid(field, format!("{s:?} is neither RFC 3339 nor YYYY-MM-DD")))
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct BucketRow {
+    bucket: u32,
+    endpoint: String,
+    events: u64,
+    quantity: f64,
+}
+
+/// One point of a history series.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Point {
+    /// Bucket start.
+    #[serde(with = "time::serde::rfc3339")]
+    pub bucket: OffsetDateTime,
+    /// Endpoint (only with `group_by=endpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Events.
+    pub events: u64,
+    /// Quantity.
+    pub quantity: f64,
+}
+
+/// Reads a history series from the rollup of `granularity`.
+pub async fn history(
+    state: &AppState,
+    tenant: &str,
+    customer: &str,
+    q: &HistoryQuery,
+) -> Result<(String, OffsetDateTime, OffsetDateTime, Vec<Point>), ApiError> {
+    let granularity = q.granularity.clone().unwrap_or_else(|| "day".into());
+    let (table, column, max_days, default_days) = match granularity.as_str() {
+        "hour" => ("usage_hourly", "toUInt32(hour)", 93, 1),
+        "day" => ("usage_daily", "toUInt32(toDateTime(day))", 3_700, 30),
+        "month" => ("usage_monthly", "toUInt32(toDateTime(month))", 36_600, 365),
+        other => {
+            return Err(invalid(
+                "granularity",
+                format!("{other:?}: use hour, day or month"),
+            ));
+        }
+    };
+    let group = match q.group_by.as_deref() {
+        None | Some("") => false,
+        Some("endpoint") => true,
+        Some(other) => return Err(invalid("group_by", format!("{other:?}: only `endpoint`"))),
+    };
+    let meter = q
+        .meter
+        .clone()
+        .unwrap_or_else(|| state.catalog.meters[0].key.clone());
+    check_meter(state, &meter)?;
+    let now = OffsetDateTime::now_utc();
+    let to = match &q.to {
+        Some(s) => parse_when("to", s)?,
+        None => now,
+    };
+    let from = match &q.from {
+        Some(s) => parse_when("from", s)?,
+        None => to - time::Duration::days(default_days),
+    };
+    if from >= to {
+        return Err(invalid("from", "`from` must be before `to`"));
+    }
+    if to - from > time::Duration::days(max_days) {
+        return Err(invalid(
+            "to",
+            format!("at most {max_days} days at {granularity} granularity"),
+        ));
+    }
+    let (time_col, lo, hi) = match granularity.as_str() {
+        "hour" => ("hour", "toStartOfHour(toDateTime(?))", "toDateTime(?)"),
+        "day" => ("day", "toDate(toDateTime(?))", "toDate(toDateTime(?))"),
+        _ => (
+            "month",
+            "toStartOfMonth(toDateTime(?))",
+            "toDate(toDateTime(?))",
+        ),
+    };
+    let endpoint = if group { "endpoint" } else { "'' AS endpoint" };
+    let group_cols = if group { "bucket, endpoint" } else { "bucket" };
+    // `to` is exclusive for hours; a partial day or month at `to` is included.
+    let upper = if granularity == "hour" { "<" } else { "<=" };
+    let sql = format!(
+        "SELECT {column} AS bucket, {endpoint}, sum(events) AS events, sum(quantity) AS quantity \
+         FROM {table} WHERE tenant = ? AND customer = ? AND meter = ? \
+         AND {time_col} >= {lo} AND {time_col} {upper} {hi} \
+         GROUP BY {group_cols} ORDER BY {group_cols}"
+    );
+    let rows: Vec<BucketRow> = state
+        .ch
+        .query(&sql)
+        .bind(tenant)
+        .bind(customer)
+        .bind(&meter)
+        .bind(from.unix_timestamp())
+        .bind(to.unix_timestamp())
+        .fetch_all()
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let points = rows
+        .into_iter()
+        .map(|r| Point {
+            bucket: OffsetDateTime::from_unix_timestamp(i64::from(r.bucket))
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            endpoint: group.then_some(r.endpoint),
+            events: r.events,
+            quantity: r.quantity,
+        })
+        .collect();
+    Ok((granularity, from, to, points))
+}
+
+/// `GET /v1/customers/{customer}/history`.
+pub async fn get_history(
+    State(state): State<AppState>,
+    Path(customer): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let key = reader(&state, &headers, Scope::Read, &customer).await?;
+    let Query(q) = query.map_err(|e| invalid("query", e.body_text()))?;
+    let (granularity, from, to, points) = history(&state, &key.tenant, &customer, &q).await?;
+    Ok(Json(json!({
+        "customer": customer,
+        "granularity": granularity,
+        "from": from.format(&Rfc3339).unwrap_or_default(),
+        "to": to.format(&Rfc3339).unwrap_or_default(),
+        "points": points,
+    })))
+}
