@@ -60,13 +60,21 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// Longest wait between two ClickHouse retries (ms).
     pub max_retry_backoff_ms: u64,
+    /// The broker whose quirks the consumers work around (see [`crate::quirks`]): `"tansu"` (the
+    /// default, the local broker) or `"none"` (a real Kafka deployment), which turns all three
+    /// workarounds off at once, whatever `resume_rewind` and `rejoin_idle_secs` say: no rewind
+    /// on assignment, no idle rejoin, and a fetch that skipped messages is accepted (counted and
+    /// logged as an error) instead of read again. Environment: `AGGREGATOR_BROKER_QUIRKS=none`.
+    pub broker_quirks: BrokerQuirks,
     /// Messages re-read before the stored offset when a partition is assigned (duplicates are
     /// dropped). Must cover the largest producer batch: the local broker (tansu) answers a fetch
-    /// from inside a record batch with the next batch, skipping the rest of the batch.
+    /// from inside a record batch with the next batch, skipping the rest of the batch. Only with
+    /// `broker_quirks = "tansu"`.
     pub resume_rewind: i64,
     /// Rejoin the group after owning no partition for this long (s); 0 = never. A workaround for
     /// the local broker (tansu), which can leave a live member without partitions after another
-    /// member died. Set 0 on Kafka when the group has more members than partitions.
+    /// member died. Set 0 on Kafka when the group has more members than partitions (or set
+    /// `broker_quirks = "none"`). Only with `broker_quirks = "tansu"`.
     pub rejoin_idle_secs: u64,
     /// Alert notifications (webhooks and email), see [`NotifyConfig`] and [`crate::notify`].
     pub notify: NotifyConfig,
@@ -91,11 +99,24 @@ impl Default for Config {
             max_future_secs: 300,
             shutdown_grace_secs: 10,
             max_retry_backoff_ms: 5_000,
+            broker_quirks: BrokerQuirks::default(),
             resume_rewind: 10_000,
             rejoin_idle_secs: 20,
             notify: NotifyConfig::default(),
         }
     }
+}
+
+/// The broker whose quirks the consumers work around (`broker_quirks`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerQuirks {
+    /// The local broker, tansu 0.6 (the default): resume `resume_rewind` messages early, rejoin
+    /// after `rejoin_idle_secs` without partitions, read a partition again after a skipped fetch.
+    #[default]
+    Tansu,
+    /// A Kafka deployment: no workaround.
+    None,
 }
 
 impl Config {
@@ -364,6 +385,25 @@ mod tests {
             .merge(Toml::string("[notify]\nretries = 3"))
             .extract::<Config>();
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn broker_quirks_load_from_toml_and_unknown_values_are_errors() {
+        assert_eq!(Config::default().broker_quirks, BrokerQuirks::Tansu);
+        assert_eq!(
+            toml_config("broker_quirks = \"none\"").broker_quirks,
+            BrokerQuirks::None
+        );
+        assert_eq!(
+            toml_config("broker_quirks = \"tansu\"").broker_quirks,
+            BrokerQuirks::Tansu
+        );
+        for bad in ["broker_quirks = \"kafka\"", "broker_quirk = \"none\""] {
+            let r = figment::Figment::new()
+                .merge(Toml::string(bad))
+                .extract::<Config>();
+            assert!(r.is_err(), "{bad}");
+        }
     }
 
     fn toml_config(text: &str) -> Config {

@@ -24,8 +24,8 @@ use crate::Result;
 use crate::config::Config;
 use crate::decode::{Decoded, Position, decode_events_into, decode_rejection, decode_subscription};
 use crate::metrics::{Metrics, ReasonLabels};
+use crate::quirks::Workarounds;
 use crate::quirks::gaps::{self, Gaps};
-use crate::quirks::rejoin::IdleRejoin;
 use crate::quirks::rewind::resume_at;
 use crate::sink::{Batch, Outcome, Sink};
 use crate::state::{Published, Publisher};
@@ -428,6 +428,7 @@ pub struct Worker {
     shared: Arc<Mutex<Shared>>,
     catalog: Arc<Catalog>,
     config: Arc<Config>,
+    quirks: Workarounds,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 }
@@ -441,7 +442,11 @@ impl Worker {
         metrics: Arc<Metrics>,
         cancel: CancellationToken,
     ) -> Result<Self> {
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let quirks = Workarounds::aggregator(&config);
+        let shared = Arc::new(Mutex::new(Shared {
+            gaps: quirks.gaps(),
+            ..Shared::default()
+        }));
         let publisher = Publisher::new(
             sink.client().clone(),
             &config.kafka,
@@ -457,7 +462,7 @@ impl Worker {
             cancel: cancel.clone(),
             grace: Duration::from_secs(config.shutdown_grace_secs),
             max_backoff: Duration::from_millis(config.max_retry_backoff_ms),
-            rewind: config.resume_rewind,
+            rewind: quirks.rewind,
         };
         let mut client = schemas::kafka::client_config(&config.kafka);
         if let Some(id) = &config.instance_id {
@@ -481,6 +486,7 @@ impl Worker {
             shared,
             catalog,
             config,
+            quirks,
             metrics,
             cancel,
         })
@@ -497,7 +503,7 @@ impl Worker {
         let max_wait = Duration::from_millis(self.config.batch_max_wait_ms);
         let window = self.config.window();
         let mut first_at: Option<tokio::time::Instant> = None;
-        let mut rejoin = IdleRejoin::new(Duration::from_secs(self.config.rejoin_idle_secs));
+        let mut rejoin = self.quirks.idle_rejoin();
         // One message's rows, reused from message to message.
         let mut decoded: Vec<Decoded> = Vec::new();
         // Both batches (the one being read and the one being written) get room for a full batch

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, NotifyConfig};
 use crate::decode::Position;
 use crate::metrics::{ChannelLabels, Metrics};
-use crate::quirks::gaps::Gaps;
+use crate::quirks::Workarounds;
 use crate::quirks::rewind::RewindContext;
 use crate::{Error, Result};
 
@@ -436,6 +436,7 @@ impl Notifier {
             .saturating_mul(n.request_timeout_ms.saturating_add(n.max_backoff_ms))
             .saturating_mul(2)
             .clamp(300_000, i32::MAX as u64);
+        let quirks = Workarounds::notifier(&config);
         let mut client = schemas::kafka::client_config(&config.kafka);
         if let Some(id) = &config.instance_id {
             client.set("group.instance.id", format!("{id}-notify"));
@@ -450,8 +451,7 @@ impl Notifier {
             .set("heartbeat.interval.ms", "1000")
             .set("max.poll.interval.ms", worst_ms.to_string())
             .set("fetch.wait.max.ms", "50")
-            // Alerts are produced one record per batch; a short rewind covers a retried batch.
-            .create_with_context(RewindContext::new(100, Gaps::default()))?;
+            .create_with_context(RewindContext::new(quirks.rewind, quirks.gaps()))?;
         consumer.subscribe(&[&config.topics.alerts])?;
         Ok(Self {
             log: config.clickhouse.client(),

@@ -16,6 +16,7 @@
 //! [`REREAD_INTERVAL`] apart (messages fetched before the re-read took effect are dropped
 //! meanwhile), and then the gap is accepted with an error in the log: a gap that stays is real
 //! (say, a produce that took offsets and failed), and waiting on it would stop the partition.
+//! Without the local broker's workarounds (`broker_quirks = "none"`) a gap is accepted at once.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -58,15 +59,33 @@ struct Expected {
 }
 
 /// The next offset expected per (topic, partition), since the partition was assigned.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Gaps {
     partitions: HashMap<(String, i32), Expected>,
+    /// Times a partition is read again from one gap before the gap is accepted.
+    max_rereads: u32,
+}
+
+impl Default for Gaps {
+    /// Reads a partition again [`MAX_REREADS`] times from one gap.
+    fn default() -> Self {
+        Self::with_rereads(MAX_REREADS)
+    }
 }
 
 impl Gaps {
+    /// Reads a partition again `max_rereads` times from one gap (0: a gap is accepted at once).
+    pub fn with_rereads(max_rereads: u32) -> Self {
+        Self {
+            partitions: HashMap::new(),
+            max_rereads,
+        }
+    }
+
     /// A message at `offset` of `partition` of `topic` arrived at `now`: what to do with it. The
     /// first message after an assignment sets what is expected next.
     pub fn observe(&mut self, topic: &str, partition: i32, offset: i64, now: Instant) -> Verdict {
+        let max_rereads = self.max_rereads;
         let Some(e) = self.partitions.get_mut(&(topic.to_string(), partition)) else {
             self.partitions.insert(
                 (topic.to_string(), partition),
@@ -91,7 +110,7 @@ impl Gaps {
         {
             return Verdict::Wait;
         }
-        if e.rereads >= MAX_REREADS {
+        if e.rereads >= max_rereads {
             let from = e.next;
             *e = Expected {
                 next: offset + 1,
@@ -204,6 +223,15 @@ mod tests {
             );
             t += REREAD_INTERVAL;
         }
+        assert_eq!(g.observe("e", 0, 12, t), Verdict::TakeAfterGap { from: 11 });
+        assert_eq!(g.observe("e", 0, 13, t), Verdict::Take);
+    }
+
+    #[test]
+    fn without_rereads_a_gap_is_accepted_at_once() {
+        let mut g = Gaps::with_rereads(0);
+        let t = Instant::now();
+        assert_eq!(g.observe("e", 0, 10, t), Verdict::Take);
         assert_eq!(g.observe("e", 0, 12, t), Verdict::TakeAfterGap { from: 11 });
         assert_eq!(g.observe("e", 0, 13, t), Verdict::Take);
     }
