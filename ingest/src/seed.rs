@@ -93,7 +93,7 @@ pub async fn post_track(
     let key = authenticate(&state.keys, &headers, Scope::Ingest).await?;
     let customer = customer_of(&key, &headers, q.customer.as_deref())?;
     let Json(req) = body.map_err(|e| invalid("body", e.body_text()))?;
-    if !schemas::event::is_token(&req.endpoint, schemas::event::MAX_DIMENSION_LEN) {
+    if !schemas::token::is_token(&req.endpoint, schemas::event::MAX_DIMENSION_LEN) {
         return Err(invalid(
             "endpoint",
             "the endpoint must be 1-128 of [A-Za-z0-9_.-]",

@@ -32,7 +32,7 @@ pub async fn create_key(
     scopes: &[Scope],
     name: &str,
 ) -> Result<String> {
-    if !schemas::event::is_token(tenant, 64) {
+    if !schemas::token::is_token(tenant, 64) {
         return Err(crate::Error::Config(format!(
             "tenant {tenant:?} must be 1-64 of [A-Za-z0-9_.-]"
         )));

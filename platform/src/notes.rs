@@ -45,7 +45,7 @@ impl<'a> Noted<'a> {
             customer: &e.customer,
             id: &e.id,
             meter: &e.meter,
-            quantity: catalog.quantity_of(e),
+            quantity: catalog.quantity_of(&e.meter, &e.data),
             day: e.time.date(),
             received_at: e.receivedat,
         }

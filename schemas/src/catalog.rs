@@ -160,8 +160,12 @@ impl Catalog {
 
     /// What an accepted event adds to its meter's quota usage (`None` for unknown meters and for
     /// unique-count meters, which have no limits).
-    pub fn quantity_of(&self, event: &crate::event::UsageEvent) -> Option<f64> {
-        let meter = self.meter(&event.meter)?;
+    pub fn quantity_of(
+        &self,
+        meter: &str,
+        data: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<f64> {
+        let meter = self.meter(meter)?;
         match meter.aggregation {
             Aggregation::Count => Some(1.0),
             Aggregation::UniqueCount => None,
@@ -169,7 +173,7 @@ impl Catalog {
                 meter
                     .value_property
                     .as_deref()
-                    .and_then(|p| event.data.get(p))
+                    .and_then(|p| data.get(p))
                     .and_then(serde_json::Value::as_f64)
                     .or(meter.default_value)
                     .unwrap_or(0.0),
@@ -189,7 +193,7 @@ impl Catalog {
         }
         let mut seen = std::collections::HashSet::new();
         for m in &self.meters {
-            if !crate::event::is_token(&m.key, 64) {
+            if !crate::token::is_token(&m.key, 64) {
                 return invalid(format!(
                     "meter key {:?} must be 1-64 of [A-Za-z0-9_.-]",
                     m.key

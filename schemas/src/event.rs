@@ -169,14 +169,6 @@ pub struct Intake<'a> {
     pub window: Window,
 }
 
-/// Whether `s` is 1..=max of `[A-Za-z0-9_.-]`.
-pub fn is_token(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
 pub(crate) struct Checker {
     pub(crate) index: usize,
     pub(crate) errors: Vec<FieldError>,

@@ -4,6 +4,7 @@
 //! - [`event`]: the CloudEvents usage event and its validation with per-field errors.
 //! - [`wire`]: the fast, borrowed decode of plain valid events (falls back to [`event`]).
 //! - [`catalog`]: meters and plans as configuration (`catalog.toml` is the default).
+//! - [`token`]: the identifier rule of tenants, meter keys and endpoints.
 //! - [`topics`]: Kafka topic names.
 //! - [`kafka`]: broker client settings and topic creation.
 //! - [`config`]: broker and ClickHouse connection settings embedded in every service's config.
@@ -27,6 +28,7 @@ pub mod quota;
 pub mod quota_store;
 pub mod rows;
 pub mod sql;
+pub mod token;
 pub mod topics;
 pub mod wire;
 

@@ -18,8 +18,9 @@ use time::OffsetDateTime;
 
 use crate::catalog::Catalog;
 use crate::event::{
-    Checker, Intake, MAX_DATA_BYTES, Measure, Window, event_time, is_token, measure, string_problem,
+    Checker, Intake, MAX_DATA_BYTES, Measure, Window, event_time, measure, string_problem,
 };
+use crate::token::is_token;
 
 /// One event as it is on the wire, borrowed from the payload.
 #[derive(Debug, Deserialize)]
