@@ -215,7 +215,7 @@ fn decode_value(
         .unwrap_or_default();
     let event_id = value.get("id").and_then(Value::as_str).unwrap_or_default();
     let received_at = received_at(value.get("receivedat").and_then(Value::as_str), pos);
-    if !schemas::event::is_token(tenant, 64) {
+    if !schemas::token::is_token(tenant, 64) {
         let reason = "the event has no valid `tenant`".to_string();
         return dead(
             pos,
@@ -331,7 +331,7 @@ pub fn decode_subscription(
             );
         }
     };
-    let problem = if !schemas::event::is_token(&event.tenant, 64) {
+    let problem = if !schemas::token::is_token(&event.tenant, 64) {
         Some((
             "missing_tenant",
             "the event has no valid `tenant`".to_string(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ingest::keys::Scope;
+use platform::principal::Scope;
 use serde_json::{Value, json};
 use tests::{Service, TestEnv, cpu_ticks, wait_until};
 

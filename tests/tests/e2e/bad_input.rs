@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ingest::keys::Scope;
+use platform::principal::Scope;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use schemas::api::ErrorBody;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use ingest::keys::Scope;
+use platform::principal::Scope;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tests::billing::{BillingSync, Fake, billing_config, start_billing, start_billing_with};

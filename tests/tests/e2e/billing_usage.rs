@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ingest::keys::Scope;
+use platform::principal::Scope;
 use serde_json::{Value, json};
 use tests::billing::{Fake, STRIPE_KEY, billing_config, start_billing_with};
 use tests::{TestEnv, send_all, wait_until};

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ingest::keys::Scope;
+use platform::principal::Scope;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
