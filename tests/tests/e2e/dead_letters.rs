@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aggregator::metrics::{Metrics, ReasonLabels};
-use ingest::keys::Scope;
+use platform::principal::Scope;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};

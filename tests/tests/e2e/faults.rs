@@ -4,7 +4,7 @@
 use std::process::Child;
 use std::time::Duration;
 
-use ingest::keys::Scope;
+use platform::principal::Scope;
 use rand::Rng;
 use tests::servers::{Broker, ClickHouse};
 use tests::{TestEnv, events, send_all, wait_until};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ingest::keys::Scope;
+use platform::principal::Scope;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tests::{Running, TestEnv, event, send_all, wait_until};
