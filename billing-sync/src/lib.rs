@@ -9,7 +9,9 @@
 //! - [`plans`]: plan ↔ Stripe price mapping.
 //! - [`stripe_api`]: async-stripe client with global pacing, idempotency keys and backoff.
 //! - [`store`]: billing state in ClickHouse (migration `0007_billing.sql`) and rollup reads.
-//! - [`billing`]: customers, checkout, portal, cancel, and the subscription → plan change rules.
+//! - [`billing`]: the subscription → plan change rules (`billing/mod.rs`), how a Stripe
+//!   subscription is observed (`observed.rs`), and customers, checkout, portal and cancel
+//!   (`sales.rs`).
 //! - [`webhook`]: signature verification and event handling.
 //! - [`usage`]: metered usage reports, backfill and reconciliation with meter event summaries.
 //! - [`http`]: routes (seed endpoints, webhook, admin triggers, health, metrics).
