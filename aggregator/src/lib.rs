@@ -6,16 +6,30 @@
 //! partition's stored ids; Kafka commits follow ClickHouse, only for owned partitions.
 //!
 //! # Layout
-//! - [`config`]: the typed, layered configuration.
-//! - [`decode`]: message → raw-event row or dead letter.
-//! - [`dedup`]: the in-memory index of stored ids per partition.
-//! - [`sink`]: idempotent batch writes and stored offsets.
-//! - [`state`]: quota state and alerts published after each batch.
-//! - [`consumer`]: the loop, batching, rebalance handling, commits.
-//! - [`gaps`]: catches a fetch that skipped messages and reads the partition again.
-//! - [`notify`]: alert notifications (signed webhooks, email), once per alert and channel.
-//! - [`metrics`]: Prometheus metrics.
+//! Imports run one way, from the top of this list down to its bottom (`lib.rs`, this file,
+//! declares the modules).
+//! - `main.rs`: the binary (consume, check the config, run migrations).
 //! - [`app`]: build, run, shut down.
+//! - [`consumer`]: the aggregator's consumer (`consumer/`): `worker.rs` the loop and batching,
+//!   `flush.rs` batch writes, retries and commits, `rebalance.rs` the rebalance callbacks,
+//!   `mod.rs` the shared state, the context and [`consumer::commit_list`].
+//! - [`notify`]: alert notifications (signed webhooks, email), once per alert and channel
+//!   (`notify/`): `notifier.rs` the consumer loop, `delivery.rs` one attempt per channel and the
+//!   backoff, `log.rs` the delivery log, `message.rs` the webhook body and the email,
+//!   `signature.rs` webhook signatures, `mod.rs` the header names.
+//! - [`quirks`]: the local broker's workarounds, all off with `broker_quirks = "none"`
+//!   (`quirks/`): `mod.rs` the switch as each consumer applies it, `rewind.rs` resume before the
+//!   stored offset, `rejoin.rs` rejoin when left without partitions, `gaps.rs`
+//!   ([`quirks::gaps`]) read a partition again after a fetch that skipped messages.
+//! - `state`: quota state and alerts published after each batch (`state/`): `mod.rs` the state
+//!   read back and published, `alerts.rs` the thresholds crossed, fired once.
+//! - [`sink`]: idempotent batch writes and stored offsets.
+//! - [`dedup`]: the in-memory index of stored ids per partition.
+//! - [`decode`]: message → raw-event row or dead letter.
+//! - [`config`]: the typed, layered configuration (the notifier's settings included).
+//! - [`metrics`]: Prometheus metrics.
+//! - `error.rs`: the crate's [`Error`].
+//! - `sync.rs`: the mutex lock helper.
 
 #![forbid(unsafe_code)]
 
@@ -29,7 +43,7 @@ pub mod metrics;
 pub mod notify;
 pub mod quirks;
 pub mod sink;
-pub mod state;
+pub(crate) mod state;
 mod sync;
 
 pub use app::App;

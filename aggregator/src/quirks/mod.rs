@@ -1,9 +1,9 @@
 //! The local broker's quirks (tansu 0.6) and the consumers' workarounds for them, used by the
 //! aggregator's consumer and by the notifier's; `broker_quirks = "none"` turns them all off.
 //!
-//! - [`rewind`]: resume a little before the stored or committed offset (a fetch from inside a
+//! - `rewind`: resume a little before the stored or committed offset (a fetch from inside a
 //!   record batch is answered with the next batch).
-//! - [`rejoin`]: rejoin the group after owning no partition for a while (a rebalance can leave a
+//! - `rejoin`: rejoin the group after owning no partition for a while (a rebalance can leave a
 //!   live member without partitions).
 //! - [`gaps`]: read a partition again after a fetch that skipped messages.
 
@@ -24,9 +24,9 @@ const NOTIFIER_REWIND: i64 = 100;
 /// The workarounds one consumer applies, as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Workarounds {
-    /// Messages re-read before the resume offset on assignment (see [`rewind`]).
+    /// Messages re-read before the resume offset on assignment (see `rewind`).
     pub(crate) rewind: i64,
-    /// Rejoin after owning no partition this long; zero = never (see [`rejoin`]).
+    /// Rejoin after owning no partition this long; zero = never (see `rejoin`).
     rejoin_idle: Duration,
     /// Times a partition is read again from one gap before the gap is accepted (see [`gaps`]).
     gap_rereads: u32,
