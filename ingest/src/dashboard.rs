@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use platform::auth::{authenticate, authorize_customer};
+use platform::auth::{authenticate, authorize_customer, check_customer};
 use platform::error::{ApiError, invalid};
 use platform::principal::Scope;
 use platform::sessions::{LINK_TTL_RANGE, LINK_TTL_SECS, LinkError, SESSION_TTL_SECS, Signer};
@@ -341,15 +341,7 @@ async fn post_link(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let key = authenticate(&state.keys, &headers, Scope::Admin).await?;
-    if customer.trim().is_empty()
-        || customer.len() > schemas::event::MAX_ID_LEN
-        || customer.chars().any(char::is_control)
-    {
-        return Err(invalid(
-            "customer",
-            "the customer must be 1-256 bytes without control characters",
-        ));
-    }
+    check_customer(&customer)?;
     authorize_customer(&key, &customer)?;
     let req: LinkRequest = if body.iter().all(u8::is_ascii_whitespace) {
         LinkRequest::default()
