@@ -2,18 +2,23 @@
 //! Checkout (subscription mode), opens the billing portal, cancels subscriptions, turns Stripe's
 //! signed webhooks into plan changes on the subscriptions topic (which the aggregator folds into
 //! quota limits), repairs missed webhooks by reconciliation, and reports metered usage from the
-//! ClickHouse rollups to Stripe Billing Meters exactly once per customer, meter and hour.
+//! ClickHouse rollups to Stripe Billing Meters exactly once per customer, meter and hour, late usage
+//! included (corrections), with a reconciliation that heals.
 //!
 //! # Layout
 //! - [`config`]: the typed, layered configuration (`BILLING_*`).
 //! - [`plans`]: plan ↔ Stripe price mapping.
 //! - [`stripe_api`]: async-stripe client with global pacing, idempotency keys and backoff.
-//! - [`store`]: billing state in ClickHouse (migration `0007_billing.sql`) and rollup reads.
+//! - [`store`]: billing state in ClickHouse (migrations `0007_billing.sql`,
+//!   `0010_usage_revisions.sql`) and rollup reads.
 //! - [`billing`]: the subscription → plan change rules (`billing/mod.rs`), how a Stripe
 //!   subscription is observed (`observed.rs`), and customers, checkout, portal and cancel
 //!   (`sales.rs`).
 //! - [`webhook`]: signature verification and event handling.
-//! - [`usage`]: metered usage reports, backfill and reconciliation with meter event summaries.
+//! - [`usage`]: metered usage to Stripe (`usage/mod.rs`: identifiers, window, meters): the revision
+//!   ledger (`ledger.rs`), the correction path shared by report and reconciliation
+//!   (`corrections.rs`), the report run (`report.rs`), the reconciliation that heals
+//!   (`reconcile.rs`) and over-report cancels by meter event adjustment (`cancel.rs`).
 //! - [`http`]: routes (seed endpoints, webhook, admin triggers, health, metrics).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`app`]: build, serve, background jobs, shut down.

@@ -1,5 +1,7 @@
 //! Prometheus metrics of billing-sync, one registry per app instance.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -58,8 +60,17 @@ pub struct Metrics {
     pub meter_events_reported: Counter,
     /// `meter_events_failed_total`: meter events left for a later run.
     pub meter_events_failed: Counter,
-    /// `usage_differences`: hours that disagreed at the last usage reconciliation.
+    /// `usage_differences`: hours whose difference stayed (not healed) at the last usage
+    /// reconciliation; unbillable hours are counted apart.
     pub usage_differences: Gauge,
+    /// `usage_corrections_total`: correction meter events (revision ≥ 1) Stripe accepted.
+    pub usage_corrections: Counter,
+    /// `usage_cancellations_total`: meter events cancelled by a meter event adjustment.
+    pub usage_cancellations: Counter,
+    /// `usage_unbillable_total`: usage quantity recorded as unbillable (older than Stripe accepts).
+    pub usage_unbillable: Counter<f64, AtomicU64>,
+    /// `usage_unbillable_quantity`: unbillable quantity over the last reconciliation's range.
+    pub usage_unbillable_quantity: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -74,6 +85,10 @@ impl Default for Metrics {
             meter_events_reported: Counter::default(),
             meter_events_failed: Counter::default(),
             usage_differences: Gauge::default(),
+            usage_corrections: Counter::default(),
+            usage_cancellations: Counter::default(),
+            usage_unbillable: Counter::default(),
+            usage_unbillable_quantity: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -113,8 +128,28 @@ impl Default for Metrics {
         );
         registry.register(
             "usage_differences",
-            "Hours that disagreed at the last usage reconciliation",
+            "Hours whose usage difference stayed at the last usage reconciliation",
             m.usage_differences.clone(),
+        );
+        registry.register(
+            "usage_corrections",
+            "Correction meter events (late usage) accepted by Stripe",
+            m.usage_corrections.clone(),
+        );
+        registry.register(
+            "usage_cancellations",
+            "Meter events cancelled by a meter event adjustment",
+            m.usage_cancellations.clone(),
+        );
+        registry.register(
+            "usage_unbillable",
+            "Usage quantity recorded as unbillable (older than Stripe accepts)",
+            m.usage_unbillable.clone(),
+        );
+        registry.register(
+            "usage_unbillable_quantity",
+            "Unbillable usage quantity over the last usage reconciliation's range",
+            m.usage_unbillable_quantity.clone(),
         );
         Self { registry, ..m }
     }

@@ -1,11 +1,12 @@
-//! billing-sync's ClickHouse state (migration 0007): customer mapping, subscription states, handled
-//! webhooks, the usage report ledger and usage differences; and the `usage_hourly` rollup reads.
+//! billing-sync's ClickHouse state (migrations 0007 and 0010): customer mapping, subscription states,
+//! handled webhooks, the usage report ledger and its revisions, usage differences; and the
+//! `usage_hourly` rollup reads.
 
 use std::collections::HashSet;
 
 use schemas::rows::{
     BillingCustomerRow, BillingSubscriptionRow, BillingUsageDifferenceRow, BillingUsageReportRow,
-    BillingWebhookEventRow, Table,
+    BillingUsageRevisionRow, BillingWebhookEventRow, Table,
 };
 use serde::Deserialize;
 
@@ -48,6 +49,23 @@ struct ReportedKey {
 
 /// A reported hour: (tenant, customer, meter, hour unix seconds).
 pub type HourKey = (String, String, String, u32);
+
+/// The sums of one revision state of one customer and meter over the whole ledger.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Deserialize)]
+pub struct StateTotal {
+    /// Tenant.
+    pub tenant: String,
+    /// Customer.
+    pub customer: String,
+    /// Meter key.
+    pub meter: String,
+    /// Revision state (see `usage::ledger::State`).
+    pub state: u8,
+    /// Summed covered quantity.
+    pub quantity: f64,
+    /// Summed whole units sent.
+    pub value: i64,
+}
 
 async fn insert<T>(ch: &clickhouse::Client, rows: &[T]) -> Result<()>
 where
@@ -257,6 +275,42 @@ impl Store {
 
     /// Records hours Stripe accepted (one insert).
     pub async fn save_reports(&self, rows: &[BillingUsageReportRow]) -> Result<()> {
+        insert(&self.ch, rows).await
+    }
+
+    /// The current state of every revision with `from <= hour < to` (newest version wins).
+    pub async fn revisions(&self, from: i64, to: i64) -> Result<Vec<BillingUsageRevisionRow>> {
+        let rows = self
+            .ch
+            .query(
+                "SELECT ?fields FROM billing_usage_revisions FINAL \
+                 WHERE hour >= toDateTime(?) AND hour < toDateTime(?) \
+                 ORDER BY tenant, customer, meter, hour, revision",
+            )
+            .bind(from)
+            .bind(to)
+            .fetch_all()
+            .await?;
+        Ok(rows)
+    }
+
+    /// Quantity and value per (tenant, customer, meter, state) over every hour of the ledger (the
+    /// carried fraction of a customer and meter is their sent quantity minus their sent value).
+    pub async fn state_totals(&self) -> Result<Vec<StateTotal>> {
+        // GROUP BY after FINAL: the newest state of each revision is summed, never an older one.
+        let rows = self
+            .ch
+            .query(
+                "SELECT tenant, customer, meter, state, sum(quantity), sum(value) \
+                 FROM billing_usage_revisions FINAL GROUP BY tenant, customer, meter, state",
+            )
+            .fetch_all()
+            .await?;
+        Ok(rows)
+    }
+
+    /// Records revision states (one insert).
+    pub async fn save_revisions(&self, rows: &[BillingUsageRevisionRow]) -> Result<()> {
         insert(&self.ch, rows).await
     }
 

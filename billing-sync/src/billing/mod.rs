@@ -59,6 +59,9 @@ pub struct Billing {
     pub metrics: Arc<Metrics>,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     last_version: AtomicU64,
+    /// Serializes this instance's usage runs that plan meter events (report, reconciliation), so
+    /// two never number the same revision differently.
+    pub(crate) usage_runs: tokio::sync::Mutex<()>,
 }
 
 impl Billing {
@@ -82,6 +85,7 @@ impl Billing {
             metrics,
             locks: std::sync::Mutex::default(),
             last_version: AtomicU64::new(0),
+            usage_runs: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -112,7 +116,7 @@ impl Billing {
     }
 
     /// A strictly increasing row version (milliseconds, bumped on collisions).
-    fn next_version(&self) -> u64 {
+    pub(crate) fn next_version(&self) -> u64 {
         let now = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64;
         let mut last = self.last_version.load(Ordering::SeqCst);
         loop {

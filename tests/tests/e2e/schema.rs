@@ -36,6 +36,7 @@ const TABLES: &[&str] = &[
     "billing_webhook_events",
     "billing_usage_reports",
     "billing_usage_differences",
+    "billing_usage_revisions",
     "schema_migrations",
 ];
 
@@ -277,6 +278,7 @@ async fn row_structs_match_system_columns() {
     check_table::<schemas::rows::BillingWebhookEventRow>(&env).await;
     check_table::<schemas::rows::BillingUsageReportRow>(&env).await;
     check_table::<schemas::rows::BillingUsageDifferenceRow>(&env).await;
+    check_table::<schemas::rows::BillingUsageRevisionRow>(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
