@@ -142,6 +142,7 @@ pub(crate) async fn list_meter_events(Extract(shared): Extract<Arc<Shared>>) -> 
             json!({
                 "identifier": e.identifier, "event_name": e.event_name, "customer": e.customer,
                 "value": e.value, "timestamp": e.timestamp, "created": e.created,
+                "cancelled": e.cancelled,
             })
         })
         .collect();

@@ -222,6 +222,9 @@ fn dispatch(st: &mut State, method: &Method, seg: &[&str], p: &Value, base: &str
         ("GET", ["billing", "meters", id]) => plain(st.meter(id)),
         ("GET", ["billing", "meters", id, "event_summaries"]) => plain(st.event_summaries(id, p)),
         ("POST", ["billing", "meter_events"]) => plain(st.create_meter_event(p)),
+        ("POST", ["billing", "meter_event_adjustments"]) => {
+            plain(st.create_meter_event_adjustment(p))
+        }
         ("POST", ["subscriptions"]) => st.create_subscription(p),
         ("GET", ["subscriptions"]) => plain(st.list_subscriptions(p)),
         ("GET", ["subscriptions", id]) => plain(st.subscription(id)),

@@ -12,9 +12,9 @@
 //! - `admin`: the admin endpoints under `/_fake`.
 //! - `webhooks`: webhook signing and delivery.
 //! - `shared`: what the handlers share (account lock, webhook target, queue, JSON answers).
-//! - `state`: the account (customers, products, prices, meters, meter events, subscriptions,
-//!   sessions, invoices, events, faults, logs) and its rules (identifier dedup, the 35-day window,
-//!   periods).
+//! - `state`: the account (customers, products, prices, meters, meter events and their cancel
+//!   adjustments, subscriptions, sessions, invoices, events, faults, logs) and its rules
+//!   (identifier dedup, the 35-day window, whole-number values, cancels within 24 hours, periods).
 //! - `objects`: Stripe-shaped JSON of each object.
 //! - `form`: Stripe's bracket form encoding parsed into JSON.
 //! - `error`: the Stripe-shaped API error.

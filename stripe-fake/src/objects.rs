@@ -187,6 +187,8 @@ pub(crate) struct MeterEvent {
     pub(crate) timestamp: i64,
     /// When it was accepted.
     pub(crate) created: i64,
+    /// When a meter event adjustment cancelled it (it no longer counts in summaries).
+    pub(crate) cancelled: Option<i64>,
 }
 
 impl MeterEvent {
@@ -198,6 +200,15 @@ impl MeterEvent {
             "payload": self.payload, "timestamp": self.timestamp,
         })
     }
+}
+
+/// A meter event adjustment of type `cancel` (Stripe answers `pending`: it is processed
+/// asynchronously; the fake applies it at once).
+pub(crate) fn meter_event_adjustment(event_name: &str, identifier: &str) -> Value {
+    json!({
+        "object": "billing.meter_event_adjustment", "livemode": false, "status": "pending",
+        "event_name": event_name, "type": "cancel", "cancel": {"identifier": identifier},
+    })
 }
 
 /// A meter event summary.

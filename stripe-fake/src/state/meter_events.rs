@@ -1,4 +1,5 @@
-//! Meter events (identifier dedup, the 35-day window, the meter's payload keys) and their summaries.
+//! Meter events (identifier dedup, the 35-day window, whole-number values, the meter's payload keys)
+//! and their summaries (cancelled events excluded).
 
 use std::collections::BTreeMap;
 
@@ -24,7 +25,10 @@ impl State {
         format!("{customer}/{}", str_param(p, "event_name").unwrap_or(""))
     }
 
-    /// `POST /v1/billing/meter_events`: identifier dedup, the 35-day window, the meter's keys.
+    /// `POST /v1/billing/meter_events`: identifier dedup, the 35-day window, whole-number values
+    /// ("The numerical usage value in the payload only accepts whole number values":
+    /// <https://docs.stripe.com/billing/subscriptions/usage-based/recording-usage-api#usage-values>),
+    /// the meter's keys.
     pub(crate) fn create_meter_event(&mut self, p: &Value) -> ApiResult {
         let event_name = req_str(p, "event_name")?.to_string();
         let payload = match p.get("payload") {
@@ -70,6 +74,16 @@ impl State {
                     Some(&format!("payload[{}]", meter.value_key)),
                 )
             })?;
+        if value.fract() != 0.0 {
+            return Err(ApiErr::invalid(
+                "parameter_invalid_string",
+                format!(
+                    "payload[{}] only accepts whole number values, got '{raw}'",
+                    meter.value_key
+                ),
+                Some(&format!("payload[{}]", meter.value_key)),
+            ));
+        }
         let now = self.now();
         let timestamp = int_param(p, "timestamp")?.unwrap_or(now);
         if timestamp < now - METER_EVENT_MAX_AGE {
@@ -107,6 +121,7 @@ impl State {
             value,
             timestamp,
             created: now,
+            cancelled: None,
         };
         let json = event.json();
         self.identifiers.insert(identifier, self.meter_events.len());
@@ -161,6 +176,7 @@ impl State {
             .meter_events
             .iter()
             .filter(|e| e.event_name == meter.event_name && e.customer == customer)
+            .filter(|e| e.cancelled.is_none())
             .filter(|e| e.timestamp >= start && e.timestamp < end)
         {
             let bucket = start + (e.timestamp - start) / window * window;

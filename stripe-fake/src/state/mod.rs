@@ -5,11 +5,13 @@
 //! - [`params`]: reading form parameters, and list pages.
 //! - [`catalog`]: customers, products, prices, meters, and the catalog seed.
 //! - [`meter_events`]: meter events (identifier dedup, the 35-day window) and their summaries.
+//! - [`adjustments`]: meter event adjustments (cancel by identifier within 24 hours).
 //! - [`subscriptions`]: subscriptions, invoices, renewals and the clock's advance.
 //! - [`checkout`]: Checkout Sessions and billing portal sessions.
 //! - [`faults`]: injected API faults.
 //! - [`logs`]: the request and delivery logs and the idempotency cache's entries.
 
+mod adjustments;
 mod catalog;
 mod checkout;
 mod faults;
