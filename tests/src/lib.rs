@@ -5,6 +5,8 @@
 //! - [`TestEnv`]: per-test resources and app starters.
 //! - [`servers`]: private tansu / ClickHouse processes that a test may stop and restart.
 //! - [`billing`]: the Stripe fake and billing-sync wired together.
+//! - [`metered`]: a metered-usage stack (events in past hours, rollups, what Stripe and the ledger
+//!   hold per customer-hour).
 //! - [`wait_until`]: polling with a deadline instead of fixed sleeps.
 //! - [`proxy`]: a TCP proxy that loses ClickHouse's answer to a chosen request.
 //! - [`smtp`]: an SMTP sink that records the mail it accepts.
@@ -13,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod billing;
+pub mod metered;
 pub mod proxy;
 pub mod servers;
 pub mod smtp;
