@@ -77,7 +77,7 @@ pub struct Measure {
 }
 
 /// Why one field of one event is not acceptable.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// Position of the event in the request (0 for a single event).
     pub index: usize,
@@ -90,7 +90,7 @@ pub struct FieldError {
 }
 
 /// Machine-readable reasons for rejecting an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The event is not a JSON object.
