@@ -5,10 +5,11 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use schemas::api::{ErrorBody, doc};
 use schemas::quota::{Change, SubscriptionEvent};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 use platform::auth::{authenticate, authorize_customer, check_customer};
 use platform::error::{ApiError, invalid};
@@ -17,18 +18,28 @@ use platform::principal::Scope;
 use platform::producer::now_millis;
 
 use crate::access::check_meter;
+use crate::quota::QuotaAnswer;
 use crate::shared::AppState;
 
+/// 403 of the admin routes.
+const ADMIN_FORBIDDEN: &str = "`insufficient_scope`: the key lacks the `admin` scope; \
+    `customer_forbidden`: a customer-scoped key named another customer";
+
+/// 503 of the admin routes.
+const CHANGE_UNAVAILABLE: &str = "`broker_unavailable`, `overloaded` (with `Retry-After`): the \
+    event log did not acknowledge the change; retry it (same `id` counts once)";
+
 /// Body of `POST /v1/customers/{customer}/plan`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanRequest {
-    /// Plan key.
+    /// Plan key (one of the catalog's plans).
     pub plan: String,
-    /// Subscription status (default `active`).
+    /// Subscription status (default `active`): `active`, `trialing`, `past_due`, `unpaid`,
+    /// `canceled`, `incomplete`, `incomplete_expired` or `paused`.
     #[serde(default)]
     pub status: Option<String>,
-    /// Billing period start (anchors the quota period).
+    /// Billing period start (anchors the quota period; default: the calendar month).
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub period_start: Option<OffsetDateTime>,
     /// Billing period end.
@@ -43,10 +54,11 @@ pub struct PlanRequest {
 }
 
 /// Body of `PUT /v1/customers/{customer}/limits/{meter}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitRequest {
     /// The limit; `null` = unlimited.
+    #[schema(required = true)]
     pub limit: Option<u64>,
     /// Idempotency id.
     #[serde(default)]
@@ -54,13 +66,14 @@ pub struct LimitRequest {
 }
 
 /// Body of `POST /v1/customers/{customer}/grants`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantRequest {
     /// Meter (default: the first meter).
     #[serde(default)]
     pub meter: Option<String>,
     /// Extra quantity (>= 1).
+    #[schema(minimum = 1)]
     pub quantity: u64,
     /// When it stops counting (default: the end of the current period).
     #[serde(default, with = "time::serde::rfc3339::option")]
@@ -68,6 +81,15 @@ pub struct GrantRequest {
     /// Idempotency id.
     #[serde(default)]
     pub id: Option<String>,
+}
+
+/// Answer of the admin changes (202): the change's event id and the customer's new quota.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChangeAccepted {
+    /// Id of the subscription event (the request's `id`, or a generated one).
+    pub event_id: String,
+    /// Every meter's quota answer after the change.
+    pub quota: Vec<QuotaAnswer>,
 }
 
 /// Produces a subscription event, applies it to the view at once and answers 202 with the quota.
@@ -104,7 +126,10 @@ pub async fn produce_change(
         .all_meters(&key.tenant, customer, OffsetDateTime::now_utc());
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"event_id": event.id, "quota": answers})),
+        Json(ChangeAccepted {
+            event_id: event.id,
+            quota: answers,
+        }),
     )
         .into_response())
 }
@@ -120,7 +145,27 @@ pub(crate) async fn admin(
     Ok(key)
 }
 
-/// `POST /v1/customers/{customer}/plan` (admin): sets the plan without Stripe.
+/// Set the customer's plan (a subscription event; takes effect at once).
+///
+/// Needs a key with the `admin` scope; a customer-scoped key only reaches its own customer. Sets
+/// the plan without Stripe; `id` makes a retry count once.
+#[utoipa::path(
+    post,
+    path = "/v1/customers/{customer}/plan",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("customer" = String, Path, description = doc::CUSTOMER)),
+    request_body = PlanRequest,
+    responses(
+        (status = 202, description = "The change is in the event log and in effect", body = ChangeAccepted),
+        (status = 400, body = ErrorBody, description = "`invalid_request` (a bad customer, body \
+            or status), `unknown_plan`"),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
+        (status = 503, body = ErrorBody, description = CHANGE_UNAVAILABLE,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn post_plan(
     State(state): State<AppState>,
     Path(customer): Path<String>,
@@ -171,7 +216,29 @@ pub async fn post_plan(
     .await
 }
 
-/// `PUT /v1/customers/{customer}/limits/{meter}` (admin): a custom limit.
+/// Custom limit for one meter (`limit: null` = unlimited).
+///
+/// Needs a key with the `admin` scope; a customer-scoped key only reaches its own customer.
+#[utoipa::path(
+    put,
+    path = "/v1/customers/{customer}/limits/{meter}",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(
+        ("customer" = String, Path, description = doc::CUSTOMER),
+        ("meter" = String, Path, description = "A meter key of the catalog"),
+    ),
+    request_body = LimitRequest,
+    responses(
+        (status = 202, description = "The override is in the event log and in effect", body = ChangeAccepted),
+        (status = 400, body = ErrorBody, description = "`invalid_request` (a bad customer or \
+            body), `unknown_meter`"),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
+        (status = 503, body = ErrorBody, description = CHANGE_UNAVAILABLE,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn put_limit(
     State(state): State<AppState>,
     Path((customer, meter)): Path<(String, String)>,
@@ -189,7 +256,28 @@ pub async fn put_limit(
     produce_change(&state, &key, &customer, req.id, change).await
 }
 
-/// `DELETE /v1/customers/{customer}/limits/{meter}` (admin): back to the plan's limit.
+/// Remove the custom limit (back to the plan's limit).
+///
+/// Needs a key with the `admin` scope; a customer-scoped key only reaches its own customer.
+#[utoipa::path(
+    delete,
+    path = "/v1/customers/{customer}/limits/{meter}",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(
+        ("customer" = String, Path, description = doc::CUSTOMER),
+        ("meter" = String, Path, description = "A meter key of the catalog"),
+    ),
+    responses(
+        (status = 202, description = "The override is removed", body = ChangeAccepted),
+        (status = 400, body = ErrorBody, description = "`invalid_request` (a bad customer), \
+            `unknown_meter`"),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
+        (status = 503, body = ErrorBody, description = CHANGE_UNAVAILABLE,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn delete_limit(
     State(state): State<AppState>,
     Path((customer, meter)): Path<(String, String)>,
@@ -205,7 +293,26 @@ pub async fn delete_limit(
     produce_change(&state, &key, &customer, None, change).await
 }
 
-/// `POST /v1/customers/{customer}/grants` (admin): extra quantity until a date.
+/// Add-on grant: extra quantity until `expires_at` (default: end of the current period).
+///
+/// Needs a key with the `admin` scope; a customer-scoped key only reaches its own customer.
+#[utoipa::path(
+    post,
+    path = "/v1/customers/{customer}/grants",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("customer" = String, Path, description = doc::CUSTOMER)),
+    request_body = GrantRequest,
+    responses(
+        (status = 202, description = "The grant is in the event log and in effect", body = ChangeAccepted),
+        (status = 400, body = ErrorBody, description = "`invalid_request` (a bad customer or \
+            body, a quantity of 0, `expires_at` not in the future), `unknown_meter`"),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
+        (status = 503, body = ErrorBody, description = CHANGE_UNAVAILABLE,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn post_grant(
     State(state): State<AppState>,
     Path(customer): Path<String>,

@@ -4,9 +4,11 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use schemas::api::{ErrorBody, doc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
 
 use platform::auth::{authenticate, authorize_customer, check_customer};
 use platform::error::{ApiError, invalid};
@@ -20,16 +22,35 @@ use crate::quota::QuotaAnswer;
 use crate::shared::AppState;
 
 /// Query of `GET /v1/customers/{customer}/quota`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct QuotaQuery {
     /// Meter key (default: the catalog's first meter).
     pub meter: Option<String>,
     /// Quantity the caller is about to use (default 1).
+    #[param(minimum = 0, maximum = 1e15)]
     pub quantity: Option<f64>,
 }
 
-/// `GET /v1/customers/{customer}/quota`.
+/// May this customer use `quantity` more of `meter`? Answered from memory.
+///
+/// Needs a key with the `read` scope; a customer-scoped key only reaches its own customer.
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{customer}/quota",
+    tag = "quota",
+    security(("bearer" = [])),
+    params(("customer" = String, Path, description = doc::CUSTOMER), QuotaQuery),
+    responses(
+        (status = 200, description = "The quota answer", body = QuotaAnswer),
+        (status = 400, body = ErrorBody, description = "`invalid_request` (a bad customer, \
+            quantity or query parameter), `unknown_meter`"),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = doc::FORBIDDEN),
+        (status = 503, body = ErrorBody, description = doc::VIEW_STARTING),
+    )
+)]
 pub async fn get_quota(
     State(state): State<AppState>,
     Path(customer): Path<String>,
@@ -57,7 +78,7 @@ pub async fn get_quota(
 }
 
 /// One item of `POST /v1/check`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckItem {
     /// Customer.
@@ -76,22 +97,24 @@ pub struct CheckItem {
     pub id: Option<String>,
     /// Extra `data` properties for the tracked event.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub data: Option<Map<String, Value>>,
 }
 
 /// Body of `POST /v1/check`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckRequest {
     /// Record each allowed item as a usage event (check-and-track).
     #[serde(default)]
     pub track: bool,
     /// The checks (1..=1000).
+    #[schema(min_items = 1, max_items = 1000)]
     pub checks: Vec<CheckItem>,
 }
 
 /// One result of `POST /v1/check`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CheckResult {
     /// The quota answer (after the reservation when tracked).
     #[serde(flatten)]
@@ -103,12 +126,42 @@ pub struct CheckResult {
     pub event_id: Option<String>,
 }
 
-/// `POST /v1/check`: many checks, optionally check-and-track.
+/// Answer of `POST /v1/check`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CheckResponse {
+    /// One result per check, in order.
+    pub results: Vec<CheckResult>,
+}
+
+/// Check many customers/meters; with `track: true`, check-and-track atomically (an allowed call is
+/// recorded as a usage event).
+///
+/// Needs a key with the `read` scope, and the `ingest` scope for `track: true`; a customer-scoped
+/// key only reaches its own customer. A tracked call is validated exactly as intake validates
+/// events; an `id` makes a retry count once.
+#[utoipa::path(
+    post,
+    path = "/v1/check",
+    tag = "quota",
+    security(("bearer" = [])),
+    request_body = CheckRequest,
+    responses(
+        (status = 200, description = "One quota answer per check", body = CheckResponse),
+        (status = 400, body = ErrorBody, description = "`invalid_request` (a bad body, customer, \
+            quantity, id or number of checks), `unknown_meter`, `invalid_events` (a tracked event \
+            would be invalid; nothing was tracked)"),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = doc::FORBIDDEN),
+        (status = 503, body = ErrorBody, description = "`quota_view_starting`, \
+            `broker_unavailable`, `overloaded` (with `Retry-After`): nothing was tracked, retry",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn post_check(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Json<CheckRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CheckResponse>, ApiError> {
     let scope = Scope::Read;
     let key = authenticate(&state.keys, &headers, scope).await?;
     let Json(req) = body.map_err(|e| invalid("body", e.body_text()))?;
@@ -170,10 +223,10 @@ pub async fn post_check(
                 event_id: None,
             })
             .collect();
-        return Ok(Json(json!({ "results": results })));
+        return Ok(Json(CheckResponse { results }));
     }
-    let tracked = track(&state, &key, &req.checks, &default_meter, now).await?;
-    Ok(Json(json!({ "results": tracked })))
+    let results = track(&state, &key, &req.checks, &default_meter, now).await?;
+    Ok(Json(CheckResponse { results }))
 }
 
 /// Reserves every allowed item, produces their events, then confirms (or releases on failure).

@@ -19,16 +19,17 @@
 //! [`Config::dashboard_secret`](crate::Config::dashboard_secret).
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use schemas::api::{ErrorBody, doc};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use platform::auth::{authenticate, authorize_customer, check_customer};
 use platform::error::{ApiError, invalid};
@@ -83,24 +84,30 @@ const ASSETS: &[Asset] = &[
 const INDEX_HTML: &str = include_str!("../dashboard/index.html");
 const COMPACT_HTML: &str = include_str!("../dashboard/compact.html");
 
-/// The dashboard's routes (merged into [`crate::http::router`]).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/dashboard",
-            get(|| async { Redirect::permanent("/dashboard/") }),
-        )
-        .route("/dashboard/", get(index))
-        .route("/dashboard/compact", get(compact))
-        .route("/dashboard/config.json", get(config))
-        .route("/dashboard/session", post(post_session))
-        .route(
-            "/dashboard/billing/subscription/{action}",
-            get(billing_proxy).post(billing_proxy),
-        )
-        .route("/dashboard/{file}", get(asset))
-        .route("/v1/plans", get(plans))
-        .route("/v1/customers/{customer}/dashboard-link", post(post_link))
+/// The dashboard's routes with their OpenAPI operations (merged into [`crate::http::api`]).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(redirect))
+        .routes(routes!(index))
+        .routes(routes!(compact))
+        .routes(routes!(config))
+        .routes(routes!(post_session))
+        .routes(routes!(billing_get, billing_post))
+        .routes(routes!(asset))
+        .routes(routes!(plans))
+        .routes(routes!(post_link))
+}
+
+/// Redirects to /dashboard/.
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "dashboard",
+    responses((status = 308, description = "To `/dashboard/`",
+        headers(("location" = String, description = "`/dashboard/`")))),
+)]
+async fn redirect() -> Redirect {
+    Redirect::permanent("/dashboard/")
 }
 
 /// `scheme://host[:port]` of an http(s) URL, if it is one that may go into a CSP.
@@ -153,16 +160,63 @@ fn html(body: &'static str, frame_ancestors: &str) -> Response {
     r
 }
 
+/// The usage dashboard (sign in with a customer-scoped key or a signed link).
+///
+/// Plain HTML, CSS and JS served by the API; the Content-Security-Policy allows scripts, styles,
+/// images and `fetch` from this origin only, and the page may not be framed.
+#[utoipa::path(
+    get,
+    path = "/dashboard/",
+    tag = "dashboard",
+    responses((status = 200, description = "The page", body = String,
+        content_type = "text/html; charset=utf-8", headers(
+            ("content-security-policy" = String, description = "This origin only; `frame-ancestors 'none'`"),
+            ("x-frame-options" = String, description = "`DENY`"),
+            ("cache-control" = String, description = "`no-cache`"),
+        ))),
+)]
 async fn index() -> Response {
     html(INDEX_HTML, "'none'")
 }
 
+/// The compact usage display, for embedding in an iframe.
+///
 /// The compact display may be framed by any site: it shows nothing without a credential that the
 /// embedding site hands it, and its upgrade button only opens the dashboard.
+#[utoipa::path(
+    get,
+    path = "/dashboard/compact",
+    tag = "dashboard",
+    responses((status = 200, description = "The compact display", body = String,
+        content_type = "text/html; charset=utf-8", headers(
+            ("content-security-policy" = String, description = "This origin only; `frame-ancestors *`"),
+            ("cache-control" = String, description = "`no-cache`"),
+        ))),
+)]
 async fn compact() -> Response {
     html(COMPACT_HTML, "*")
 }
 
+/// Dashboard assets (app.js, embed.js: the `<metering-usage>` web component, style.css, ...).
+#[utoipa::path(
+    get,
+    path = "/dashboard/{file}",
+    tag = "dashboard",
+    params(("file" = String, Path, description = "One of the page's files: `app.js`, `ui.js`, \
+        `compact.js`, `embed.js` (the `<metering-usage>` web component; any origin may load it), \
+        `style.css`, `favicon.svg`", example = "embed.js")),
+    responses(
+        (status = 200, description = "The file", content(
+            (String = "text/javascript; charset=utf-8"),
+            (String = "text/css; charset=utf-8"),
+            (String = "image/svg+xml"),
+        ), headers(
+            ("cache-control" = String, description = "`no-cache`"),
+            ("access-control-allow-origin" = String, description = "`*`, for `embed.js` only"),
+        )),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such dashboard file"),
+    ),
+)]
 async fn asset(Path(file): Path<String>) -> Response {
     let Some(a) = ASSETS.iter().find(|a| a.name == file) else {
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such dashboard file")
@@ -182,11 +236,28 @@ async fn asset(Path(file): Path<String>) -> Response {
     r
 }
 
+/// What the dashboard page needs besides the API.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DashboardConfig {
+    /// Whether billing (billing-sync) is configured: the page shows the upgrade and billing
+    /// buttons.
+    pub billing: bool,
+    /// Lifetime of a dashboard session in seconds.
+    pub session_ttl_secs: i64,
+}
+
+/// What the page needs to know (billing enabled, session lifetime).
+#[utoipa::path(
+    get,
+    path = "/dashboard/config.json",
+    tag = "dashboard",
+    responses((status = 200, description = "The page's settings", body = DashboardConfig)),
+)]
 async fn config(State(state): State<AppState>) -> Response {
-    let mut r = Json(json!({
-        "billing": billing_url(&state).is_some(),
-        "session_ttl_secs": SESSION_TTL_SECS,
-    }))
+    let mut r = Json(DashboardConfig {
+        billing: billing_url(&state).is_some(),
+        session_ttl_secs: SESSION_TTL_SECS,
+    })
     .into_response();
     common_headers(&mut r);
     r
@@ -204,15 +275,106 @@ fn billing_client() -> &'static reqwest::Client {
     })
 }
 
+/// The `GET` actions the dashboard forwards to billing-sync.
+#[derive(Debug, Clone, Copy, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BillingRead {
+    /// `GET /subscription/status`.
+    Status,
+    /// `GET /subscription/portal`.
+    Portal,
+}
+
+/// The `POST` actions the dashboard forwards to billing-sync.
+#[derive(Debug, Clone, Copy, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BillingWrite {
+    /// `POST /subscription/create` (a Checkout Session).
+    Create,
+    /// `POST /subscription/cancel`.
+    Cancel,
+}
+
+/// Forwards `status` and `portal` to billing-sync with the caller's key.
+///
+/// Always the credential's own customer (no query, no `X-Customer-Id` is forwarded); billing-sync's
+/// answer and status are passed through (see billing-sync's document).
+#[utoipa::path(
+    get,
+    path = "/dashboard/billing/subscription/{action}",
+    operation_id = "get_billing",
+    tag = "dashboard",
+    security(("bearer" = [])),
+    params(("action" = inline(BillingRead), Path, description = "billing-sync's `GET /subscription/{action}`")),
+    responses(
+        (status = 200, description = "billing-sync's answer", body = Object),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = "billing-sync refused the key"),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such billing route"),
+        (status = 413, body = ErrorBody, description = "`payload_too_large`: over 16 KiB"),
+        (status = 502, body = ErrorBody, description = "`stripe_unavailable`: Stripe did not answer billing-sync"),
+        (status = 503, body = ErrorBody, description = "`billing_unavailable`: billing is not \
+            configured; `billing_unreachable` (with `Retry-After`): billing-sync is not reachable",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
+async fn billing_get(
+    state: State<AppState>,
+    action: Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    billing_proxy(state, action, method, headers, body).await
+}
+
+/// Forwards `create` (checkout) and `cancel` to billing-sync with the caller's key.
+///
+/// Always the credential's own customer; the JSON body (at most 16 KiB) is forwarded, and
+/// billing-sync's answer and status are passed through (see billing-sync's document).
+#[utoipa::path(
+    post,
+    path = "/dashboard/billing/subscription/{action}",
+    operation_id = "post_billing",
+    tag = "dashboard",
+    security(("bearer" = [])),
+    params(("action" = inline(BillingWrite), Path, description = "billing-sync's `POST /subscription/{action}`")),
+    request_body(content = Option<Object>, description = "billing-sync's body: `{\"plan\"}` for \
+        `create`, `{\"immediately\"}` for `cancel`"),
+    responses(
+        (status = 200, description = "billing-sync's answer (`cancel`)", body = Object),
+        (status = 201, description = "billing-sync's answer (`create`: the Checkout Session)", body = Object),
+        (status = 400, body = ErrorBody, description = "billing-sync refused the body"),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = "billing-sync refused the key"),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such billing route; \
+            `no_subscription` (`cancel`)"),
+        (status = 409, body = ErrorBody, description = "`subscription_exists` (`create`)"),
+        (status = 413, body = ErrorBody, description = "`payload_too_large`: over 16 KiB"),
+        (status = 502, body = ErrorBody, description = "`stripe_unavailable`: Stripe did not answer billing-sync"),
+        (status = 503, body = ErrorBody, description = "`billing_unavailable`: billing is not \
+            configured; `billing_unreachable` (with `Retry-After`): billing-sync is not reachable",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
+async fn billing_post(
+    state: State<AppState>,
+    action: Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    billing_proxy(state, action, method, headers, body).await
+}
+
 /// Forwards one of billing-sync's seed endpoints (see the module docs).
 async fn billing_proxy(
     State(state): State<AppState>,
     Path(action): Path<String>,
-    method: axum::http::Method,
+    method: Method,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    use axum::http::Method;
     let allowed = matches!(
         (&method, action.as_str()),
         (&Method::GET, "status" | "portal") | (&Method::POST, "create" | "cancel")
@@ -287,40 +449,109 @@ async fn billing_proxy(
     }
 }
 
-/// `GET /v1/plans`: the plans of the catalog for the first meter, in catalog order.
-async fn plans(State(state): State<AppState>) -> Json<Value> {
+/// A meter named in the plan catalog.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MeterName {
+    /// Meter key.
+    pub key: String,
+    /// Human name.
+    pub name: String,
+}
+
+/// One plan of `GET /v1/plans`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PlanOffer {
+    /// Plan key.
+    pub key: String,
+    /// Human name.
+    pub name: String,
+    /// Price per period in the smallest currency unit.
+    pub price_cents: u64,
+    /// ISO currency code.
+    pub currency: String,
+    /// Limit of the first meter per period; `null` = unlimited.
+    #[schema(required = true)]
+    pub limit: Option<u64>,
+    /// Selling points.
+    pub features: Vec<String>,
+    /// Whether it is the plan of new customers.
+    pub default: bool,
+}
+
+/// Answer of `GET /v1/plans`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PlansBody {
+    /// The meter the limits are for (the catalog's first).
+    pub meter: MeterName,
+    /// The dashboard warns above this percent.
+    pub warn_percent: u8,
+    /// The plan of new customers.
+    pub default_plan: String,
+    /// The plans in catalog order.
+    pub plans: Vec<PlanOffer>,
+}
+
+/// The plan catalog: price, limits, features (public).
+///
+/// The plans of the catalog for the first meter, in catalog order; needs no key.
+#[utoipa::path(
+    get,
+    path = "/v1/plans",
+    tag = "dashboard",
+    responses((status = 200, description = "The plans", body = PlansBody)),
+)]
+async fn plans(State(state): State<AppState>) -> Json<PlansBody> {
     let c = &state.catalog;
     let meter = &c.meters[0];
-    let plans: Vec<Value> = c
+    let plans = c
         .plans
         .iter()
-        .map(|p| {
-            json!({
-                "key": p.key,
-                "name": p.name,
-                "price_cents": p.price_cents,
-                "currency": p.currency,
-                "limit": p.limit(&meter.key),
-                "features": p.features,
-                "default": p.key == c.default_plan,
-            })
+        .map(|p| PlanOffer {
+            key: p.key.clone(),
+            name: p.name.clone(),
+            price_cents: p.price_cents,
+            currency: p.currency.clone(),
+            limit: p.limit(&meter.key),
+            features: p.features.clone(),
+            default: p.key == c.default_plan,
         })
         .collect();
-    Json(json!({
-        "meter": {"key": meter.key, "name": meter.name},
-        "warn_percent": c.warn_percent,
-        "default_plan": c.default_plan,
-        "plans": plans,
-    }))
+    Json(PlansBody {
+        meter: MeterName {
+            key: meter.key.clone(),
+            name: meter.name.clone(),
+        },
+        warn_percent: c.warn_percent,
+        default_plan: c.default_plan.clone(),
+        plans,
+    })
 }
 
 /// Body of `POST /v1/customers/{customer}/dashboard-link` (optional).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkRequest {
     /// Lifetime in seconds (default 900, 60 to 86,400).
     #[serde(default)]
+    #[schema(minimum = 60, maximum = 86400)]
     pub ttl_secs: Option<i64>,
+}
+
+/// Answer of `POST /v1/customers/{customer}/dashboard-link`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DashboardLink {
+    /// The customer.
+    pub customer: String,
+    /// The link token (`mdl_...`), valid once.
+    pub link: String,
+    /// The page with the link: `/dashboard/#link=...`.
+    pub path: String,
+    /// `http://<Host>/dashboard/#link=...` when the request's `Host` is a plain host name.
+    #[schema(required = true)]
+    pub url: Option<String>,
+    /// When the link expires (RFC 3339).
+    #[schema(format = DateTime)]
+    pub expires_at: String,
 }
 
 fn signer(state: &AppState) -> Result<&std::sync::Arc<Signer>, ApiError> {
@@ -333,7 +564,26 @@ fn signer(state: &AppState) -> Result<&std::sync::Arc<Signer>, ApiError> {
     })
 }
 
-/// `POST /v1/customers/{customer}/dashboard-link` (admin): a short-lived signed sign-in link.
+/// Admin: a short-lived signed sign-in link for one customer.
+///
+/// Needs a key with the `admin` scope; a customer-scoped key only reaches its own customer.
+#[utoipa::path(
+    post,
+    path = "/v1/customers/{customer}/dashboard-link",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("customer" = String, Path, description = doc::CUSTOMER)),
+    request_body(content = Option<LinkRequest>, description = "Optional; an empty body takes the defaults"),
+    responses(
+        (status = 201, description = "The link", body = DashboardLink),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: a bad customer, body or \
+            `ttl_secs`"),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: the key lacks the \
+            `admin` scope; `customer_forbidden`: a customer-scoped key named another customer"),
+        (status = 501, body = ErrorBody, description = "`links_disabled`: no `dashboard_secret` is configured"),
+    )
+)]
 async fn post_link(
     State(state): State<AppState>,
     Path(customer): Path<String>,
@@ -362,26 +612,51 @@ async fn post_link(
         .map(|h| format!("http://{h}{path}"));
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "customer": customer,
-            "link": link,
-            "path": path,
-            "url": url,
-            "expires_at": exp.format(&Rfc3339).unwrap_or_default(),
-        })),
+        Json(DashboardLink {
+            customer,
+            link,
+            path,
+            url,
+            expires_at: exp.format(&Rfc3339).unwrap_or_default(),
+        }),
     )
         .into_response())
 }
 
 /// Body of `POST /dashboard/session`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionRequest {
     /// The link token (`mdl_...`).
     pub link: String,
 }
 
-/// `POST /dashboard/session`: a link, once, for a session token.
+/// Answer of `POST /dashboard/session`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    /// The session token (`mds_...`): a customer-scoped, read-only credential.
+    pub token: String,
+    /// The customer.
+    pub customer: String,
+    /// When the session expires (RFC 3339).
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+}
+
+/// Exchange a signed sign-in link (once) for a customer-scoped, read-only session token.
+#[utoipa::path(
+    post,
+    path = "/dashboard/session",
+    tag = "dashboard",
+    request_body = SessionRequest,
+    responses(
+        (status = 200, description = "The session", body = Session,
+            headers(("cache-control" = String, description = "`no-store`"))),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: a bad body"),
+        (status = 401, body = ErrorBody, description = "`invalid_link`, `link_expired`, `link_used`"),
+        (status = 501, body = ErrorBody, description = "`links_disabled`: no `dashboard_secret` is configured"),
+    )
+)]
 async fn post_session(
     State(state): State<AppState>,
     body: Result<Json<SessionRequest>, axum::extract::rejection::JsonRejection>,
@@ -404,11 +679,11 @@ async fn post_session(
     })?;
     let exp = now + time::Duration::seconds(SESSION_TTL_SECS);
     let token = signer.session(&claims.t, &claims.c, exp);
-    let mut r = Json(json!({
-        "token": token,
-        "customer": claims.c,
-        "expires_at": exp.format(&Rfc3339).unwrap_or_default(),
-    }))
+    let mut r = Json(Session {
+        token,
+        customer: claims.c,
+        expires_at: exp.format(&Rfc3339).unwrap_or_default(),
+    })
     .into_response();
     common_headers(&mut r);
     r.headers_mut()

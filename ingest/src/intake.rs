@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use http_body_util::BodyExt;
-use schemas::api::Accepted;
+use schemas::api::{Accepted, ErrorBody, EventBatch, doc};
 use schemas::event::{Intake, UsageEvent};
 use schemas::wire::{Checked, Wire};
 use serde_json::Value;
@@ -80,7 +80,36 @@ async fn read_body(
     }
 }
 
-/// `POST /v1/events`: 202 once the broker acknowledged every event of the batch.
+/// Send one usage event or an array (up to 1,000 events / 1 MiB). 202 only after the broker
+/// acknowledged every event.
+///
+/// Needs a key with the `ingest` scope; a customer-scoped key only reaches its own customer. An
+/// invalid batch is refused whole, with every bad field in `details`, and nothing of it is
+/// produced; a retry with the same ids counts once.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "intake",
+    security(("bearer" = [])),
+    request_body(
+        content = EventBatch,
+        description = "One CloudEvents 1.0 event or an array of them"
+    ),
+    responses(
+        (status = 202, description = "The broker acknowledged every event", body = Accepted),
+        (status = 400, body = ErrorBody, description = "`invalid_events` (every bad field in \
+            `details`), `malformed_json`, `empty_batch`, `body_read_failed`; nothing was accepted"),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = "`insufficient_scope`: the key lacks the \
+            `ingest` scope; `forbidden`: an event names another tenant or, with a customer-scoped \
+            key, another customer (in `details`)"),
+        (status = 413, body = ErrorBody, description = "`payload_too_large` (over the body \
+            limit, 1 MiB), `too_many_events` (over 1,000 events)"),
+        (status = 503, body = ErrorBody, description = "`broker_unavailable`, `overloaded` (with \
+            `Retry-After`): the broker did not acknowledge the batch; nothing was accepted, retry \
+            it unchanged", headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub(crate) async fn post_events(
     State(state): State<AppState>,
     rid: Option<Extension<RequestId>>,

@@ -2,12 +2,16 @@
 //! `POST /usage/track`, `GET /usage/history`. The customer is the key's customer (a
 //! customer-scoped key), or, for a tenant-wide key, the `X-Customer-Id` header or `customer` query.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use schemas::api::{ErrorBody, ErrorDetail, doc};
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, ToSchema};
 
 use platform::auth::{authenticate, customer_of};
 use platform::error::{ApiError, invalid};
@@ -16,46 +20,119 @@ use platform::producer::now_millis;
 
 use crate::check::{CheckItem, track};
 use crate::shared::AppState;
-use crate::usage::{HistoryQuery, history, usage_body};
+use crate::usage::{HistoryQuery, Projection, history, usage_body};
 
 /// `customer` query parameter for tenant-wide keys.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CustomerQuery {
-    /// The customer.
+    /// For a tenant-wide key: the customer (or the `X-Customer-Id` header); a customer-scoped key
+    /// may only name itself.
     pub customer: Option<String>,
     /// Days of history (`/usage/history`, default 30, at most 400).
+    #[param(minimum = 1, maximum = 400)]
     pub days: Option<u32>,
 }
 
 /// The seed's usage summary for the first meter: flat fields the dashboard reads directly.
-async fn summary(state: &AppState, tenant: &str, customer: &str) -> Result<Value, ApiError> {
-    let body = usage_body(state, tenant, customer).await?;
-    let m = &body["meters"][0];
-    Ok(json!({
-        "customer": customer,
-        "plan": body["plan"]["key"],
-        "plan_name": body["plan"]["name"],
-        "status": body["plan"]["status"],
-        "cancel_at_period_end": body["plan"]["cancel_at_period_end"],
-        "used": m["used"],
-        "limit": m["limit"],
-        "remaining": m["remaining"],
-        "percent": m["percent"],
-        "warning": m["warning"],
-        "blocked": !m["allowed"].as_bool().unwrap_or(true),
-        "period_start": body["period_start"],
-        "period_end": body["period_end"],
-        "by_endpoint": m["by_endpoint"],
-        "projection": m["projection"],
-    }))
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SeedUsage {
+    /// The customer.
+    pub customer: String,
+    /// Plan key.
+    #[schema(required = true)]
+    pub plan: Option<String>,
+    /// The plan's human name.
+    #[schema(required = true)]
+    pub plan_name: Option<String>,
+    /// Subscription status.
+    pub status: String,
+    /// Whether the subscription ends at the period end.
+    pub cancel_at_period_end: bool,
+    /// Usage in the current period.
+    pub used: f64,
+    /// The limit; `null` = unlimited.
+    #[schema(required = true)]
+    pub limit: Option<u64>,
+    /// What is left; `null` = unlimited.
+    #[schema(required = true)]
+    pub remaining: Option<f64>,
+    /// Usage in percent of the limit; `null` = unlimited.
+    #[schema(required = true)]
+    pub percent: Option<f64>,
+    /// Usage is above the catalog's `warn_percent`.
+    pub warning: bool,
+    /// One more call would be refused.
+    pub blocked: bool,
+    /// Current period start (RFC 3339).
+    #[schema(format = DateTime)]
+    pub period_start: String,
+    /// Current period end, exclusive (RFC 3339).
+    #[schema(format = DateTime)]
+    pub period_end: String,
+    /// Usage in the period by endpoint.
+    pub by_endpoint: BTreeMap<String, f64>,
+    /// Usage and cost at the period end at the current pace.
+    pub projection: Projection,
 }
 
-/// `GET /usage`.
+async fn summary(state: &AppState, tenant: &str, customer: &str) -> Result<SeedUsage, ApiError> {
+    let body = usage_body(state, tenant, customer).await?;
+    // The catalog has at least one meter and the view answers every meter.
+    let m = body
+        .meters
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::internal(&"the catalog has no meter"))?;
+    Ok(SeedUsage {
+        customer: customer.into(),
+        plan: body.plan.key,
+        plan_name: body.plan.name,
+        status: body.plan.status,
+        cancel_at_period_end: body.plan.cancel_at_period_end,
+        used: m.quota.used,
+        limit: m.quota.limit,
+        remaining: m.quota.remaining,
+        percent: m.quota.percent,
+        warning: m.quota.warning,
+        blocked: !m.quota.allowed,
+        period_start: body.period_start,
+        period_end: body.period_end,
+        by_endpoint: m.by_endpoint,
+        projection: m.projection,
+    })
+}
+
+/// Seed API: the customer's usage summary (plan, used, limit, percent, warning, blocked, by
+/// endpoint).
+///
+/// Needs a key with the `read` scope; a customer-scoped key only reaches its own customer, a
+/// tenant-wide key names it in `X-Customer-Id` or `?customer=`.
+#[utoipa::path(
+    get,
+    path = "/usage",
+    operation_id = "get_seed_usage",
+    tag = "seed",
+    security(("bearer" = [])),
+    params(
+        ("X-Customer-Id" = Option<String>, Header, description = doc::CUSTOMER_HEADER),
+        ("customer" = Option<String>, Query, description = doc::CUSTOMER_HEADER),
+    ),
+    responses(
+        (status = 200, description = "The first meter's usage in flat fields", body = SeedUsage),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: no customer named \
+            with a tenant-wide key, a bad customer or query"),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = doc::FORBIDDEN),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::VIEW_STARTING),
+    )
+)]
 pub async fn get_usage(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<CustomerQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SeedUsage>, ApiError> {
     let key = authenticate(&state.keys, &headers, Scope::Read).await?;
     let customer = customer_of(&key, &headers, q.customer.as_deref())?;
     if !state.view.is_ready() {
@@ -69,10 +146,12 @@ pub async fn get_usage(
 }
 
 /// Body of `POST /usage/track`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrackRequest {
-    /// The endpoint called (`analyze`, `redact`, `report`, `drill`, or any other).
+    /// The endpoint called (`analyze`, `redact`, `report`, `drill`, or any other): 1-128 of
+    /// `[A-Za-z0-9_.-]`.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,128}$")]
     pub endpoint: String,
     /// Calls to record (default 1).
     #[serde(default)]
@@ -82,8 +161,88 @@ pub struct TrackRequest {
     pub id: Option<String>,
 }
 
-/// `POST /usage/track`: check-and-track one call. 200 when recorded; 429 `limit_reached` (with
-/// the usage) when the plan's limit is reached.
+/// The usage after a `POST /usage/track`, for the first meter.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TrackUsage {
+    /// The customer.
+    pub customer: String,
+    /// The plan that sets the limit.
+    pub plan: String,
+    /// Usage in the current period, this call included when tracked.
+    pub used: f64,
+    /// The limit; `null` = unlimited.
+    #[schema(required = true)]
+    pub limit: Option<u64>,
+    /// What is left; `null` = unlimited.
+    #[schema(required = true)]
+    pub remaining: Option<f64>,
+    /// Usage in percent of the limit; `null` = unlimited.
+    #[schema(required = true)]
+    pub percent: Option<f64>,
+    /// Usage is above the catalog's `warn_percent`.
+    pub warning: bool,
+    /// The next call would be refused.
+    pub blocked: bool,
+    /// Current period start (RFC 3339).
+    #[schema(format = DateTime)]
+    pub period_start: String,
+    /// Current period end, exclusive (RFC 3339).
+    #[schema(format = DateTime)]
+    pub period_end: String,
+}
+
+/// Answer of a recorded `POST /usage/track` (200).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Tracked {
+    /// `true`.
+    pub tracked: bool,
+    /// The endpoint recorded.
+    pub endpoint: String,
+    /// Id of the recorded usage event.
+    #[schema(required = true)]
+    pub event_id: Option<String>,
+    /// The usage after this call.
+    pub usage: TrackUsage,
+}
+
+/// Answer of a refused `POST /usage/track` (429).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LimitReached {
+    /// `false`.
+    pub tracked: bool,
+    /// `limit_reached` and what to do.
+    pub error: ErrorDetail,
+    /// The usage (nothing was recorded).
+    pub usage: TrackUsage,
+}
+
+/// Seed API: check-and-track one call. 429 `limit_reached` with the usage when blocked.
+///
+/// Needs a key with the `ingest` scope; a customer-scoped key only reaches its own customer, a
+/// tenant-wide key names it in `X-Customer-Id` or `?customer=`. `id` makes a retry count once.
+#[utoipa::path(
+    post,
+    path = "/usage/track",
+    tag = "seed",
+    security(("bearer" = [])),
+    params(
+        ("X-Customer-Id" = Option<String>, Header, description = doc::CUSTOMER_HEADER),
+        ("customer" = Option<String>, Query, description = doc::CUSTOMER_HEADER),
+    ),
+    request_body = TrackRequest,
+    responses(
+        (status = 200, description = "The call was recorded", body = Tracked),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: no customer named \
+            with a tenant-wide key, a bad customer, body or endpoint; `invalid_events`"),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = doc::FORBIDDEN),
+        (status = 429, description = "`limit_reached`: the plan's limit is reached; nothing was \
+            recorded", body = LimitReached),
+        (status = 503, body = ErrorBody, description = "`quota_view_starting`, \
+            `broker_unavailable`, `overloaded` (with `Retry-After`): nothing was tracked, retry",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn post_track(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -117,46 +276,104 @@ pub async fn post_track(
     let default_meter = state.catalog.meters[0].key.clone();
     let mut results = track(&state, &key, &[item], &default_meter, now_millis()).await?;
     let result = results.remove(0);
-    let a = &result.quota;
-    let usage = json!({
-        "customer": customer,
-        "plan": a.plan,
-        "used": a.used,
-        "limit": a.limit,
-        "remaining": a.remaining,
-        "percent": a.percent,
-        "warning": a.warning,
-        "blocked": !a.allowed || a.limit.is_some_and(|l| a.used >= l as f64),
-        "period_start": a.period_start.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        "period_end": a.period_end.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-    });
+    let a = result.quota;
+    let usage = TrackUsage {
+        blocked: !a.allowed || a.limit.is_some_and(|l| a.used >= l as f64),
+        period_start: a.period_start.format(&Rfc3339).unwrap_or_default(),
+        period_end: a.period_end.format(&Rfc3339).unwrap_or_default(),
+        customer,
+        plan: a.plan,
+        used: a.used,
+        limit: a.limit,
+        remaining: a.remaining,
+        percent: a.percent,
+        warning: a.warning,
+    };
     if result.tracked {
         Ok((
             StatusCode::OK,
-            Json(json!({"tracked": true, "endpoint": req.endpoint, "event_id": result.event_id, "usage": usage})),
+            Json(Tracked {
+                tracked: true,
+                endpoint: req.endpoint,
+                event_id: result.event_id,
+                usage,
+            }),
         )
             .into_response())
     } else {
+        let message = format!(
+            "the {} plan allows {} calls per period; upgrade to continue",
+            usage.plan,
+            usage.limit.unwrap_or(0)
+        );
         Ok((
             StatusCode::TOO_MANY_REQUESTS,
-            Json(json!({
-                "tracked": false,
-                "error": {"code": "limit_reached", "message": format!(
-                    "the {} plan allows {} calls per period; upgrade to continue",
-                    a.plan, a.limit.unwrap_or(0))},
-                "usage": usage,
-            })),
+            Json(LimitReached {
+                tracked: false,
+                error: ErrorDetail {
+                    code: "limit_reached".into(),
+                    message,
+                    request_id: None,
+                    details: Vec::new(),
+                },
+                usage,
+            }),
         )
             .into_response())
     }
 }
 
-/// `GET /usage/history?days=30`: calls per day, by endpoint.
+/// One day of `GET /usage/history`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DayUsage {
+    /// The day (UTC), `YYYY-MM-DD`.
+    #[schema(format = Date)]
+    pub date: String,
+    /// Calls that day.
+    pub total: f64,
+    /// Calls that day by endpoint.
+    pub by_endpoint: BTreeMap<String, f64>,
+}
+
+/// Answer of `GET /usage/history`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SeedHistory {
+    /// The customer.
+    pub customer: String,
+    /// Days in the answer.
+    pub days: u32,
+    /// Every day from `days - 1` days ago to today, in order (days without calls included).
+    pub history: Vec<DayUsage>,
+}
+
+/// Seed API: calls per day by endpoint.
+///
+/// Needs a key with the `read` scope; a customer-scoped key only reaches its own customer, a
+/// tenant-wide key names it in `X-Customer-Id` or `?customer=`.
+#[utoipa::path(
+    get,
+    path = "/usage/history",
+    operation_id = "get_seed_history",
+    tag = "seed",
+    security(("bearer" = [])),
+    params(
+        ("X-Customer-Id" = Option<String>, Header, description = doc::CUSTOMER_HEADER),
+        CustomerQuery,
+    ),
+    responses(
+        (status = 200, description = "Calls per day", body = SeedHistory),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: no customer named \
+            with a tenant-wide key, a bad customer or query, `days` not in 1-400"),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = doc::FORBIDDEN),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+    )
+)]
 pub async fn get_history(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<CustomerQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SeedHistory>, ApiError> {
     let key = authenticate(&state.keys, &headers, Scope::Read).await?;
     let customer = customer_of(&key, &headers, q.customer.as_deref())?;
     let days = q.days.unwrap_or(30);
@@ -173,27 +390,30 @@ pub async fn get_history(
         meter: None,
     };
     let (_, _, _, points) = history(&state, &key.tenant, &customer, &hq).await?;
-    let mut by_day: std::collections::BTreeMap<String, (f64, serde_json::Map<String, Value>)> =
-        std::collections::BTreeMap::new();
+    let mut by_day: BTreeMap<String, (f64, BTreeMap<String, f64>)> = BTreeMap::new();
     for i in 0..i64::from(days) {
         by_day.insert(
             (from + time::Duration::days(i)).to_string(),
-            (0.0, serde_json::Map::new()),
+            (0.0, BTreeMap::new()),
         );
     }
     for p in points {
         let day = p.bucket.date().to_string();
         let entry = by_day.entry(day).or_default();
         entry.0 += p.quantity;
-        entry
-            .1
-            .insert(p.endpoint.unwrap_or_default(), json!(p.quantity));
+        entry.1.insert(p.endpoint.unwrap_or_default(), p.quantity);
     }
-    let history: Vec<Value> = by_day
+    let history = by_day
         .into_iter()
-        .map(|(date, (total, eps))| json!({"date": date, "total": total, "by_endpoint": eps}))
+        .map(|(date, (total, by_endpoint))| DayUsage {
+            date,
+            total,
+            by_endpoint,
+        })
         .collect();
-    Ok(Json(
-        json!({"customer": customer, "days": days, "history": history}),
-    ))
+    Ok(Json(SeedHistory {
+        customer,
+        days,
+        history,
+    }))
 }

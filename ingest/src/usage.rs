@@ -7,30 +7,34 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
+use schemas::api::{ErrorBody, doc};
 use schemas::quota::{Period, PlanState};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, ToSchema};
 
 use platform::error::{ApiError, invalid};
 use platform::principal::Scope;
 
 use crate::access::{check_meter, reader, starting};
+use crate::quota::QuotaAnswer;
 use crate::shared::AppState;
 
 /// The projection of a period: usage and cost at the period end at the current pace.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Projection {
     /// Usage expected at the period end.
     pub projected_used: f64,
     /// In percent of the limit (`null` = unlimited).
+    #[schema(required = true)]
     pub projected_percent: Option<f64>,
     /// The plan's price for the period (cents).
     pub projected_cost_cents: u64,
     /// Currency.
     pub currency: String,
     /// The cheapest plan whose limit covers the projection, when the current one does not.
+    #[schema(required = true)]
     pub recommended_plan: Option<String>,
 }
 
@@ -122,13 +126,84 @@ pub async fn by_endpoint(
         .collect())
 }
 
-/// `GET /v1/customers/{customer}/usage`: every meter's quota, the per-endpoint breakdown and the
-/// projection to the period end.
+/// The customer's plan in a usage answer (`null` fields: the plan is not in the catalog).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PlanSummary {
+    /// Plan key.
+    #[schema(required = true)]
+    pub key: Option<String>,
+    /// Human name.
+    #[schema(required = true)]
+    pub name: Option<String>,
+    /// Price per period in the smallest currency unit.
+    #[schema(required = true)]
+    pub price_cents: Option<u64>,
+    /// ISO currency code.
+    #[schema(required = true)]
+    pub currency: Option<String>,
+    /// Subscription status (`active`, `trialing`, `past_due`, `canceled`, ...).
+    pub status: String,
+    /// Whether the subscription ends at the period end.
+    pub cancel_at_period_end: bool,
+}
+
+/// One meter of a usage answer: its quota answer, usage by endpoint and the projection.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MeterUsage {
+    /// The quota answer for one more unit (`allowed` false means blocked).
+    #[serde(flatten)]
+    pub quota: QuotaAnswer,
+    /// Usage in the period by endpoint (the meter's dimension), from the daily rollup.
+    pub by_endpoint: BTreeMap<String, f64>,
+    /// Usage and cost at the period end at the current pace.
+    pub projection: Projection,
+}
+
+/// Answer of `GET /v1/customers/{customer}/usage`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UsageBody {
+    /// The customer.
+    pub customer: String,
+    /// Whether the customer has a plan record or usage (otherwise: a new customer on the default
+    /// plan).
+    pub known: bool,
+    /// The effective plan.
+    pub plan: PlanSummary,
+    /// Current period start (RFC 3339).
+    #[schema(format = DateTime)]
+    pub period_start: String,
+    /// Current period end, exclusive (RFC 3339).
+    #[schema(format = DateTime)]
+    pub period_end: String,
+    /// The dashboard warns above this percent.
+    pub warn_percent: u8,
+    /// Every meter of the catalog, in catalog order.
+    pub meters: Vec<MeterUsage>,
+}
+
+/// Every meter's usage in the current period, by endpoint, with the projection to the period end.
+///
+/// Needs a key with the `read` scope; a customer-scoped key only reaches its own customer.
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{customer}/usage",
+    tag = "usage",
+    security(("bearer" = [])),
+    params(("customer" = String, Path, description = doc::CUSTOMER)),
+    responses(
+        (status = 200, description = "The customer's usage", body = UsageBody),
+        (status = 400, body = ErrorBody, description = doc::INVALID_REQUEST),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = doc::FORBIDDEN),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::VIEW_STARTING),
+    )
+)]
 pub async fn get_usage(
     State(state): State<AppState>,
     Path(customer): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UsageBody>, ApiError> {
     let key = reader(&state, &headers, Scope::Read, &customer).await?;
     if !state.view.is_ready() {
         return Err(starting());
@@ -137,7 +212,11 @@ pub async fn get_usage(
 }
 
 /// The body of the usage answers (native and seed).
-pub async fn usage_body(state: &AppState, tenant: &str, customer: &str) -> Result<Value, ApiError> {
+pub async fn usage_body(
+    state: &AppState,
+    tenant: &str,
+    customer: &str,
+) -> Result<UsageBody, ApiError> {
     let now = OffsetDateTime::now_utc();
     let (plan, known) = state.view.plan(tenant, customer);
     let period = plan.period(now);
@@ -154,41 +233,46 @@ pub async fn usage_body(state: &AppState, tenant: &str, customer: &str) -> Resul
             &period,
             now,
         );
-        let mut v = serde_json::to_value(&a).unwrap_or_default();
-        v["by_endpoint"] = json!(endpoints);
-        v["projection"] = serde_json::to_value(&projection).unwrap_or_default();
-        meters.push(v);
+        meters.push(MeterUsage {
+            quota: a,
+            by_endpoint: endpoints,
+            projection,
+        });
     }
     let effective = plan.effective_plan(&state.catalog);
-    Ok(json!({
-        "customer": customer,
-        "known": known,
-        "plan": {
-            "key": effective.map(|p| p.key.clone()),
-            "name": effective.map(|p| p.name.clone()),
-            "price_cents": effective.map(|p| p.price_cents),
-            "currency": effective.map(|p| p.currency.clone()),
-            "status": plan.status,
-            "cancel_at_period_end": plan.cancel_at_period_end,
+    Ok(UsageBody {
+        customer: customer.into(),
+        known,
+        plan: PlanSummary {
+            key: effective.map(|p| p.key.clone()),
+            name: effective.map(|p| p.name.clone()),
+            price_cents: effective.map(|p| p.price_cents),
+            currency: effective.map(|p| p.currency.clone()),
+            status: plan.status.clone(),
+            cancel_at_period_end: plan.cancel_at_period_end,
         },
-        "period_start": period.start_time().format(&Rfc3339).unwrap_or_default(),
-        "period_end": period.end_time().format(&Rfc3339).unwrap_or_default(),
-        "warn_percent": state.catalog.warn_percent,
-        "meters": meters,
-    }))
+        period_start: period.start_time().format(&Rfc3339).unwrap_or_default(),
+        period_end: period.end_time().format(&Rfc3339).unwrap_or_default(),
+        warn_percent: state.catalog.warn_percent,
+        meters,
+    })
 }
 
 /// Query of `GET /v1/customers/{customer}/history`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Start (RFC 3339 or YYYY-MM-DD), inclusive; default: 30 days ago (24 h for hour).
     pub from: Option<String>,
-    /// End, exclusive; default now.
+    /// End (RFC 3339 or YYYY-MM-DD), exclusive for hours, including a partial day or month
+    /// otherwise; default now. At most 93 days at hour, 3,700 at day, 36,600 at month granularity.
     pub to: Option<String>,
     /// `hour`, `day` (default) or `month`.
+    #[param(value_type = Option<Granularity>, inline)]
     pub granularity: Option<String>,
     /// `endpoint` to break the series down by endpoint.
+    #[param(value_type = Option<GroupBy>, inline)]
     pub group_by: Option<String>,
     /// Meter (default: the first meter).
     pub meter: Option<String>,
@@ -212,8 +296,28 @@ struct BucketRow {
     quantity: f64,
 }
 
+/// The granularities of `GET /v1/customers/{customer}/history`.
+#[derive(Debug, Clone, Copy, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    /// The hourly rollup.
+    Hour,
+    /// The daily rollup.
+    Day,
+    /// The monthly rollup.
+    Month,
+}
+
+/// The breakdowns of `GET /v1/customers/{customer}/history`.
+#[derive(Debug, Clone, Copy, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    /// One series per endpoint.
+    Endpoint,
+}
+
 /// One point of a history series.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Point {
     /// Bucket start.
     #[serde(with = "time::serde::rfc3339")]
@@ -317,21 +421,57 @@ pub async fn history(
     Ok((granularity, from, to, points))
 }
 
-/// `GET /v1/customers/{customer}/history`.
+/// Answer of `GET /v1/customers/{customer}/history`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HistoryBody {
+    /// The customer.
+    pub customer: String,
+    /// `hour`, `day` or `month`.
+    #[schema(value_type = Granularity)]
+    pub granularity: String,
+    /// Start of the series (RFC 3339).
+    #[schema(format = DateTime)]
+    pub from: String,
+    /// End of the series (RFC 3339).
+    #[schema(format = DateTime)]
+    pub to: String,
+    /// The buckets with usage, in time order (and endpoint order with `group_by=endpoint`).
+    pub points: Vec<Point>,
+}
+
+/// Usage over time from the ClickHouse rollups.
+///
+/// Needs a key with the `read` scope; a customer-scoped key only reaches its own customer.
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{customer}/history",
+    tag = "usage",
+    security(("bearer" = [])),
+    params(("customer" = String, Path, description = doc::CUSTOMER), HistoryQuery),
+    responses(
+        (status = 200, description = "The series", body = HistoryBody),
+        (status = 400, body = ErrorBody, description = "`invalid_request` (a bad customer, \
+            `from`, `to`, `granularity`, `group_by` or query parameter; a window too long for the \
+            granularity), `unknown_meter`"),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = doc::FORBIDDEN),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+    )
+)]
 pub async fn get_history(
     State(state): State<AppState>,
     Path(customer): Path<String>,
     headers: HeaderMap,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HistoryBody>, ApiError> {
     let key = reader(&state, &headers, Scope::Read, &customer).await?;
     let Query(q) = query.map_err(|e| invalid("query", e.body_text()))?;
     let (granularity, from, to, points) = history(&state, &key.tenant, &customer, &q).await?;
-    Ok(Json(json!({
-        "customer": customer,
-        "granularity": granularity,
-        "from": from.format(&Rfc3339).unwrap_or_default(),
-        "to": to.format(&Rfc3339).unwrap_or_default(),
-        "points": points,
-    })))
+    Ok(Json(HistoryBody {
+        customer,
+        granularity,
+        from: from.format(&Rfc3339).unwrap_or_default(),
+        to: to.format(&Rfc3339).unwrap_or_default(),
+        points,
+    }))
 }

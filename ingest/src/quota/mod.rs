@@ -57,7 +57,7 @@ use customer::{Customer, Pending, accepted_recently, remember_id};
 use shard::{Shard, Symbols};
 
 /// The answer to "may this customer use `quantity` more of `meter`?".
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QuotaAnswer {
     /// Customer.
     pub customer: String,
@@ -68,10 +68,13 @@ pub struct QuotaAnswer {
     /// Usage in the current period (including this instance's pending usage).
     pub used: f64,
     /// The limit; `null` = unlimited.
+    #[schema(required = true)]
     pub limit: Option<u64>,
     /// What is left; `null` = unlimited.
+    #[schema(required = true)]
     pub remaining: Option<f64>,
     /// Usage in percent of the limit; `null` = unlimited.
+    #[schema(required = true)]
     pub percent: Option<f64>,
     /// Usage is above the catalog's `warn_percent`.
     pub warning: bool,
@@ -87,7 +90,19 @@ pub struct QuotaAnswer {
     pub status: String,
     /// Why not allowed: `limit_reached` or `unknown_customer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<QuotaRefusal>)]
     pub reason: Option<String>,
+}
+
+/// Why a quota answer is not allowed (the values of `QuotaAnswer::reason`).
+#[derive(Debug, Clone, Copy, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaRefusal {
+    /// The plan's limit (with overrides and grants) is reached.
+    LimitReached,
+    /// The customer has no plan record and the ingest is configured to refuse such customers
+    /// (`unknown_customer = "deny"`).
+    UnknownCustomer,
 }
 
 /// Identifies a reservation so it can be confirmed or released.
