@@ -1,11 +1,15 @@
 //! HTTP routes: the seed's subscription endpoints (authenticated with the platform's API keys), the
-//! Stripe webhook, admin triggers for the background jobs, health, readiness and metrics.
+//! Stripe webhook, admin triggers for the background jobs, health, readiness, metrics and the
+//! OpenAPI document generated from the handlers (`GET /openapi.json`).
+//!
+//! Every route is registered through [`utoipa_axum::routes!`], which takes the path and method
+//! from the handler's `#[utoipa::path]`, so a route cannot exist without its documentation.
 //!
 //! The customer is the key's own (a customer-scoped key), or, for a tenant-wide key, the
 //! `X-Customer-Id` header or `?customer=`. `status` and `portal` need the `read` scope; `create`
 //! and `cancel` change the subscription and need `ingest` (the seed app's write scope) or `admin`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -13,19 +17,23 @@ use axum::extract::{MatchedPath, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use platform::auth::{authenticate, customer_of};
 use platform::error::{ApiError, invalid};
 use platform::keys::KeyStore;
 use platform::principal::{KeyInfo, Scope};
+use schemas::api::{BearerAuth, ErrorBody, Health, doc};
 use secrecy::ExposeSecret;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::billing::Billing;
 use crate::metrics::RequestLabels;
+use crate::usage::{Reconciliation, ReportSummary};
 
 /// Shared state of the handlers.
 #[derive(Debug, Clone)]
@@ -38,26 +46,201 @@ pub struct AppState {
     pub cancel: CancellationToken,
 }
 
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "billing-sync API",
+        description = "Stripe Checkout (subscription mode), the billing portal, cancelling, \
+            Stripe's signed webhooks and admin triggers for the background jobs. A \
+            customer-scoped key acts for its customer; a tenant key names it with \
+            `X-Customer-Id` or `?customer=`. Errors are `{\"error\": {\"code\", \"message\", \
+            \"details\"}}`. Generated from the handlers; served at `GET /openapi.json`."
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "subscription", description = "The seed application's subscription endpoints"),
+        (name = "stripe", description = "Stripe's webhooks"),
+        (name = "admin", description = "Background jobs run now (`admin` scope, tenant key)"),
+        (name = "ops", description = "Health, readiness, metrics, this document"),
+    )
+)]
+struct ApiDoc;
+
+/// Every route and its operation, without state or layers.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(status))
+        .routes(routes!(create))
+        .routes(routes!(portal))
+        .routes(routes!(cancel))
+        .routes(routes!(webhook))
+        .routes(routes!(admin_report))
+        .routes(routes!(admin_usage_reconcile))
+        .routes(routes!(admin_reconcile))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
+}
+
 /// The router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/subscription/status", get(status))
-        .route("/subscription/create", post(create))
-        .route("/subscription/portal", get(portal))
-        .route("/subscription/cancel", post(cancel))
-        .route("/webhooks/stripe", post(webhook))
-        .route("/admin/usage/report", post(admin_report))
-        .route("/admin/usage/reconcile", get(admin_usage_reconcile))
-        .route("/admin/subscriptions/reconcile", post(admin_reconcile))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let (router, _) = api().split_for_parts();
+    router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
         ))
         .with_state(state)
+}
+
+/// The OpenAPI document of every route, as served at `GET /openapi.json` (made once).
+pub fn document() -> &'static str {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        api()
+            .into_openapi()
+            .to_pretty_json()
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    })
+}
+
+/// 401 of every authenticated route.
+const UNAUTHORIZED: &str = doc::UNAUTHORIZED;
+
+/// 403 of the subscription routes that read.
+const READ_FORBIDDEN: &str = "`insufficient_scope`: the key lacks the `read` scope; \
+    `customer_forbidden`: a customer-scoped key named another customer";
+
+/// 403 of the subscription routes that buy or cancel.
+const WRITE_FORBIDDEN: &str = "`insufficient_scope`: a tenant-wide key without the `ingest` \
+    scope (or a key without `read`); `customer_forbidden`: a customer-scoped key named another \
+    customer";
+
+/// 403 of the admin routes.
+const ADMIN_FORBIDDEN: &str = "`insufficient_scope`: the key lacks the `admin` scope; \
+    `customer_forbidden`: a customer-scoped key cannot run billing jobs";
+
+/// 400 of the routes that name a customer.
+const NO_CUSTOMER: &str = "`invalid_request`: a tenant-wide key named no customer (or a bad \
+    one) in `X-Customer-Id` or `?customer=`";
+
+/// 502 of the routes that call Stripe.
+const STRIPE_FAILED: &str =
+    "`stripe_unavailable` (with `Retry-After`): Stripe refused or did not answer; retry later";
+
+/// 503 of the routes that use ClickHouse or the broker.
+const DEPENDENCY_FAILED: &str = "`dependency_unavailable` (with `Retry-After`): ClickHouse or \
+    the broker is unavailable; retry later";
+
+/// What `GET /subscription/status` answers.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubscriptionStatus {
+    /// The customer.
+    pub customer: String,
+    /// The plan in effect: the subscribed plan while the subscription is live, the fallback plan
+    /// after a downgrade, the catalog's default plan otherwise.
+    pub plan: String,
+    /// The plan of the subscription (absent without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribed_plan: Option<String>,
+    /// Stripe's subscription status, or `none` without a subscription.
+    pub status: String,
+    /// Stripe subscription id.
+    #[schema(required = true)]
+    pub subscription_id: Option<String>,
+    /// Stripe customer id, once the customer has one.
+    #[schema(required = true)]
+    pub stripe_customer_id: Option<String>,
+    /// Current billing period start (RFC 3339).
+    #[schema(required = true, format = DateTime)]
+    pub current_period_start: Option<String>,
+    /// Current billing period end (RFC 3339).
+    #[schema(required = true, format = DateTime)]
+    pub current_period_end: Option<String>,
+    /// Whether the subscription ends at the period end.
+    pub cancel_at_period_end: bool,
+    /// When the last payment failed, while unresolved (RFC 3339).
+    #[schema(required = true, format = DateTime)]
+    pub payment_failed_at: Option<String>,
+    /// Whether the grace period ran out and the customer was moved to the fallback plan.
+    pub downgraded: bool,
+}
+
+/// What `POST /subscription/create` answers (201).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Checkout {
+    /// The Checkout Session's URL: send the customer there.
+    pub url: String,
+    /// Checkout Session id.
+    pub session_id: String,
+    /// The plan bought.
+    pub plan: String,
+    /// Stripe customer id.
+    pub stripe_customer_id: String,
+}
+
+/// What `GET /subscription/portal` answers.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Portal {
+    /// The billing portal session's URL.
+    pub url: String,
+    /// Stripe customer id.
+    pub stripe_customer_id: String,
+}
+
+/// What `POST /subscription/cancel` answers.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Cancelled {
+    /// Stripe subscription id.
+    pub subscription_id: String,
+    /// Stripe's subscription status after the call.
+    pub status: String,
+    /// Whether it ends at the period end.
+    pub cancel_at_period_end: bool,
+    /// Current period end (RFC 3339).
+    #[schema(required = true, format = DateTime)]
+    pub current_period_end: Option<String>,
+    /// Whether it was cancelled now (`immediately`).
+    pub canceled_now: bool,
+}
+
+/// What `POST /webhooks/stripe` answers to a verified event.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WebhookReceipt {
+    /// `true`.
+    pub received: bool,
+    /// The Stripe event id.
+    pub id: String,
+    /// What the event did (`applied`, `ignored`, `stale`, `unknown_customer`, ...); absent for a
+    /// duplicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// `true` when the event was handled before (nothing done again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
+}
+
+/// What `POST /admin/subscriptions/reconcile` answers.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubscriptionsReconciled {
+    /// Subscriptions repaired from Stripe (missed webhooks).
+    pub repaired: usize,
+    /// Customers moved to the fallback plan (grace period over).
+    pub downgraded: usize,
+}
+
+/// What `GET /readyz` checked.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    /// The API keys are loaded from ClickHouse.
+    pub keys_loaded: bool,
+    /// ClickHouse answers.
+    pub clickhouse: bool,
+    /// The broker answers.
+    pub broker: bool,
 }
 
 async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -81,9 +264,11 @@ async fn record_metrics(State(state): State<AppState>, req: Request, next: Next)
 }
 
 /// `customer` query parameter for tenant-wide keys.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CustomerQuery {
-    /// The customer.
+    /// For a tenant-wide key: the customer (or the `X-Customer-Id` header); a customer-scoped key
+    /// may only name itself.
     pub customer: Option<String>,
 }
 
@@ -112,6 +297,27 @@ fn failure(e: crate::Error) -> ApiError {
     }
 }
 
+/// The customer's plan, subscription status, period and payment state.
+///
+/// Needs a key with the `read` scope (or a dashboard session).
+#[utoipa::path(
+    get,
+    path = "/subscription/status",
+    tag = "subscription",
+    security(("bearer" = [])),
+    params(
+        ("X-Customer-Id" = Option<String>, Header, description = doc::CUSTOMER_HEADER),
+        CustomerQuery,
+    ),
+    responses(
+        (status = 200, description = "The subscription", body = SubscriptionStatus),
+        (status = 400, body = ErrorBody, description = NO_CUSTOMER),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = READ_FORBIDDEN),
+        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -129,13 +335,42 @@ async fn status(
 }
 
 /// Body of `POST /subscription/create`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// Plan key (`starter`, `professional`, `enterprise`).
     pub plan: String,
 }
 
+/// A Stripe Checkout Session (subscription mode) for a plan.
+///
+/// A tenant-wide key needs the `ingest` scope; a customer-scoped key (or a dashboard session)
+/// buys for its own customer with `read`. 409 while a subscription is live: plans change in the
+/// billing portal.
+#[utoipa::path(
+    post,
+    path = "/subscription/create",
+    tag = "subscription",
+    security(("bearer" = [])),
+    params(
+        ("X-Customer-Id" = Option<String>, Header, description = doc::CUSTOMER_HEADER),
+        CustomerQuery,
+    ),
+    request_body = CreateRequest,
+    responses(
+        (status = 201, description = "The Checkout Session", body = Checkout),
+        (status = 400, body = ErrorBody, description = "`invalid_request` (no or a bad customer, \
+            a bad body), `unknown_plan`, `plan_not_purchasable` (the plan has no Stripe price)"),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = WRITE_FORBIDDEN),
+        (status = 409, body = ErrorBody, description = "`subscription_exists`: the customer has a \
+            live subscription"),
+        (status = 502, body = ErrorBody, description = STRIPE_FAILED,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -192,6 +427,29 @@ async fn create(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// A Stripe billing portal session for the customer.
+///
+/// Needs a key with the `read` scope (or a dashboard session).
+#[utoipa::path(
+    get,
+    path = "/subscription/portal",
+    tag = "subscription",
+    security(("bearer" = [])),
+    params(
+        ("X-Customer-Id" = Option<String>, Header, description = doc::CUSTOMER_HEADER),
+        CustomerQuery,
+    ),
+    responses(
+        (status = 200, description = "The portal session", body = Portal),
+        (status = 400, body = ErrorBody, description = NO_CUSTOMER),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = READ_FORBIDDEN),
+        (status = 502, body = ErrorBody, description = STRIPE_FAILED,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 async fn portal(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -209,7 +467,7 @@ async fn portal(
 }
 
 /// Body of `POST /subscription/cancel` (optional).
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
     /// Cancel now instead of at the period end.
@@ -231,6 +489,35 @@ async fn acting_customer_key(state: &AppState, headers: &HeaderMap) -> Result<Ke
     Ok(key)
 }
 
+/// Cancel the live subscription at the period end (or now).
+///
+/// A tenant-wide key needs the `ingest` scope; a customer-scoped key (or a dashboard session)
+/// cancels its own subscription with `read`. Stripe's answer is applied at once.
+#[utoipa::path(
+    post,
+    path = "/subscription/cancel",
+    tag = "subscription",
+    security(("bearer" = [])),
+    params(
+        ("X-Customer-Id" = Option<String>, Header, description = doc::CUSTOMER_HEADER),
+        CustomerQuery,
+    ),
+    request_body(content = Option<CancelRequest>, description = "Optional; an empty body cancels \
+        at the period end"),
+    responses(
+        (status = 200, description = "The subscription after the cancel", body = Cancelled),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: no or a bad customer, a \
+            bad body"),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = WRITE_FORBIDDEN),
+        (status = 404, body = ErrorBody, description = "`no_subscription`: the customer has no \
+            live subscription"),
+        (status = 502, body = ErrorBody, description = STRIPE_FAILED,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -265,6 +552,28 @@ async fn cancel(
     ))
 }
 
+/// Stripe's webhook: a signed event, handled once.
+///
+/// Authenticated by the `Stripe-Signature` header (the endpoint's signing secret), not by a key.
+/// Checkout completions and subscription changes become plan changes on the subscriptions topic;
+/// invoices record payments and failures. A 5xx makes Stripe retry (nothing was marked handled).
+#[utoipa::path(
+    post,
+    path = "/webhooks/stripe",
+    tag = "stripe",
+    params(("Stripe-Signature" = String, Header, description = "`t=<unix>,v1=<hex HMAC-SHA256>`")),
+    request_body(content = Object, description = "A Stripe event"),
+    responses(
+        (status = 200, description = "Handled (or a duplicate)", body = WebhookReceipt),
+        (status = 400, body = ErrorBody, description = "`missing_signature`, `invalid_signature`, \
+            `stale_signature`, `malformed_event`"),
+        (status = 500, body = ErrorBody, description = "`internal`: Stripe retries"),
+        (status = 502, body = ErrorBody, description = STRIPE_FAILED,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let billing = &state.billing;
     let Ok(payload) = std::str::from_utf8(&body) else {
@@ -308,19 +617,38 @@ async fn admin(state: &AppState, headers: &HeaderMap) -> Result<KeyInfo, ApiErro
     Ok(key)
 }
 
+/// Run one metered usage report to Stripe now.
+///
+/// Needs a tenant-wide key with the `admin` scope.
+#[utoipa::path(
+    post,
+    path = "/admin/usage/report",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What the run did", body = ReportSummary),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
+        (status = 502, body = ErrorBody, description = STRIPE_FAILED,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 async fn admin_report(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ReportSummary>, ApiError> {
     admin(&state, &headers).await?;
     let summary = crate::usage::report(state.billing.clone(), state.cancel.clone())
         .await
         .map_err(failure)?;
-    Ok(Json(json!(summary)))
+    Ok(Json(summary))
 }
 
 /// Window of `GET /admin/usage/reconcile` (unix seconds; defaults to the report window).
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WindowQuery {
     /// Start (inclusive).
     pub from: Option<i64>,
@@ -328,32 +656,91 @@ pub struct WindowQuery {
     pub to: Option<i64>,
 }
 
+/// Compare the usage rollup, the report ledger and Stripe's meter event summaries, per hour.
+///
+/// Needs a tenant-wide key with the `admin` scope; the differences are the key's tenant's only.
+#[utoipa::path(
+    get,
+    path = "/admin/usage/reconcile",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(WindowQuery),
+    responses(
+        (status = 200, description = "The comparison", body = Reconciliation),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
+        (status = 502, body = ErrorBody, description = STRIPE_FAILED,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 async fn admin_usage_reconcile(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(w): Query<WindowQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Reconciliation>, ApiError> {
     let key = admin(&state, &headers).await?;
     let mut r = crate::usage::reconcile(&state.billing, w.from, w.to)
         .await
         .map_err(failure)?;
     // A tenant sees only its own customers.
     r.differences.retain(|d| d.tenant == key.tenant);
-    Ok(Json(json!(r)))
+    Ok(Json(r))
 }
 
+/// Run the subscription reconciliation (missed webhooks) and the grace-period check now.
+///
+/// Needs a tenant-wide key with the `admin` scope.
+#[utoipa::path(
+    post,
+    path = "/admin/subscriptions/reconcile",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What the runs did", body = SubscriptionsReconciled),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
+        (status = 502, body = ErrorBody, description = STRIPE_FAILED,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 async fn admin_reconcile(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SubscriptionsReconciled>, ApiError> {
     admin(&state, &headers).await?;
     let repaired = state.billing.reconcile().await.map_err(failure)?;
     let downgraded = state.billing.check_grace().await.map_err(failure)?;
-    Ok(Json(
-        json!({"repaired": repaired, "downgraded": downgraded}),
-    ))
+    Ok(Json(SubscriptionsReconciled {
+        repaired,
+        downgraded,
+    }))
 }
 
+/// Liveness.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    responses((status = 200, description = "Alive", body = Health)),
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health::OK)
+}
+
+/// Readiness (keys loaded, ClickHouse and the broker reachable).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: what is missing", body = Readiness),
+    ),
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     let keys = state.keys.is_loaded();
     let clickhouse = state.billing.store.ping().await;
@@ -363,13 +750,22 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({"keys_loaded": keys, "clickhouse": clickhouse, "broker": broker})),
-    )
-        .into_response()
+    let body = Readiness {
+        keys_loaded: keys,
+        clickhouse,
+        broker,
+    };
+    (status, Json(body)).into_response()
 }
 
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    responses((status = 200, description = "OpenMetrics text", body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")),
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
@@ -379,4 +775,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.billing.metrics.render(),
     )
         .into_response()
+}
+
+/// This document.
+///
+/// The OpenAPI 3.1 description of every route of billing-sync, generated from the handlers.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "ops",
+    responses((status = 200, description = "OpenAPI 3.1", body = Object)),
+)]
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
 }

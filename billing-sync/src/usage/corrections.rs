@@ -24,7 +24,7 @@ use crate::Result;
 use crate::billing::Billing;
 
 /// What one run of the correction path did.
-#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+#[derive(Debug, Default, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ReportSummary {
     /// Hours whose first meter event (revision 0) Stripe accepted now.
     pub reported: usize,

@@ -27,7 +27,7 @@ use crate::billing::Billing;
 const LOOKBACK_SECS: i64 = 35 * 86_400;
 
 /// One customer-hour that disagreed, or holds unbillable usage.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Difference {
     /// Tenant.
     pub tenant: String,
@@ -60,7 +60,7 @@ pub struct Difference {
 }
 
 /// The result of a usage reconciliation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Reconciliation {
     /// Window start (unix s).
     pub from: i64,
