@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent installer for local dev/CI infrastructure: ClickHouse (apt), tansu Kafka-API broker (cargo), chdb (pip),
+# openapi-spec-validator (pip; the e2e `openapi` tests check the services' OpenAPI documents with it),
 # Debian's chromium + the browser-test project's npm packages (tests/browser, npm ci).
 # Debian's redis-server for the quota benchmark's baseline (only on request: `redis`).
-# Usage: scripts/install.sh [clickhouse] [tansu] [chdb] [chromium] [redis]   (default: all but redis)
+# Usage: scripts/install.sh [clickhouse] [tansu] [chdb] [openapi] [chromium] [redis]   (default: all but redis)
 set -euo pipefail
 
 TANSU_ROOT="$HOME/.cache/metering/tansu"
@@ -48,12 +49,18 @@ do_chdb() {
   python3 -m pip install -q --root-user-action=ignore chdb-core  # import name: chdb
   python3 -c 'import chdb'
 }
+do_openapi() {
+  python3 -c 'import openapi_spec_validator' 2>/dev/null && return 0
+  STATE=installed
+  python3 -m pip install -q --root-user-action=ignore openapi-spec-validator
+  python3 -c 'import openapi_spec_validator'
+}
 
-[[ $# -gt 0 ]] || set -- clickhouse tansu chdb chromium
+[[ $# -gt 0 ]] || set -- clickhouse tansu chdb openapi chromium
 report curl do_curl
 for c in "$@"; do
   case "$c" in
-    clickhouse|tansu|chdb|chromium|redis) report "$c" "do_$c" ;;
-    *) echo "unknown component: $c (clickhouse|tansu|chdb|chromium|redis)" >&2; exit 2 ;;
+    clickhouse|tansu|chdb|openapi|chromium|redis) report "$c" "do_$c" ;;
+    *) echo "unknown component: $c (clickhouse|tansu|chdb|openapi|chromium|redis)" >&2; exit 2 ;;
   esac
 done

@@ -4,8 +4,8 @@
 //! Layout: `pipeline`, `offsets`, `faults`, `dead_letters`, `bad_input` (the event path), `schema`
 //! and `compose` (DDL and deployment files), `quota` and `notify` (quota API and alerts), `billing`,
 //! `billing_contract`, `billing_usage` and `billing_corrections` (billing-sync and the Stripe fake),
-//! `dashboard` (headless Chromium). Run one area with
-//! `cargo nextest run -p tests -E 'test(/^quota::/)'`.
+//! `dashboard` (headless Chromium), `openapi` (both services' generated OpenAPI documents against
+//! their routes). Run one area with `cargo nextest run -p tests -E 'test(/^quota::/)'`.
 
 mod bad_input;
 mod billing;
@@ -18,6 +18,7 @@ mod dead_letters;
 mod faults;
 mod notify;
 mod offsets;
+mod openapi;
 mod pipeline;
 mod quota;
 mod schema;
