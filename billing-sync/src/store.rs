@@ -1,6 +1,6 @@
 //! billing-sync's ClickHouse state (migrations 0007 and 0010): customer mapping, subscription states,
 //! handled webhooks, the usage report ledger and its revisions, usage differences; and the
-//! `usage_hourly` rollup reads.
+//! `usage_hourly` rollup reads, and the accepted events per hour (`events_raw`, for the usage proof).
 
 use std::collections::HashSet;
 
@@ -36,6 +36,24 @@ pub struct HourTotal {
     /// Hour start (unix seconds).
     pub hour: u32,
     /// Summed quantity.
+    pub quantity: f64,
+}
+
+/// The accepted events of one customer-hour: rows of `events_raw` (one per event the ingest
+/// accepted, written once by the aggregator: duplicates dropped, rejects in `dead_letters`).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Deserialize)]
+pub struct AcceptedHour {
+    /// Tenant.
+    pub tenant: String,
+    /// Customer.
+    pub customer: String,
+    /// Meter key.
+    pub meter: String,
+    /// Hour start (unix seconds) of the events' time.
+    pub hour: u32,
+    /// Events.
+    pub events: u64,
+    /// Their summed quantity.
     pub quantity: f64,
 }
 
@@ -108,6 +126,33 @@ impl Store {
             .fetch_optional()
             .await?;
         Ok(id)
+    }
+
+    /// Whether the tenant knows `customer`: it has a Stripe customer, a subscription, usage, a
+    /// plan change, limit or grant, or a customer-scoped API key.
+    pub async fn knows_customer(&self, tenant: &str, customer: &str) -> Result<bool> {
+        let n: u64 = self
+            .ch
+            .query(
+                "SELECT (SELECT count() FROM billing_customers WHERE tenant = ? AND customer = ?) \
+                 + (SELECT count() FROM billing_subscriptions WHERE tenant = ? AND customer = ?) \
+                 + (SELECT count() FROM usage_monthly WHERE tenant = ? AND customer = ?) \
+                 + (SELECT count() FROM subscription_events WHERE tenant = ? AND customer = ?) \
+                 + (SELECT count() FROM api_keys WHERE tenant = ? AND customer = ?)",
+            )
+            .bind(tenant)
+            .bind(customer)
+            .bind(tenant)
+            .bind(customer)
+            .bind(tenant)
+            .bind(customer)
+            .bind(tenant)
+            .bind(customer)
+            .bind(tenant)
+            .bind(customer)
+            .fetch_one()
+            .await?;
+        Ok(n > 0)
     }
 
     /// The (tenant, customer) of a Stripe customer.
@@ -233,6 +278,39 @@ impl Store {
                  ORDER BY tenant, customer, meter, h",
             )
             .bind(meters)
+            .bind(from)
+            .bind(to)
+            .fetch_all()
+            .await?;
+        Ok(rows)
+    }
+
+    /// Accepted events per (tenant, customer, meter, hour) for `meters` with `from <= time < to`
+    /// (unix seconds), of `tenant` and `customer` only when they are not empty.
+    pub async fn accepted_hours(
+        &self,
+        meters: &[String],
+        tenant: &str,
+        customer: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<AcceptedHour>> {
+        if meters.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .ch
+            .query(
+                "SELECT tenant, customer, meter, toUInt32(toStartOfHour(time)) AS h, count() AS e, \
+                 sum(quantity) AS q FROM events_raw WHERE has(?, meter) AND (? = '' OR tenant = ?) \
+                 AND (? = '' OR customer = ?) AND time >= toDateTime(?) AND time < toDateTime(?) \
+                 GROUP BY tenant, customer, meter, h ORDER BY tenant, customer, meter, h",
+            )
+            .bind(meters)
+            .bind(tenant)
+            .bind(tenant)
+            .bind(customer)
+            .bind(customer)
             .bind(from)
             .bind(to)
             .fetch_all()
