@@ -13,13 +13,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{MatchedPath, Query, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use platform::auth::{authenticate, customer_of};
 use platform::error::{ApiError, invalid};
+use platform::extract::Query;
 use platform::keys::KeyStore;
 use platform::principal::{KeyInfo, Scope};
 use schemas::api::{BearerAuth, ErrorBody, Health, doc};

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use platform::extract::Query;
 use schemas::api::{ErrorBody, ErrorDetail, doc};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;

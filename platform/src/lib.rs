@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`error`]: the crate error and [`ApiError`], the HTTP error answer every service renders.
 //! - [`principal`]: who a request is (tenant, optional customer, scopes).
+//! - [`extract`]: extractors that reject with the standard error body.
 //! - [`keys`]: API key creation, hashing and the in-memory key store.
 //! - [`sessions`]: the dashboard's signed sign-in links and sessions.
 //! - [`auth`]: the bearer key (or session) of a request, its scope, and the customer it may act for.
@@ -16,6 +17,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod extract;
 pub mod keys;
 pub mod logs;
 pub mod notes;
