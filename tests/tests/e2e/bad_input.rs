@@ -565,3 +565,28 @@ async fn an_oversized_chunked_body_is_413() {
     assert!(answer.contains("\"payload_too_large\""), "{answer:.400}");
     ingest.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_query_string_gets_the_error_body_naming_the_query() {
+    let env = TestEnv::new("badquery").await;
+    let ingest = env.start_ingest().await;
+    let key = env.key("acme", &[Scope::Read], Some("cust_q")).await;
+    let http = reqwest::Client::new();
+    for path in [
+        "/usage?days=many",
+        "/usage/history?days=many",
+        "/usage/history?days=-1",
+    ] {
+        let r = http
+            .get(format!("{}{path}", ingest.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), 400, "{path}");
+        let body: ErrorBody = r.json().await.expect("the standard error body");
+        assert_eq!(body.error.code, "invalid_request", "{path}");
+        assert_eq!(body.error.details[0].field, "query", "{path}");
+    }
+    ingest.stop().await;
+}
