@@ -230,6 +230,8 @@ fn dispatch(st: &mut State, method: &Method, seg: &[&str], p: &Value, base: &str
         ("GET", ["subscriptions", id]) => plain(st.subscription(id)),
         ("POST", ["subscriptions", id]) => st.update_subscription(id, p),
         ("DELETE", ["subscriptions", id]) => st.cancel_subscription(id),
+        ("POST", ["invoices", "create_preview"]) => plain(st.create_preview(p)),
+        ("GET", ["invoices", id]) => plain(st.invoice(id)),
         ("POST", ["checkout", "sessions"]) => plain(st.create_checkout_session(p, base)),
         ("GET", ["checkout", "sessions", id]) => plain(st.checkout_session(id)),
         ("POST", ["billing_portal", "sessions"]) => plain(st.create_portal_session(p, base)),

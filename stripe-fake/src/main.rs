@@ -1,6 +1,7 @@
 //! The Stripe test double as a program: `stripe-fake --listen 127.0.0.1:12111 --seed` serves the fake
-//! API, creates the catalog's products, prices (`price_<plan>`) and meters (`mtr_<meter>`), and prints
-//! the `STRIPE_PRICE_ID_*` lines to use, so the demo upgrade flow works offline.
+//! API, creates the catalog's products, prices (`price_<plan>`), meters (`mtr_<meter>`) and the
+//! meters' metered prices at 0 (`price_<meter>_usage`), and prints the `STRIPE_PRICE_ID_*` and
+//! `STRIPE_METER_PRICE_ID_*` lines to use, so the demo upgrade flow works offline.
 
 #![forbid(unsafe_code)]
 

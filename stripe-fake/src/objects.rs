@@ -76,6 +76,13 @@ pub(crate) struct Price {
 }
 
 impl Price {
+    /// Whether it is a metered (usage-based) recurring price.
+    pub(crate) fn metered(&self) -> bool {
+        self.recurring
+            .as_ref()
+            .is_some_and(|r| r.usage_type == "metered")
+    }
+
     /// The price object.
     pub(crate) fn json(&self) -> Value {
         let recurring = self.recurring.as_ref().map(|r| {
@@ -219,19 +226,41 @@ pub(crate) fn summary(id: &str, meter: &str, start: i64, end: i64, value: f64) -
     })
 }
 
+/// A subscription item after the first: the meter's price next to the plan's (Stripe bills a
+/// metered item in arrears from the meter's usage,
+/// <https://docs.stripe.com/billing/subscriptions/usage-based/pricing-models>).
+#[derive(Debug, Clone)]
+pub(crate) struct Item {
+    /// Id (`si_...`).
+    pub(crate) id: String,
+    /// Its price.
+    pub(crate) price: Price,
+    /// Quantity of a licensed price; none for a metered one (Stripe omits it).
+    pub(crate) quantity: Option<u64>,
+}
+
+impl Item {
+    /// Whether its price is metered (usage-based).
+    pub(crate) fn metered(&self) -> bool {
+        self.price.metered()
+    }
+}
+
 /// A subscription.
 #[derive(Debug, Clone)]
 pub(crate) struct Subscription {
     /// Id.
     pub(crate) id: String,
-    /// Its only item's id.
+    /// Its first item's id (the plan's price).
     pub(crate) item_id: String,
     /// Customer id.
     pub(crate) customer: String,
-    /// Price of the item.
+    /// Price of the first item.
     pub(crate) price: Price,
-    /// Quantity of the item.
+    /// Quantity of the first item.
     pub(crate) quantity: u64,
+    /// The other items (a meter's price), in the order they were given.
+    pub(crate) extra_items: Vec<Item>,
     /// `active`, `past_due`, `canceled`, ...
     pub(crate) status: String,
     /// Creation time.
@@ -255,16 +284,38 @@ pub(crate) struct Subscription {
 }
 
 impl Subscription {
+    /// Every item: the first (the plan's price), then the others.
+    pub(crate) fn items(&self) -> Vec<Item> {
+        let first = Item {
+            id: self.item_id.clone(),
+            price: self.price.clone(),
+            quantity: (!self.price.metered()).then_some(self.quantity),
+        };
+        std::iter::once(first)
+            .chain(self.extra_items.iter().cloned())
+            .collect()
+    }
+
     /// The subscription object.
     pub(crate) fn json(&self) -> Value {
         let cancel_at = self.cancel_at_period_end.then_some(self.period_end);
-        let item = json!({
-            "id": self.item_id, "object": "subscription_item", "billing_thresholds": null,
-            "created": self.created, "current_period_end": self.period_end,
-            "current_period_start": self.period_start, "discounts": [], "metadata": {},
-            "plan": self.price.plan_json(), "price": self.price.json(),
-            "quantity": self.quantity, "subscription": self.id, "tax_rates": [],
-        });
+        let items: Vec<Value> = self
+            .items()
+            .iter()
+            .map(|i| {
+                let mut item = json!({
+                    "id": i.id, "object": "subscription_item", "billing_thresholds": null,
+                    "created": self.created, "current_period_end": self.period_end,
+                    "current_period_start": self.period_start, "discounts": [], "metadata": {},
+                    "plan": i.price.plan_json(), "price": i.price.json(),
+                    "subscription": self.id, "tax_rates": [],
+                });
+                if let Some(q) = i.quantity {
+                    item["quantity"] = json!(q);
+                }
+                item
+            })
+            .collect();
         json!({
             "id": self.id, "object": "subscription", "application": null,
             "application_fee_percent": null, "automatic_tax": {"disabled_reason": null, "enabled": false, "liability": null},
@@ -279,7 +330,7 @@ impl Subscription {
             "default_tax_rates": [], "description": null, "discounts": [],
             "ended_at": self.ended_at,
             "invoice_settings": {"account_tax_ids": null, "issuer": {"type": "self"}},
-            "items": list(vec![item], false, &format!("/v1/subscription_items?subscription={}", self.id)),
+            "items": list(items, false, &format!("/v1/subscription_items?subscription={}", self.id)),
             "latest_invoice": self.latest_invoice, "livemode": false, "metadata": self.metadata,
             "next_pending_invoice_item_invoice": null, "on_behalf_of": null,
             "pause_collection": null, "payment_settings": null, "pending_invoice_item_interval": null,
@@ -295,7 +346,87 @@ impl Subscription {
     }
 }
 
-/// An invoice for one period of a subscription.
+/// One line of an invoice: a subscription item's charge for a service period.
+#[derive(Debug, Clone)]
+pub(crate) struct Line {
+    /// The subscription item.
+    pub(crate) item_id: String,
+    /// Its price.
+    pub(crate) price: Price,
+    /// The product's name (for the description).
+    pub(crate) product_name: String,
+    /// Units billed: the item's quantity, or a metered item's usage over the period.
+    pub(crate) quantity: u64,
+    /// Service period start.
+    pub(crate) start: i64,
+    /// Service period end.
+    pub(crate) end: i64,
+}
+
+impl Line {
+    /// `quantity × unit_amount`, in the smallest currency unit.
+    pub(crate) fn amount(&self) -> i64 {
+        self.price
+            .unit_amount
+            .saturating_mul(i64::try_from(self.quantity).unwrap_or(i64::MAX))
+    }
+
+    fn json(&self, n: usize, invoice: &str, sub: &Subscription) -> Value {
+        let amount = self.amount();
+        let per = self
+            .price
+            .recurring
+            .as_ref()
+            .map_or("unit".to_string(), |r| r.interval.clone());
+        let description = format!(
+            "{} × {} (at {} / {per})",
+            self.quantity,
+            self.product_name,
+            money(self.price.unit_amount, &self.price.currency)
+        );
+        json!({
+            "id": format!("il_{}_{n}", invoice.trim_start_matches("in_")), "object": "line_item",
+            "amount": amount, "currency": self.price.currency, "description": description,
+            "discount_amounts": [], "discountable": true, "discounts": [], "invoice": invoice,
+            "livemode": false, "metadata": {},
+            "parent": {"type": "subscription_item_details", "invoice_item_details": null,
+                       "subscription_item_details": {"invoice_item": null, "proration": false,
+                           "proration_details": {"credited_items": null},
+                           "subscription": sub.id, "subscription_item": self.item_id}},
+            "period": {"end": self.end, "start": self.start},
+            "pretax_credit_amounts": [],
+            "pricing": {"type": "price_details",
+                        "price_details": {"price": self.price.id, "product": self.price.product},
+                        "unit_amount_decimal": self.price.unit_amount.to_string()},
+            "quantity": self.quantity, "quantity_decimal": self.quantity.to_string(),
+            "subtotal": amount, "taxes": [],
+        })
+    }
+}
+
+/// An amount as people read it (`$29.00`, `12.50 EUR`).
+fn money(cents: i64, currency: &str) -> String {
+    let text = format!("{}.{:02}", cents / 100, (cents % 100).abs());
+    if currency.eq_ignore_ascii_case("usd") {
+        format!("${text}")
+    } else {
+        format!("{text} {}", currency.to_uppercase())
+    }
+}
+
+/// Where an invoice is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InvoiceState {
+    /// Paid at once (the fake's successful payment).
+    Paid,
+    /// Finalized, payment failed: open, retried later.
+    Open,
+    /// Not finalized yet: a preview of the next invoice.
+    Draft,
+}
+
+/// An invoice of a subscription with `lines`; `period_start`/`period_end` are the invoice's
+/// period (Stripe: the period whose usage it bills; each line has its own service period).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn invoice(
     id: &str,
@@ -303,20 +434,32 @@ pub(crate) fn invoice(
     created: i64,
     period_start: i64,
     period_end: i64,
-    paid: bool,
+    lines: &[Line],
+    state: InvoiceState,
     attempt_count: u64,
     billing_reason: &str,
 ) -> Value {
-    let amount = sub.price.unit_amount * sub.quantity as i64;
-    let line = json!({
-        "id": format!("il_{}", &id[3..]), "object": "line_item", "amount": amount,
-        "currency": sub.price.currency, "description": format!("1 × {}", sub.price.product),
-        "discount_amounts": [], "discountable": true, "discounts": [], "invoice": id,
-        "livemode": false, "metadata": {}, "parent": null,
-        "period": {"end": period_end, "start": period_start},
-        "pretax_credit_amounts": [], "pricing": null, "quantity": sub.quantity,
-        "subtotal": amount, "taxes": [],
-    });
+    let amount: i64 = lines.iter().map(Line::amount).sum();
+    let paid = state == InvoiceState::Paid;
+    let data: Vec<Value> = lines
+        .iter()
+        .enumerate()
+        .map(|(n, l)| l.json(n, id, sub))
+        .collect();
+    let next_attempt = match state {
+        InvoiceState::Paid => Value::Null,
+        InvoiceState::Open => json!(created + 3 * 86_400),
+        // Stripe finalizes a subscription's draft invoice about an hour after creating it, then
+        // charges it (https://docs.stripe.com/billing/subscriptions/webhooks#understand): the
+        // preview of the next renewal is attempted an hour after the period ends.
+        InvoiceState::Draft => json!(period_end + 3_600),
+    };
+    let finalized = (state != InvoiceState::Draft).then_some(created);
+    let status = match state {
+        InvoiceState::Paid => "paid",
+        InvoiceState::Open => "open",
+        InvoiceState::Draft => "draft",
+    };
     json!({
         "id": id, "object": "invoice", "account_country": "US", "account_name": "Fake Stripe",
         "amount_due": amount, "amount_overpaid": 0, "amount_paid": if paid { amount } else { 0 },
@@ -327,17 +470,17 @@ pub(crate) fn invoice(
         "created": created, "currency": sub.price.currency, "customer": sub.customer,
         "default_tax_rates": [], "description": null, "discounts": [],
         "hosted_invoice_url": null, "issuer": {"type": "self"},
-        "lines": list(vec![line], false, &format!("/v1/invoices/{id}/lines")),
+        "lines": list(data, false, &format!("/v1/invoices/{id}/lines")),
         "livemode": false, "metadata": {},
-        "next_payment_attempt": if paid { Value::Null } else { json!(created + 3 * 86_400) },
+        "next_payment_attempt": next_attempt,
         "number": null,
         "parent": {"quote_details": null, "type": "subscription_details",
                    "subscription_details": {"metadata": sub.metadata, "subscription": sub.id}},
         "payment_settings": {"default_mandate": null, "payment_method_options": null, "payment_method_types": null},
         "period_end": period_end, "period_start": period_start,
         "post_payment_credit_notes_amount": 0, "pre_payment_credit_notes_amount": 0,
-        "starting_balance": 0, "status": if paid { "paid" } else { "open" },
-        "status_transitions": {"finalized_at": created, "marked_uncollectible_at": null,
+        "starting_balance": 0, "status": status,
+        "status_transitions": {"finalized_at": finalized, "marked_uncollectible_at": null,
                                "paid_at": if paid { json!(created) } else { Value::Null }, "voided_at": null},
         "subtotal": amount, "total": amount,
     })

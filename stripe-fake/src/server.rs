@@ -88,8 +88,10 @@ impl FakeStripe {
     }
 
     /// Creates a product, a monthly price for every paid plan and a meter for every meter of
-    /// `catalog`, with fixed ids (`prod_<plan>`, `price_<plan>`, `mtr_<meter>`). Returns the
-    /// `(env var, price id)` pairs the plans name in `stripe_price_env`.
+    /// `catalog`, with fixed ids (`prod_<plan>`, `price_<plan>`, `mtr_<meter>`), and for every meter
+    /// a product and a metered monthly price at 0 (`prod_<meter>`, `price_<meter>_usage`: the
+    /// usage the plans include). Returns the `(env var, price id)` pairs: the ones the plans name in
+    /// `stripe_price_env`, and `STRIPE_METER_PRICE_ID_<METER>` for each meter's price.
     pub fn seed_catalog(&self, catalog: &schemas::Catalog) -> Vec<(String, String)> {
         let mut st = self.shared.lock();
         st.seed_catalog(catalog)

@@ -274,6 +274,37 @@ impl State {
         }
         for meter in &catalog.meters {
             let id = format!("mtr_{}", meter.key);
+            // The meter's metered price at 0: the plans include their usage, and the invoice
+            // shows it (a line per subscription item, quantity = the meter's usage).
+            let product = format!("prod_{}", meter.key);
+            let price = format!("price_{}_usage", meter.key);
+            self.products.insert(
+                product.clone(),
+                objects::product(&product, &meter.name, now, &json!({"meter": meter.key})),
+            );
+            self.prices.insert(
+                price.clone(),
+                objects::Price {
+                    id: price.clone(),
+                    product,
+                    unit_amount: 0,
+                    currency: "usd".into(),
+                    recurring: Some(objects::Recurring {
+                        interval: "month".into(),
+                        interval_count: 1,
+                        usage_type: "metered".into(),
+                        meter: Some(id.clone()),
+                    }),
+                    lookup_key: Some(format!("{}_usage", meter.key)),
+                    nickname: Some(format!("{} (included)", meter.name)),
+                    metadata: json!({"meter": meter.key}),
+                    created: now,
+                },
+            );
+            out.push((
+                format!("STRIPE_METER_PRICE_ID_{}", meter.key.to_uppercase()),
+                price,
+            ));
             self.meters.insert(
                 id.clone(),
                 objects::Meter {

@@ -112,11 +112,13 @@ impl State {
         if session.status != "open" {
             return Ok((session, Vec::new()));
         }
+        // The subscription has one item per line item, in their order.
         let (price, quantity) = session.line_items[0].clone();
         let sub = self.new_subscription(
             &session.customer,
             &price,
             quantity.unwrap_or(1),
+            &session.line_items[1..],
             session.subscription_metadata.clone(),
         )?;
         let sub_id = sub.id.clone();

@@ -6,7 +6,8 @@
 //! - [`catalog`]: customers, products, prices, meters, and the catalog seed.
 //! - [`meter_events`]: meter events (identifier dedup, the 35-day window) and their summaries.
 //! - [`adjustments`]: meter event adjustments (cancel by identifier within 24 hours).
-//! - [`subscriptions`]: subscriptions, invoices, renewals and the clock's advance.
+//! - [`subscriptions`]: subscriptions, their payment outcomes, renewals and the clock's advance.
+//! - [`invoices`]: invoice lines (licensed in advance, metered in arrears), the invoice preview.
 //! - [`checkout`]: Checkout Sessions and billing portal sessions.
 //! - [`faults`]: injected API faults.
 //! - [`logs`]: the request and delivery logs and the idempotency cache's entries.
@@ -15,6 +16,7 @@ mod adjustments;
 mod catalog;
 mod checkout;
 mod faults;
+mod invoices;
 mod logs;
 mod meter_events;
 mod params;

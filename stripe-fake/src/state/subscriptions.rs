@@ -1,22 +1,26 @@
 //! Subscriptions and their invoices: create, update, cancel, payment outcomes, and renewals and
-//! period-end cancellations when the clock moves.
+//! period-end cancellations when the clock moves. A subscription's first item is the plan's price;
+//! more items (a meter's metered price) may follow.
 
 use serde_json::{Map, Value};
 
 use super::State;
 use super::params::{bool_param, int_param, metadata, page, req_str, str_param};
 use crate::error::{ApiErr, ApiResult};
-use crate::objects::{self, Subscription};
+use crate::objects::{self, InvoiceState, Item, Line, Subscription};
 
 /// A month, as the fake's billing period.
 pub(crate) const PERIOD_SECS: i64 = 30 * 86_400;
 
 impl State {
+    /// A subscription of `customer` to `price_id` × `quantity`, then `extra` (price id and
+    /// quantity; none for a metered price) as further items.
     pub(super) fn new_subscription(
         &mut self,
         customer: &str,
         price_id: &str,
         quantity: u64,
+        extra: &[(String, Option<u64>)],
         metadata: Value,
     ) -> Result<Subscription, ApiErr> {
         if !self.customers.contains_key(customer) {
@@ -34,6 +38,32 @@ impl State {
                 Some("items[0][price]"),
             ));
         }
+        let mut extra_items = Vec::new();
+        for (n, (pid, q)) in extra.iter().enumerate() {
+            let param = format!("items[{}][price]", n + 1);
+            let p = self
+                .prices
+                .get(pid)
+                .cloned()
+                .ok_or_else(|| ApiErr::missing("price", pid, Some(&param)))?;
+            if p.recurring.is_none() {
+                return Err(ApiErr::invalid(
+                    "parameter_invalid_string",
+                    format!("The price {pid} is not recurring."),
+                    Some(&param),
+                ));
+            }
+            let quantity = if p.metered() {
+                None
+            } else {
+                Some(q.unwrap_or(1))
+            };
+            extra_items.push(Item {
+                id: self.id("si"),
+                price: p,
+                quantity,
+            });
+        }
         let now = self.now();
         Ok(Subscription {
             id: self.id("sub"),
@@ -41,6 +71,7 @@ impl State {
             customer: customer.into(),
             price,
             quantity,
+            extra_items,
             status: "active".into(),
             created: now,
             period_start: now,
@@ -58,13 +89,15 @@ impl State {
     /// `invoice.paid`. Returns the events.
     pub(super) fn start_subscription(&mut self, mut sub: Subscription, reason: &str) -> Vec<Value> {
         let invoice_id = self.id("in");
+        let lines = self.licensed_lines(&sub);
         let invoice = objects::invoice(
             &invoice_id,
             &sub,
             sub.created,
             sub.period_start,
             sub.period_end,
-            true,
+            &lines,
+            InvoiceState::Paid,
             1,
             reason,
         );
@@ -80,13 +113,26 @@ impl State {
     /// `POST /v1/subscriptions`.
     pub(crate) fn create_subscription(&mut self, p: &Value) -> Result<(Value, Vec<Value>), ApiErr> {
         let customer = req_str(p, "customer")?.to_string();
-        let item = p
+        let items = p
             .get("items")
-            .and_then(|i| i.get(0))
+            .and_then(Value::as_array)
+            .filter(|a| !a.is_empty())
             .ok_or_else(|| ApiErr::param_missing("items"))?;
-        let price = req_str(item, "price").map_err(|_| ApiErr::param_missing("items[0][price]"))?;
-        let quantity = int_param(item, "quantity")?.unwrap_or(1).max(1) as u64;
-        let sub = self.new_subscription(&customer, price, quantity, metadata(p, "metadata"))?;
+        let mut given = Vec::new();
+        for (n, item) in items.iter().enumerate() {
+            let price = req_str(item, "price")
+                .map_err(|_| ApiErr::param_missing(&format!("items[{n}][price]")))?;
+            let quantity = int_param(item, "quantity")?.map(|q| q.max(1) as u64);
+            given.push((price.to_string(), quantity));
+        }
+        let (price, quantity) = given.remove(0);
+        let sub = self.new_subscription(
+            &customer,
+            &price,
+            quantity.unwrap_or(1),
+            &given,
+            metadata(p, "metadata"),
+        )?;
         let json = sub.json();
         let events = self.start_subscription(sub, "subscription_create");
         let json = self
@@ -116,7 +162,7 @@ impl State {
             .rev()
             .filter_map(|id| self.subscriptions.get(id))
             .filter(|s| customer.is_none_or(|c| s.customer == c))
-            .filter(|s| price.is_none_or(|x| s.price.id == x))
+            .filter(|s| price.is_none_or(|x| s.items().iter().any(|i| i.price.id == x)))
             .filter(|s| match status {
                 None => s.status != "canceled",
                 Some("all") => true,
@@ -248,16 +294,38 @@ impl State {
             .get(id)
             .cloned()
             .ok_or_else(|| ApiErr::missing("subscription", id, Some("id")))?;
+        let lines = self.licensed_lines(&sub);
+        self.invoice_with(&sub, paid, reason, &lines, sub.period_start, sub.period_end)
+    }
+
+    /// An invoice of `sub` with `lines` for the period `[start, end)`, paid or failed (see
+    /// [`State::invoice_outcome`]).
+    fn invoice_with(
+        &mut self,
+        sub: &Subscription,
+        paid: bool,
+        reason: &str,
+        lines: &[Line],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<Value>, ApiErr> {
+        let id = sub.id.as_str();
         let now = self.now();
         let invoice_id = self.id("in");
         let attempts = if paid { 1 } else { 2 };
+        let state = if paid {
+            InvoiceState::Paid
+        } else {
+            InvoiceState::Open
+        };
         let invoice = objects::invoice(
             &invoice_id,
-            &sub,
+            sub,
             now,
-            sub.period_start,
-            sub.period_end,
-            paid,
+            start,
+            end,
+            lines,
+            state,
             attempts,
             reason,
         );
@@ -281,7 +349,9 @@ impl State {
     }
 
     /// Moves the clock and runs what falls due: subscriptions at their period end renew (paid, or
-    /// failed when `fail_next_payment`) or end (`cancel_at_period_end`).
+    /// failed when `fail_next_payment`) or end (`cancel_at_period_end`). A renewal's invoice is
+    /// the one `create_preview` showed: the licensed items for the new period and the metered
+    /// items' usage over the period that closed, whose dates are the invoice's period.
     pub(crate) fn advance(&mut self, seconds: i64) -> Vec<Value> {
         self.offset += seconds;
         let now = self.now();
@@ -302,6 +372,7 @@ impl State {
                     break;
                 }
                 let fail = sub.fail_next_payment;
+                let lines = self.cycle_lines(&sub);
                 if let Ok((_, e)) = self.change_subscription(&id, |s, _| {
                     s.period_start = s.period_end;
                     s.period_end += PERIOD_SECS;
@@ -309,7 +380,15 @@ impl State {
                 }) {
                     events.extend(e);
                 }
-                if let Ok(e) = self.invoice_outcome(&id, !fail, "subscription_cycle") {
+                let renewed = self.subscriptions.get(&id).cloned().unwrap_or(sub.clone());
+                if let Ok(e) = self.invoice_with(
+                    &renewed,
+                    !fail,
+                    "subscription_cycle",
+                    &lines,
+                    sub.period_start,
+                    sub.period_end,
+                ) {
                     events.extend(e);
                 }
             }
