@@ -80,6 +80,12 @@ pub struct StripeConfig {
     /// Stripe price id per plan key. A plan missing here takes the environment variable its catalog
     /// entry names in `stripe_price_env` (`STRIPE_PRICE_ID_STARTER`, ...); empty means unset.
     pub prices: BTreeMap<String, String>,
+    /// Stripe metered price per catalog meter key (a price on the meter's Stripe meter, at 0 for
+    /// usage the plans include). Checkout adds it to every subscription next to the plan's price,
+    /// so Stripe's invoices show the usage reported to the meter. A meter missing here takes the
+    /// environment variable `STRIPE_METER_PRICE_ID_<METER>` (`STRIPE_METER_PRICE_ID_API_CALL`);
+    /// empty means none.
+    pub meter_prices: BTreeMap<String, String>,
     /// Timeout of one Stripe request (ms).
     pub timeout_ms: u64,
     /// Most Stripe requests per second, all kinds together (Stripe allows 1,000 in live mode).
@@ -105,6 +111,7 @@ impl Default for StripeConfig {
             secret_key: SecretString::from(""),
             webhook_secret: SecretString::from(""),
             prices: BTreeMap::new(),
+            meter_prices: BTreeMap::new(),
             timeout_ms: 10_000,
             max_requests_per_sec: 100,
             max_attempts: 5,

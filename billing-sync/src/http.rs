@@ -8,17 +8,19 @@
 //! The customer is the key's own (a customer-scoped key), or, for a tenant-wide key, the
 //! `X-Customer-Id` header or `?customer=`. `status` and `portal` need the `read` scope; `create`
 //! and `cancel` change the subscription and need `ingest` (the seed app's write scope) or `admin`.
+//! `GET /v1/customers/{customer}/invoice-preview` (`read`) names the customer in the path; a
+//! customer-scoped key may only name its own.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use platform::auth::{authenticate, customer_of};
+use platform::auth::{authenticate, authorize_customer, check_customer, customer_of};
 use platform::error::{ApiError, invalid};
 use platform::extract::Query;
 use platform::keys::KeyStore;
@@ -32,7 +34,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::billing::Billing;
+use crate::billing::{Billing, InvoicePreview};
 use crate::metrics::RequestLabels;
 use crate::usage::{Reconciliation, ReportSummary};
 
@@ -75,6 +77,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(create))
         .routes(routes!(portal))
         .routes(routes!(cancel))
+        .routes(routes!(invoice_preview))
         .routes(routes!(webhook))
         .routes(routes!(admin_report))
         .routes(routes!(admin_usage_reconcile))
@@ -465,6 +468,80 @@ async fn portal(
             .await
             .map_err(failure)?,
     ))
+}
+
+/// A Stripe failure of the invoice preview as a 503 with `Retry-After` (Stripe's own words stay
+/// in the log); other failures as [`failure`].
+fn preview_failure(e: crate::Error) -> ApiError {
+    match &e {
+        crate::Error::Stripe { .. } | crate::Error::StripeData(_) => {
+            tracing::warn!(error = %e, "invoice preview: stripe call failed");
+            ApiError::unavailable(
+                "stripe_unavailable",
+                "Stripe did not answer the invoice preview; retry later",
+                5,
+            )
+        }
+        _ => failure(e),
+    }
+}
+
+/// What the customer will pay at its period end.
+///
+/// Stripe's preview of the next invoice of the customer's live subscription
+/// (`POST /v1/invoices/create_preview`): currency, amount due, subtotal, the period it closes and
+/// one line per subscription item (the plan's flat price, each meter's metered usage). Without a
+/// live subscription (the free plan) the answer is 200 with `upcoming: false` and the `reason`:
+/// "nothing to pay" is a state, not an error. Needs the `read` scope (or a dashboard session); a
+/// customer-scoped key may only name its own customer, a tenant key any of its tenant's.
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{customer}/invoice-preview",
+    tag = "subscription",
+    security(("bearer" = [])),
+    params(("customer" = String, Path, description = "The customer (a customer-scoped key: its \
+        own)")),
+    responses(
+        (status = 200, description = "The upcoming invoice, or `upcoming: false` and why", body = InvoicePreview),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: a bad customer id"),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = READ_FORBIDDEN),
+        (status = 404, body = ErrorBody, description = "`unknown_customer`: the key's tenant has \
+            no such customer (no usage, subscription, plan change or key)"),
+        (status = 503, body = ErrorBody, description = "`stripe_unavailable`: Stripe did not \
+            answer; `dependency_unavailable`: ClickHouse is unavailable; retry after `Retry-After`",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
+async fn invoice_preview(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(customer): Path<String>,
+) -> Result<Json<InvoicePreview>, ApiError> {
+    let key = authenticate(&state.keys, &headers, Scope::Read).await?;
+    authorize_customer(&key, &customer)?;
+    check_customer(&customer)?;
+    let billing = &state.billing;
+    let preview = billing
+        .invoice_preview(&key.tenant, &customer)
+        .await
+        .map_err(preview_failure)?;
+    // A customer-scoped key's customer exists; a tenant key may name one the tenant never had.
+    if preview.reason.as_deref() == Some("no_subscription")
+        && key.customer.is_none()
+        && !billing
+            .store
+            .knows_customer(&key.tenant, &customer)
+            .await
+            .map_err(failure)?
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_customer",
+            format!("the tenant has no customer {customer:?}"),
+        ));
+    }
+    Ok(Json(preview))
 }
 
 /// Body of `POST /subscription/cancel` (optional).

@@ -1,5 +1,6 @@
 //! Plan ↔ Stripe price mapping from configuration: `stripe.prices.<plan>`, else the environment
-//! variable the catalog names in the plan's `stripe_price_env` (`STRIPE_PRICE_ID_STARTER`, ...).
+//! variable the catalog names in the plan's `stripe_price_env` (`STRIPE_PRICE_ID_STARTER`, ...);
+//! and each meter's metered price: `stripe.meter_prices.<meter>`, else `STRIPE_METER_PRICE_ID_<METER>`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -69,9 +70,67 @@ impl Plans {
     }
 }
 
+/// The environment variable of a meter's metered price (`STRIPE_METER_PRICE_ID_API_CALL`).
+pub fn meter_price_env(meter: &str) -> String {
+    format!("STRIPE_METER_PRICE_ID_{}", meter.to_uppercase())
+}
+
+/// Catalog meter key → its Stripe metered price: `configured` first, then
+/// [`meter_price_env`] read with `env`; empty means none. Keys that are not catalog meters are
+/// ignored.
+pub fn meter_prices(
+    catalog: &Catalog,
+    configured: &BTreeMap<String, String>,
+    env: impl Fn(&str) -> Option<String>,
+) -> BTreeMap<String, String> {
+    catalog
+        .meters
+        .iter()
+        .filter_map(|m| {
+            let price = configured
+                .get(&m.key)
+                .cloned()
+                .or_else(|| env(&meter_price_env(&m.key)))
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())?;
+            Some((m.key.clone(), price))
+        })
+        .collect()
+}
+
+/// [`meter_prices`] from the process environment.
+pub fn meter_prices_from_env(
+    catalog: &Catalog,
+    configured: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    meter_prices(catalog, configured, |name| std::env::var(name).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meter_prices_come_from_configuration_then_the_environment() {
+        let catalog = Catalog::default();
+        let env = |name: &str| {
+            (name == "STRIPE_METER_PRICE_ID_API_CALL").then(|| "price_env_usage".to_string())
+        };
+        assert_eq!(
+            meter_prices(&catalog, &BTreeMap::new(), env),
+            BTreeMap::from([("api_call".to_string(), "price_env_usage".to_string())])
+        );
+        let configured = BTreeMap::from([
+            ("api_call".to_string(), "price_conf_usage".to_string()),
+            ("no_such_meter".to_string(), "price_x".to_string()),
+        ]);
+        assert_eq!(
+            meter_prices(&catalog, &configured, env),
+            BTreeMap::from([("api_call".to_string(), "price_conf_usage".to_string())])
+        );
+        let empty = BTreeMap::from([("api_call".to_string(), " ".to_string())]);
+        assert!(meter_prices(&catalog, &empty, |_| None).is_empty());
+    }
 
     #[test]
     fn configuration_wins_over_the_environment_and_empty_means_unset() {

@@ -15,9 +15,11 @@
 //! redelivery or a crash-and-retry counts once downstream.
 
 mod observed;
+mod preview;
 mod sales;
 
 pub use observed::{Observed, Source, current, is_terminal, observe};
+pub use preview::{InvoicePreview, LineKind, PreviewLine};
 use observed::{short_hash, ts};
 
 use std::collections::HashMap;

@@ -18,7 +18,7 @@ pub struct Observed {
     pub subscription_id: String,
     /// `cus_...`.
     pub stripe_customer_id: String,
-    /// Price of the first item.
+    /// Price of the plan's item (the first item whose price a plan maps to, else the first).
     pub price_id: String,
     /// Its plan (from the price mapping, else `metadata.plan`), when known.
     pub plan: Option<String>,
@@ -72,7 +72,14 @@ pub(super) fn short_hash(text: &str) -> String {
 
 /// Reads what billing-sync needs from a Stripe subscription.
 pub fn observe(sub: &Subscription, plans: &Plans, catalog: &Catalog) -> Observed {
-    let item = sub.items.data.first();
+    // A subscription may carry a meter's metered price next to the plan's: the plan is the item
+    // whose price a plan maps to, whatever the order Stripe lists them in.
+    let item = sub
+        .items
+        .data
+        .iter()
+        .find(|i| plans.plan(i.price.id.as_str()).is_some())
+        .or_else(|| sub.items.data.first());
     let price_id = item
         .map(|i| i.price.id.as_str().to_string())
         .unwrap_or_default();

@@ -98,7 +98,9 @@ impl Billing {
         Ok(current(&rows).filter(|r| !is_terminal(&r.status)).cloned())
     }
 
-    /// `POST /subscription/create`: a Checkout Session (subscription mode) for `plan`'s price.
+    /// `POST /subscription/create`: a Checkout Session (subscription mode) for `plan`'s price,
+    /// then each meter's metered price (`stripe.meter_prices`; no quantity: Stripe bills the
+    /// meter's usage), so the subscription's invoices show the usage reported to the meters.
     /// The caller checked that the plan has a price and that no live subscription exists.
     pub async fn create_checkout(
         &self,
@@ -116,6 +118,12 @@ impl Billing {
         let mut item = CreateCheckoutSessionLineItems::new();
         item.price = Some(price.to_string());
         item.quantity = Some(1);
+        let mut items = vec![item];
+        for metered in self.meter_prices().into_values() {
+            let mut usage = CreateCheckoutSessionLineItems::new();
+            usage.price = Some(metered);
+            items.push(usage);
+        }
         let mut sub_data = CreateCheckoutSessionSubscriptionData::new();
         sub_data.metadata = Some(meta.clone());
         let reference: String = format!("{tenant}/{customer}").chars().take(200).collect();
@@ -127,7 +135,7 @@ impl Billing {
                 &CreateCheckoutSession::new()
                     .mode(CheckoutSessionMode::Subscription)
                     .customer(stripe_customer.as_str())
-                    .line_items(vec![item])
+                    .line_items(items)
                     .subscription_data(sub_data)
                     .metadata(meta)
                     .client_reference_id(reference)
