@@ -11,6 +11,8 @@
 //!   seed endpoints at [`Config::billing_url`](crate::Config::billing_url), forwarded with the
 //!   caller's credential and JSON body only (no query, no `X-Customer-Id`: always the credential's
 //!   own customer). The page stays on one origin: billing-sync needs no CORS and no public address.
+//! - `GET /dashboard/billing/v1/customers/{customer}/invoice-preview`: billing-sync's invoice
+//!   preview, forwarded the same way (billing-sync lets a customer's credential name only itself).
 //! - `GET /v1/plans`: the catalog's plans with price, limit and features (public).
 //! - `POST /v1/customers/{customer}/dashboard-link` (admin): a sign-in link valid for minutes.
 //! - `POST /dashboard/session` `{"link"}`: exchanges a link, once, for a session token.
@@ -93,6 +95,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(config))
         .routes(routes!(post_session))
         .routes(routes!(billing_get, billing_post))
+        .routes(routes!(billing_invoice_preview))
         .routes(routes!(asset))
         .routes(routes!(plans))
         .routes(routes!(post_link))
@@ -367,6 +370,54 @@ async fn billing_post(
     billing_proxy(state, action, method, headers, body).await
 }
 
+/// Forwards billing-sync's invoice preview of `customer` with the caller's key.
+///
+/// What the customer will pay at its period end (billing-sync's
+/// `GET /v1/customers/{customer}/invoice-preview`); a dashboard session may only name its own
+/// customer. billing-sync's answer and status are passed through (see billing-sync's document).
+#[utoipa::path(
+    get,
+    path = "/dashboard/billing/v1/customers/{customer}/invoice-preview",
+    operation_id = "get_billing_invoice_preview",
+    tag = "dashboard",
+    security(("bearer" = [])),
+    params(("customer" = String, Path, description = "The customer (a session: its own)")),
+    responses(
+        (status = 200, description = "billing-sync's answer (the upcoming invoice, or \
+            `upcoming: false` and why)", body = Object),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: a bad customer id"),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = "billing-sync refused the key"),
+        (status = 404, body = ErrorBody, description = "`unknown_customer`: billing-sync knows no \
+            such customer"),
+        (status = 503, body = ErrorBody, description = "`billing_unavailable`: billing is not \
+            configured; `billing_unreachable`: billing-sync is not reachable; \
+            `stripe_unavailable`: Stripe did not answer billing-sync (all with `Retry-After` but \
+            the first)",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
+async fn billing_invoice_preview(
+    State(state): State<AppState>,
+    Path(customer): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = check_customer(&customer) {
+        return e.into_response();
+    }
+    let segment: String = customer
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let path = format!("/v1/customers/{segment}/invoice-preview");
+    forward(&state, &Method::GET, &path, &headers, Bytes::new()).await
+}
+
 /// Forwards one of billing-sync's seed endpoints (see the module docs).
 async fn billing_proxy(
     State(state): State<AppState>,
@@ -383,7 +434,26 @@ async fn billing_proxy(
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such billing route")
             .into_response();
     }
-    let Some(base) = billing_url(&state) else {
+    forward(
+        &state,
+        &method,
+        &format!("/subscription/{action}"),
+        &headers,
+        body,
+    )
+    .await
+}
+
+/// Sends `method` `path` to billing-sync with the caller's credential (and, for a POST, the JSON
+/// body), and passes the answer through.
+async fn forward(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(base) = billing_url(state) else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "billing_unavailable",
@@ -405,7 +475,7 @@ async fn billing_proxy(
         reqwest::Method::GET
     };
     let mut req = billing_client()
-        .request(verb, format!("{base}/subscription/{action}"))
+        .request(verb, format!("{base}{path}"))
         .header("accept", "application/json");
     if let Some(auth) = headers
         .get(header::AUTHORIZATION)
