@@ -86,9 +86,7 @@ impl App {
         }
         let mut keys = KeyStore::new(config.clickhouse.client());
         if !secrecy::ExposeSecret::expose_secret(&config.dashboard_secret).is_empty() {
-            keys = keys.with_sessions(Arc::new(Signer::new(
-                &config.dashboard_secret,
-            )));
+            keys = keys.with_sessions(Arc::new(Signer::new(&config.dashboard_secret)));
         }
         keys.refresh().await?;
         let producer = EventProducer::new(
