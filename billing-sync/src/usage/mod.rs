@@ -42,10 +42,14 @@
 //! - [`report`]: the regular report run.
 //! - [`reconcile`]: rollup vs ledger vs Stripe's summaries; heals through the correction path and
 //!   cancels over-reports with meter event adjustments ([`cancel`]).
+//! - [`proof`]: the proof per customer-hour of a month (accepted events, rollup, ledger, Stripe,
+//!   verdict; totals per customer) behind `billing-sync reconcile --month` and
+//!   `GET /admin/usage/proof`.
 
 pub mod cancel;
 pub mod corrections;
 pub mod ledger;
+pub mod proof;
 pub mod reconcile;
 pub mod report;
 

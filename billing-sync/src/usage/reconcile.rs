@@ -84,7 +84,8 @@ pub struct Reconciliation {
     pub sent: ReportSummary,
 }
 
-async fn meter_ids(billing: &Billing) -> Result<HashMap<String, String>> {
+/// Stripe's active meters: event name → meter id.
+pub(crate) async fn meter_ids(billing: &Billing) -> Result<HashMap<String, String>> {
     let mut ids = HashMap::new();
     let mut after: Option<String> = None;
     loop {
@@ -107,7 +108,7 @@ async fn meter_ids(billing: &Billing) -> Result<HashMap<String, String>> {
 }
 
 /// Stripe's hourly summaries of one (customer, meter) over `[from, to)`, non-zero ones.
-async fn summaries(
+pub(crate) async fn summaries(
     billing: &Billing,
     meter_id: &str,
     stripe_customer: &str,
@@ -143,12 +144,17 @@ async fn summaries(
 
 /// Whether an hour agrees: the ledger covers the rollup, Stripe holds what it accepted, and
 /// nothing is pending.
-fn agrees(rollup: f64, h: &HourLedger, stripe: f64) -> bool {
+pub(crate) fn agrees(rollup: f64, h: &HourLedger, stripe: f64) -> bool {
     same(rollup, h.covered()) && same(stripe, h.sent()) && h.pending() == 0.0
 }
 
 /// The verdict and reason of an hour whose difference stays.
-fn unresolved(rollup: f64, h: &HourLedger, stripe: f64, cancel_reason: &str) -> (String, String) {
+pub(crate) fn unresolved(
+    rollup: f64,
+    h: &HourLedger,
+    stripe: f64,
+    cancel_reason: &str,
+) -> (String, String) {
     let (verdict, reason) = if h.pending() > 0.0 {
         (
             "pending",
