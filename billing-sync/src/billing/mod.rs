@@ -19,8 +19,8 @@ mod preview;
 mod sales;
 
 pub use observed::{Observed, Source, current, is_terminal, observe};
-pub use preview::{InvoicePreview, LineKind, PreviewLine};
 use observed::{short_hash, ts};
+pub use preview::{InvoicePreview, LineKind, PreviewLine};
 
 use std::collections::HashMap;
 use std::sync::Arc;

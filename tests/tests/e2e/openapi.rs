@@ -42,6 +42,7 @@ const INGEST_PATHS: &[&str] = &[
     "/dashboard/config.json",
     "/dashboard/session",
     "/dashboard/billing/subscription/{action}",
+    "/dashboard/billing/v1/customers/{customer}/invoice-preview",
 ];
 
 /// billing-sync's documented paths.
@@ -54,6 +55,7 @@ const BILLING_PATHS: &[&str] = &[
     "/admin/usage/report",
     "/admin/usage/reconcile",
     "/admin/subscriptions/reconcile",
+    "/v1/customers/{customer}/invoice-preview",
     "/healthz",
     "/readyz",
     "/metrics",
