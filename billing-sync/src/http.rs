@@ -81,6 +81,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(webhook))
         .routes(routes!(admin_report))
         .routes(routes!(admin_usage_reconcile))
+        .routes(routes!(crate::usage::proof::endpoint::admin_usage_proof))
         .routes(routes!(admin_reconcile))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -112,7 +113,7 @@ pub fn document() -> &'static str {
 }
 
 /// 401 of every authenticated route.
-const UNAUTHORIZED: &str = doc::UNAUTHORIZED;
+pub(crate) const UNAUTHORIZED: &str = doc::UNAUTHORIZED;
 
 /// 403 of the subscription routes that read.
 const READ_FORBIDDEN: &str = "`insufficient_scope`: the key lacks the `read` scope; \
@@ -124,7 +125,7 @@ const WRITE_FORBIDDEN: &str = "`insufficient_scope`: a tenant-wide key without t
     customer";
 
 /// 403 of the admin routes.
-const ADMIN_FORBIDDEN: &str = "`insufficient_scope`: the key lacks the `admin` scope; \
+pub(crate) const ADMIN_FORBIDDEN: &str = "`insufficient_scope`: the key lacks the `admin` scope; \
     `customer_forbidden`: a customer-scoped key cannot run billing jobs";
 
 /// 400 of the routes that name a customer.
@@ -132,11 +133,11 @@ const NO_CUSTOMER: &str = "`invalid_request`: a tenant-wide key named no custome
     one) in `X-Customer-Id` or `?customer=`";
 
 /// 502 of the routes that call Stripe.
-const STRIPE_FAILED: &str =
+pub(crate) const STRIPE_FAILED: &str =
     "`stripe_unavailable` (with `Retry-After`): Stripe refused or did not answer; retry later";
 
 /// 503 of the routes that use ClickHouse or the broker.
-const DEPENDENCY_FAILED: &str = "`dependency_unavailable` (with `Retry-After`): ClickHouse or \
+pub(crate) const DEPENDENCY_FAILED: &str = "`dependency_unavailable` (with `Retry-After`): ClickHouse or \
     the broker is unavailable; retry later";
 
 /// What `GET /subscription/status` answers.
@@ -277,7 +278,7 @@ pub struct CustomerQuery {
 }
 
 /// Maps a service error to a 502 (Stripe refused or is unreachable) or 503 (our dependencies).
-fn failure(e: crate::Error) -> ApiError {
+pub(crate) fn failure(e: crate::Error) -> ApiError {
     match &e {
         crate::Error::Stripe { op, .. } => {
             tracing::warn!(error = %e, "stripe call failed");
@@ -683,7 +684,8 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     }
 }
 
-async fn admin(state: &AppState, headers: &HeaderMap) -> Result<KeyInfo, ApiError> {
+/// The key of an admin route: tenant-wide, with the `admin` scope.
+pub(crate) async fn admin(state: &AppState, headers: &HeaderMap) -> Result<KeyInfo, ApiError> {
     let key = authenticate(&state.keys, headers, Scope::Admin).await?;
     if key.customer.is_some() {
         return Err(ApiError::new(

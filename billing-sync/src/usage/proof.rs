@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+pub mod endpoint;
 mod month;
 mod table;
 

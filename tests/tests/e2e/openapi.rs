@@ -54,6 +54,7 @@ const BILLING_PATHS: &[&str] = &[
     "/webhooks/stripe",
     "/admin/usage/report",
     "/admin/usage/reconcile",
+    "/admin/usage/proof",
     "/admin/subscriptions/reconcile",
     "/v1/customers/{customer}/invoice-preview",
     "/healthz",
@@ -1044,6 +1045,39 @@ async fn the_billing_sync_openapi_document_is_valid_and_matches_every_route_and_
         a,
         None,
         200,
+    )
+    .await;
+    let v = c
+        .call(
+            get.clone(),
+            "/admin/usage/proof",
+            "/admin/usage/proof?month=2026-01",
+            a,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(
+        (&v["month"], &v["tenant"]),
+        (&json!("2026-01"), &json!("acme")),
+        "{v}"
+    );
+    c.call(
+        get.clone(),
+        "/admin/usage/proof",
+        "/admin/usage/proof?month=2026-13",
+        a,
+        None,
+        400,
+    )
+    .await;
+    c.call(
+        get.clone(),
+        "/admin/usage/proof",
+        "/admin/usage/proof",
+        o,
+        None,
+        403,
     )
     .await;
     c.call(
