@@ -23,7 +23,8 @@ pub const WEBHOOK_SECRET: &str = "whsec_billing_test";
 pub struct Fake {
     /// Base URL without a trailing slash.
     pub url: String,
-    /// `STRIPE_PRICE_ID_*` → price id of the seeded plans.
+    /// `STRIPE_PRICE_ID_*` → price id of the seeded plans, `STRIPE_METER_PRICE_ID_*` → the metered
+    /// price of each seeded meter.
     pub prices: Vec<(String, String)>,
     http: reqwest::Client,
     cancel: CancellationToken,
@@ -121,7 +122,7 @@ impl Fake {
 }
 
 /// A billing-sync config for this test's resources and `fake`: jobs off (tests trigger them), fast
-/// retries, the seeded prices.
+/// retries, the seeded plan prices and meter prices.
 pub fn billing_config(env: &TestEnv, fake: &Fake) -> billing_sync::Config {
     let mut config = billing_sync::Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
@@ -143,6 +144,17 @@ pub fn billing_config(env: &TestEnv, fake: &Fake) -> billing_sync::Config {
         .filter_map(|(env_name, price)| {
             let plan = env_name.strip_prefix("STRIPE_PRICE_ID_")?.to_lowercase();
             Some((plan, price.clone()))
+        })
+        .collect::<BTreeMap<_, _>>();
+    // Every subscription carries the meter's metered price (at 0: the plans include the usage).
+    config.stripe.meter_prices = fake
+        .prices
+        .iter()
+        .filter_map(|(env_name, price)| {
+            let meter = env_name
+                .strip_prefix("STRIPE_METER_PRICE_ID_")?
+                .to_lowercase();
+            Some((meter, price.clone()))
         })
         .collect::<BTreeMap<_, _>>();
     config.reconcile.enabled = false;

@@ -2,7 +2,8 @@
 //! sends decodes through async-stripe's typed structs — the client's own decoding for responses,
 //! `stripe_webhook::Webhook::construct_event` (signature included) for webhooks — so the fake cannot
 //! drift from Stripe's shapes. Also: Idempotency-Key replay, injected faults, identifier dedup, the
-//! 35-day window, summaries, checkout completion and the clock.
+//! 35-day window, summaries, checkout completion (a plan price and a metered price), the invoice
+//! preview (`stripe_shared::Invoice`) and the renewal invoice it foretells, and the clock.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use stripe_billing::billing_meter_event_summary::{
     ListIdBillingMeterEventSummary, ListIdBillingMeterEventSummaryValueGroupingWindow,
 };
 use stripe_billing::billing_portal_session::CreateBillingPortalSession;
+use stripe_billing::invoice::{CreatePreviewInvoice, RetrieveInvoice};
 use stripe_billing::subscription::{
     CancelSubscription, CreateSubscription, CreateSubscriptionItems, ListSubscription,
     ListSubscriptionStatus, RetrieveSubscription, UpdateSubscription,
@@ -33,7 +35,9 @@ use stripe_product::price::{
     ListPrice, RetrievePrice,
 };
 use stripe_product::product::{CreateProduct, RetrieveProduct};
-use stripe_shared::{ApiErrorsCode, ApiErrorsType, CheckoutSessionMode, SubscriptionStatus};
+use stripe_shared::{
+    ApiErrorsCode, ApiErrorsType, CheckoutSessionMode, InvoiceStatus, SubscriptionStatus,
+};
 use stripe_webhook::{EventObject, Webhook};
 use tests::wait_until;
 use tests::webhook::WebhookReceiver;
@@ -315,16 +319,19 @@ async fn every_fake_response_and_webhook_decodes_through_async_stripe() {
         vec![(hour + 3600, 0.0), (hour, 12.0), (hour - 3600, 0.0)]
     );
 
-    // Checkout in subscription mode: visiting the URL completes it and starts the subscription.
+    // Checkout in subscription mode: visiting the URL completes it and starts the subscription,
+    // with one item per line item (the plan's price, then the metered price without a quantity).
     let mut item = CreateCheckoutSessionLineItems::new();
     item.price = Some(price.id.as_str().to_string());
     item.quantity = Some(1);
+    let mut usage_item = CreateCheckoutSessionLineItems::new();
+    usage_item.price = Some(metered_price.id.as_str().to_string());
     let mut sub_data = CreateCheckoutSessionSubscriptionData::new();
     sub_data.metadata = Some(HashMap::from([("tenant".to_string(), "acme".to_string())]));
     let session = CreateCheckoutSession::new()
         .mode(CheckoutSessionMode::Subscription)
         .customer(customer.id.as_str())
-        .line_items(vec![item])
+        .line_items(vec![item, usage_item])
         .subscription_data(sub_data)
         .success_url("http://127.0.0.1:9/done")
         .client_reference_id("acme/c1")
@@ -351,6 +358,98 @@ async fn every_fake_response_and_webhook_decodes_through_async_stripe() {
     let item = &sub.items.data[0];
     assert_eq!(item.price.id, price.id);
     assert!(item.current_period_end > item.current_period_start);
+    assert_eq!(sub.items.data.len(), 2);
+    assert_eq!(sub.items.data[1].price.id, metered_price.id);
+    assert_eq!(
+        sub.items.data[1].quantity, None,
+        "a metered item has no quantity"
+    );
+
+    // The invoice preview (https://docs.stripe.com/api/invoices/create_preview): the renewal at
+    // the period end, the plan's price for the next period and the period's metered usage.
+    let used = CreateBillingMeterEvent::new("api_call", payload("3"))
+        .identifier("acme:c1:api_call:in-period")
+        .send(&client)
+        .await
+        .expect("meter event in the period");
+    assert!(used.timestamp >= item.current_period_start);
+    let preview = CreatePreviewInvoice::new()
+        .customer(customer.id.as_str())
+        .subscription(sub_id.as_str())
+        .send(&client)
+        .await
+        .expect("preview decodes as stripe_shared::Invoice");
+    let preview_id = preview.id.as_ref().map(|i| i.as_str().to_string());
+    assert!(
+        preview_id
+            .as_deref()
+            .is_some_and(|i| i.starts_with("upcoming_in")),
+        "{preview_id:?}"
+    );
+    assert_eq!(preview.status, Some(InvoiceStatus::Draft));
+    assert_eq!(
+        (preview.period_start, preview.period_end),
+        (item.current_period_start, item.current_period_end)
+    );
+    assert_eq!(
+        preview.next_payment_attempt,
+        Some(item.current_period_end + 3_600)
+    );
+    let lines: Vec<(Option<String>, Option<u64>, i64, i64, i64)> = preview
+        .lines
+        .data
+        .iter()
+        .map(|l| {
+            let price = l
+                .pricing
+                .as_ref()
+                .and_then(|p| p.price_details.as_ref())
+                .map(|d| d.price.id().as_str().to_string());
+            (price, l.quantity, l.amount, l.period.start, l.period.end)
+        })
+        .collect();
+    let (start, end) = (item.current_period_start, item.current_period_end);
+    assert_eq!(
+        lines,
+        vec![
+            (
+                Some(price.id.as_str().to_string()),
+                Some(1),
+                2900,
+                end,
+                end + 30 * 86_400
+            ),
+            (
+                Some(metered_price.id.as_str().to_string()),
+                Some(3),
+                3,
+                start,
+                end
+            ),
+        ]
+    );
+    assert_eq!(
+        (preview.amount_due, preview.subtotal, preview.total),
+        (2903, 2903, 2903)
+    );
+    let (e, status) = stripe_err(
+        CreatePreviewInvoice::new()
+            .customer(customer.id.as_str())
+            .send(&client)
+            .await,
+    );
+    assert_eq!(
+        (status, code(&e).as_str(), e.param.as_deref()),
+        (400, "parameter_missing", Some("subscription")),
+        "a customer alone no longer previews (API 2025-03-31)"
+    );
+    let (e, status) = stripe_err(
+        CreatePreviewInvoice::new()
+            .subscription("sub_missing")
+            .send(&client)
+            .await,
+    );
+    assert_eq!((status, code(&e).as_str()), (404, "resource_missing"));
 
     // Subscriptions: list, update, create, cancel.
     let list = ListSubscription::new()
@@ -368,6 +467,17 @@ async fn every_fake_response_and_webhook_decodes_through_async_stripe() {
     assert_eq!(
         updated.cancel_at,
         Some(updated.items.data[0].current_period_end)
+    );
+    let (e, status) = stripe_err(
+        CreatePreviewInvoice::new()
+            .subscription(sub_id.as_str())
+            .send(&client)
+            .await,
+    );
+    assert_eq!(
+        (status, code(&e).as_str()),
+        (400, "invoice_upcoming_none"),
+        "no renewal for a subscription that ends at the period end"
     );
     let mut items = CreateSubscriptionItems::new();
     items.price = Some(price.id.as_str().to_string());
@@ -502,6 +612,27 @@ async fn every_fake_response_and_webhook_decodes_through_async_stripe() {
         .expect("renewed");
     assert_eq!(renewed.status, SubscriptionStatus::Active);
     assert!(renewed.items.data[0].current_period_start > item.current_period_start);
+    // The renewal invoice is the one the preview showed.
+    let latest = match &renewed.latest_invoice {
+        Some(stripe_types::Expandable::Id(Some(id))) => id.clone(),
+        other => panic!("renewed subscription without an invoice: {other:?}"),
+    };
+    let invoice = RetrieveInvoice::new(latest)
+        .send(&client)
+        .await
+        .expect("renewal invoice decodes");
+    assert_eq!(invoice.status, Some(InvoiceStatus::Paid));
+    assert_eq!(
+        (invoice.amount_due, invoice.period_start, invoice.period_end),
+        (preview.amount_due, preview.period_start, preview.period_end)
+    );
+    let billed: Vec<(Option<u64>, i64)> = invoice
+        .lines
+        .data
+        .iter()
+        .map(|l| (l.quantity, l.amount))
+        .collect();
+    assert_eq!(billed, vec![(Some(1), 2900), (Some(3), 3)]);
     fake.admin(
         &format!("/_fake/subscriptions/{sub_id}/update"),
         json!({"cancel_at_period_end": true}),

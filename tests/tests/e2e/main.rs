@@ -3,15 +3,16 @@
 //!
 //! Layout: `pipeline`, `offsets`, `faults`, `dead_letters`, `bad_input` (the event path), `schema`
 //! and `compose` (DDL and deployment files), `quota` and `notify` (quota API and alerts), `billing`,
-//! `billing_contract`, `billing_usage`, `billing_corrections` and `billing_proof` (billing-sync and
-//! the Stripe fake), `dashboard` (headless Chromium), `openapi` (both services' generated OpenAPI
-//! documents against their routes). Run one area with
+//! `billing_contract`, `billing_usage`, `billing_corrections`, `billing_proof` and
+//! `billing_preview` (billing-sync and the Stripe fake), `dashboard` (headless Chromium), `openapi`
+//! (both services' generated OpenAPI documents against their routes). Run one area with
 //! `cargo nextest run -p tests -E 'test(/^quota::/)'`.
 
 mod bad_input;
 mod billing;
 mod billing_contract;
 mod billing_corrections;
+mod billing_preview;
 mod billing_proof;
 mod billing_usage;
 mod compose;
