@@ -1,7 +1,8 @@
 // The usage dashboard page: signs in (customer-scoped key, or a signed link exchanged for a
-// session), shows the full and compact usage displays, the projection, the history charts and
-// the per-endpoint table from the ingest API, and runs the upgrade modal against billing-sync
-// (checkout, customer portal, cancel). Every credential stays in this tab's sessionStorage.
+// session), shows the full and compact usage displays, the projection and next to it the next
+// invoice (billing-sync's invoice preview), the history charts and the per-endpoint table from the
+// ingest API, and runs the upgrade modal against billing-sync (checkout, customer portal, cancel).
+// Every credential stays in this tab's sessionStorage.
 
 import {
   ApiError, call, color, compactDisplay, endpointTable, exchangeLink, fmtDate, fmtInt, fmtLimit, fmtMoney,
@@ -14,8 +15,10 @@ const PENDING = 'metering.checkout';
 const REFRESH_MS = 15000;
 const PENDING_POLL_MS = 2000;
 const PENDING_GIVE_UP_MS = 120000;
+// The invoice preview asks Stripe: at most once a minute (and when the plan changes).
+const PREVIEW_MS = 60000;
 
-const app = { cred: null, config: { billing: false }, plans: null, usage: null, opener: null, timer: null, historyAt: 0 };
+const app = { cred: null, config: { billing: false }, plans: null, usage: null, opener: null, timer: null, historyAt: 0, preview: null, previewAt: 0, previewPlan: null };
 
 const api = (path, opts) => call('', app.cred && app.cred.token, path, opts);
 // billing-sync's endpoints, forwarded by the API under /dashboard/billing (one origin, no CORS).
@@ -94,6 +97,73 @@ function projectionCard(u) {
   ];
 }
 
+// ---- next invoice (billing-sync's invoice preview) ----------------------------------------------
+
+function lineLabel(l) {
+  const plans = (app.plans && app.plans.plans) || [];
+  if (l.kind === 'plan') {
+    const plan = plans.find((p) => p.key === l.plan);
+    return `${plan ? plan.name : l.plan} plan${l.quantity > 1 ? ` × ${fmtInt(l.quantity)}` : ''}`;
+  }
+  if (l.kind === 'usage') {
+    const meter = (app.plans && app.plans.meter && app.plans.meter.name) || l.meter;
+    return `${fmtInt(l.quantity)} ${meter} used`;
+  }
+  return l.description || l.price || 'Other';
+}
+
+function invoiceNodes(p) {
+  if (!p) return [h('p', { class: 'muted' }, 'Loading the next invoice…')];
+  if (p.error) return [h('p', { class: 'muted', 'data-testid': 'next-invoice-error' }, `The next invoice could not be loaded: ${p.error}`)];
+  if (!p.upcoming) {
+    const why = p.reason === 'ends_at_period_end' ? 'your subscription ends at the period end.' : 'there is nothing to pay on your plan.';
+    return [h('p', { class: 'muted', 'data-testid': 'next-invoice-none' }, `No invoice is coming: ${why}`)];
+  }
+  return [
+    h(
+      'p',
+      { class: 'next-invoice', 'data-testid': 'next-invoice' },
+      'Next invoice: ',
+      h('strong', { 'data-testid': 'next-invoice-amount' }, fmtMoney(p.amount_due, p.currency)),
+      ' on ',
+      h('span', { 'data-testid': 'next-invoice-date' }, fmtDate(p.period_end, { month: 'short', day: 'numeric', year: 'numeric' })),
+    ),
+    h(
+      'ul',
+      { class: 'invoice-lines', 'data-testid': 'invoice-lines', 'aria-label': 'Lines of the next invoice' },
+      ...p.lines.map((l) =>
+        h(
+          'li',
+          { 'data-kind': l.kind, 'data-testid': 'invoice-line' },
+          h('span', { 'data-testid': 'invoice-line-label' }, lineLabel(l)),
+          h('span', { class: 'amount', 'data-testid': 'invoice-line-amount' }, fmtMoney(l.amount, p.currency)),
+        ),
+      ),
+    ),
+  ];
+}
+
+function invoiceSection() {
+  if (!app.config.billing) return null;
+  return h('div', { id: 'invoice-preview', class: 'invoice-preview', 'aria-live': 'polite' }, h('h3', {}, 'Next invoice'), ...invoiceNodes(app.preview));
+}
+
+/** billing-sync's preview of the next invoice (Stripe's), into the projection card. */
+async function loadPreview(force = false) {
+  if (!app.config.billing || !app.usage) return;
+  if (!force && app.preview && Date.now() - app.previewAt < PREVIEW_MS && app.previewPlan === app.usage.plan) return;
+  app.previewAt = Date.now();
+  app.previewPlan = app.usage.plan;
+  try {
+    app.preview = await billing(`/v1/customers/${encodeURIComponent(app.usage.customer)}/invoice-preview`);
+  } catch (e) {
+    // Shown in the card; never a sign-out (billing-sync may not take dashboard sessions).
+    app.preview = { error: e.message };
+  }
+  const slot = $('invoice-preview');
+  if (slot) slot.replaceChildren(h('h3', {}, 'Next invoice'), ...invoiceNodes(app.preview));
+}
+
 function render() {
   // Re-rendering replaces the cards: keep the keyboard focus on the same control.
   const focused = document.activeElement && document.activeElement.closest('#compact-slot, #usage-card, #projection, #endpoints') && document.activeElement.dataset.testid;
@@ -103,7 +173,7 @@ function render() {
   $('who').textContent = u.customer;
   $('compact-slot').replaceChildren(compactDisplay(u, { onUpgrade: openUpgrade, topPlan: top }));
   $('usage-card').replaceChildren(usageCard(u, { onUpgrade: openUpgrade, onPortal: portal, topPlan: top, billing: hasBilling }));
-  $('projection').replaceChildren(...projectionCard(u));
+  $('projection').replaceChildren(...projectionCard(u).filter(Boolean), ...[invoiceSection()].filter(Boolean));
   const total = Object.values(u.by_endpoint || {}).reduce((a, b) => a + b, 0);
   $('endpoints').replaceChildren(h('h2', { id: 'endpoints-title' }, 'Calls by endpoint this period'), endpointTable(u.by_endpoint, total));
   show('loading', false);
@@ -163,6 +233,7 @@ async function loadHistory() {
 async function refresh({ history = false } = {}) {
   app.usage = await api('/usage');
   render();
+  await loadPreview();
   if (history || Date.now() - app.historyAt > 60000) {
     await loadHistory().catch((e) => {
       $('history').replaceChildren(h('h2', { id: 'history-title' }, 'History'), h('p', { class: 'notice limit', role: 'alert' }, `The history could not be loaded: ${e.message}`));
@@ -225,6 +296,7 @@ async function start(cred, { openModal = false } = {}) {
   checkPending();
   $('main').focus({ preventScroll: true });
   if (openModal) openUpgrade();
+  loadPreview(true).catch(() => {});
   await loadHistory().catch((e) => banner(`The history could not be loaded: ${e.message}`, 'error'));
   schedule(sessionStorage.getItem(PENDING) ? PENDING_POLL_MS : REFRESH_MS);
 }
@@ -352,6 +424,7 @@ async function cancelSubscription() {
     await billing('/subscription/cancel', { method: 'POST', body: {} });
     closeUpgrade();
     banner(`Your subscription is canceled; it stays active until ${fmtDate(app.usage.period_end, { month: 'long', day: 'numeric' })}.`, 'success');
+    app.previewAt = 0;
     await refresh().catch(() => {});
   } catch (e) {
     upgradeError(e);

@@ -6,8 +6,8 @@
 // 30 calls, and c_limit, 100 calls), DASH_LINK_WARN / DASH_LINK_WARN_2 (signed-link paths for
 // c_warn, 85 calls), DASH_KEY_TENANT (a tenant-wide key), DASH_KEY_OTHER_TENANT (c_ok of another
 // tenant), DASH_ARTIFACTS (screenshot folder), DASH_BILLING=1 with DASH_STRIPE_URL (billing-sync
-// and the Stripe fake run: checkout, portal and cancel are tested), DASH_UPDATE_SCREENSHOTS=1 (also
-// copy the screenshots to docs/screenshots/).
+// and the Stripe fake run: the next invoice, checkout, portal and cancel are tested),
+// DASH_UPDATE_SCREENSHOTS=1 (also copy the screenshots to docs/screenshots/).
 
 import assert from 'node:assert/strict';
 import { readFile, mkdir, copyFile, rm } from 'node:fs/promises';
@@ -192,6 +192,16 @@ async function main() {
   assert.equal(Math.round(num(await text(pOk, 'projected-cost')) * 100), uOk.projection.projected_cost_cents, 'cost');
   assert.ok((await pOk.locator('[data-testid="days-chart"] rect').count()) > 0, 'the day chart draws bars');
   ok('the page shows the numbers the API returns (usage, limit, percent, by endpoint, per day, per hour, projection, cost)');
+  if (BILLING) {
+    // A free customer: billing-sync's preview says no invoice is coming, and so does the page.
+    const pv = await api('/dashboard/billing/v1/customers/c_ok/invoice-preview', KEY_OK);
+    assert.equal(pv.upcoming, false, JSON.stringify(pv));
+    assert.equal(pv.reason, 'no_subscription');
+    await until('the next-invoice note', async () => (await pOk.getByTestId('next-invoice-none').count()) === 1);
+    assert.match(await text(pOk, 'next-invoice-none'), /No invoice is coming/);
+    assert.equal(await pOk.getByTestId('next-invoice').count(), 0, 'no amount for a free customer');
+    ok('next invoice: none for a free customer (as the invoice preview says)');
+  }
 
   // Every request went to the API (or billing-sync); per-customer paths name c_ok only.
   const foreign = requests.filter((r) => !r.url.startsWith('data:') && !allowed.has(new URL(r.url).origin));
@@ -229,6 +239,7 @@ async function main() {
   const barColor = await pWarn.locator('[data-testid="usage-bar"] .bar-fill').evaluate((e) => getComputedStyle(e).backgroundColor);
   assert.equal(barColor, 'rgb(180, 83, 9)', 'amber bar');
   await until('the history charts', async () => (await pWarn.getByTestId('days-total').count()) === 1);
+  if (BILLING) await until('the next-invoice note', async () => (await pWarn.getByTestId('next-invoice-none').count()) === 1);
   await shot(pWarn, 'full', { fullPage: true });
   // A reload keeps the session (this tab only).
   await pWarn.reload();
@@ -380,8 +391,23 @@ async function main() {
     assert.equal(await pBuy.getByTestId('usage-bar').getAttribute('data-level'), 'ok');
     assert.equal(await pBuy.getByTestId('compact-upgrade').count(), 0, 'no compact upgrade after the upgrade');
     await until('the confirmation', async () => /now on the Starter plan/.test(await text(pBuy, 'banner')));
-    await shot(pBuy, 'upgraded', { fullPage: true });
     ok('after the checkout completes the page shows the new plan (Starter, 500 calls, confirmation banner)');
+    // The next invoice next to the projection: Stripe's preview through billing-sync, line by line.
+    const pv = await api('/dashboard/billing/v1/customers/c_limit/invoice-preview', KEY_LIMIT);
+    assert.equal(pv.upcoming, true, JSON.stringify(pv));
+    assert.equal(pv.amount_due, 2900, 'Starter: $29.00');
+    await until('the next invoice on the page', async () => (await pBuy.getByTestId('next-invoice').count()) === 1, 60000);
+    assert.equal(Math.round(num(await text(pBuy, 'next-invoice-amount')) * 100), pv.amount_due, 'amount');
+    const due = new Date(pv.period_end).toLocaleDateString('en-US', { timeZone: 'UTC', month: 'short', day: 'numeric', year: 'numeric' });
+    assert.equal(await text(pBuy, 'next-invoice-date'), due, 'date');
+    assert.match(await text(pBuy, 'next-invoice'), new RegExp(`^Next invoice: \\$29\\.00 on ${due}$`));
+    const shownLines = await pBuy.getByTestId('invoice-line').evaluateAll((els) => els.map((e) => [e.dataset.kind, e.querySelector('[data-testid="invoice-line-label"]').textContent, e.querySelector('[data-testid="invoice-line-amount"]').textContent]));
+    assert.deepEqual(shownLines.map(([k, , a]) => [k, Math.round(num(a) * 100)]), pv.lines.map((l) => [l.kind, l.amount]), 'the lines');
+    assert.equal(shownLines[0][1], 'Starter plan');
+    const usageLine = pv.lines.find((l) => l.kind === 'usage');
+    if (usageLine) assert.match(shownLines.find(([k]) => k === 'usage')[1], new RegExp(`^${usageLine.quantity} `));
+    await shot(pBuy, 'upgraded', { fullPage: true });
+    ok(`next invoice: ${await text(pBuy, 'next-invoice')} with ${shownLines.length} lines (the invoice preview's)`);
 
     await pBuy.getByTestId('upgrade').click();
     const m = pBuy.getByTestId('upgrade-modal');

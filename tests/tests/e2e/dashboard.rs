@@ -5,8 +5,9 @@
 //! shows the numbers the API returns, the warning above 80 %, the upgrade prompt at the limit, the
 //! plans modal, keyboard use, accessibility (axe-core), the narrow layout, the embeddable compact
 //! display, that no request leaves the API's origins, and, with billing-sync and the Stripe fake
-//! running, the checkout to a new plan, the customer portal and cancel at the period end. The
-//! signed-link and session rules are checked over plain HTTP here.
+//! running, the next invoice next to the projection (none on the free plan, Starter's $29.00 and
+//! its lines after the checkout), the checkout to a new plan, the customer portal and cancel at the
+//! period end. The signed-link and session rules are checked over plain HTTP here.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -325,6 +326,8 @@ async fn the_dashboard_shows_the_api_numbers_warns_blocks_and_offers_the_plans()
     bcfg.stripe.success_url = format!("{dashboard}?checkout=success");
     bcfg.stripe.cancel_url = format!("{dashboard}?checkout=cancel");
     bcfg.stripe.portal_return_url = dashboard.clone();
+    // As deployed: billing-sync takes the dashboard's sessions (the next invoice of c_warn's).
+    bcfg.dashboard_secret = SecretString::from("dashboard-test-secret");
     let sync = start_billing_with(&fake, bcfg).await;
     let mut cfg = env.ingest_config();
     cfg.listen = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -455,7 +458,9 @@ async fn the_dashboard_shows_the_api_numbers_warns_blocks_and_offers_the_plans()
         "ok - embedded compact display",
         "ok - sign-in refuses",
         "ok - clicking a plan lands on the checkout URL",
+        "ok - next invoice: none for a free customer",
         "ok - after the checkout completes the page shows the new plan",
+        "ok - next invoice: Next invoice: $29.00 on ",
         "ok - customer portal",
         "ok - cancel",
         "ok - no page errors",
