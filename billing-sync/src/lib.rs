@@ -13,7 +13,7 @@
 //!   `0010_usage_revisions.sql`) and rollup reads.
 //! - [`billing`]: the subscription → plan change rules (`billing/mod.rs`), how a Stripe
 //!   subscription is observed (`observed.rs`), and customers, checkout, portal and cancel
-//!   (`sales.rs`).
+//!   (`sales.rs`), and the invoice preview (`preview.rs`).
 //! - [`webhook`]: signature verification and event handling.
 //! - [`usage`]: metered usage to Stripe (`usage/mod.rs`: identifiers, window, meters): the revision
 //!   ledger (`ledger.rs`), the correction path shared by report and reconciliation
