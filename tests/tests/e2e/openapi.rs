@@ -843,6 +843,15 @@ async fn the_ingest_openapi_document_is_valid_and_matches_every_route_and_answer
         404,
     )
     .await;
+    c.call(
+        get.clone(),
+        "/dashboard/billing/v1/customers/{customer}/invoice-preview",
+        "/dashboard/billing/v1/customers/c1/invoice-preview",
+        k,
+        None,
+        503,
+    )
+    .await;
     c.call(get.clone(), "/readyz", "/readyz", None, None, 200)
         .await;
     ingest.stop().await;
@@ -883,6 +892,36 @@ async fn the_billing_sync_openapi_document_is_valid_and_matches_every_route_and_
         )
         .await;
     assert_eq!(v["status"], "none", "{v}");
+    const PREVIEW: &str = "/v1/customers/{customer}/invoice-preview";
+    let v = c
+        .call(
+            get.clone(),
+            PREVIEW,
+            "/v1/customers/cust_oa/invoice-preview",
+            o,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(v["upcoming"], false, "{v}");
+    c.call(
+        get.clone(),
+        PREVIEW,
+        "/v1/customers/other/invoice-preview",
+        o,
+        None,
+        403,
+    )
+    .await;
+    c.call(
+        get.clone(),
+        PREVIEW,
+        "/v1/customers/nobody/invoice-preview",
+        a,
+        None,
+        404,
+    )
+    .await;
     c.call(
         get.clone(),
         "/subscription/status",
@@ -969,6 +1008,17 @@ async fn the_billing_sync_openapi_document_is_valid_and_matches_every_route_and_
         )
         .await;
     assert_eq!(v["subscribed_plan"], "starter", "{v}");
+    let v = c
+        .call(
+            get.clone(),
+            PREVIEW,
+            "/v1/customers/cust_oa/invoice-preview",
+            o,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(v["amount_due"], 2900, "{v}");
     c.call(
         post.clone(),
         "/subscription/create",
