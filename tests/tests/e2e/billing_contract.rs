@@ -395,7 +395,9 @@ async fn every_fake_response_and_webhook_decodes_through_async_stripe() {
         preview.next_payment_attempt,
         Some(item.current_period_end + 3_600)
     );
-    let lines: Vec<(Option<String>, Option<u64>, i64, i64, i64)> = preview
+    // (price, quantity, amount, service period start, end) of each line.
+    type Lines = Vec<(Option<String>, Option<u64>, i64, i64, i64)>;
+    let lines: Lines = preview
         .lines
         .data
         .iter()
