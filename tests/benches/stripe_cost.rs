@@ -1,4 +1,5 @@
-//! Stripe cost benchmark: API calls per 1M events and time to report a day of 10,000 customers.
+//! Stripe cost benchmark: API calls per 1M events and time to report a day of 10,000 customers,
+//! and what late usage in 10 % of the hours costs in corrections.
 //!
 //! Each figure stands beside a baseline measured in the same run.
 //! The hourly rollup of a fresh database is filled directly (rows of `usage_hourly` as the
@@ -7,6 +8,11 @@
 //! `usage::report` runs against the fake over HTTP. Baselines: (a) one meter event per event, the
 //! cost without hourly pre-aggregation; (b) the same meter event POSTs sent straight to a fresh fake
 //! by a plain HTTP client at billing-sync's concurrency, unpaced.
+//!
+//!
+//! Then late usage: 10 % of the day's customer-hours receive usage after they were reported, and
+//! the next report run sends the corrections (`stripe_cost/corrections.rs`), beside the plain
+//! report of the same run.
 //!
 //! Run: `cargo bench -p tests --bench stripe_cost` (servers up). `STRIPE_BENCH_CUSTOMERS` changes
 //! the number of customers (default 10,000). Writes `.data/bench/stripe.json`.
@@ -23,6 +29,9 @@ use tests::TestEnv;
 use tests::billing::{Fake, STRIPE_KEY, billing_config, start_billing_with};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+
+#[path = "stripe_cost/corrections.rs"]
+mod corrections;
 
 const TENANT: &str = "bench";
 const METER: &str = "api_call";
@@ -322,6 +331,14 @@ async fn main() {
         peak <= (RATE + RATE / 100) as usize,
         "{peak} meter events in one second"
     );
+    let plain = corrections::Plain {
+        cells,
+        calls,
+        secs: report_time.as_secs_f64(),
+        quantity,
+    };
+    let (late_rows, late) =
+        corrections::run(&env, &fake, &sync, customers, day, &plain, RATE).await;
     sync.running.stop().await;
     fake.stop().await;
 
@@ -358,6 +375,9 @@ async fn main() {
         cells as f64 / raw,
         raw / rep
     );
+    for row in &late_rows {
+        println!("{row}");
+    }
     let out = json!({
         "customers": customers,
         "hours": HOURS,
@@ -388,6 +408,7 @@ async fn main() {
             "ratio_report_to_raw": rep / raw,
         },
         "pace_floor": {"secs": pace_floor, "ratio_report_to_floor": rep / pace_floor},
+        "late_usage": late,
     });
     let dir = tests::workspace_root().join(".data/bench");
     std::fs::create_dir_all(&dir).expect("create .data/bench");
