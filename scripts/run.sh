@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: installs and starts the servers, migrates, starts the ingest and the aggregator,
 # sends demo traffic that drives a few customers through the free plan to its limit and upgrades
-# one, then shows where to look.
+# one, bills an hour's late usage with a correction, shows where to look, and ends with the usage
+# proof per customer-hour (billing-sync reconcile).
 # `scripts/run.sh stop` stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -109,6 +110,35 @@ status, _ = call("POST", "/v1/customers/cust_at_limit/plan", {"plan": "starter",
 u = call("GET", "/v1/customers/cust_at_limit/quota")[1]
 print(f"cust_at_limit set to {u['plan']} by the admin API ({status}): used {u['used']:.0f}/{u['limit']}, allowed={u['allowed']}")
 PY
+# Late usage, billed exactly once: cust_over (a Stripe customer since its checkout) gets 5 calls
+# stamped two hours ago, the hour is reported (POST /admin/usage/report), 3 more calls arrive for
+# that hour, and the next report run sends them as a correction (identifier ...:<hour>:r1). Fixed
+# ids per day, as above.
+late_hour=$(( ($(date +%s) / 3600 - 2) * 3600 ))
+MONTH=$(date -u -d "@$late_hour" +%Y-%m)
+python3 - "http://127.0.0.1:$API_PORT" "http://127.0.0.1:$BILLING_PORT" "$KEY" "$run_id" "$late_hour" <<'PY'
+import datetime, json, subprocess, sys, time, urllib.request
+api, billing, key, run, hour = sys.argv[1:5] + [int(sys.argv[5])]
+def post(base, path, body=None):
+    req = urllib.request.Request(base + path, method="POST", data=json.dumps(body).encode() if body is not None else b"",
+                                 headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        return json.loads(r.read() or b"null")
+def calls(first, n):
+    at = datetime.datetime.fromtimestamp(hour + 60, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    post(api, "/v1/events", [{"specversion": "1.0", "id": f"demo-{run}-late-{i}", "source": "demo", "type": "api_call",
+                              "subject": "cust_over", "time": at, "data": {"endpoint": "analyze"}} for i in range(first, first + n)])
+    q = f"SELECT count() FROM metering.events_raw WHERE tenant = 'demo' AND id LIKE 'demo-{run}-late-%'"
+    for _ in range(100):
+        if int(subprocess.run(["clickhouse-client", "-q", q], capture_output=True, text=True).stdout or 0) >= first + n: break
+        time.sleep(0.2)
+calls(0, 5)
+first = post(billing, "/admin/usage/report")
+calls(5, 3)
+second = post(billing, "/admin/usage/report")
+print(f"cust_over: 5 calls stamped {time.strftime('%H:00', time.gmtime(hour))} UTC, reported ({first['reported']} hours); "
+      f"3 late calls for that hour: {second['corrections']} correction sent by the next report run")
+PY
 link() {
   curl -s -X POST "http://127.0.0.1:$API_PORT/v1/customers/$1/dashboard-link" -H "Authorization: Bearer $KEY" |
     python3 -c 'import json,sys; print(json.load(sys.stdin).get("url"))'
@@ -131,7 +161,7 @@ Dashboard (signed sign-in links, valid 15 minutes; new ones: POST /v1/customers/
 Running:
   ingest API     http://127.0.0.1:$API_PORT   (logs .data/run/ingest.log, metrics /metrics)
   aggregator     http://127.0.0.1:$AGG_PORT/metrics   (logs .data/run/aggregator.log)
-  billing-sync   http://127.0.0.1:$BILLING_PORT   (/subscription/status|create|portal|cancel; logs .data/run/billing-sync.log)
+  billing-sync   http://127.0.0.1:$BILLING_PORT   (/subscription/status|create|portal|cancel, /admin/usage/proof; logs .data/run/billing-sync.log)
   Stripe (fake)  http://127.0.0.1:$STRIPE_PORT   (logs .data/run/stripe-fake.log)
   ClickHouse     http://127.0.0.1:8123 (database metering), Kafka API 127.0.0.1:9092
 
@@ -151,3 +181,7 @@ Ask ClickHouse (analyst queries: docs/analyst-queries.sql):
 
 Stop everything: scripts/run.sh stop
 MSG
+
+# The proof per customer-hour (invariant 8): accepted events, rollup, ledger, Stripe and the verdict.
+echo "usage proof (billing-sync reconcile --month $MONTH --tenant demo; --json for JSON, GET /admin/usage/proof):"
+"$ROOT/target/debug/billing-sync" reconcile --month "$MONTH" --tenant demo

@@ -150,7 +150,15 @@ pub struct Proof {
     pub totals: Vec<ProofTotal>,
     /// Every hour is `ok` or `unbillable`: nothing owed, nothing billed twice.
     pub exact: bool,
+    /// Hours whose columns disagree (every verdict but `ok`, `unbillable`, `pending` and
+    /// `no_customer`): what the reconciliation reports.
+    pub differences: usize,
+    /// Hours per verdict.
+    pub verdicts: BTreeMap<String, usize>,
 }
+
+/// Verdicts that are not a difference: agreed, never billable, on their way, or not billed here.
+const SETTLED: [&str; 4] = ["ok", "unbillable", "pending", "no_customer"];
 
 /// The name of a revision state.
 fn state_name(s: State) -> &'static str {
@@ -392,10 +400,11 @@ pub async fn proof(
             events,
             accepted: acc,
             rollup: r,
-            ledger: h.sent(),
-            pending: h.pending(),
-            unbillable: h.unbillable(),
-            covered: h.covered(),
+            // `+ 0.0`: an empty sum is -0.0.
+            ledger: h.sent() + 0.0,
+            pending: h.pending() + 0.0,
+            unbillable: h.unbillable() + 0.0,
+            covered: h.covered() + 0.0,
             stripe: s,
             revisions: revisions(&h),
             verdict,
@@ -403,6 +412,10 @@ pub async fn proof(
         });
     }
     let totals = totals(&hours);
+    let mut verdicts: BTreeMap<String, usize> = BTreeMap::new();
+    for h in &hours {
+        *verdicts.entry(h.verdict.clone()).or_default() += 1;
+    }
     Ok(Proof {
         month: month.to_string(),
         from,
@@ -414,6 +427,11 @@ pub async fn proof(
         exact: hours
             .iter()
             .all(|h| matches!(h.verdict.as_str(), "ok" | "unbillable")),
+        differences: hours
+            .iter()
+            .filter(|h| !SETTLED.contains(&h.verdict.as_str()))
+            .count(),
+        verdicts,
         hours,
         totals,
     })

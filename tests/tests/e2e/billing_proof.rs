@@ -280,6 +280,11 @@ async fn the_proof_lists_every_customer_hour_with_its_columns_and_verdict() {
         (&json!(month), &json!(TENANT), &json!(false)),
         "{proof}"
     );
+    assert_eq!(
+        (&proof["differences"], &proof["verdicts"]["under_report"]),
+        (&json!(1), &json!(1)),
+        "{proof}"
+    );
     let totals = proof["totals"].as_array().expect("totals");
     let total = |c: &str| {
         totals

@@ -147,20 +147,33 @@ pub fn table(p: &Proof) -> String {
         })
         .collect();
     out += &columns(&head, &rows, &numeric);
+    let counts: Vec<String> = p.verdicts.iter().map(|(v, n)| format!("{n} {v}")).collect();
+    let state = if p.exact {
+        "exact: every hour agrees (ok or unbillable)".to_string()
+    } else if p.differences == 0 {
+        "not exact yet: no difference, but hours pending or not billed (see REASON)".to_string()
+    } else {
+        format!(
+            "NOT exact: differences in {} of them (see REASON)",
+            p.differences
+        )
+    };
     out += &format!(
-        "\n{} customer-hours, {}\n",
+        "\n{} customer-hours ({}); {state}\n",
         p.hours.len(),
-        if p.exact {
-            "exact: every hour ok or unbillable"
+        if counts.is_empty() {
+            "none".into()
         } else {
-            "NOT exact: see the verdicts"
-        }
+            counts.join(", ")
+        },
     );
     out
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::super::{ProofHour, ProofRevision, totals};
     use super::*;
 
@@ -211,8 +224,15 @@ mod tests {
             hours,
             totals,
             exact: false,
+            differences: 1,
+            verdicts: BTreeMap::from([("ok".into(), 2), ("under_report".into(), 1)]),
         });
-        assert!(text.contains("NOT exact"), "{text}");
+        assert!(
+            text.contains(
+                "3 customer-hours (2 ok, 1 under_report); NOT exact: differences in 1 of them"
+            ),
+            "{text}"
+        );
         let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("t ")).collect();
         assert_eq!(lines.len(), 5, "{text}");
         assert!(
