@@ -33,8 +33,25 @@ pub async fn ensure_topics(
     config: &KafkaConfig,
     topics: &Topics,
 ) -> Result<(), rdkafka::error::KafkaError> {
+    create(config, &topics.layout(config.partitions)).await
+}
+
+/// Creates one plain topic with `partitions` (billing-sync's work topic, [`Topics::work`]); an
+/// existing topic is fine (its partition count stays what it is).
+pub async fn ensure_topic(
+    config: &KafkaConfig,
+    name: &str,
+    partitions: i32,
+) -> Result<(), rdkafka::error::KafkaError> {
+    create(config, &[(name.to_string(), partitions, false)]).await
+}
+
+/// Creates `(name, partitions, compacted)` topics; existing ones are fine.
+async fn create(
+    config: &KafkaConfig,
+    layout: &[(String, i32, bool)],
+) -> Result<(), rdkafka::error::KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
-    let layout = topics.layout(config.partitions);
     let compacted = [("cleanup.policy", "compact")];
     let new: Vec<NewTopic<'_>> = layout
         .iter()

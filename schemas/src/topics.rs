@@ -16,6 +16,10 @@ pub struct Topics {
     pub subscriptions: String,
     /// Batches rejected at intake, kept for inspection.
     pub rejected: String,
+    /// billing-sync's work split: its instances form one consumer group over this topic, and the
+    /// partitions each is assigned name the customers it bills. It carries no messages; billing-sync
+    /// creates it with `work.partitions` (it is not in [`Topics::layout`]).
+    pub work: String,
 }
 
 impl Default for Topics {
@@ -33,6 +37,7 @@ impl Topics {
             alerts: format!("{prefix}usage.alerts"),
             subscriptions: format!("{prefix}subscription.events"),
             rejected: format!("{prefix}usage.rejected"),
+            work: format!("{prefix}billing.work"),
         }
     }
 
