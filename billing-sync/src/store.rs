@@ -233,14 +233,17 @@ impl Store {
         Ok(rows)
     }
 
-    /// Stores a subscription state (its `version` must exceed the stored one).
+    /// Stores a subscription state (its `version` must exceed the stored one; an insert with the
+    /// same key and version as a stored row replaces it, so two instances writing one webhook's
+    /// identical row leave one state).
     pub async fn save_subscription(&self, row: &BillingSubscriptionRow) -> Result<()> {
         insert(&self.ch, std::slice::from_ref(row)).await
     }
 
     // --- webhooks -----------------------------------------------------------------------------
 
-    /// Whether the event was handled already.
+    /// Whether the event was handled already: a shortcut for redeliveries only (the effects of an
+    /// event are idempotent, see `crate::webhook`; a race past this check changes nothing).
     pub async fn webhook_seen(&self, event_id: &str) -> Result<bool> {
         let n: u64 = self
             .ch
@@ -251,7 +254,7 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Records a handled event.
+    /// Records a handled event (a second record of the same event id replaces the first).
     pub async fn mark_webhook(&self, row: &BillingWebhookEventRow) -> Result<()> {
         insert(&self.ch, std::slice::from_ref(row)).await
     }

@@ -1,6 +1,15 @@
 //! `POST /webhooks/stripe`: the signature is verified with async-stripe (`t=…,v1=HMAC-SHA256`, 5
-//! minutes tolerance), the event id is deduplicated, and each handled type becomes at most one plan
-//! change (see [`crate::billing`] for the ordering rules).
+//! minutes tolerance), and each handled type becomes at most one plan change (see
+//! [`crate::billing`] for the ordering rules).
+//!
+//! Any instance handles any event, and an event may be handled twice (Stripe retries; one delivery
+//! raced by two instances). The effect is idempotent by construction, not by a "seen" check: the
+//! plan change id is `stripe:<event id>` (the aggregator counts an id once per customer), and the
+//! stored subscription state is derived from the event and the state it applies to only (its row
+//! version and `updated_at` come from the event's `created` time and id, a failed payment's grace
+//! period starts at the event's time), so a second handling writes a row identical to the first
+//! one's, which replaces it, or finds the event applied (`already_applied`). The record of handled
+//! events (`billing_webhook_events`, one row per event id) only answers known redeliveries early.
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
@@ -63,10 +72,13 @@ fn invoice_subscription(i: &stripe_shared::Invoice) -> Option<String> {
         .map(|d| d.subscription.id().as_str().to_string())
 }
 
-/// Handles a verified event once. Returns the answer body; errors make Stripe retry (5xx).
+/// Handles a verified event; handling it again has no further effect (see the module docs).
+/// Returns the answer body; errors make Stripe retry (5xx).
 pub async fn handle(billing: &Billing, event: stripe_webhook::Event) -> Result<Value> {
     let id = event.id.as_str().to_string();
     let kind = event.type_.as_str().to_string();
+    // A shortcut for redeliveries of events handled before; two deliveries racing past it both
+    // reach the idempotent effects below, which is why correctness never depends on it.
     if billing.store.webhook_seen(&id).await? {
         billing.metrics.webhook(&kind, "duplicate");
         return Ok(json!({"received": true, "id": id, "duplicate": true}));
@@ -92,11 +104,14 @@ pub async fn handle(billing: &Billing, event: stripe_webhook::Event) -> Result<V
             (billing.apply(obs, source).await?, owner)
         }
         EventObject::InvoicePaid(invoice) => match invoice_subscription(&invoice) {
-            Some(sub) => (billing.invoice_paid(&sub, &id).await?, None),
+            Some(sub) => (billing.invoice_paid(&sub, &id, event.created).await?, None),
             None => ("ignored", None),
         },
         EventObject::InvoicePaymentFailed(invoice) => match invoice_subscription(&invoice) {
-            Some(sub) => (billing.payment_failed(&sub, &id).await?, None),
+            Some(sub) => (
+                billing.payment_failed(&sub, &id, event.created).await?,
+                None,
+            ),
             None => ("ignored", None),
         },
         _ => ("ignored", None),

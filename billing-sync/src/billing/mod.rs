@@ -173,16 +173,39 @@ impl Billing {
         Ok(())
     }
 
+    /// The version of a subscription row that replaces one of version `stored`: above it, and for a
+    /// webhook's effect (`event`: Stripe `created` and event id) derived from the event alone —
+    /// `created` in milliseconds plus three digits of the id's hash — so that every instance that
+    /// handles the event (a Stripe retry, a delivery raced by two instances) writes the same row;
+    /// otherwise this instance's clock ([`Self::next_version`]).
+    fn row_version(&self, stored: Option<u64>, event: Option<(i64, &str)>) -> u64 {
+        let own = match event {
+            Some((created, id)) => {
+                let digits = u64::from_str_radix(&short_hash(id)[..8], 16).unwrap_or(0) % 1_000;
+                u64::try_from(created).unwrap_or(0).saturating_mul(1_000) + digits
+            }
+            None => self.next_version(),
+        };
+        own.max(stored.map_or(0, |v| v + 1))
+    }
+
     /// Loads the customer's subscriptions, lets `update` replace or add one row, and — when the
     /// effective plan changed — produces it with `event_id` before storing the row (a crash in
     /// between re-produces the same id on retry). Returns `applied`, `unchanged` or `update`'s
     /// own refusal.
+    ///
+    /// With `event` (a webhook's Stripe `created` time and event id) the stored row depends only on
+    /// the event and the state it applies to — its version and `updated_at` come from the event —
+    /// so two instances handling one event concurrently write identical rows (the second insert
+    /// replaces the first with the same content) and produce the same plan change id, which the
+    /// aggregator counts once. Nothing relies on a "seen" check for that.
     async fn update_customer<F>(
         &self,
         tenant: &str,
         customer: &str,
         event_id: String,
         source: &str,
+        event: Option<(i64, &str)>,
         update: F,
     ) -> Result<&'static str>
     where
@@ -194,8 +217,15 @@ impl Billing {
             Ok(r) => r,
             Err(outcome) => return Ok(outcome),
         };
-        row.version = self.next_version();
-        row.updated_at = OffsetDateTime::now_utc();
+        let stored = rows
+            .iter()
+            .find(|r| r.subscription_id == row.subscription_id)
+            .map(|r| r.version);
+        row.version = self.row_version(stored, event);
+        row.updated_at = match event {
+            Some((created, _)) => ts(created),
+            None => OffsetDateTime::now_utc(),
+        };
         let mut after_rows: Vec<BillingSubscriptionRow> = rows
             .iter()
             .filter(|r| r.subscription_id != row.subscription_id)
@@ -281,9 +311,13 @@ impl Billing {
             Source::Fetched { .. } => event_id.clone(),
         };
         let strict = matches!(source, Source::Event { .. });
+        let ev = match &source {
+            Source::Event { id, time } => Some((*time, id.as_str())),
+            Source::Fetched { .. } => None,
+        };
         let obs2 = obs.clone();
         let (t, c) = (tenant.clone(), customer.clone());
-        self.update_customer(&tenant, &customer, event_id, source_name, move |rows| {
+        self.update_customer(&tenant, &customer, event_id, source_name, ev, move |rows| {
             let existing = rows
                 .iter()
                 .find(|r| r.subscription_id == obs2.subscription_id);
@@ -331,21 +365,24 @@ impl Billing {
         .await
     }
 
-    /// A failed renewal payment: starts the grace period (once), and downgrades at once when the
-    /// grace period is zero.
+    /// A failed renewal payment (event `event_id`, Stripe `created` = `at`): starts the grace
+    /// period (once, at the event's time, so that every instance handling the event agrees), and
+    /// downgrades at once when the grace period is zero.
     pub async fn payment_failed(
         &self,
         subscription_id: &str,
         event_id: &str,
+        at: i64,
     ) -> Result<&'static str> {
         let Some(row) = self.store.subscription(subscription_id).await? else {
             return Ok("unknown_subscription");
         };
         let _guard = self.lock(&row.tenant, &row.customer).await;
         let grace = self.config.payment_failure.grace_period_secs;
-        let now = OffsetDateTime::now_utc();
+        let now = ts(at);
         let id = format!("stripe:{event_id}");
-        self.update_customer(&row.tenant, &row.customer, id, "stripe", |rows| {
+        let event = Some((at, event_id));
+        self.update_customer(&row.tenant, &row.customer, id, "stripe", event, |rows| {
             let mut r = rows
                 .iter()
                 .find(|r| r.subscription_id == subscription_id)
@@ -367,11 +404,13 @@ impl Billing {
         .await
     }
 
-    /// A paid invoice: ends a grace period or a downgrade.
+    /// A paid invoice (event `event_id`, Stripe `created` = `at`): ends a grace period or a
+    /// downgrade.
     pub async fn invoice_paid(
         &self,
         subscription_id: &str,
         event_id: &str,
+        at: i64,
     ) -> Result<&'static str> {
         let Some(row) = self.store.subscription(subscription_id).await? else {
             return Ok("unknown_subscription");
@@ -382,6 +421,7 @@ impl Billing {
             &row.customer,
             format!("stripe:{event_id}"),
             "stripe",
+            Some((at, event_id)),
             |rows| {
                 let mut r = rows
                     .iter()
@@ -421,7 +461,7 @@ impl Billing {
             );
             let sub = row.subscription_id.clone();
             let outcome = self
-                .update_customer(&row.tenant, &row.customer, id, "grace", |rows| {
+                .update_customer(&row.tenant, &row.customer, id, "grace", None, |rows| {
                     let mut r = rows
                         .iter()
                         .find(|r| r.subscription_id == sub)
