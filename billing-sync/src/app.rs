@@ -1,6 +1,6 @@
 //! Building and running billing-sync: migrations, topics, keys, Stripe client, producer, HTTP
-//! server, background jobs (key refresh, reconciliation, grace periods, usage report and usage
-//! reconciliation), and a graceful shutdown.
+//! server, the work group membership (when `work.enabled`), background jobs (key refresh,
+//! reconciliation, grace periods, usage report and usage reconciliation), and a graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use crate::billing::Billing;
 use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
+use crate::ownership::{Member, Ownership};
 use crate::plans::Plans;
 use crate::store::Store;
 use crate::stripe_api::StripeApi;
@@ -28,6 +29,8 @@ pub struct App {
     listener: TcpListener,
     billing: Arc<Billing>,
     keys: KeyStore,
+    /// The work group membership (`work.enabled`).
+    member: Option<Member>,
 }
 
 /// Runs `job` every `every` until `cancel` fires (first run after one interval).
@@ -83,7 +86,30 @@ impl App {
         }
         if config.kafka.create_topics {
             schemas::kafka::ensure_topics(&config.kafka, &config.topics).await?;
+            if config.work.enabled {
+                schemas::kafka::ensure_topic(
+                    &config.kafka,
+                    &config.topics.work,
+                    config.work.partitions,
+                )
+                .await?;
+            }
         }
+        let ownership = if config.work.enabled {
+            // The topic's count decides, so that instances configured differently still agree.
+            let n = crate::ownership::partition_count(&config).await?;
+            if n != config.work.partitions {
+                tracing::warn!(
+                    topic = %config.topics.work,
+                    partitions = n,
+                    configured = config.work.partitions,
+                    "the work topic's partition count differs from work.partitions; the topic's is used"
+                );
+            }
+            Ownership::split(n, Duration::from_millis(config.work.takeover_delay_ms))
+        } else {
+            Ownership::everything()
+        };
         let mut keys = KeyStore::new(config.clickhouse.client());
         if !secrecy::ExposeSecret::expose_secret(&config.dashboard_secret).is_empty() {
             keys = keys.with_sessions(Arc::new(Signer::new(&config.dashboard_secret)));
@@ -98,19 +124,28 @@ impl App {
         let stripe = StripeApi::new(&config.stripe, metrics.clone())?;
         let listener = TcpListener::bind(config.listen).await?;
         let store = Store::new(config.clickhouse.client());
-        let billing = Arc::new(Billing::new(
-            Arc::new(config),
-            catalog,
-            plans,
-            store,
-            stripe,
-            producer,
-            metrics,
-        ));
+        let member = if config.work.enabled {
+            Some(Member::new(&config, ownership.clone(), metrics.clone())?)
+        } else {
+            None
+        };
+        let billing = Arc::new(
+            Billing::new(
+                Arc::new(config),
+                catalog,
+                plans,
+                store,
+                stripe,
+                producer,
+                metrics,
+            )
+            .with_ownership(ownership),
+        );
         Ok(Self {
             listener,
             billing,
             keys,
+            member,
         })
     }
 
@@ -132,6 +167,15 @@ impl App {
         let config = billing.config.clone();
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let mut tasks = JoinSet::new();
+        if let Some(member) = self.member {
+            // Leaves the group when `cancel` fires: the other instances take its customers over.
+            let c = cancel.clone();
+            tasks.spawn(async move {
+                if let Err(e) = member.run(c).await {
+                    tracing::error!(error = %e, "the work group membership ended; this instance bills nothing");
+                }
+            });
+        }
         {
             let keys = self.keys.clone();
             every(

@@ -36,6 +36,8 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     /// Metered usage reporting to Stripe Billing Meters.
     pub usage: UsageConfig,
+    /// How the customers are split between billing-sync instances (see [`crate::ownership`]).
+    pub work: WorkConfig,
     /// How long the broker may take to acknowledge a plan change (ms).
     pub produce_timeout_ms: u64,
     /// How often API keys are reloaded from ClickHouse (s).
@@ -59,6 +61,7 @@ impl Default for Config {
             payment_failure: PaymentFailureConfig::default(),
             reconcile: ReconcileConfig::default(),
             usage: UsageConfig::default(),
+            work: WorkConfig::default(),
             produce_timeout_ms: 10_000,
             key_refresh_secs: 5,
             shutdown_grace_secs: 10,
@@ -206,6 +209,48 @@ impl Default for UsageConfig {
     }
 }
 
+/// The work split between billing-sync instances: they join one Kafka consumer group over the
+/// work topic (`topics.work`), and each bills (reports usage, heals, downgrades, reconciles) only
+/// the customers whose partition it is assigned. Webhooks are handled by any instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkConfig {
+    /// Split the customers between the instances of `group_id`. Off (the default, one instance):
+    /// this instance owns every customer; never run two instances with it off.
+    pub enabled: bool,
+    /// The consumer group the instances join (one per deployment).
+    pub group_id: String,
+    /// Partitions of the work topic when billing-sync creates it (the topic's own count decides
+    /// afterwards): the most instances that get a share; at most 1,024.
+    pub partitions: i32,
+    /// Session timeout of the group (ms): how long a killed instance keeps its customers before
+    /// another takes them over.
+    pub session_timeout_ms: u64,
+    /// How long after an assignment the instance waits before it bills its partitions (ms): time
+    /// for a previous owner cut off from the broker to see its session end and stop.
+    pub takeover_delay_ms: u64,
+    /// How often each instance announces the partitions it owns on the work topic (ms).
+    pub heartbeat_ms: u64,
+    /// Rejoin the group when a partition has had no live owner (no instance's announcement names
+    /// it) this long (s; 0 = never): the local broker (tansu) can leave a killed member's share
+    /// assigned to it after its session ended. Kafka never does; the check is then idle.
+    pub orphan_rejoin_secs: u64,
+}
+
+impl Default for WorkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            group_id: "metering-billing-sync".into(),
+            partitions: 12,
+            session_timeout_ms: 6_000,
+            takeover_delay_ms: 2_000,
+            heartbeat_ms: 1_000,
+            orphan_rejoin_secs: 10,
+        }
+    }
+}
+
 impl Config {
     /// Loads the layered configuration and validates it.
     pub fn load(file: Option<&std::path::Path>) -> Result<Self> {
@@ -247,6 +292,25 @@ impl Config {
         }
         if self.produce_timeout_ms < 100 || self.key_refresh_secs == 0 {
             return fail("produce_timeout_ms must be at least 100 and key_refresh_secs at least 1");
+        }
+        let w = &self.work;
+        if w.group_id.trim().is_empty() {
+            return fail("work.group_id must not be empty");
+        }
+        if !(1..=1024).contains(&w.partitions) {
+            return fail("work.partitions must be in 1..=1024");
+        }
+        if !(1_000..=1_800_000).contains(&w.session_timeout_ms) {
+            return fail("work.session_timeout_ms must be in 1000..=1800000");
+        }
+        if w.takeover_delay_ms > w.session_timeout_ms {
+            return fail("work.takeover_delay_ms must not exceed work.session_timeout_ms");
+        }
+        if !(100..=w.session_timeout_ms / 2).contains(&w.heartbeat_ms) {
+            return fail("work.heartbeat_ms must be in 100..=work.session_timeout_ms / 2");
+        }
+        if w.orphan_rejoin_secs != 0 && w.orphan_rejoin_secs * 1_000 <= w.session_timeout_ms {
+            return fail("work.orphan_rejoin_secs must exceed the session timeout (or be 0)");
         }
         schemas::migrate::check_identifier(&self.clickhouse.database)?;
         Ok(())

@@ -20,6 +20,8 @@
 //!   (`corrections.rs`), the report run (`report.rs`), the reconciliation that heals
 //!   (`reconcile.rs`) and over-report cancels by meter event adjustment (`cancel.rs`).
 //! - [`http`]: routes (seed endpoints, webhook, admin triggers, health, metrics).
+//! - [`ownership`]: which customers this instance bills (the work split by a consumer group over
+//!   the work topic, with fencing), when several instances run.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`app`]: build, serve, background jobs, shut down.
 //! - [`error`]: the crate error.
@@ -32,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod ownership;
 pub mod plans;
 pub mod store;
 pub mod stripe_api;

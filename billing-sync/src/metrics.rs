@@ -42,6 +42,20 @@ pub struct SourceLabels {
     pub source: String,
 }
 
+/// A partition of the work topic (see [`crate::ownership`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// Partition number.
+    pub partition: i32,
+}
+
+/// Why the work split changed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RebalanceLabels {
+    /// `assign`, `revoke`, `lost`, `error` or `rejoin_orphaned`.
+    pub reason: String,
+}
+
 /// Every metric billing-sync exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -71,6 +85,12 @@ pub struct Metrics {
     pub usage_unbillable: Counter<f64, AtomicU64>,
     /// `usage_unbillable_quantity`: unbillable quantity over the last reconciliation's range.
     pub usage_unbillable_quantity: Gauge<f64, AtomicU64>,
+    /// `work_partitions_owned`: partitions of the work topic this instance is assigned.
+    pub work_partitions_owned: Gauge,
+    /// `work_partition_owned{partition}`: 1 while this instance is assigned the partition.
+    pub work_partition_owned: Family<PartitionLabels, Gauge>,
+    /// `work_rebalances_total{reason}`: changes of this instance's share of the work.
+    pub work_rebalances: Family<RebalanceLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -89,6 +109,9 @@ impl Default for Metrics {
             usage_cancellations: Counter::default(),
             usage_unbillable: Counter::default(),
             usage_unbillable_quantity: Gauge::default(),
+            work_partitions_owned: Gauge::default(),
+            work_partition_owned: Family::default(),
+            work_rebalances: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -150,6 +173,21 @@ impl Default for Metrics {
             "usage_unbillable_quantity",
             "Unbillable usage quantity over the last usage reconciliation's range",
             m.usage_unbillable_quantity.clone(),
+        );
+        registry.register(
+            "work_partitions_owned",
+            "Partitions of the work topic this instance is assigned",
+            m.work_partitions_owned.clone(),
+        );
+        registry.register(
+            "work_partition_owned",
+            "1 while this instance is assigned the work topic's partition",
+            m.work_partition_owned.clone(),
+        );
+        registry.register(
+            "work_rebalances",
+            "Changes of this instance's share of the work",
+            m.work_rebalances.clone(),
         );
         Self { registry, ..m }
     }

@@ -13,6 +13,13 @@
 //! produced (acks=all, key `tenant/customer`) only when that effective state changes, with an id
 //! derived from what caused it (`stripe:<event id>`, `reconcile:...`, `grace:...`), so that a
 //! redelivery or a crash-and-retry counts once downstream.
+//!
+//! With several instances any of them handles webhooks: a webhook's row is derived from the event
+//! alone (see `update_customer`), so two handlings of one event store one state. Grace downgrades
+//! and the subscription reconciliation run on the customer's owner only ([`crate::ownership`]).
+//! Two *different* events of one customer handled at the same moment by two instances are not
+//! serialized (the per-customer lock is in-process): the stored state follows the newer event (its
+//! row version is higher), but the plan change produced last may be the older event's.
 
 mod observed;
 mod preview;
@@ -38,6 +45,7 @@ use time::OffsetDateTime;
 use crate::Result;
 use crate::config::Config;
 use crate::metrics::{Metrics, SourceLabels};
+use crate::ownership::Ownership;
 use crate::plans::Plans;
 use crate::store::Store;
 use crate::stripe_api::StripeApi;
@@ -59,10 +67,12 @@ pub struct Billing {
     pub producer: EventProducer,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The customers this instance bills (all of them unless `work.enabled`).
+    pub ownership: Ownership,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     last_version: AtomicU64,
     /// Serializes this instance's usage runs that plan meter events (report, reconciliation), so
-    /// two never number the same revision differently.
+    /// two never number the same revision differently; across instances [`Ownership`] does.
     pub(crate) usage_runs: tokio::sync::Mutex<()>,
 }
 
@@ -85,10 +95,17 @@ impl Billing {
             stripe,
             producer,
             metrics,
+            ownership: Ownership::everything(),
             locks: std::sync::Mutex::default(),
             last_version: AtomicU64::new(0),
             usage_runs: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The same services billing only the customers `ownership` names.
+    pub fn with_ownership(mut self, ownership: Ownership) -> Self {
+        self.ownership = ownership;
+        self
     }
 
     /// The plan applied after an expired payment grace period.
@@ -450,6 +467,8 @@ impl Billing {
             .into_iter()
             .filter(|r| r.payment_failed_at > OffsetDateTime::UNIX_EPOCH && r.downgraded == 0)
             .filter(|r| !is_terminal(&r.status) && r.payment_failed_at + grace <= now)
+            // The customer's owner downgrades it (one instance at a time, see crate::ownership).
+            .filter(|r| self.ownership.owns(&r.tenant, &r.customer))
             .collect();
         let mut n = 0;
         for row in due {
@@ -496,6 +515,13 @@ impl Billing {
             let page = self.stripe.send("list_subscriptions", &req, None).await?;
             for sub in &page.data {
                 let obs = observe(sub, &self.plans, &self.catalog);
+                // Each instance repairs the customers it owns (see crate::ownership).
+                if self.ownership.is_split()
+                    && let Some((t, c)) = self.owner(&obs).await?
+                    && !self.ownership.owns(&t, &c)
+                {
+                    continue;
+                }
                 let local = self.store.subscription(&obs.subscription_id).await?;
                 let same = local.as_ref().is_some_and(|l| {
                     l.status == obs.status

@@ -145,8 +145,13 @@ pub async fn mark_unbillable(
     let book = ledger::read(billing, from, to).await?;
     let customers = customers(billing).await?;
     let meters = meters(billing);
+    // Only the customers this instance owns (see `run`).
+    let fence = billing.ownership.fence();
     let mut rows = Vec::new();
     for (cell, r) in &rollup {
+        if !fence.holds(&cell.0, &cell.1) {
+            continue;
+        }
         let Some(stripe_customer) = customers.get(&(cell.0.clone(), cell.1.clone())) else {
             continue;
         };
@@ -240,7 +245,15 @@ pub async fn run(
     let rollup = rollups(billing, from, to).await?;
     let book = ledger::read(billing, from, to).await?;
     let mut customers = customers(billing).await?;
-    let wanted = |c: &Cell| only.is_none_or(|o| o.contains(c)) && meters.contains_key(&c.2);
+    // Only the customers this instance owns, while it owns them (crate::ownership): identifiers are
+    // deterministic, but a revision's value is what this run read. Two instances planning the same
+    // revision of one hour from different rollups would send one identifier with two values:
+    // Stripe keeps the first and refuses the second as a duplicate, while the second's ledger entry
+    // claims its (larger) value. The fence is checked here and again before each send.
+    let fence = billing.ownership.fence();
+    let wanted = |c: &Cell| {
+        only.is_none_or(|o| o.contains(c)) && meters.contains_key(&c.2) && fence.holds(&c.0, &c.1)
+    };
     let cells: BTreeSet<Cell> = rollup
         .keys()
         .chain(book.keys())
@@ -340,12 +353,15 @@ pub async fn run(
             cancel.clone(),
             answered.clone(),
         );
+        let fence = fence.clone();
         tasks.spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return rows.len();
             };
             for (i, row) in rows.iter().enumerate() {
-                if cancel.is_cancelled() {
+                // Fencing: no send once this instance lost the customer; the next owner re-sends
+                // the pending revisions as they are.
+                if cancel.is_cancelled() || !fence.holds(&row.tenant, &row.customer) {
                     return rows.len() - i;
                 }
                 match send(&billing, row).await {

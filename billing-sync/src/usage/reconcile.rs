@@ -214,7 +214,10 @@ pub async fn reconcile(
     let rollup = rollups(billing, from, to).await?;
     let mut book = ledger::read(billing, from, to).await?;
     let mut stripe: BTreeMap<Cell, f64> = BTreeMap::new();
-    let mapped = |c: &Cell| customers.contains_key(&(c.0.clone(), c.1.clone()));
+    // Only the customers this instance owns (crate::ownership; see corrections::run for why).
+    let fence = billing.ownership.fence();
+    let mapped =
+        |c: &Cell| customers.contains_key(&(c.0.clone(), c.1.clone())) && fence.holds(&c.0, &c.1);
     let pairs: BTreeSet<(String, String, String)> = rollup
         .keys()
         .chain(book.keys())
@@ -223,6 +226,9 @@ pub async fn reconcile(
     let mut checked = 0;
     if to > from {
         for (tenant, customer, meter) in &pairs {
+            if !fence.holds(tenant, customer) {
+                continue;
+            }
             let (Some(stripe_customer), Some(meter_id)) = (
                 customers.get(&(tenant.clone(), customer.clone())),
                 meters.get(meter).and_then(|e| ids.get(e)),
@@ -326,7 +332,9 @@ pub async fn reconcile(
         let mut s = value(&stripe, cell);
         let mut cancel = super::cancel::Cancelled::default();
         let over = h.billable() > r && !same(h.billable(), r);
-        if over || h.in_state(State::Cancelling).next().is_some() {
+        // Fencing: cancels are Stripe calls too.
+        if (over || h.in_state(State::Cancelling).next().is_some()) && fence.holds(&cell.0, &cell.1)
+        {
             cancel = over_report(billing, &mut h, r, &mut s).await;
         }
         let was_off = before.contains(cell);
