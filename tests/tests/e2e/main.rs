@@ -12,6 +12,7 @@ mod bad_input;
 mod billing;
 mod billing_contract;
 mod billing_corrections;
+mod billing_ha;
 mod billing_preview;
 mod billing_proof;
 mod billing_usage;
