@@ -3,8 +3,9 @@
 //!
 //! Layout: `pipeline`, `offsets`, `faults`, `dead_letters`, `bad_input` (the event path), `schema`
 //! and `compose` (DDL and deployment files), `quota` and `notify` (quota API and alerts), `billing`,
-//! `billing_contract`, `billing_usage`, `billing_corrections`, `billing_proof` and
-//! `billing_preview` (billing-sync and the Stripe fake), `dashboard` (headless Chromium), `openapi`
+//! `billing_contract`, `billing_usage`, `billing_corrections`, `billing_proof`, `billing_preview`
+//! and `billing_ha` (billing-sync and the Stripe fake; `billing_ha`: two instances at once),
+//! `dashboard` (headless Chromium), `openapi`
 //! (both services' generated OpenAPI documents against their routes). Run one area with
 //! `cargo nextest run -p tests -E 'test(/^quota::/)'`.
 
