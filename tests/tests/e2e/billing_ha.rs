@@ -354,9 +354,13 @@ async fn one_webhook_delivered_to_both_instances_at_once_and_replayed_has_one_ef
         "the payment failure's webhook",
         || async {
             let hooks: Vec<Request> = recorder.requests().into_iter().skip(first.len()).collect();
-            hooks
-                .iter()
-                .any(|h| kind(h) == "invoice.payment_failed")
+            // The fake sends the invoice's failure, then the subscription's move to past_due;
+            // both must have arrived before they are handed on.
+            let past_due = hooks.iter().any(|h| {
+                kind(h) == "customer.subscription.updated"
+                    && h.json()["data"]["object"]["status"] == json!("past_due")
+            });
+            (past_due && hooks.iter().any(|h| kind(h) == "invoice.payment_failed"))
                 .then_some(hooks)
         },
     )
