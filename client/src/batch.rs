@@ -1,0 +1,329 @@
+//! [`Batcher`]: usage events sent to `POST /v1/events` in the background, in batches, retried with
+//! the same ids (so a retry counts once), in bounded memory, flushed on shutdown.
+//!
+//! Memory: at most `capacity` events wait in the queue plus one batch in flight; an event that
+//! finds the queue full is dropped and counted in [`BatchStats::dropped`] (the API is down for
+//! longer than the queue covers). A batch the API refuses as invalid loses only its bad events
+//! (named in the error's `details`), counted in [`BatchStats::rejected`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::api::Client;
+use crate::error::{Error, ErrorCode, Result};
+use crate::types::IncomingEvent;
+
+/// Settings of a [`Batcher`].
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Events that may wait in memory (default 10,000).
+    pub capacity: usize,
+    /// Events per `POST /v1/events` (default 500, at most 1,000).
+    pub max_batch: usize,
+    /// How long the first event of a batch waits for others (default 200 ms).
+    pub flush_interval: Duration,
+    /// First retry delay, doubled each time up to `retry_max` (default 100 ms).
+    pub retry_base: Duration,
+    /// Longest retry delay (default 5 s).
+    pub retry_max: Duration,
+    /// How long [`Batcher::shutdown`] keeps retrying what is left (default 10 s).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 10_000,
+            max_batch: 500,
+            flush_interval: Duration::from_millis(200),
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters of a [`Batcher`] (monotonic).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Events taken into the queue.
+    pub enqueued: u64,
+    /// Events the API accepted (202).
+    pub sent: u64,
+    /// Events dropped because the queue was full.
+    pub dropped: u64,
+    /// Events the API refused as invalid (never retried).
+    pub rejected: u64,
+    /// Batches sent again after a failure (same ids).
+    pub retries: u64,
+    /// Events still unsent when the shutdown timeout ran out.
+    pub lost_at_shutdown: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    enqueued: AtomicU64,
+    sent: AtomicU64,
+    dropped: AtomicU64,
+    rejected: AtomicU64,
+    retries: AtomicU64,
+    lost: AtomicU64,
+}
+
+enum Cmd {
+    Event(Box<IncomingEvent>),
+    Flush(oneshot::Sender<()>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle on the background sender; clones share it.
+#[derive(Debug, Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Cmd>,
+    counters: Arc<Counters>,
+    closed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cmd::Event(_) => "Event",
+            Cmd::Flush(_) => "Flush",
+            Cmd::Shutdown(_) => "Shutdown",
+        })
+    }
+}
+
+impl Batcher {
+    /// Starts the background sender on the current Tokio runtime.
+    pub fn start(client: Client, config: BatchConfig) -> Self {
+        let (tx, rx) = mpsc::channel(config.capacity.max(1));
+        let counters = Arc::new(Counters::default());
+        let worker = Worker {
+            client,
+            config: BatchConfig {
+                max_batch: config.max_batch.clamp(1, 1000),
+                ..config
+            },
+            counters: counters.clone(),
+        };
+        tokio::spawn(worker.run(rx));
+        Self {
+            tx,
+            counters,
+            closed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Queues `event` without waiting. `false` (and [`BatchStats::dropped`] + 1) when the queue
+    /// is full or the batcher has shut down.
+    pub fn enqueue(&self, event: IncomingEvent) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        match self.tx.try_send(Cmd::Event(Box::new(event))) {
+            Ok(()) => {
+                self.counters.enqueued.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Waits until every event queued before this call was sent (or refused).
+    pub async fn flush(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Flush(tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// Stops taking events, sends what is queued (retrying up to `shutdown_timeout`) and
+    /// answers the final counters. Later calls answer at once.
+    pub async fn shutdown(&self) -> BatchStats {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let (tx, rx) = oneshot::channel();
+            if self.tx.send(Cmd::Shutdown(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+        self.stats()
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> BatchStats {
+        let c = &self.counters;
+        BatchStats {
+            enqueued: c.enqueued.load(Ordering::Relaxed),
+            sent: c.sent.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            lost_at_shutdown: c.lost.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Events waiting in the queue (not counting the batch in flight).
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+struct Worker {
+    client: Client,
+    config: BatchConfig,
+    counters: Arc<Counters>,
+}
+
+impl Worker {
+    async fn run(self, mut rx: mpsc::Receiver<Cmd>) {
+        let mut buf: Vec<IncomingEvent> = Vec::with_capacity(self.config.max_batch);
+        let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut deadline: Option<Instant> = None; // set once shutting down
+        loop {
+            // Wait for the first command, then gather a batch for at most flush_interval.
+            if buf.is_empty() && waiters.is_empty() && deadline.is_none() {
+                match rx.recv().await {
+                    Some(cmd) => self.take(cmd, &mut buf, &mut waiters, &mut deadline, &mut rx),
+                    None => deadline = Some(Instant::now() + self.config.shutdown_timeout),
+                }
+            }
+            let gather_until = Instant::now() + self.config.flush_interval;
+            while buf.len() < self.config.max_batch && waiters.is_empty() && deadline.is_none() {
+                match tokio::time::timeout_at(gather_until, rx.recv()).await {
+                    Err(_) => break,
+                    Ok(None) => deadline = Some(Instant::now() + self.config.shutdown_timeout),
+                    Ok(Some(cmd)) => self.take(cmd, &mut buf, &mut waiters, &mut deadline, &mut rx),
+                }
+            }
+            // Flushing or shutting down: take everything already queued, up to a batch.
+            while buf.len() < self.config.max_batch && (deadline.is_some() || !waiters.is_empty()) {
+                match rx.try_recv() {
+                    Ok(cmd) => self.take(cmd, &mut buf, &mut waiters, &mut deadline, &mut rx),
+                    Err(_) => break,
+                }
+            }
+            if !buf.is_empty() {
+                let n = buf.len();
+                if !self.send(&mut buf, deadline).await {
+                    // Shutdown timeout: what is left is lost (counted).
+                    self.counters.lost.fetch_add(n as u64, Ordering::Relaxed);
+                    buf.clear();
+                    while let Ok(cmd) = rx.try_recv() {
+                        match cmd {
+                            Cmd::Event(_) => {
+                                self.counters.lost.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Cmd::Flush(w) | Cmd::Shutdown(w) => waiters.push(w),
+                        }
+                    }
+                }
+            }
+            let drained = rx.is_empty();
+            if buf.is_empty() && drained {
+                for w in waiters.drain(..) {
+                    let _ = w.send(());
+                }
+                if deadline.is_some() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn take(
+        &self,
+        cmd: Cmd,
+        buf: &mut Vec<IncomingEvent>,
+        waiters: &mut Vec<oneshot::Sender<()>>,
+        deadline: &mut Option<Instant>,
+        rx: &mut mpsc::Receiver<Cmd>,
+    ) {
+        match cmd {
+            Cmd::Event(e) => buf.push(*e),
+            Cmd::Flush(w) => waiters.push(w),
+            Cmd::Shutdown(w) => {
+                waiters.push(w);
+                // No new commands; what is already queued is still drained.
+                rx.close();
+                *deadline = Some(Instant::now() + self.config.shutdown_timeout);
+            }
+        }
+    }
+
+    /// Sends `buf` until the API accepts it (same ids every time), dropping only events it
+    /// refuses as invalid. `false` when `deadline` passed first.
+    async fn send(&self, buf: &mut Vec<IncomingEvent>, deadline: Option<Instant>) -> bool {
+        let mut delay = self.config.retry_base;
+        loop {
+            match self.client.send_events(buf).await {
+                Ok(a) => {
+                    self.counters
+                        .sent
+                        .fetch_add(a.accepted as u64, Ordering::Relaxed);
+                    buf.clear();
+                    return true;
+                }
+                Err(e) if !e.is_retryable() => {
+                    let bad = invalid_indexes(&e, buf.len());
+                    if bad.is_empty() {
+                        tracing::warn!(error = %e, events = buf.len(), "metering: batch refused");
+                        self.counters
+                            .rejected
+                            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                        buf.clear();
+                        return true;
+                    }
+                    tracing::warn!(error = %e, bad = bad.len(), "metering: invalid events dropped");
+                    self.counters
+                        .rejected
+                        .fetch_add(bad.len() as u64, Ordering::Relaxed);
+                    let mut i = 0;
+                    buf.retain(|_| {
+                        i += 1;
+                        !bad.contains(&(i - 1))
+                    });
+                    if buf.is_empty() {
+                        return true;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, events = buf.len(), "metering: batch retried");
+                    if deadline.is_some_and(|d| Instant::now() + delay > d) {
+                        return false;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.config.retry_max);
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// The indexes of the events an `invalid_events` answer names.
+fn invalid_indexes(e: &Error, len: usize) -> Vec<usize> {
+    if e.code() != Some(&ErrorCode::InvalidEvents) {
+        return Vec::new();
+    }
+    let mut v: Vec<usize> = e
+        .details()
+        .iter()
+        .map(|d| d.index)
+        .filter(|&i| i < len)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
