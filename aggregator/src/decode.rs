@@ -142,6 +142,7 @@ pub fn decode_events(
 fn fast(wire: &Wire<'_>, pos: &Position<'_>, catalog: &Catalog, window: Window) -> Option<Decoded> {
     let received_at = wire.received_at().unwrap_or_else(|| arrival(pos));
     let event = wire.check_produced(received_at, window, catalog)?;
+    let extensions = event.extensions_json();
     Some(Decoded::Event(RawEventRow {
         tenant: event.tenant.into(),
         customer: event.customer.into(),
@@ -158,7 +159,17 @@ fn fast(wire: &Wire<'_>, pos: &Position<'_>, catalog: &Catalog, window: Window) 
         kafka_partition: pos.partition as u32,
         kafka_offset: pos.offset as u64,
         aggregation: Some(event.measure.aggregation),
+        datacontenttype: event.datacontenttype.unwrap_or_default().into(),
+        dataschema: event.dataschema.unwrap_or_default().into(),
+        time_rfc3339: rfc3339(event.time),
+        extensions,
     }))
+}
+
+/// An event time as `events_raw.time_rfc3339` keeps it: RFC 3339 in UTC, with its fraction.
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// The arrival time: the event's `receivedat`, else the broker timestamp.
@@ -236,6 +247,10 @@ fn decode_value(
     };
     match schemas::event::validate(&value, 0, &intake, catalog) {
         Ok((event, measure)) => Decoded::Event(RawEventRow {
+            time_rfc3339: rfc3339(event.time),
+            extensions: event.attributes.extensions_json(),
+            datacontenttype: event.attributes.datacontenttype.unwrap_or_default(),
+            dataschema: event.attributes.dataschema.unwrap_or_default(),
             tenant: event.tenant,
             customer: event.customer,
             meter: event.meter,
@@ -501,5 +516,43 @@ mod tests {
             &decode_events(Some(one), &pos(), &cat, w)[..],
             [Decoded::Event(_)]
         ));
+    }
+
+    #[test]
+    fn cloudevents_attributes_go_into_their_columns_on_both_paths() {
+        let cat = Catalog::default();
+        let w = Window::default();
+        let fast = r#"{"id":"e1","type":"api_call","subject":"c","tenant":"acme","time":"2026-03-10T12:00:00.250Z","receivedat":"2026-03-10T12:00:01Z","datacontenttype":"application/json","dataschema":"https://acme.example/s.json","region":"eu","priority":3,"data":{"endpoint":"redact"}}"#;
+        // An escaped string is not read by the fast path: the full validation gives the same row.
+        let slow = fast.replace(r#""eu""#, r#""\u0065u""#);
+        for payload in [fast.to_string(), slow] {
+            let Decoded::Event(row) = decode_event(Some(payload.as_bytes()), &pos(), &cat, w)
+            else {
+                panic!("not an event: {payload}")
+            };
+            assert_eq!(
+                (
+                    row.datacontenttype.as_str(),
+                    row.dataschema.as_str(),
+                    row.time_rfc3339.as_str(),
+                    row.extensions.as_str()
+                ),
+                (
+                    "application/json",
+                    "https://acme.example/s.json",
+                    "2026-03-10T12:00:00.25Z",
+                    r#"{"priority":3,"region":"eu"}"#
+                ),
+                "{payload}"
+            );
+        }
+        let plain = br#"{"id":"e1","type":"api_call","subject":"c","tenant":"acme"}"#;
+        let Decoded::Event(row) = decode_event(Some(plain), &pos(), &cat, w) else {
+            panic!("not an event")
+        };
+        assert_eq!(
+            (row.datacontenttype.as_str(), row.extensions.as_str()),
+            ("", "{}")
+        );
     }
 }

@@ -553,6 +553,10 @@ mod tests {
             kafka_partition: 0,
             kafka_offset: 0,
             aggregation: None,
+            datacontenttype: String::new(),
+            dataschema: String::new(),
+            time_rfc3339: String::new(),
+            extensions: "{}".into(),
         }
     }
 

@@ -225,6 +225,7 @@ fn fill(view: &QuotaView, catalog: &Catalog, now: OffsetDateTime) -> Fill {
                 customer: customer.clone(),
                 time: now,
                 data: serde_json::Map::new(),
+                attributes: Default::default(),
                 tenant: tenant.clone(),
                 receivedat: now,
             };

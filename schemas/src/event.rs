@@ -1,4 +1,11 @@
 //! The usage event (CloudEvents 1.0 JSON plus `tenant`) and its validation with per-field errors.
+//!
+//! [`attributes`] holds the rules of the optional CloudEvents attributes (`datacontenttype`,
+//! `dataschema`, extensions, `data_base64`) and the strict or lenient [`Conformance`].
+
+pub mod attributes;
+
+pub use attributes::{Attributes, Conformance, MediaType};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -36,6 +43,10 @@ pub struct UsageEvent {
     pub time: OffsetDateTime,
     /// Event payload (endpoint, quantity, anything else).
     pub data: Map<String, Value>,
+    /// The other CloudEvents attributes: `datacontenttype`, `dataschema`, extensions (members of
+    /// the event's JSON, extensions at the top level).
+    #[serde(flatten)]
+    pub attributes: Attributes,
     /// The tenant, taken from the API key.
     pub tenant: String,
     /// When the ingest accepted it (UTC).
@@ -175,7 +186,7 @@ pub(crate) struct Checker {
 }
 
 impl Checker {
-    fn fail(&mut self, field: &str, code: ErrorCode, reason: impl Into<String>) {
+    pub(crate) fn fail(&mut self, field: &str, code: ErrorCode, reason: impl Into<String>) {
         self.errors.push(FieldError {
             index: self.index,
             field: field.into(),
@@ -286,13 +297,26 @@ pub(crate) fn event_time(
 }
 
 /// Validates one event (a JSON value) and returns it normalized with what its meter makes of it,
-/// or every problem found, each with its field.
+/// or every problem found, each with its field ([`Conformance::Lenient`]: the seed's short form).
 pub fn validate(
     value: &Value,
     index: usize,
     intake: &Intake<'_>,
     catalog: &Catalog,
 ) -> Result<(UsageEvent, Measure), Vec<FieldError>> {
+    validate_with(value, index, intake, catalog, Conformance::Lenient)
+}
+
+/// [`validate`] with the given conformance: [`Conformance::Strict`] requires `specversion` and
+/// `source`.
+pub fn validate_with(
+    value: &Value,
+    index: usize,
+    intake: &Intake<'_>,
+    catalog: &Catalog,
+    conformance: Conformance,
+) -> Result<(UsageEvent, Measure), Vec<FieldError>> {
+    let strict = conformance == Conformance::Strict;
     let mut c = Checker {
         index,
         errors: Vec::new(),
@@ -307,6 +331,11 @@ pub fn validate(
     };
 
     match obj.get("specversion") {
+        None if strict => c.fail(
+            "specversion",
+            ErrorCode::Required,
+            "`specversion` is required (strict CloudEvents): send \"1.0\"",
+        ),
         None => {}
         Some(Value::String(v)) if v == "1.0" => {}
         Some(other) => c.fail(
@@ -316,7 +345,7 @@ pub fn validate(
         ),
     }
     let id = c.string(obj, "id", true);
-    let source = c.string(obj, "source", false).unwrap_or("api");
+    let source = c.string(obj, "source", strict).unwrap_or("api");
     let customer = c.string(obj, "subject", true);
     let meter_key = c.string(obj, "type", true);
     let meter = meter_key.and_then(|k| {
@@ -373,8 +402,15 @@ pub fn validate(
         }
     };
 
+    let decoded = attributes::data_base64(&mut c, obj);
+    let raw_data = match &decoded {
+        Some(d) => d.as_ref(),
+        None => obj.get("data"),
+    };
+    let attributes = attributes::check(&mut c, obj, raw_data.is_some_and(|d| !d.is_null()));
+
     let empty = Map::new();
-    let data = match obj.get("data") {
+    let data = match raw_data {
         None | Some(Value::Null) => Some(&empty),
         Some(Value::Object(d)) => {
             let size = serde_json::to_string(d)
@@ -419,6 +455,7 @@ pub fn validate(
                     customer: customer.into(),
                     time,
                     data: data.clone(),
+                    attributes,
                     tenant: intake.tenant.into(),
                     receivedat: intake.received_at,
                 },
@@ -523,129 +560,4 @@ pub(crate) fn measure(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn intake(now: OffsetDateTime) -> Intake<'static> {
-        Intake {
-            tenant: "acme",
-            customer_scope: None,
-            received_at: now,
-            window: Window::default(),
-        }
-    }
-
-    #[test]
-    fn a_minimal_event_gets_defaults() {
-        let now = OffsetDateTime::now_utc();
-        let v = json!({"id": "e1", "type": "api_call", "subject": "c1", "data": {"endpoint": "analyze"}});
-        let (e, m) = validate(&v, 0, &intake(now), &Catalog::default()).expect("valid");
-        assert_eq!(
-            (e.time, e.tenant.as_str(), e.source.as_str()),
-            (now, "acme", "api")
-        );
-        assert_eq!(
-            m,
-            Measure {
-                quantity: 1.0,
-                endpoint: "analyze".into(),
-                unique_key: String::new(),
-                aggregation: Aggregation::Sum,
-            }
-        );
-        assert_eq!(e.partition_key(), "acme/c1");
-    }
-
-    #[test]
-    fn every_problem_is_reported_with_its_field() {
-        let now = OffsetDateTime::now_utc();
-        let v = json!({"specversion": "0.3", "id": 5, "type": "nope", "time": "yesterday",
-                        "data": {"quantity": -1}, "tenant": "globex"});
-        let errors = validate(&v, 3, &intake(now), &Catalog::default()).expect_err("invalid");
-        let got: Vec<(&str, ErrorCode)> =
-            errors.iter().map(|e| (e.field.as_str(), e.code)).collect();
-        assert_eq!(
-            got,
-            vec![
-                ("specversion", ErrorCode::InvalidValue),
-                ("id", ErrorCode::WrongType),
-                ("subject", ErrorCode::Required),
-                ("type", ErrorCode::UnknownMeter),
-                ("tenant", ErrorCode::TenantMismatch),
-                ("time", ErrorCode::InvalidValue),
-            ]
-        );
-        assert!(errors.iter().all(|e| e.index == 3));
-    }
-
-    #[test]
-    fn quantities_and_windows_are_checked() {
-        let now = OffsetDateTime::now_utc();
-        let cat = Catalog::default();
-        let fmt = |t: OffsetDateTime| t.format(&Rfc3339).expect("format");
-        let cases = [
-            (
-                json!({"quantity": -1}),
-                None,
-                "data.quantity",
-                ErrorCode::InvalidValue,
-            ),
-            (
-                json!({"quantity": "NaN"}),
-                None,
-                "data.quantity",
-                ErrorCode::WrongType,
-            ),
-            (
-                json!({"quantity": 1e300}),
-                None,
-                "data.quantity",
-                ErrorCode::InvalidValue,
-            ),
-            (
-                json!({"endpoint": 7}),
-                None,
-                "data.endpoint",
-                ErrorCode::WrongType,
-            ),
-            (
-                json!({}),
-                Some(fmt(now - time::Duration::days(36))),
-                "time",
-                ErrorCode::TooLate,
-            ),
-            (
-                json!({}),
-                Some(fmt(now + time::Duration::minutes(6))),
-                "time",
-                ErrorCode::InFuture,
-            ),
-        ];
-        for (data, time, field, code) in cases {
-            let v =
-                json!({"id": "e", "type": "api_call", "subject": "c", "data": data, "time": time});
-            let errors = validate(&v, 0, &intake(now), &cat).expect_err("invalid");
-            assert_eq!(
-                (errors[0].field.as_str(), errors[0].code),
-                (field, code),
-                "{v}"
-            );
-        }
-        let edge = json!({"id": "e", "type": "api_call", "subject": "c",
-                          "time": fmt(now - time::Duration::days(35) + time::Duration::seconds(1))});
-        assert!(validate(&edge, 0, &intake(now), &cat).is_ok());
-    }
-
-    #[test]
-    fn customer_scoped_keys_only_send_for_their_customer() {
-        let now = OffsetDateTime::now_utc();
-        let mut i = intake(now);
-        i.customer_scope = Some("c1");
-        let other = json!({"id": "e", "type": "api_call", "subject": "c2"});
-        let errors = validate(&other, 0, &i, &Catalog::default()).expect_err("forbidden");
-        assert!(errors[0].code.is_forbidden());
-        let own = json!({"id": "e", "type": "api_call", "subject": "c1"});
-        assert!(validate(&own, 0, &i, &Catalog::default()).is_ok());
-    }
-}
+mod tests;

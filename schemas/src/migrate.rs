@@ -42,6 +42,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(8, "0008_states_by_aggregation.sql", false),
     migration!(9, "0009_dedup_from_raw_events.sql", false),
     migration!(10, "0010_usage_revisions.sql", false),
+    migration!(11, "0011_cloudevents_attributes.sql", false),
 ];
 
 /// Oldest ClickHouse major version that gets the `modern_only` migrations.

@@ -61,6 +61,14 @@ pub struct RawEventRow {
     /// the column existed). Only max and unique-count events feed `usage_hourly_states`.
     #[serde(with = "aggregation_code")]
     pub aggregation: Option<Aggregation>,
+    /// CloudEvents `datacontenttype` ("" when absent).
+    pub datacontenttype: String,
+    /// CloudEvents `dataschema` ("" when absent).
+    pub dataschema: String,
+    /// `time` with its full precision, RFC 3339 in UTC ("" for rows written before 0011).
+    pub time_rfc3339: String,
+    /// Extension attributes as one JSON object (`{}` when none).
+    pub extensions: String,
 }
 
 /// [`RawEventRow::aggregation`] as its `Enum8` code in RowBinary.
@@ -116,6 +124,10 @@ impl Table for RawEventRow {
             "aggregation",
             "Enum8('unknown' = 0, 'count' = 1, 'sum' = 2, 'max' = 3, 'unique_count' = 4)",
         ),
+        ("datacontenttype", "String"),
+        ("dataschema", "String"),
+        ("time_rfc3339", "String"),
+        ("extensions", "String"),
     ];
 }
 

@@ -17,37 +17,111 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use crate::catalog::Catalog;
+use crate::event::attributes::{MAX_EXTENSIONS, MAX_URI_LEN, is_attribute_name, uri_problem};
 use crate::event::{
-    Checker, Intake, MAX_DATA_BYTES, Measure, Window, event_time, measure, string_problem,
+    Checker, Conformance, Intake, MAX_DATA_BYTES, MAX_ID_LEN, Measure, MediaType, Window,
+    event_time, measure, string_problem,
 };
 use crate::token::is_token;
 
 /// One event as it is on the wire, borrowed from the payload.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct Wire<'a> {
     /// Present (even as `null`) or absent: `null` is not a valid spec version.
-    #[serde(default, borrow, deserialize_with = "present")]
     specversion: Option<&'a RawValue>,
     id: &'a str,
-    #[serde(default)]
     source: Option<&'a str>,
-    #[serde(rename = "type")]
     meter: &'a str,
-    #[serde(rename = "subject")]
     customer: &'a str,
-    #[serde(default)]
     time: Option<&'a str>,
-    #[serde(default, borrow)]
     data: Option<&'a RawValue>,
-    #[serde(default)]
     tenant: Option<&'a str>,
-    #[serde(default)]
     receivedat: Option<&'a str>,
+    datacontenttype: Option<&'a str>,
+    dataschema: Option<&'a str>,
+    /// Every other member (extension attributes, `data_base64`) as its JSON text, in order.
+    others: Vec<(&'a str, &'a RawValue)>,
 }
 
-/// A field that is present, `null` included (plain `Option` reads `null` as absent).
-fn present<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
+impl<'de: 'a, 'a> Deserialize<'de> for Wire<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(WireVisitor(std::marker::PhantomData))
+    }
+}
+
+/// Reads an event object as `#[derive(Deserialize)]` would (borrowed strings, `null` for an
+/// optional member is absent, a repeated member is an error), keeping the other members.
+struct WireVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+/// Sets a member read once; a second occurrence is an error (as derived structs have it).
+fn once<T, E: de::Error>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), E> {
+    if slot.is_some() {
+        return Err(E::duplicate_field(name));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for WireVisitor<'a> {
+    type Value = Wire<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Wire<'a>, A::Error> {
+        let (mut specversion, mut id, mut source, mut meter, mut customer) =
+            (None, None, None, None, None);
+        let (mut time, mut data, mut tenant, mut receivedat) = (None, None, None, None);
+        let (mut datacontenttype, mut dataschema) = (None, None);
+        let mut others = Vec::new();
+        while let Some(key) = map.next_key::<&'de str>()? {
+            match key {
+                "specversion" => once(
+                    &mut specversion,
+                    map.next_value::<&RawValue>()?,
+                    "specversion",
+                )?,
+                "id" => once(&mut id, map.next_value::<&str>()?, "id")?,
+                "source" => once(&mut source, map.next_value::<Option<&str>>()?, "source")?,
+                "type" => once(&mut meter, map.next_value::<&str>()?, "type")?,
+                "subject" => once(&mut customer, map.next_value::<&str>()?, "subject")?,
+                "time" => once(&mut time, map.next_value::<Option<&str>>()?, "time")?,
+                "data" => once(&mut data, map.next_value::<Option<&RawValue>>()?, "data")?,
+                "tenant" => once(&mut tenant, map.next_value::<Option<&str>>()?, "tenant")?,
+                "receivedat" => once(
+                    &mut receivedat,
+                    map.next_value::<Option<&str>>()?,
+                    "receivedat",
+                )?,
+                "datacontenttype" => once(
+                    &mut datacontenttype,
+                    map.next_value::<Option<&str>>()?,
+                    "datacontenttype",
+                )?,
+                "dataschema" => once(
+                    &mut dataschema,
+                    map.next_value::<Option<&str>>()?,
+                    "dataschema",
+                )?,
+                other => others.push((other, map.next_value::<&RawValue>()?)),
+            }
+        }
+        Ok(Wire {
+            specversion,
+            id: id.ok_or_else(|| de::Error::missing_field("id"))?,
+            source: source.flatten(),
+            meter: meter.ok_or_else(|| de::Error::missing_field("type"))?,
+            customer: customer.ok_or_else(|| de::Error::missing_field("subject"))?,
+            time: time.flatten(),
+            data: data.flatten(),
+            tenant: tenant.flatten(),
+            receivedat: receivedat.flatten(),
+            datacontenttype: datacontenttype.flatten(),
+            dataschema: dataschema.flatten(),
+            others,
+        })
+    }
 }
 
 /// An event the fast path accepted: the normalized fields, borrowed, and what its meter makes of it.
@@ -71,6 +145,12 @@ pub struct Checked<'a> {
     pub data: &'a str,
     /// Quantity, dimension and distinct value.
     pub measure: Measure,
+    /// Media type of `data`, if given.
+    pub datacontenttype: Option<&'a str>,
+    /// Schema URI of `data`, if given.
+    pub dataschema: Option<&'a str>,
+    /// Extension attributes (name, JSON text), by name; `null`s left out.
+    pub extensions: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> Wire<'a> {
@@ -151,7 +231,26 @@ impl<'a> Wire<'a> {
     where
         'a: 's,
     {
+        self.check_with(intake, catalog, Conformance::Lenient)
+    }
+
+    /// The event normalized as [`crate::event::validate_with`] would with `conformance`, or
+    /// `None` (then run that).
+    pub fn check_with<'s>(
+        &self,
+        intake: &Intake<'s>,
+        catalog: &Catalog,
+        conformance: Conformance,
+    ) -> Option<Checked<'s>>
+    where
+        'a: 's,
+    {
         if self.specversion.is_some_and(|v| v.get() != "\"1.0\"") {
+            return None;
+        }
+        if conformance == Conformance::Strict
+            && (self.specversion.is_none() || self.source.is_none())
+        {
             return None;
         }
         let source = self.source.unwrap_or("api");
@@ -192,6 +291,19 @@ impl<'a> Wire<'a> {
             errors: Vec::new(),
         };
         let measure = measure(&mut checker, meter, &fields)?;
+        if let Some(t) = self.datacontenttype {
+            let media = MediaType::parse(t)?;
+            if t.len() > MAX_URI_LEN || (self.data.is_some() && !media.is_json()) {
+                return None;
+            }
+        }
+        if self
+            .dataschema
+            .is_some_and(|s| uri_problem("dataschema", s).is_some())
+        {
+            return None;
+        }
+        let extensions = plain_extensions(&self.others)?;
         Some(Checked {
             tenant: intake.tenant,
             receivedat: intake.received_at,
@@ -202,8 +314,42 @@ impl<'a> Wire<'a> {
             time,
             data,
             measure,
+            datacontenttype: self.datacontenttype,
+            dataschema: self.dataschema,
+            extensions,
         })
     }
+}
+
+/// The extension attributes among `others` when every one is plain (a valid name; a string
+/// without escapes or control characters, a canonical integer of 32 bits, a boolean; `null` is
+/// left out), sorted by name; `None` otherwise (`data_base64` included), for the full validation.
+fn plain_extensions<'a>(others: &[(&'a str, &'a RawValue)]) -> Option<Vec<(&'a str, &'a str)>> {
+    let mut out = Vec::with_capacity(others.len());
+    for &(name, raw) in others {
+        if !is_attribute_name(name) {
+            return None;
+        }
+        let text = raw.get();
+        let plain = match text.as_bytes().first()? {
+            b'n' => continue,
+            b't' | b'f' => true,
+            b'"' => {
+                let inner = &text[1..text.len() - 1];
+                !inner.contains('\\')
+                    && inner.len() <= MAX_ID_LEN
+                    && !inner.chars().any(char::is_control)
+            }
+            _ => text.parse::<i32>().is_ok_and(|n| n.to_string() == text),
+        };
+        if !plain {
+            return None;
+        }
+        out.push((name, text));
+    }
+    out.sort_unstable_by_key(|&(name, _)| name);
+    let repeated = out.windows(2).any(|w| w[0].0 == w[1].0);
+    (!repeated && out.len() <= MAX_EXTENSIONS).then_some(out)
 }
 
 impl Checked<'_> {
@@ -227,12 +373,45 @@ impl Checked<'_> {
         string(out, &rfc3339(self.time)?)?;
         out.extend_from_slice(br#","data":"#);
         out.extend_from_slice(self.data.as_bytes());
+        if let Some(t) = self.datacontenttype {
+            out.extend_from_slice(br#","datacontenttype":"#);
+            string(out, t)?;
+        }
+        if let Some(s) = self.dataschema {
+            out.extend_from_slice(br#","dataschema":"#);
+            string(out, s)?;
+        }
+        for (name, raw) in &self.extensions {
+            out.push(b',');
+            string(out, name)?;
+            out.push(b':');
+            out.extend_from_slice(raw.as_bytes());
+        }
         out.extend_from_slice(br#","tenant":"#);
         string(out, self.tenant)?;
         out.extend_from_slice(br#","receivedat":"#);
         string(out, &rfc3339(self.receivedat)?)?;
         out.push(b'}');
         Ok(())
+    }
+}
+
+impl Checked<'_> {
+    /// The extension attributes as one JSON object (`{}` when none), as
+    /// [`crate::event::Attributes::extensions_json`] writes them.
+    pub fn extensions_json(&self) -> String {
+        let mut out = String::from("{");
+        for (i, (name, raw)) in self.extensions.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push('"');
+            out.push_str(name);
+            out.push_str("\":");
+            out.push_str(raw);
+        }
+        out.push('}');
+        out
     }
 }
 
@@ -271,7 +450,7 @@ impl<'de> Visitor<'de> for Picked<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::validate;
+    use crate::event::validate_with;
 
     fn intake(now: OffsetDateTime, scope: Option<&'static str>) -> Intake<'static> {
         Intake {
@@ -332,6 +511,22 @@ unique_property = "user"
             r#"{"id":"e1","type":"active_users","subject":"c1","data":{"user":"u7"}}"#,
             r#"{"id":"e1","type":"active_users","subject":"c1","data":{"user":42}}"#,
             r#"{"id":"e1","type":"active_users","subject":"c1","data":{"user":""}}"#,
+            r#"{"specversion":"1.0","id":"e1","source":"svc","type":"api_call","subject":"c1","region":"eu","priority":3,"neg":-5,"urgent":true,"datacontenttype":"application/json","dataschema":"https://acme.example/usage.json","data":{"endpoint":"a"}}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","Region":"eu"}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","trace_id":"x"}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","region":"e\u00fc"}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","n":1.5}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","n":007}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","n":null,"datacontenttype":null}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","n":2147483648}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","n":{"a":1}}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","n":"a","n":"b"}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","datacontenttype":"text/plain","data":{}}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","datacontenttype":"text/plain"}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","datacontenttype":"json"}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","dataschema":"/relative"}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","data_base64":"eyJlbmRwb2ludCI6ImEifQ=="}"#,
+            r#"{"id":"e1","type":"api_call","subject":"c1","data_base64":"eyJ9","data":{}}"#,
             "[1]",
             "7",
         ];
@@ -343,11 +538,18 @@ unique_property = "user"
         );
         let mut fast_accepted = 0;
         for json in corpus.iter().copied().chain([recent.as_str()]) {
-            for scope in [None, Some("c1")] {
+            for (scope, conformance) in [
+                (None, Conformance::Lenient),
+                (Some("c1"), Conformance::Lenient),
+                (None, Conformance::Strict),
+            ] {
                 let ctx = intake(now, scope);
-                let value: Value = serde_json::from_str(json).expect("valid JSON");
-                let slow = validate(&value, 0, &ctx, &cat);
-                let fast = Wire::parse(json).and_then(|w| w.check(&ctx, &cat));
+                let Ok(value) = serde_json::from_str::<Value>(json) else {
+                    assert!(Wire::parse(json).is_none(), "{json}: not JSON, read");
+                    continue;
+                };
+                let slow = validate_with(&value, 0, &ctx, &cat, conformance);
+                let fast = Wire::parse(json).and_then(|w| w.check_with(&ctx, &cat, conformance));
                 let Some(fast) = fast else { continue };
                 fast_accepted += 1;
                 let (event, measure) =
@@ -380,6 +582,11 @@ unique_property = "user"
                 let decoded: crate::UsageEvent =
                     serde_json::from_slice(&written).expect("written JSON is an event");
                 assert_eq!(decoded, event, "{json}");
+                assert_eq!(
+                    fast.extensions_json(),
+                    event.attributes.extensions_json(),
+                    "{json}"
+                );
             }
         }
         // The plain events take the fast path (so this test compares something).

@@ -305,6 +305,10 @@ async fn rows_round_trip_through_clickhouse() {
         kafka_partition: u32::MAX - 1,
         kafka_offset: u64::MAX - 1,
         aggregation: Some(Aggregation::UniqueCount),
+        datacontenttype: "application/vnd.acme+json; charset=utf-8".into(),
+        dataschema: "https://acme.example/schemas/usage-ü.json".into(),
+        time_rfc3339: "2031-07-15T12:34:56.123456789Z".into(),
+        extensions: r#"{"note":"it's \"fine\"","priority":3,"urgent":true}"#.into(),
     };
     let dead = DeadLetterRow {
         tenant: "tenant_ü".into(),
