@@ -51,6 +51,9 @@ pub struct Config {
     /// portal and cancel calls go to `/dashboard/billing/subscription/*` on this API, which forwards
     /// them there; empty disables the upgrade actions.
     pub billing_url: String,
+    /// CloudEvents conformance, for every tenant and per tenant (`[cloudevents]`, see
+    /// [`crate::cloudevents::Settings`]).
+    pub cloudevents: crate::cloudevents::Settings,
 }
 
 impl Default for Config {
@@ -71,6 +74,7 @@ impl Default for Config {
             unknown_customer: crate::quota::UnknownCustomer::DefaultPlan,
             dashboard_secret: secrecy::SecretString::from(""),
             billing_url: String::new(),
+            cloudevents: crate::cloudevents::Settings::default(),
         }
     }
 }

@@ -1,7 +1,8 @@
-//! Event intake (`POST /v1/events`): authenticate, read the body within its limit, validate (the
-//! fast path for plain valid events, the full validation with per-field errors otherwise), produce
-//! with acks=all and count the accepted events in the quota view; refused batches are kept on the
-//! rejected topic.
+//! Event intake (`POST /v1/events`): authenticate, tell the CloudEvents content mode (binary,
+//! structured, batched, or the seed's plain JSON), read the body within its limit, validate at the
+//! tenant's conformance (the fast path for plain valid events, the full validation with per-field
+//! errors otherwise), produce with acks=all and count the accepted events in the quota view;
+//! refused batches are kept on the rejected topic.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -10,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use http_body_util::BodyExt;
 use schemas::api::{Accepted, ErrorBody, EventBatch, doc};
-use schemas::event::{Intake, UsageEvent};
+use schemas::event::{Conformance, ErrorCode, FieldError, Intake, UsageEvent};
 use schemas::wire::{Checked, Wire};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -22,6 +23,8 @@ use platform::notes::Noted;
 use platform::principal::Scope;
 use platform::producer::{MAX_REJECTED_PAYLOAD, Outgoing, Rejection, now_millis};
 
+use crate::cloudevents::binary::BinaryError;
+use crate::cloudevents::{self, Mode};
 use crate::metrics::CodeLabels;
 use crate::shared::AppState;
 
@@ -80,8 +83,16 @@ async fn read_body(
     }
 }
 
-/// Send one usage event or an array (up to 1,000 events / 1 MiB). 202 only after the broker
-/// acknowledged every event.
+/// Send one usage event or an array (up to 1,000 events / 1 MiB), in any CloudEvents HTTP content
+/// mode. 202 only after the broker acknowledged every event.
+///
+/// Structured mode (`application/cloudevents+json`, one event), batched mode
+/// (`application/cloudevents-batch+json`, an array, possibly empty), binary mode (one event: its
+/// attributes in `ce-*` headers, percent-encoded; its data as the body, a JSON object, with its
+/// media type in `Content-Type`) or plain `application/json` (one event or an array; the seed's
+/// short form `{"id","type","subject","data"}`). Every attribute is kept: `datacontenttype`,
+/// `dataschema`, `time` and extension attributes (lower-case letters and digits; strings,
+/// integers, booleans). A tenant set to strict conformance must send `specversion` and `source`.
 ///
 /// Needs a key with the `ingest` scope; a customer-scoped key only reaches its own customer. An
 /// invalid batch is refused whole, with every bad field in `details`, and nothing of it is
@@ -91,20 +102,41 @@ async fn read_body(
     path = "/v1/events",
     tag = "intake",
     security(("bearer" = [])),
+    params(
+        ("ce-specversion" = Option<String>, Header, description = "Binary mode: `1.0` \
+            (required for a strict tenant)"),
+        ("ce-id" = Option<String>, Header, description = "Binary mode: the event id"),
+        ("ce-source" = Option<String>, Header, description = "Binary mode: the producer \
+            (required for a strict tenant)"),
+        ("ce-type" = Option<String>, Header, description = "Binary mode: the meter key"),
+        ("ce-subject" = Option<String>, Header, description = "Binary mode: the customer"),
+        ("ce-time" = Option<String>, Header, description = "Binary mode: RFC 3339 event time"),
+        ("ce-dataschema" = Option<String>, Header, description = "Binary mode: absolute URI of \
+            the data's schema; any other `ce-<name>` header is an extension attribute"),
+    ),
     request_body(
-        content = EventBatch,
-        description = "One CloudEvents 1.0 event or an array of them"
+        description = "One CloudEvents 1.0 event or an array of them (structured, batched or \
+            plain JSON); in binary mode the event's data (a JSON object)",
+        content(
+            (EventBatch = "application/json"),
+            (EventBatch = "application/cloudevents+json"),
+            (EventBatch = "application/cloudevents-batch+json"),
+        )
     ),
     responses(
         (status = 202, description = "The broker acknowledged every event", body = Accepted),
-        (status = 400, body = ErrorBody, description = "`invalid_events` (every bad field in \
-            `details`), `malformed_json`, `empty_batch`, `body_read_failed`; nothing was accepted"),
+        (status = 400, body = ErrorBody, description = "`invalid_events` (every bad field or \
+            attribute in `details`), `malformed_json`, `empty_batch`, `body_read_failed`; \
+            nothing was accepted"),
         (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
         (status = 403, body = ErrorBody, description = "`insufficient_scope`: the key lacks the \
             `ingest` scope; `forbidden`: an event names another tenant or, with a customer-scoped \
             key, another customer (in `details`)"),
         (status = 413, body = ErrorBody, description = "`payload_too_large` (over the body \
             limit, 1 MiB), `too_many_events` (over 1,000 events)"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`: a \
+            `Content-Type` that is not a media type, an event format other than JSON, or data \
+            that is not JSON (binary mode); nothing was accepted"),
         (status = 503, body = ErrorBody, description = "`broker_unavailable`, `overloaded` (with \
             `Retry-After`): the broker did not acknowledge the batch; nothing was accepted, retry \
             it unchanged", headers(("Retry-After" = u64, description = "Seconds to wait"))),
@@ -125,15 +157,16 @@ pub(crate) async fn post_events(
 
 async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usize, ApiError> {
     let key = authenticate(&state.keys, headers, Scope::Ingest).await?;
+    let mode = cloudevents::mode(headers)?;
     let body = read_body(body, headers, state.config.max_body_bytes).await?;
     let received_at = now_millis();
-    let reject = |code: &'static str, reason: String| {
+    let reject = |code: &'static str, reason: String, payload: &[u8]| {
         state
             .metrics
             .events_rejected
             .get_or_create(&CodeLabels { code: code.into() })
             .inc();
-        keep_rejection(state, &key.tenant, received_at, code, reason, &body);
+        keep_rejection(state, &key.tenant, received_at, code, reason, payload);
     };
 
     let ctx = Intake {
@@ -142,7 +175,33 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
         received_at,
         window: state.config.window(),
     };
-    if let Some(events) = fast_events(&body, &ctx, state) {
+    let conformance = state.config.cloudevents.conformance(&key.tenant);
+    if mode == Mode::Binary {
+        let value = match cloudevents::binary::event(headers, &body) {
+            Ok(v) => v,
+            Err(BinaryError::Unsupported(reason)) => return Err(cloudevents::unsupported(reason)),
+            Err(BinaryError::Invalid(errors)) => {
+                let reason = serde_json::to_string(&errors).unwrap_or_default();
+                reject("invalid_events", reason, &body);
+                return Err(refused(errors, 1));
+            }
+        };
+        let payload = serde_json::to_vec(&value).unwrap_or_default();
+        return match schemas::event::validate_with(&value, 0, &ctx, &state.catalog, conformance) {
+            Ok((event, _)) => {
+                let events = [event];
+                let notes = [Noted::of_event(&events[0], &state.catalog)];
+                produce(state, &events, &notes).await
+            }
+            Err(errors) => {
+                let err = refused(errors, 1);
+                let reason = serde_json::to_string(&err.details).unwrap_or_default();
+                reject(err.code, reason, &payload);
+                Err(err)
+            }
+        };
+    }
+    if let Some(events) = fast_events(&body, &ctx, state, mode, conformance) {
         let notes: Vec<Noted<'_>> = events.iter().map(Noted::of_checked).collect();
         return produce(state, &events, &notes).await;
     }
@@ -151,7 +210,7 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
         Ok(v) => v,
         Err(e) => {
             let message = format!("the body is not valid JSON: {e}");
-            reject("malformed_json", message.clone());
+            reject("malformed_json", message.clone(), &body);
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "malformed_json",
@@ -159,11 +218,32 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
             ));
         }
     };
-    let items: Vec<&Value> = match &value {
-        Value::Array(items) => items.iter().collect(),
-        single => vec![single],
+    let items: Vec<&Value> = match (&value, mode) {
+        (Value::Array(_), Mode::Structured) | (Value::Object(_), Mode::Batched) => {
+            let reason = if mode == Mode::Structured {
+                "structured mode (application/cloudevents+json) carries one event, a JSON \
+                 object; send an array as application/cloudevents-batch+json"
+            } else {
+                "the batched format (application/cloudevents-batch+json) is a JSON array of \
+                 events; send one event as application/cloudevents+json"
+            };
+            let errors = vec![FieldError {
+                index: 0,
+                field: String::new(),
+                code: ErrorCode::NotAnObject,
+                reason: reason.into(),
+            }];
+            reject("invalid_events", reason.into(), &body);
+            return Err(refused(errors, 1));
+        }
+        (Value::Array(items), _) => items.iter().collect(),
+        (single, _) => vec![single],
     };
     if items.is_empty() {
+        if mode == Mode::Batched {
+            // The JSON batch format allows an empty batch: nothing to accept.
+            return Ok(0);
+        }
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "empty_batch",
@@ -185,34 +265,15 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
     let mut events: Vec<UsageEvent> = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        match schemas::event::validate(item, i, &ctx, &state.catalog) {
+        match schemas::event::validate_with(item, i, &ctx, &state.catalog, conformance) {
             Ok((event, _)) => events.push(event),
             Err(e) => errors.extend(e),
         }
     }
     if !errors.is_empty() {
-        let forbidden = errors.iter().any(|e| e.code.is_forbidden());
-        let bad = errors
-            .iter()
-            .map(|e| e.index)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
-        let (status, code) = if forbidden {
-            (StatusCode::FORBIDDEN, "forbidden")
-        } else {
-            (StatusCode::BAD_REQUEST, "invalid_events")
-        };
-        let reason = serde_json::to_string(&errors).unwrap_or_default();
-        reject(code, reason);
-        let mut err = ApiError::new(
-            status,
-            code,
-            format!(
-                "{bad} of {} events are invalid; nothing was accepted",
-                items.len()
-            ),
-        );
-        err.details = errors;
+        let err = refused(errors, items.len());
+        let reason = serde_json::to_string(&err.details).unwrap_or_default();
+        reject(err.code, reason, &body);
         return Err(err);
     }
 
@@ -223,20 +284,51 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Result<usi
     produce(state, &events, &notes).await
 }
 
-/// The request's events through the fast path ([`Wire`]) when every one is plain and valid and
-/// their number is within the limit; `None` sends the request through the full validation, which
-/// also explains what is wrong.
-fn fast_events<'a>(body: &'a [u8], ctx: &Intake<'a>, state: &AppState) -> Option<Vec<Checked<'a>>> {
-    let raws: Vec<&RawValue> = if schemas::event::is_batch(body) {
-        serde_json::from_slice(body).ok()?
+/// The answer to a request whose events have problems (`errors`, each with its event's index, of
+/// `total` events): 403 `forbidden` when one is an authorization problem, else 400
+/// `invalid_events`, every problem in `details`.
+fn refused(errors: Vec<FieldError>, total: usize) -> ApiError {
+    let forbidden = errors.iter().any(|e| e.code.is_forbidden());
+    let bad = errors
+        .iter()
+        .map(|e| e.index)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let (status, code) = if forbidden {
+        (StatusCode::FORBIDDEN, "forbidden")
     } else {
-        vec![serde_json::from_slice(body).ok()?]
+        (StatusCode::BAD_REQUEST, "invalid_events")
+    };
+    let mut err = ApiError::new(
+        status,
+        code,
+        format!("{bad} of {total} events are invalid; nothing was accepted"),
+    );
+    err.details = errors;
+    err
+}
+
+/// The request's events through the fast path ([`Wire`]) when every one is plain and valid, their
+/// number is within the limit and the body has its mode's shape; `None` sends the request through
+/// the full validation, which also explains what is wrong.
+fn fast_events<'a>(
+    body: &'a [u8],
+    ctx: &Intake<'a>,
+    state: &AppState,
+    mode: Mode,
+    conformance: Conformance,
+) -> Option<Vec<Checked<'a>>> {
+    let batch = schemas::event::is_batch(body);
+    let raws: Vec<&RawValue> = match (batch, mode) {
+        (true, Mode::Structured) | (false, Mode::Batched) => return None,
+        (true, _) => serde_json::from_slice(body).ok()?,
+        (false, _) => vec![serde_json::from_slice(body).ok()?],
     };
     if raws.is_empty() || raws.len() > state.config.max_batch_events {
         return None;
     }
     raws.iter()
-        .map(|raw| Wire::parse(raw.get())?.check(ctx, &state.catalog))
+        .map(|raw| Wire::parse(raw.get())?.check_with(ctx, &state.catalog, conformance))
         .collect()
 }
 

@@ -13,6 +13,8 @@
 //! - [`follow`]: builds the view from ClickHouse at start and follows the state and events topics.
 //! - [`shared`]: [`shared::AppState`], what every handler shares.
 //! - [`access`]: what the native handlers check first (key, customer, ready view, meter, quantity).
+//! - [`cloudevents`]: the CloudEvents HTTP binding's content modes (binary, structured, batched)
+//!   and the per-tenant conformance setting, used by [`intake`].
 //! - Handlers: [`intake`] (`POST /v1/events`), [`check`] (quota and check-and-track), [`usage`]
 //!   (usage and history), [`admin`] (plans, limits, grants), [`seed`] (the seed application's
 //!   `/usage` endpoints), [`dashboard`] (the customer dashboard, its compact display, the plans
@@ -29,6 +31,7 @@ pub mod access;
 pub mod admin;
 pub mod app;
 pub mod check;
+pub mod cloudevents;
 pub mod config;
 pub mod dashboard;
 pub mod error;
