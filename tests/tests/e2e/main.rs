@@ -17,6 +17,7 @@ mod billing_ha;
 mod billing_preview;
 mod billing_proof;
 mod billing_usage;
+mod client_layer;
 mod compose;
 mod dashboard;
 mod dead_letters;
