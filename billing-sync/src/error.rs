@@ -41,6 +41,22 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether Stripe refused a meter event because it already has one with its identifier. Stripe
+    /// answers a 400 `invalid_request_error` without a code, "An event already exists with
+    /// identifier …", and `Stripe-Should-Retry: false`; the message is the only mark.
+    pub fn is_duplicate_identifier(&self) -> bool {
+        match self {
+            Self::Stripe {
+                source: stripe::StripeError::Stripe(e, 400),
+                ..
+            } => e
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("already exists with identifier")),
+            _ => false,
+        }
+    }
+
     /// The Stripe error code (`resource_missing`, ...) and HTTP status of a Stripe error.
     pub fn stripe_code(&self) -> Option<(String, u16)> {
         match self {

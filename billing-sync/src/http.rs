@@ -669,6 +669,20 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
         .and_then(|v| v.to_str().ok());
     let secret = billing.config.stripe.webhook_secret.expose_secret();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if crate::webhook::is_thin(payload) {
+        let event = match crate::webhook::verify_thin(payload, signature, secret, now) {
+            Ok(e) => e,
+            Err(r) => {
+                billing.metrics.webhook("invalid", r.code);
+                tracing::warn!(code = r.code, message = %r.message, "thin event refused");
+                return ApiError::new(r.status, r.code, r.message).into_response();
+            }
+        };
+        return match crate::webhook::handle_thin(billing, event).await {
+            Ok(body) => Json(body).into_response(),
+            Err(e) => failure(e).into_response(),
+        };
+    }
     let event = match crate::webhook::verify(payload, signature, secret, now) {
         Ok(e) => e,
         Err(r) => {

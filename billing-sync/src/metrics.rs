@@ -85,6 +85,14 @@ pub struct Metrics {
     pub usage_unbillable: Counter<f64, AtomicU64>,
     /// `usage_unbillable_quantity`: unbillable quantity over the last reconciliation's range.
     pub usage_unbillable_quantity: Gauge<f64, AtomicU64>,
+    /// `meter_error_reports_total`: Stripe meter error reports received (invalid meter events
+    /// Stripe found after accepting them).
+    pub meter_error_reports: Counter,
+    /// `usage_rejected_total`: usage quantity Stripe dropped after accepting it (its revisions
+    /// became rejected; the next run re-sends the difference).
+    pub usage_rejected: Counter<f64, AtomicU64>,
+    /// `checkouts_expired_total`: Checkout Sessions that expired unpaid.
+    pub checkouts_expired: Counter,
     /// `work_partitions_owned`: partitions of the work topic this instance is assigned.
     pub work_partitions_owned: Gauge,
     /// `work_partition_owned{partition}`: 1 while this instance is assigned the partition.
@@ -109,6 +117,9 @@ impl Default for Metrics {
             usage_cancellations: Counter::default(),
             usage_unbillable: Counter::default(),
             usage_unbillable_quantity: Gauge::default(),
+            meter_error_reports: Counter::default(),
+            usage_rejected: Counter::default(),
+            checkouts_expired: Counter::default(),
             work_partitions_owned: Gauge::default(),
             work_partition_owned: Family::default(),
             work_rebalances: Family::default(),
@@ -168,6 +179,21 @@ impl Default for Metrics {
             "usage_unbillable",
             "Usage quantity recorded as unbillable (older than Stripe accepts)",
             m.usage_unbillable.clone(),
+        );
+        registry.register(
+            "meter_error_reports",
+            "Stripe meter error reports received (meter events invalid after acceptance)",
+            m.meter_error_reports.clone(),
+        );
+        registry.register(
+            "usage_rejected",
+            "Usage quantity Stripe dropped after accepting it (re-sent by the next run)",
+            m.usage_rejected.clone(),
+        );
+        registry.register(
+            "checkouts_expired",
+            "Checkout Sessions that expired unpaid",
+            m.checkouts_expired.clone(),
         );
         registry.register(
             "usage_unbillable_quantity",

@@ -375,6 +375,26 @@ impl Store {
         Ok(rows)
     }
 
+    /// The current state of the revisions with these meter event identifiers.
+    pub async fn revisions_by_identifier(
+        &self,
+        identifiers: &[String],
+    ) -> Result<Vec<BillingUsageRevisionRow>> {
+        if identifiers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .ch
+            .query(
+                "SELECT ?fields FROM billing_usage_revisions FINAL WHERE identifier IN ? \
+                 ORDER BY tenant, customer, meter, hour, revision",
+            )
+            .bind(identifiers)
+            .fetch_all()
+            .await?;
+        Ok(rows)
+    }
+
     /// Quantity and value per (tenant, customer, meter, state) over every hour of the ledger (the
     /// carried fraction of a customer and meter is their sent quantity minus their sent value).
     pub async fn state_totals(&self) -> Result<Vec<StateTotal>> {

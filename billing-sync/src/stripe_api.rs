@@ -48,6 +48,10 @@ impl Pacer {
 #[derive(Debug, Clone)]
 pub struct StripeApi {
     client: Client,
+    /// For the v2 calls async-stripe has no types for (events).
+    http: reqwest::Client,
+    api_base: String,
+    secret: secrecy::SecretString,
     pacer: Arc<Pacer>,
     metrics: Arc<Metrics>,
     max_attempts: u32,
@@ -90,8 +94,15 @@ impl StripeApi {
                 op: "client",
                 source,
             })?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .build()
+            .map_err(|e| Error::Config(format!("http client: {e}")))?;
         Ok(Self {
             client,
+            http,
+            api_base: config.api_base.clone(),
+            secret: config.secret_key.clone(),
             pacer: Arc::new(Pacer::new(config.max_requests_per_sec)),
             metrics,
             max_attempts: config.max_attempts,
@@ -113,23 +124,95 @@ impl StripeApi {
 
     /// Sends `req` (named `op` in metrics and errors). `key` is the idempotency key (POSTs get a
     /// random one when `None`, so that retries never act twice). Retryable failures are retried
-    /// up to `max_attempts` times with backoff; the last error is returned.
+    /// up to `max_attempts` times with backoff, under the same key; the last error is returned.
     pub async fn send<R>(&self, op: &'static str, req: &R, key: Option<&str>) -> Result<R::Output>
     where
         R: StripeRequest,
         R::Output: miniserde::Deserialize,
     {
-        let key = match key {
-            Some(k) => Some(k.to_string()),
-            None => Some(uuid::Uuid::new_v4().to_string()),
-        };
-        let strategy = match key.as_deref().map(IdempotencyKey::new) {
-            Some(Ok(k)) => RequestStrategy::Idempotent(k),
-            _ => RequestStrategy::Once,
-        };
+        let key = key.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+        self.attempts(op, req, |_| key.clone()).await
+    }
+
+    /// `GET` of a v2 path (`v2/core/events/{id}`) as JSON, paced and retried like [`Self::send`].
+    pub async fn get_v2(&self, op: &'static str, path: &str) -> Result<serde_json::Value> {
+        let url = format!("{}{path}", self.api_base);
         let mut attempt = 0;
         loop {
             attempt += 1;
+            self.pacer.acquire().await;
+            let sent = self
+                .http
+                .get(&url)
+                .bearer_auth(self.secret.expose_secret())
+                .header("stripe-version", stripe_shared::version::VERSION.as_str())
+                .send()
+                .await;
+            let retry = match sent {
+                Ok(r) if r.status().is_success() => match r.json().await {
+                    Ok(v) => {
+                        self.metrics.stripe(op, "ok");
+                        return Ok(v);
+                    }
+                    Err(e) => {
+                        self.metrics.stripe(op, "undecodable");
+                        return Err(Error::StripeData(format!("{op}: {e}")));
+                    }
+                },
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let body = r.text().await.unwrap_or_default();
+                    if status != 429 && status < 500 {
+                        self.metrics.stripe(op, &format!("http_{status}"));
+                        return Err(Error::StripeData(format!("{op}: {status} {body}")));
+                    }
+                    format!("http_{status}")
+                }
+                Err(e) if e.is_timeout() => "timeout".to_string(),
+                Err(_) => "connection".to_string(),
+            };
+            if attempt >= self.max_attempts {
+                self.metrics.stripe(op, &retry);
+                return Err(Error::StripeData(format!(
+                    "{op}: {retry} after {attempt} attempts"
+                )));
+            }
+            self.metrics.stripe(op, &format!("retried_{retry}"));
+            tokio::time::sleep(self.backoff(attempt)).await;
+        }
+    }
+
+    /// [`Self::send`] with a new random idempotency key for every attempt, for calls that carry
+    /// their own deduplication (a meter event's identifier). Stripe saves a 500 for the key it
+    /// answered and replays it to every retry with that key for 24 hours
+    /// (<https://docs.stripe.com/api/idempotent_requests>): one key per attempt lets a retry reach
+    /// Stripe again, and the identifier keeps it from counting twice.
+    pub async fn send_fresh<R>(&self, op: &'static str, req: &R) -> Result<R::Output>
+    where
+        R: StripeRequest,
+        R::Output: miniserde::Deserialize,
+    {
+        self.attempts(op, req, |_| uuid::Uuid::new_v4().to_string())
+            .await
+    }
+
+    async fn attempts<R>(
+        &self,
+        op: &'static str,
+        req: &R,
+        key_for: impl Fn(u32) -> String,
+    ) -> Result<R::Output>
+    where
+        R: StripeRequest,
+        R::Output: miniserde::Deserialize,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let strategy = match IdempotencyKey::new(key_for(attempt)) {
+                Ok(k) => RequestStrategy::Idempotent(k),
+                Err(_) => RequestStrategy::Once,
+            };
             self.pacer.acquire().await;
             let result = req
                 .customize()

@@ -18,10 +18,10 @@ pub(crate) async fn add_fault(
     Extract(shared): Extract<Arc<Shared>>,
     axum::Json(fault): axum::Json<Fault>,
 ) -> Response {
-    if !["status", "timeout", "delay"].contains(&fault.kind.as_str()) {
+    if !["status", "timeout", "delay", "reject"].contains(&fault.kind.as_str()) {
         return (
             StatusCode::BAD_REQUEST,
-            "kind must be status, timeout or delay",
+            "kind must be status, timeout, delay or reject",
         )
             .into_response();
     }
@@ -36,6 +36,32 @@ pub(crate) async fn clear_faults(Extract(shared): Extract<Arc<Shared>>) -> Statu
 
 pub(crate) async fn list_faults(Extract(shared): Extract<Arc<Shared>>) -> axum::Json<Value> {
     axum::Json(json!(shared.lock().faults))
+}
+
+/// `POST /_fake/settings`: the account's limits (absent fields stay as they are).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Settings {
+    /// Requests per second before 429 (`0` turns the limit off). Stripe's test mode: 25.
+    #[serde(default)]
+    rate_limit_per_sec: Option<u32>,
+    /// Seconds before a meter event shows in summaries.
+    #[serde(default)]
+    summary_lag_secs: Option<i64>,
+}
+
+pub(crate) async fn settings(
+    Extract(shared): Extract<Arc<Shared>>,
+    axum::Json(s): axum::Json<Settings>,
+) -> axum::Json<Value> {
+    let mut st = shared.lock();
+    if let Some(r) = s.rate_limit_per_sec {
+        st.rate_limit = (r > 0).then_some(r);
+    }
+    if let Some(l) = s.summary_lag_secs {
+        st.summary_lag = l.max(0);
+    }
+    axum::Json(json!({"rate_limit_per_sec": st.rate_limit, "summary_lag_secs": st.summary_lag}))
 }
 
 pub(crate) async fn clock(Extract(shared): Extract<Arc<Shared>>) -> axum::Json<Value> {
@@ -142,7 +168,7 @@ pub(crate) async fn list_meter_events(Extract(shared): Extract<Arc<Shared>>) -> 
             json!({
                 "identifier": e.identifier, "event_name": e.event_name, "customer": e.customer,
                 "value": e.value, "timestamp": e.timestamp, "created": e.created,
-                "cancelled": e.cancelled,
+                "cancelled": e.cancelled, "invalid": e.invalid.as_ref().map(|(c, _)| c),
             })
         })
         .collect();

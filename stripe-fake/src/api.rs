@@ -1,5 +1,20 @@
-//! The `/v1` API: authentication, injected faults, the in-flight count of meter event calls,
-//! Idempotency-Key replay, and dispatch to the account's operations.
+//! The `/v1` API: authentication, the rate limiter, injected faults, the in-flight count of meter
+//! event calls, the idempotency layer, and dispatch to the account's operations.
+//!
+//! Stripe's rules kept here (<https://docs.stripe.com/error-low-level#idempotency> and
+//! <https://docs.stripe.com/api/idempotent_requests>):
+//! - the result of a POST with an `Idempotency-Key` is saved once the endpoint began executing and
+//!   replayed for later requests with that key, 500s included; a key is pruned after 24 hours, and a
+//!   request with a pruned key runs again;
+//! - nothing is saved for a request refused before execution: an invalid API key (401), parameters
+//!   that fail validation (400), a rate-limited request (429, the limiter runs before the
+//!   idempotency layer), or a request that conflicts with one in flight with the same key (409
+//!   `idempotency_key_in_use`: <https://docs.stripe.com/error-codes#idempotency-key-in-use>);
+//! - the same key with other parameters is an `idempotency_error` (400);
+//! - every answer carries `Stripe-Should-Retry` where Stripe's SDKs read it (`true` on 409 and
+//!   fresh 5xx, `false` on other 4xx), and a replayed answer carries the original's.
+//! - the basic rate limiter allows 25 operations per second in test mode, meter events included
+//!   (<https://docs.stripe.com/rate-limits>): set with `POST /_fake/settings`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +28,7 @@ use serde_json::Value;
 use crate::error::ApiErr;
 use crate::form;
 use crate::objects;
-use crate::shared::{Shared, json_response};
+use crate::shared::{Shared, stripe_response};
 use crate::state::{Cached, Fault, RequestLog, State};
 
 fn now_ms() -> u128 {
@@ -58,6 +73,7 @@ pub(crate) async fn api(
         idempotency_key: idem.clone(),
         replayed,
         at_ms,
+        identifier: None,
     };
     // Authentication, as Stripe answers it.
     let key = headers
@@ -74,7 +90,7 @@ pub(crate) async fn api(
     if let Some(message) = auth_error {
         let body = objects::error("invalid_request_error", None, message, None);
         shared.lock().requests.push(log(401, false));
-        return json_response(401, &body, false);
+        return stripe_response(401, &body, false, Some(false));
     }
     let raw = if method == Method::GET || method == Method::DELETE {
         uri.query().unwrap_or("").as_bytes().to_vec()
@@ -91,32 +107,85 @@ pub(crate) async fn api(
                 None,
             );
             shared.lock().requests.push(log(400, false));
-            return json_response(400, &body, false);
+            return stripe_response(400, &body, false, Some(false));
         }
     };
     let params = form::parse(&pairs);
+    let identifier = (path == "/v1/billing/meter_events")
+        .then(|| {
+            params
+                .get("identifier")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
+        .flatten();
+    let logp = |status: u16, replayed: bool| RequestLog {
+        identifier: identifier.clone(),
+        ..log(status, replayed)
+    };
+    // `/v1/a/b` is `[a, b]`; `/v2/a/b` is `[v2, a, b]`.
+    let segments: Vec<String> = path
+        .trim_start_matches("/v1/")
+        .trim_start_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let key = idem.clone().filter(|_| method == Method::POST);
+    // The rate limiter runs before the idempotency layer: a 429 is never saved.
+    if shared.lock().rate_limited() {
+        let body = objects::error(
+            "invalid_request_error",
+            Some("rate_limit"),
+            "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
+            None,
+        );
+        shared.lock().requests.push(logp(429, false));
+        return stripe_response(429, &body, false, None);
+    }
+    // A request while another with the same key is in flight: 409, nothing saved.
+    let _key_guard = match &key {
+        Some(k) => {
+            let mut st = shared.lock();
+            if !st.keys_in_flight.insert(k.clone()) {
+                let body = objects::error(
+                    "idempotency_error",
+                    Some("idempotency_key_in_use"),
+                    &format!(
+                        "There is currently another in-progress request using this Idempotent Key (that probably means you submitted twice, and the other request is still going through): {k}. Please try again later."
+                    ),
+                    None,
+                );
+                st.requests.push(logp(409, false));
+                return stripe_response(409, &body, false, Some(true));
+            }
+            Some(KeyInFlight {
+                shared: shared.clone(),
+                key: k.clone(),
+            })
+        }
+        None => None,
+    };
     let fault = shared.lock().take_fault(&path);
     let mut respond_after = None;
+    let mut fail_after = None;
     match &fault {
-        Some(Fault { kind, status, .. }) if kind == "status" => {
+        Some(Fault {
+            kind,
+            status,
+            after,
+            ..
+        }) if kind == "status" => {
             let status = status.unwrap_or(500);
-            let body = if status == 429 {
-                objects::error(
-                    "invalid_request_error",
-                    Some("rate_limit"),
-                    "Too many requests hit the API too quickly. We recommend an exponential backoff of your requests.",
-                    None,
-                )
+            if *after {
+                // The endpoint runs, then fails: Stripe saves the failure for the key.
+                fail_after = Some(status);
             } else {
-                objects::error(
-                    "api_error",
-                    None,
-                    "Something went wrong on Stripe's end. (injected fault)",
-                    None,
-                )
-            };
-            shared.lock().requests.push(log(status, false));
-            return json_response(status, &body, false);
+                let body = fault_body(status);
+                shared.lock().requests.push(logp(status, false));
+                return stripe_response(status, &body, false, should_retry(status));
+            }
         }
         Some(Fault { kind, ms, .. }) if kind == "delay" => {
             tokio::time::sleep(Duration::from_millis(ms.unwrap_or(1000))).await;
@@ -124,13 +193,14 @@ pub(crate) async fn api(
         Some(Fault { kind, ms, .. }) if kind == "timeout" => {
             respond_after = Some(Duration::from_millis(ms.unwrap_or(30_000)));
         }
+        Some(Fault { kind, code, .. }) if kind == "reject" => {
+            shared.lock().reject_next = Some(
+                code.clone()
+                    .unwrap_or_else(|| "meter_event_invalid_value".into()),
+            );
+        }
         _ => {}
     }
-    let segments: Vec<&str> = path
-        .trim_start_matches("/v1/")
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
     let guard = if segments == ["billing", "meter_events"] {
         let key = State::meter_event_key(&params);
         let mut st = shared.lock();
@@ -151,53 +221,107 @@ pub(crate) async fn api(
         tokio::task::yield_now().await;
     }
     let fingerprint = format!("{method} {path} {params}");
-    let (status, body, replayed) = {
+    let (status, body, replayed, retry) = {
         let mut st = shared.lock();
-        let cached = idem
-            .as_ref()
-            .filter(|_| method == Method::POST)
-            .and_then(|k| st.idempotency.get(k).cloned());
+        let now = st.now();
+        let cached = key.as_ref().and_then(|k| st.cached(k, now));
         match cached {
-            Some(c) if c.fingerprint == fingerprint => (c.status, c.body, true),
+            Some(c) if c.fingerprint == fingerprint => (c.status, c.body, true, c.should_retry),
             Some(_) => (
                 400,
                 objects::error(
                     "idempotency_error",
-                    Some("idempotency_key_in_use"),
-                    "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+                    None,
+                    &format!(
+                        "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{}' if you meant to execute a different request.",
+                        key.as_deref().unwrap_or_default()
+                    ),
                     None,
                 ),
                 false,
+                Some(false),
             ),
             None => {
-                let (status, body, events) =
+                let (mut status, mut body, events, saved) =
                     match dispatch(&mut st, &method, &segments, &params, &shared.base_url) {
-                        Ok((body, events)) => (200, body, events),
-                        Err(ApiErr { status, body }) => (status, body, Vec::new()),
+                        Ok((body, events)) => (200, body, events, true),
+                        Err(e) => {
+                            let saved = e.began_execution();
+                            (e.status, e.body, Vec::new(), saved)
+                        }
                     };
-                if let Some(k) = idem.as_ref().filter(|_| method == Method::POST) {
+                if let Some(failed) = fail_after {
+                    status = failed;
+                    body = fault_body(failed);
+                }
+                let retry = should_retry(status);
+                if let Some(k) = key.as_ref().filter(|_| saved) {
                     st.idempotency.insert(
                         k.clone(),
                         Cached {
                             fingerprint: fingerprint.clone(),
                             status,
                             body: body.clone(),
+                            should_retry: retry,
+                            created: now,
                         },
                     );
                 }
                 drop(st);
                 shared.enqueue(events);
-                (status, body, false)
+                (status, body, false, retry)
             }
         }
     };
-    shared.lock().requests.push(log(status, replayed));
+    shared.lock().requests.push(logp(status, replayed));
     // The work is done: a delayed answer no longer counts as a call in flight.
     drop(guard);
     if let Some(wait) = respond_after {
         tokio::time::sleep(wait).await;
     }
-    json_response(status, &body, replayed)
+    stripe_response(status, &body, replayed, retry)
+}
+
+/// Releases an idempotency key held by a request in flight when dropped.
+struct KeyInFlight {
+    shared: Arc<Shared>,
+    key: String,
+}
+
+impl Drop for KeyInFlight {
+    fn drop(&mut self) {
+        self.shared.lock().keys_in_flight.remove(&self.key);
+    }
+}
+
+/// The body of an injected `status` fault.
+fn fault_body(status: u16) -> Value {
+    if status == 429 {
+        objects::error(
+            "invalid_request_error",
+            Some("rate_limit"),
+            "Too many requests hit the API too quickly. We recommend an exponential backoff of your requests.",
+            None,
+        )
+    } else {
+        objects::error(
+            "api_error",
+            None,
+            "Something went wrong on Stripe's end. (injected fault)",
+            None,
+        )
+    }
+}
+
+/// `Stripe-Should-Retry` for a fresh answer: `true` on 409 and 5xx, `false` on other 4xx, none on
+/// 2xx and 429 (the SDKs back off on 429 by status).
+fn should_retry(status: u16) -> Option<bool> {
+    match status {
+        409 | 500..=599 => Some(true),
+        429 => None,
+        400..=499 => Some(false),
+        _ => None,
+    }
 }
 
 type Dispatched = Result<(Value, Vec<Value>), ApiErr>;
@@ -211,6 +335,7 @@ fn dispatch(st: &mut State, method: &Method, seg: &[&str], p: &Value, base: &str
     match (m, seg) {
         ("POST", ["customers"]) => plain(st.create_customer(p)),
         ("GET", ["customers"]) => plain(st.list_customers(p)),
+        ("GET", ["customers", "search"]) => plain(st.search_customers(p)),
         ("GET", ["customers", id]) => plain(st.customer(id)),
         ("POST", ["products"]) => plain(st.create_product(p)),
         ("GET", ["products", id]) => plain(st.product(id)),
@@ -221,7 +346,8 @@ fn dispatch(st: &mut State, method: &Method, seg: &[&str], p: &Value, base: &str
         ("GET", ["billing", "meters"]) => plain(st.list_meters(p)),
         ("GET", ["billing", "meters", id]) => plain(st.meter(id)),
         ("GET", ["billing", "meters", id, "event_summaries"]) => plain(st.event_summaries(id, p)),
-        ("POST", ["billing", "meter_events"]) => plain(st.create_meter_event(p)),
+        ("POST", ["billing", "meter_events"]) => st.create_meter_event(p),
+        ("GET", ["v2", "core", "events", id]) => plain(st.v2_event(id)),
         ("POST", ["billing", "meter_event_adjustments"]) => {
             plain(st.create_meter_event_adjustment(p))
         }

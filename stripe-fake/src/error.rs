@@ -14,6 +14,14 @@ pub(crate) struct ApiErr {
 }
 
 impl ApiErr {
+    /// Whether the endpoint began executing (so Stripe saves the answer for the idempotency key):
+    /// not for parameters that failed validation (`parameter_*` codes, a timestamp out of range),
+    /// which are refused before. <https://docs.stripe.com/error-low-level#content-errors>
+    pub(crate) fn began_execution(&self) -> bool {
+        let code = self.body["error"]["code"].as_str().unwrap_or_default();
+        !(code.starts_with("parameter_") || code.starts_with("timestamp_"))
+    }
+
     /// 400 `invalid_request_error`.
     pub(crate) fn invalid(code: &str, message: impl Into<String>, param: Option<&str>) -> Self {
         Self {

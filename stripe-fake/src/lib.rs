@@ -7,22 +7,28 @@
 //! # Layout
 //! - `server`: the handle: [`FakeConfig`], bind, URL, catalog seed, serve until cancelled.
 //! - `router`: the routes.
-//! - `api`: the `/v1` API (authentication, faults, idempotency, dispatch).
+//! - `api`: the `/v1` and `/v2` API (authentication, the rate limiter, faults, the idempotency layer
+//!   with Stripe's saving and pruning rules, `Stripe-Should-Retry`, dispatch).
 //! - `pages`: the hosted checkout and portal pages.
 //! - `admin`: the admin endpoints under `/_fake`.
 //! - `webhooks`: webhook signing and delivery.
 //! - `shared`: what the handlers share (account lock, webhook target, queue, JSON answers).
 //! - `state`: the account (customers, products, prices, meters, meter events and their cancel
 //!   adjustments, subscriptions, sessions, invoices, events, faults, logs) and its rules
-//!   (identifier dedup, the 35-day window, whole-number values, cancels within 24 hours, periods).
+//!   (identifier dedup for 24 hours, the 35-day window, whole-number values, customers validated
+//!   asynchronously with v2 error report events, summaries after a processing lag, cancels within 24
+//!   hours, Checkout Sessions that expire, periods).
 //! - `objects`: Stripe-shaped JSON of each object.
 //! - `form`: Stripe's bracket form encoding parsed into JSON.
 //! - `error`: the Stripe-shaped API error.
 //!
 //! # Admin endpoints (not Stripe's; for tests and demos)
-//! - `POST /_fake/faults` `{"kind": "status"|"timeout"|"delay", "status", "ms", "path", "count"}`,
-//!   `DELETE /_fake/faults`.
-//! - `POST /_fake/clock/advance` `{"seconds": n}`: renewals, period-end cancellations.
+//! - `POST /_fake/faults` `{"kind": "status"|"timeout"|"delay", "status", "ms", "path", "count",
+//!   "after"}` (`after`: the operation runs, then fails, and the failure is saved for its
+//!   idempotency key), `DELETE /_fake/faults`.
+//! - `POST /_fake/settings` `{"rate_limit_per_sec", "summary_lag_secs"}`.
+//! - `POST /_fake/clock/advance` `{"seconds": n}`: renewals, period-end cancellations, expired
+//!   Checkout Sessions; identifiers and idempotency keys older than 24 hours are forgotten.
 //! - `POST /_fake/webhooks` `{"url", "secret", "paused"}`: where and whether webhooks go.
 //! - `GET /_fake/events`, `POST /_fake/events/{id}/deliver` `{"signature": "valid"|"bad"|"stale"}`.
 //! - `POST /_fake/subscriptions/{id}/{payment_failed|invoice_paid|delete|fail_next_payment|update}`.

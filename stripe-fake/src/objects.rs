@@ -196,6 +196,8 @@ pub(crate) struct MeterEvent {
     pub(crate) created: i64,
     /// When a meter event adjustment cancelled it (it no longer counts in summaries).
     pub(crate) cancelled: Option<i64>,
+    /// Why asynchronous validation refused it (code, message): it never counts.
+    pub(crate) invalid: Option<(String, String)>,
 }
 
 impl MeterEvent {
@@ -519,6 +521,8 @@ pub(crate) struct CheckoutSession {
     pub(crate) currency: String,
     /// Creation time.
     pub(crate) created: i64,
+    /// When it expires unless completed (24 hours after creation by default).
+    pub(crate) expires_at: i64,
     /// The page that completes it.
     pub(crate) url: String,
 }
@@ -537,7 +541,7 @@ impl CheckoutSession {
             "consent_collection": null, "created": self.created, "currency": self.currency,
             "custom_fields": [], "custom_text": {"after_submit": null, "shipping_address": null, "submit": null, "terms_of_service_acceptance": null},
             "customer": self.customer, "customer_creation": null, "customer_details": null,
-            "customer_email": null, "expires_at": self.created + 86_400,
+            "customer_email": null, "expires_at": self.expires_at,
             "invoice": self.invoice, "livemode": false, "locale": null, "metadata": self.metadata,
             "mode": self.mode, "payment_intent": null, "payment_link": null,
             "payment_method_collection": "always", "payment_method_types": ["card"],
@@ -547,7 +551,7 @@ impl CheckoutSession {
             "shipping_options": [], "status": self.status, "submit_type": null,
             "subscription": self.subscription, "success_url": self.success_url,
             "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
-            "ui_mode": "hosted", "url": if complete { Value::Null } else { json!(self.url) },
+            "ui_mode": "hosted", "url": if self.status == "open" { json!(self.url) } else { Value::Null },
         })
     }
 }
@@ -584,5 +588,47 @@ pub(crate) fn event(
         "id": id, "object": "event", "api_version": API_VERSION, "created": created,
         "data": data, "livemode": false, "pending_webhooks": 1,
         "request": {"id": null, "idempotency_key": null}, "type": kind,
+    })
+}
+
+/// A v2 `v1.billing.meter.error_report_triggered` event with its data: one invalid meter event of
+/// `meter` with `code` and `message`, validated in the 10 seconds from `start`.
+pub(crate) fn v2_error_report(
+    id: &str,
+    created: i64,
+    meter: &str,
+    code: &str,
+    message: &str,
+    identifier: &str,
+    start: i64,
+) -> Value {
+    let rfc = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .ok()
+            .and_then(|d| {
+                d.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default()
+    };
+    json!({
+        "id": id, "object": "v2.core.event", "context": null, "created": rfc(created),
+        "livemode": false, "reason": null, "type": "v1.billing.meter.error_report_triggered",
+        "related_object": {
+            "id": meter, "type": "billing.meter", "url": format!("/v1/billing/meters/{meter}"),
+        },
+        "data": {
+            "developer_message_summary": "There is 1 invalid event",
+            "reason": {
+                "error_count": 1,
+                "error_types": [{
+                    "code": code, "error_count": 1,
+                    "sample_errors": [{
+                        "error_message": message, "request": {"identifier": identifier},
+                    }],
+                }],
+            },
+            "validation_start": rfc(start), "validation_end": rfc(start + 10),
+        },
     })
 }

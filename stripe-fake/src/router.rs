@@ -7,7 +7,8 @@ use axum::routing::{any, get, post};
 
 use crate::admin::{
     add_fault, advance, clear_faults, clock, configure_webhooks, deliver_one, list_deliveries,
-    list_events, list_faults, list_meter_events, list_requests, stats, subscription_action,
+    list_events, list_faults, list_meter_events, list_requests, settings, stats,
+    subscription_action,
 };
 use crate::api::api;
 use crate::pages::{checkout_page, portal_page};
@@ -17,6 +18,7 @@ use crate::shared::Shared;
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/{*path}", any(api))
+        .route("/v2/{*path}", any(api))
         .route("/checkout/{id}", get(checkout_page))
         .route("/portal/{id}", get(portal_page))
         .route("/_fake/health", get(|| async { "ok" }))
@@ -24,6 +26,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/_fake/faults",
             post(add_fault).delete(clear_faults).get(list_faults),
         )
+        .route("/_fake/settings", post(settings))
         .route("/_fake/clock", get(clock))
         .route("/_fake/clock/advance", post(advance))
         .route("/_fake/webhooks", post(configure_webhooks))

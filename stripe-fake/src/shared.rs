@@ -46,6 +46,23 @@ impl Shared {
     }
 }
 
+/// A Stripe API answer: [`json_response`] plus `Stripe-Should-Retry` when given.
+pub(crate) fn stripe_response(
+    status: u16,
+    body: &Value,
+    replayed: bool,
+    should_retry: Option<bool>,
+) -> Response {
+    let mut r = json_response(status, body, replayed);
+    if let Some(retry) = should_retry {
+        r.headers_mut().insert(
+            "stripe-should-retry",
+            HeaderValue::from_static(if retry { "true" } else { "false" }),
+        );
+    }
+    r
+}
+
 pub(crate) fn json_response(status: u16, body: &Value, replayed: bool) -> Response {
     let mut r = (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

@@ -254,13 +254,13 @@ impl Metered {
             .expect("revisions")
     }
 
-    /// Requests the fake logged for one Idempotency-Key: (status, replayed).
-    pub async fn requests_with_key(&self, key: &str) -> Vec<(u64, bool)> {
+    /// Meter event requests the fake logged for one identifier: (status, replayed).
+    pub async fn requests_with_identifier(&self, identifier: &str) -> Vec<(u64, bool)> {
         let log = self.fake.get("/_fake/requests").await;
         log.as_array()
             .map(|r| {
                 r.iter()
-                    .filter(|x| x["idempotency_key"] == key)
+                    .filter(|x| x["identifier"] == identifier)
                     .map(|x| {
                         (
                             x["status"].as_u64().unwrap_or(0),

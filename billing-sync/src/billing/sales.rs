@@ -10,7 +10,7 @@ use stripe_billing::subscription::{CancelSubscription, UpdateSubscription};
 use stripe_checkout::checkout_session::{
     CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionSubscriptionData,
 };
-use stripe_core::customer::CreateCustomer;
+use stripe_core::customer::{CreateCustomer, SearchCustomer};
 use stripe_shared::CheckoutSessionMode;
 use time::OffsetDateTime;
 
@@ -20,13 +20,31 @@ use super::observed::{current, is_terminal, observe, rfc3339, short_hash, ts};
 use super::{Billing, Source};
 
 impl Billing {
-    /// The Stripe customer of (tenant, customer), created on first need. Creation carries an
-    /// idempotency key derived from the customer, so concurrent or retried creations give one.
+    /// The Stripe customer of (tenant, customer), created on first need.
+    ///
+    /// One Stripe customer per metering customer, even when the store's write after a creation
+    /// was lost: Stripe is searched first by the customer's metadata (search lags writes by up
+    /// to a minute), and a creation carries an idempotency key derived from the customer and the
+    /// hour, so that concurrent or retried creations within the hour give one. Stripe prunes keys
+    /// after 24 hours (<https://docs.stripe.com/api/idempotent_requests>), and a key it saved a 500
+    /// for replays that 500: the hour in the key bounds both, and the search covers what is older.
     pub async fn ensure_customer(&self, tenant: &str, customer: &str) -> Result<String> {
         if let Some(id) = self.store.stripe_customer(tenant, customer).await? {
             return Ok(id);
         }
-        let key = format!("customer:{}", short_hash(&format!("{tenant}/{customer}")));
+        if let Some(id) = self.find_customer(tenant, customer).await? {
+            self.save_customer(tenant, customer, &id).await?;
+            return Ok(self
+                .store
+                .stripe_customer(tenant, customer)
+                .await?
+                .unwrap_or(id));
+        }
+        let hour = OffsetDateTime::now_utc().unix_timestamp() / 3_600;
+        let key = format!(
+            "customer:{}:{hour}",
+            short_hash(&format!("{tenant}/{customer}"))
+        );
         let created = self
             .stripe
             .send(
@@ -41,20 +59,44 @@ impl Billing {
             )
             .await?;
         let id = created.id.as_str().to_string();
-        self.store
-            .save_customer(&BillingCustomerRow {
-                tenant: tenant.into(),
-                customer: customer.into(),
-                stripe_customer_id: id.clone(),
-                created_at: OffsetDateTime::now_utc(),
-            })
-            .await?;
+        self.save_customer(tenant, customer, &id).await?;
         // Concurrent creators (other instances) may have stored first: the oldest row wins.
         Ok(self
             .store
             .stripe_customer(tenant, customer)
             .await?
             .unwrap_or(id))
+    }
+
+    async fn save_customer(&self, tenant: &str, customer: &str, id: &str) -> Result<()> {
+        self.store
+            .save_customer(&BillingCustomerRow {
+                tenant: tenant.into(),
+                customer: customer.into(),
+                stripe_customer_id: id.into(),
+                created_at: OffsetDateTime::now_utc(),
+            })
+            .await
+    }
+
+    /// The oldest Stripe customer whose metadata names (tenant, customer), if Stripe's search
+    /// finds one.
+    async fn find_customer(&self, tenant: &str, customer: &str) -> Result<Option<String>> {
+        let quote = |s: &str| s.replace('\\', "\\\\").replace('\'', "\\'");
+        let query = format!(
+            "metadata['tenant']:'{}' AND metadata['customer']:'{}'",
+            quote(tenant),
+            quote(customer)
+        );
+        let found = self
+            .stripe
+            .send("search_customers", &SearchCustomer::new(query), None)
+            .await?;
+        Ok(found
+            .data
+            .iter()
+            .min_by_key(|c| (c.created, c.id.as_str().to_string()))
+            .map(|c| c.id.as_str().to_string()))
     }
 
     /// `GET /subscription/status`.

@@ -201,16 +201,13 @@ async fn send(billing: &Billing, row: &BillingUsageRevisionRow) -> Result<Answer
     )
     .identifier(row.identifier.as_str())
     .timestamp(row.hour.unix_timestamp());
-    let result = billing
-        .stripe
-        .send("create_meter_event", &req, Some(&row.identifier))
-        .await;
+    // A fresh Idempotency-Key per attempt: the identifier is what deduplicates (for 24 hours), and
+    // a key Stripe saved a 500 for would replay that 500 to every retry with it.
+    let result = billing.stripe.send_fresh("create_meter_event", &req).await;
     let (state, outcome, reason) = match result {
         Ok(_) => (State::Sent, Outcome::Reported, String::new()),
+        Err(e) if e.is_duplicate_identifier() => (State::Sent, Outcome::Already, String::new()),
         Err(e) => match e.stripe_code() {
-            Some((c, _)) if c == "resource_already_exists" => {
-                (State::Sent, Outcome::Already, String::new())
-            }
             Some((c, _)) if c == "timestamp_too_far_in_past" => (
                 State::Unbillable,
                 Outcome::Refused,
@@ -264,7 +261,7 @@ pub async fn run(
         let h = book.get(c);
         let covered = h.map_or(0.0, HourLedger::covered);
         let r = rollup.get(c).copied().unwrap_or(0.0);
-        r > covered && !same(r, covered)
+        r > covered && !same(r, covered) && h.is_none_or(HourLedger::resendable)
     };
     if billing.config.usage.create_customers {
         for c in cells.iter().filter(|c| short(c)) {

@@ -27,7 +27,17 @@ pub enum State {
     Cancelled = 3,
     /// Never billed (older than Stripe accepts); `reason` says why.
     Unbillable = 4,
+    /// Stripe accepted the call, then its asynchronous validation dropped the event (a meter error
+    /// report named its identifier); `reason` holds Stripe's code and message. It does not count:
+    /// the hour is short again and the next run re-sends the difference as a new revision, up to
+    /// [`MAX_REJECTIONS`] rejections per hour.
+    Rejected = 5,
 }
+
+/// Rejections per customer-hour after which its difference is no longer re-sent by itself (the
+/// cause, such as a deleted Stripe customer, needs a person): it stays in the reconciliation as
+/// `rejected` with Stripe's reason.
+pub const MAX_REJECTIONS: usize = 2;
 
 impl State {
     /// The state of a stored value (unknown values count as pending: re-sent, never lost).
@@ -37,6 +47,7 @@ impl State {
             2 => Self::Cancelling,
             3 => Self::Cancelled,
             4 => Self::Unbillable,
+            5 => Self::Rejected,
             _ => Self::Pending,
         }
     }
@@ -116,12 +127,20 @@ impl HourLedger {
 
     /// The reasons of the unbillable revisions, joined.
     pub fn unbillable_reasons(&self) -> String {
-        let mut reasons: Vec<&str> = self
-            .in_state(State::Unbillable)
-            .map(|r| r.reason.as_str())
-            .collect();
+        self.reasons(State::Unbillable)
+    }
+
+    /// The reasons of the revisions in `state`, joined.
+    pub fn reasons(&self, state: State) -> String {
+        let mut reasons: Vec<&str> = self.in_state(state).map(|r| r.reason.as_str()).collect();
         reasons.dedup();
         reasons.join("; ")
+    }
+
+    /// Whether the hour's difference may be sent again: fewer than [`MAX_REJECTIONS`] of its
+    /// revisions were rejected by Stripe.
+    pub fn resendable(&self) -> bool {
+        self.in_state(State::Rejected).count() < MAX_REJECTIONS
     }
 
     /// The next revision number (after every stored one, the legacy report counting as 0).

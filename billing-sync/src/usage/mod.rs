@@ -29,6 +29,13 @@
 //! carried to the customer and meter's next revision, never dropped. A revision with value 0 sends
 //! nothing and only carries. With whole-number usage the carry is always 0.
 //!
+//! # Rejected usage
+//! Stripe validates meter events asynchronously: it may accept one and drop it later, reporting it
+//! in a meter error report (a `v1.billing.meter.error_report_triggered` thin event on the webhook).
+//! The revisions it names become *rejected* (counted in `usage_rejected_total`, with Stripe's code
+//! as the reason); they no longer cover their hour, so the next run re-sends the difference under a
+//! new identifier, at most twice per hour ([`rejections`]).
+//!
 //! # Unbillable usage
 //! Usage in an hour older than the window (`usage.backfill_days`, Stripe's 35 days) that the ledger does
 //! not cover, and revisions Stripe refuses as `timestamp_too_far_in_past`, are recorded as *unbillable*
@@ -42,6 +49,8 @@
 //! - [`report`]: the regular report run.
 //! - [`reconcile`]: rollup vs ledger vs Stripe's summaries; heals through the correction path and
 //!   cancels over-reports with meter event adjustments ([`cancel`]).
+//! - [`rejections`]: meter events Stripe dropped after accepting them (its meter error reports):
+//!   their revisions become rejected and the difference is re-sent.
 //! - [`proof`]: the proof per customer-hour of a month (accepted events, rollup, ledger, Stripe,
 //!   verdict; totals per customer) behind `billing-sync reconcile --month` and
 //!   `GET /admin/usage/proof`.
@@ -51,6 +60,7 @@ pub mod corrections;
 pub mod ledger;
 pub mod proof;
 pub mod reconcile;
+pub mod rejections;
 pub mod report;
 
 use std::collections::{BTreeMap, HashMap};

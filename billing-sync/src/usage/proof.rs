@@ -168,6 +168,7 @@ fn state_name(s: State) -> &'static str {
         State::Cancelling => "cancelling",
         State::Cancelled => "cancelled",
         State::Unbillable => "unbillable",
+        State::Rejected => "rejected",
     }
 }
 

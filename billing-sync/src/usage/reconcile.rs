@@ -161,6 +161,15 @@ pub(crate) fn unresolved(
             "meter events not accepted by Stripe yet (see the log); the next run re-sends them"
                 .into(),
         )
+    } else if rollup > h.covered() && !same(rollup, h.covered()) && !h.resendable() {
+        (
+            "rejected",
+            format!(
+                "Stripe dropped this hour's meter events {} times (not re-sent again by itself): {}",
+                h.in_state(State::Rejected).count(),
+                h.reasons(State::Rejected)
+            ),
+        )
     } else if rollup > h.covered() && !same(rollup, h.covered()) {
         (
             "under_report",

@@ -7,6 +7,9 @@ use super::params::{int_param, metadata, page, req_str, str_param};
 use crate::error::{ApiErr, ApiResult};
 use crate::objects::{self, Meter, Price, Recurring};
 
+/// Seconds before a new customer shows in search results.
+pub(crate) const SEARCH_LAG: i64 = 60;
+
 impl State {
     /// `POST /v1/customers`.
     pub(crate) fn create_customer(&mut self, p: &Value) -> ApiResult {
@@ -20,6 +23,45 @@ impl State {
         );
         self.customers.insert(id, c.clone());
         Ok(c)
+    }
+
+    /// `GET /v1/customers/search`: `metadata['key']:'value'` clauses joined by ` AND ` (the part of
+    /// Stripe's query language billing-sync uses). Search is eventually consistent: "Don't use
+    /// search in read-after-write flows ... data is searchable in less than a minute"
+    /// (<https://docs.stripe.com/search#data-freshness>); customers younger than
+    /// [`SEARCH_LAG`] seconds are not found yet.
+    pub(crate) fn search_customers(&self, p: &Value) -> ApiResult {
+        let query = req_str(p, "query")?;
+        let mut clauses = Vec::new();
+        for clause in query.split(" AND ") {
+            let parsed = clause
+                .trim()
+                .strip_prefix("metadata['")
+                .and_then(|r| r.split_once("']:'"))
+                .and_then(|(k, v)| v.strip_suffix('\'').map(|v| (k.to_string(), v.to_string())));
+            match parsed {
+                Some(kv) => clauses.push(kv),
+                None => {
+                    return Err(ApiErr::invalid(
+                        "parameter_invalid_string",
+                        format!("The fake searches by metadata['key']:'value' only, not: {clause}"),
+                        Some("query"),
+                    ));
+                }
+            }
+        }
+        let visible = self.now() - SEARCH_LAG;
+        let data: Vec<Value> = self
+            .customers
+            .values()
+            .filter(|c| c["created"].as_i64().is_some_and(|t| t <= visible))
+            .filter(|c| clauses.iter().all(|(k, v)| c["metadata"][k] == v.as_str()))
+            .cloned()
+            .collect();
+        Ok(serde_json::json!({
+            "object": "search_result", "data": data, "has_more": false, "next_page": null,
+            "url": "/v1/customers/search",
+        }))
     }
 
     /// `GET /v1/customers/{id}`.

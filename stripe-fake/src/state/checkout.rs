@@ -1,4 +1,5 @@
-//! Checkout Sessions (subscription mode, completed on the hosted page) and billing portal sessions.
+//! Checkout Sessions (subscription mode, completed on the hosted page, expired after 24 hours) and
+//! billing portal sessions.
 
 use serde_json::{Value, json};
 
@@ -63,6 +64,21 @@ impl State {
                 created["id"].as_str().unwrap_or_default().to_string()
             }
         };
+        // "The Epoch time in seconds at which the Checkout Session will expire. It can be anywhere
+        // from 30 minutes to 24 hours after Checkout Session creation. By default, this value is
+        // 24 hours from creation." (<https://docs.stripe.com/api/checkout/sessions/create#create_checkout_session-expires_at>)
+        let now = self.now();
+        let expires_at = match int_param(p, "expires_at")? {
+            Some(t) if t < now + 1_800 || t > now + 86_400 => {
+                return Err(ApiErr::invalid(
+                    "parameter_invalid_integer",
+                    "expires_at must be between 30 minutes and 24 hours from now.",
+                    Some("expires_at"),
+                ));
+            }
+            Some(t) => t,
+            None => now + 86_400,
+        };
         let id = format!("cs_test_{}", &self.id("x")[2..]);
         let session = CheckoutSession {
             url: format!("{base_url}/checkout/{id}"),
@@ -83,7 +99,8 @@ impl State {
             invoice: None,
             amount_total: amount,
             currency,
-            created: self.now(),
+            created: now,
+            expires_at,
         };
         let json = session.json();
         self.sessions.insert(id, session);
@@ -109,6 +126,15 @@ impl State {
             .get(id)
             .cloned()
             .ok_or_else(|| ApiErr::missing("checkout.session", id, None))?;
+        if session.status == "expired"
+            || (session.status == "open" && session.expires_at <= self.now())
+        {
+            return Err(ApiErr::invalid(
+                "checkout_session_expired",
+                format!("Checkout Session {id} has expired."),
+                None,
+            ));
+        }
         if session.status != "open" {
             return Ok((session, Vec::new()));
         }
@@ -141,6 +167,27 @@ impl State {
         let completed = self.push_event("checkout.session.completed", done.json(), None);
         events.insert(0, completed);
         Ok((done, events))
+    }
+
+    /// Open sessions whose `expires_at` has passed become `expired`, each with its
+    /// `checkout.session.expired` event (<https://docs.stripe.com/api/events/types#event_types-checkout.session.expired>).
+    pub(crate) fn expire_sessions(&mut self) -> Vec<Value> {
+        let now = self.now();
+        let due: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| s.status == "open" && s.expires_at <= now)
+            .map(|s| s.id.clone())
+            .collect();
+        let mut events = Vec::new();
+        for id in due {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.status = "expired".into();
+                let json = s.json();
+                events.push(self.push_event("checkout.session.expired", json, None));
+            }
+        }
+        events
     }
 
     /// `POST /v1/billing_portal/sessions`.

@@ -8,7 +8,8 @@ use super::State;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Fault {
     /// `status` (answer `status` without doing anything), `timeout` (do the work, then answer
-    /// after `ms`), `delay` (wait `ms`, then do the work and answer).
+    /// after `ms`), `delay` (wait `ms`, then do the work and answer), `reject` (a meter event is
+    /// accepted, then dropped by the asynchronous validation with `code`, and reported).
     pub(crate) kind: String,
     /// HTTP status of a `status` fault (429, 500, 503, ...).
     #[serde(default)]
@@ -22,6 +23,14 @@ pub(crate) struct Fault {
     /// How many requests it affects; unlimited (until cleared) when absent.
     #[serde(default)]
     pub(crate) count: Option<u32>,
+    /// For a `status` fault: the operation runs first and then fails with `status`, and the
+    /// failure is saved for the request's idempotency key (a 500 after execution began, which
+    /// Stripe replays for that key).
+    #[serde(default)]
+    pub(crate) after: bool,
+    /// For a `reject` fault: the error report's code (`meter_event_invalid_value` by default).
+    #[serde(default)]
+    pub(crate) code: Option<String>,
 }
 
 impl State {

@@ -33,7 +33,7 @@ impl State {
             .meter_events
             .iter()
             .filter(|e| e.event_name == meter.event_name && e.customer == customer)
-            .filter(|e| e.cancelled.is_none())
+            .filter(|e| e.cancelled.is_none() && e.invalid.is_none())
             .filter(|e| e.timestamp >= start && e.timestamp < end)
         {
             match meter.formula.as_str() {

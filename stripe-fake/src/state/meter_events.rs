@@ -1,5 +1,6 @@
-//! Meter events (identifier dedup, the 35-day window, whole-number values, the meter's payload keys)
-//! and their summaries (cancelled events excluded).
+//! Meter events (identifier dedup for 24 hours, the 35-day window, whole-number values, the meter's
+//! payload keys, customers validated asynchronously with error reports) and their summaries
+//! (cancelled and invalid events excluded, recent ones after the processing lag).
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,10 @@ use crate::objects::{self, MeterEvent};
 pub(crate) const METER_EVENT_MAX_AGE: i64 = 35 * 86_400;
 /// Furthest accepted meter event in the future (Stripe: 5 minutes).
 pub(crate) const METER_EVENT_MAX_FUTURE: i64 = 300;
+/// How long an identifier stays unique: "We will enforce uniqueness within a rolling period of at
+/// least 24 hours" (<https://docs.stripe.com/api/billing/meter-event/create#create_billing_meter_event-identifier>).
+/// The fake forgets it after exactly 24 hours, the earliest Stripe may.
+pub(crate) const IDENTIFIER_WINDOW: i64 = 86_400;
 
 impl State {
     /// The in-flight key of a meter event request.
@@ -29,7 +34,14 @@ impl State {
     /// ("The numerical usage value in the payload only accepts whole number values":
     /// <https://docs.stripe.com/billing/subscriptions/usage-based/recording-usage-api#usage-values>),
     /// the meter's keys.
-    pub(crate) fn create_meter_event(&mut self, p: &Value) -> ApiResult {
+    ///
+    /// The customer is checked asynchronously, as Stripe does: an event whose customer mapping key
+    /// is missing or names no customer is accepted (200), kept out of summaries and invoices, and
+    /// reported by a `v1.billing.meter.error_report_triggered` thin event (codes
+    /// `meter_event_no_customer_defined`, `meter_event_customer_not_found`;
+    /// <https://docs.stripe.com/api/v2/core/events/event-types>). The returned events are the thin
+    /// events to deliver.
+    pub(crate) fn create_meter_event(&mut self, p: &Value) -> Result<(Value, Vec<Value>), ApiErr> {
         let event_name = req_str(p, "event_name")?.to_string();
         let payload = match p.get("payload") {
             Some(Value::Object(m)) => m.clone(),
@@ -50,15 +62,27 @@ impl State {
         let customer = payload
             .get(&meter.customer_key)
             .and_then(Value::as_str)
-            .ok_or_else(|| ApiErr::param_missing(&format!("payload[{}]", meter.customer_key)))?
+            .unwrap_or_default()
             .to_string();
-        if !self.customers.contains_key(&customer) {
-            return Err(ApiErr::missing(
-                "customer",
-                &customer,
-                Some(&format!("payload[{}]", meter.customer_key)),
-            ));
-        }
+        let invalid: Option<(String, String)> = if customer.is_empty() {
+            Some((
+                "meter_event_no_customer_defined".to_string(),
+                format!(
+                    "Customer mapping key {} not found in payload.",
+                    meter.customer_key
+                ),
+            ))
+        } else if !self.customers.contains_key(&customer) {
+            Some((
+                "meter_event_customer_not_found".to_string(),
+                format!("No customer found with id {customer}."),
+            ))
+        } else {
+            self.reject_next.take().map(|code| {
+                let message = format!("The event was dropped by validation ({code}; injected).");
+                (code, message)
+            })
+        };
         let raw = payload
             .get(&meter.value_key)
             .and_then(Value::as_str)
@@ -105,13 +129,19 @@ impl State {
             None => self.id("mev"),
         };
         if let Some(&i) = self.identifiers.get(&identifier)
-            && self.meter_events[i].created > now - METER_EVENT_MAX_AGE
+            && self.meter_events[i].created > now - IDENTIFIER_WINDOW
         {
-            return Err(ApiErr::invalid(
-                "resource_already_exists",
-                format!("A meter event with identifier '{identifier}' already exists."),
-                Some("identifier"),
-            ));
+            // Stripe's answer: a 400 `invalid_request_error` without a code, this message, and
+            // `Stripe-Should-Retry: false` (as Stripe answers it; seen by langfuse/langfuse#16292).
+            return Err(ApiErr {
+                status: 400,
+                body: objects::error(
+                    "invalid_request_error",
+                    None,
+                    &format!("An event already exists with identifier {identifier}."),
+                    None,
+                ),
+            });
         }
         let event = MeterEvent {
             event_name,
@@ -122,11 +152,45 @@ impl State {
             timestamp,
             created: now,
             cancelled: None,
+            invalid: invalid.clone(),
         };
         let json = event.json();
-        self.identifiers.insert(identifier, self.meter_events.len());
+        self.identifiers
+            .insert(identifier.clone(), self.meter_events.len());
         self.meter_events.push(event);
-        Ok(json)
+        let reports = match invalid {
+            Some((code, message)) => {
+                vec![self.error_report(&meter.id, &code, &message, &identifier)]
+            }
+            None => Vec::new(),
+        };
+        Ok((json, reports))
+    }
+
+    /// A `v1.billing.meter.error_report_triggered` event for one invalid meter event: the full
+    /// event is kept for `GET /v2/core/events/{id}`, the thin one (no `data`) is returned for
+    /// delivery (<https://docs.stripe.com/api/v2/core/events/object>).
+    fn error_report(&mut self, meter: &str, code: &str, message: &str, identifier: &str) -> Value {
+        let id = self.id("evt_test");
+        let now = self.now();
+        let start = now - now % 10;
+        let full = objects::v2_error_report(&id, now, meter, code, message, identifier, start);
+        let mut thin = full.clone();
+        if let Some(m) = thin.as_object_mut() {
+            m.remove("data");
+        }
+        self.v2_events.insert(id, full);
+        // Listed with the other events, so `POST /_fake/events/{id}/deliver` can re-deliver it.
+        self.events.push(thin.clone());
+        thin
+    }
+
+    /// `GET /v2/core/events/{id}`.
+    pub(crate) fn v2_event(&self, id: &str) -> ApiResult {
+        self.v2_events
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiErr::missing("event", id, Some("id")))
     }
 
     /// `GET /v1/billing/meters/{id}/event_summaries`.
@@ -166,6 +230,8 @@ impl State {
                 Some("start_time"),
             ));
         }
+        // Events still being processed do not show yet.
+        let processed_by = self.now() - self.summary_lag;
         let mut buckets: BTreeMap<i64, (f64, u64)> = BTreeMap::new();
         let mut b = start;
         while b < end {
@@ -176,7 +242,8 @@ impl State {
             .meter_events
             .iter()
             .filter(|e| e.event_name == meter.event_name && e.customer == customer)
-            .filter(|e| e.cancelled.is_none())
+            .filter(|e| e.cancelled.is_none() && e.invalid.is_none())
+            .filter(|e| e.created <= processed_by)
             .filter(|e| e.timestamp >= start && e.timestamp < end)
         {
             let bucket = start + (e.timestamp - start) / window * window;

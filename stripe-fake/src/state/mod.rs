@@ -22,7 +22,7 @@ mod meter_events;
 mod params;
 mod subscriptions;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -62,6 +62,8 @@ pub(crate) struct State {
     pub(crate) invoices: BTreeMap<String, Value>,
     /// Every event, in creation order.
     pub(crate) events: Vec<Value>,
+    /// v2 events (meter error reports) by id, with their data.
+    pub(crate) v2_events: BTreeMap<String, Value>,
     /// Idempotency cache.
     pub(crate) idempotency: HashMap<String, Cached>,
     /// Active faults, applied first to last.
@@ -74,6 +76,20 @@ pub(crate) struct State {
     pub(crate) in_flight: HashMap<String, u32>,
     /// The most meter event calls seen in flight for one (customer, event name).
     pub(crate) max_in_flight: u32,
+    /// Idempotency keys of requests in flight (a second request with one gets 409).
+    pub(crate) keys_in_flight: HashSet<String>,
+    /// The basic rate limit in requests per second (`POST /_fake/settings`); none by default.
+    /// Stripe's test mode allows 25 (<https://docs.stripe.com/rate-limits>).
+    pub(crate) rate_limit: Option<u32>,
+    /// Arrival times (real unix ms) of the requests of the last second, for the rate limit.
+    pub(crate) recent: VecDeque<u128>,
+    /// Seconds a meter event takes to show in summaries (`POST /_fake/settings`; 0 by default).
+    /// Stripe processes meter events asynchronously: "aggregated usage in meter event summaries
+    /// and on upcoming invoices might not immediately reflect recently received meter events"
+    /// (<https://docs.stripe.com/billing/subscriptions/usage-based/recording-usage-api>).
+    pub(crate) summary_lag: i64,
+    /// The code with which the next meter event is dropped after acceptance (a `reject` fault).
+    pub(crate) reject_next: Option<String>,
 }
 
 /// Real unix time in seconds.

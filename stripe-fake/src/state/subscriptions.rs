@@ -355,7 +355,7 @@ impl State {
     pub(crate) fn advance(&mut self, seconds: i64) -> Vec<Value> {
         self.offset += seconds;
         let now = self.now();
-        let mut events = Vec::new();
+        let mut events = self.expire_sessions();
         let ids: Vec<String> = self.subscription_order.clone();
         for id in ids {
             while let Some(sub) = self.subscriptions.get(&id).cloned() {

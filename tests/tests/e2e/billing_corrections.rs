@@ -164,10 +164,15 @@ async fn a_crash_between_accept_and_ledger_resends_the_same_correction() {
         (1, 0),
         "{again:?}"
     );
-    // The same identifier was sent twice (the second a replay) and Stripe keeps one event.
-    let sent = m.requests_with_key(&correction).await;
+    // The same identifier was sent twice (the second answered as a duplicate, Stripe's 400 "An
+    // event already exists with identifier") and Stripe keeps one event.
+    let sent = m.requests_with_identifier(&correction).await;
     assert_eq!(sent.len(), 2, "{sent:?}");
-    assert!(sent[1].1, "the second send is Stripe's replay: {sent:?}");
+    assert_eq!(
+        sent[1],
+        (400, false),
+        "the second send is a duplicate: {sent:?}"
+    );
     let events = m.meter_events("c1").await;
     assert_eq!(events.iter().filter(|e| e.0 == correction).count(), 1);
     assert_eq!(m.stripe_hour("c1", h).await, 8.0);
@@ -242,6 +247,11 @@ async fn a_day_old_pending_revision_is_checked_against_stripe_before_it_is_resen
         .await
         .expect("meter event");
     assert_eq!(r.status(), 200);
+    // A day passes on Stripe's clock: it forgets the identifiers (24 hours), so a blind re-send of
+    // c-kept's revision would be accepted as a second event and bill it twice.
+    m.fake
+        .post("/_fake/clock/advance", json!({"seconds": 25 * 3_600}))
+        .await;
     let s = m.report().await;
     assert_eq!((s.reported, s.failed), (0, 2), "{s:?}");
     assert!(m.meter_events("c-lost").await.is_empty());
@@ -273,7 +283,8 @@ async fn rate_limits_server_errors_and_lost_answers_during_a_correction() {
     m.calls("c1", h + 60, &[1.0; 5]).await;
     m.wait_rollup("c1", h, 5.0).await;
     assert_eq!(m.report().await.reported, 1);
-    // 429, then 500 and 503: retried with backoff under the correction's own key.
+    // 429, then 500: retried with backoff (a fresh Idempotency-Key per attempt, the identifier
+    // deduplicates).
     m.calls("c1", h + 120, &[1.0; 3]).await;
     m.wait_rollup("c1", h, 8.0).await;
     for f in [
@@ -285,7 +296,7 @@ async fn rate_limits_server_errors_and_lost_answers_during_a_correction() {
     let s = m.report().await;
     assert_eq!((s.corrections, s.failed), (1, 0), "{s:?}");
     let statuses: Vec<u64> = m
-        .requests_with_key(&id("c1", h, 1))
+        .requests_with_identifier(&id("c1", h, 1))
         .await
         .iter()
         .map(|r| r.0)

@@ -119,13 +119,13 @@ async fn two_instances_in_one_group_split_the_customers_between_them() {
     fake.stop().await;
 }
 
-/// Meter event requests per identifier (Idempotency-Key) in the fake's request log.
+/// Meter event requests per identifier in the fake's request log.
 async fn meter_event_requests(fake: &Fake) -> BTreeMap<String, usize> {
     let log = fake.get("/_fake/requests").await;
     let mut per_key = BTreeMap::new();
     for r in log.as_array().into_iter().flatten() {
         if r["path"] == "/v1/billing/meter_events"
-            && let Some(key) = r["idempotency_key"].as_str()
+            && let Some(key) = r["identifier"].as_str()
         {
             *per_key.entry(key.to_string()).or_default() += 1;
         }
@@ -360,8 +360,7 @@ async fn one_webhook_delivered_to_both_instances_at_once_and_replayed_has_one_ef
                 kind(h) == "customer.subscription.updated"
                     && h.json()["data"]["object"]["status"] == json!("past_due")
             });
-            (past_due && hooks.iter().any(|h| kind(h) == "invoice.payment_failed"))
-                .then_some(hooks)
+            (past_due && hooks.iter().any(|h| kind(h) == "invoice.payment_failed")).then_some(hooks)
         },
     )
     .await;
