@@ -214,7 +214,9 @@ mod tests {
 
     #[test]
     fn what_the_binding_calls_invalid_is_refused_with_its_attribute() {
-        let cases: [(&[(&str, &[u8])], &[u8], &str); 7] = [
+        /// Headers, body, the attribute named.
+        type Case<'a> = (&'a [(&'a str, &'a [u8])], &'a [u8], &'a str);
+        let cases: [Case<'_>; 7] = [
             (
                 &[("ce-datacontenttype", b"application/json")],
                 b"",

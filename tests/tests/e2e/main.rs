@@ -1,7 +1,9 @@
 //! The end-to-end suite as one test binary (one link instead of thirteen keeps a cold build small):
 //! each module is one area, against the real broker and the real ClickHouse server.
 //!
-//! Layout: `pipeline`, `offsets`, `faults`, `dead_letters`, `bad_input` (the event path), `schema`
+//! Layout: `pipeline`, `offsets`, `faults`, `dead_letters`, `bad_input` (the event path),
+//! `cloudevents` and `cloudevents_sdk` (the CloudEvents HTTP binding, the official Python and
+//! JavaScript SDKs as clients), `schema`
 //! and `compose` (DDL and deployment files), `quota` and `notify` (quota API and alerts), `billing`,
 //! `billing_contract`, `billing_usage`, `billing_corrections`, `billing_proof`, `billing_preview`
 //! and `billing_ha` (billing-sync and the Stripe fake; `billing_ha`: two instances at once),
@@ -17,6 +19,8 @@ mod billing_ha;
 mod billing_preview;
 mod billing_proof;
 mod billing_usage;
+mod cloudevents;
+mod cloudevents_sdk;
 mod client_layer;
 mod compose;
 mod dashboard;
