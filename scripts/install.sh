@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Idempotent installer for local dev/CI infrastructure: ClickHouse (apt), tansu Kafka-API broker (cargo), chdb (pip),
 # openapi-spec-validator (pip; the e2e `openapi` tests check the services' OpenAPI documents with it),
-# Debian's chromium + the browser-test project's npm packages (tests/browser, npm ci).
+# Debian's chromium + the browser-test project's npm packages (tests/browser, npm ci),
+# the official CloudEvents SDKs the e2e `cloudevents_sdk` tests use as clients (pip `cloudevents`, npm
+# `cloudevents` in tests/cloudevents, npm ci).
 # Debian's redis-server for the quota benchmark's baseline (only on request: `redis`).
-# Usage: scripts/install.sh [clickhouse] [tansu] [chdb] [openapi] [chromium] [redis]   (default: all but redis)
+# Usage: scripts/install.sh [clickhouse] [tansu] [chdb] [openapi] [chromium] [cloudevents] [redis]   (default: all but redis)
 set -euo pipefail
 
 TANSU_ROOT="$HOME/.cache/metering/tansu"
@@ -42,6 +44,19 @@ do_chromium() { # Debian's chromium (browser tests drive it with playwright-core
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   fi
 }
+do_cloudevents() { # the CloudEvents SDKs for Python (PyPI) and JavaScript (npm), pinned
+  if ! python3 -c 'import cloudevents.core.bindings.http' 2>/dev/null; then
+    STATE=installed
+    python3 -m pip install -q --root-user-action=ignore 'cloudevents==2.2.0'
+    python3 -c 'import cloudevents.core.bindings.http'
+  fi
+  command -v npm >/dev/null || apt_install nodejs npm
+  local dir; dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/cloudevents"
+  if [[ ! -f "$dir/node_modules/.package-lock.json" || "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]]; then
+    STATE=installed
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+}
 do_redis() { apt_install redis-server; }  # the benchmark starts its own instance on a free port
 do_chdb() {
   python3 -c 'import chdb' 2>/dev/null && return 0
@@ -56,11 +71,11 @@ do_openapi() {
   python3 -c 'import openapi_spec_validator'
 }
 
-[[ $# -gt 0 ]] || set -- clickhouse tansu chdb openapi chromium
+[[ $# -gt 0 ]] || set -- clickhouse tansu chdb openapi chromium cloudevents
 report curl do_curl
 for c in "$@"; do
   case "$c" in
-    clickhouse|tansu|chdb|openapi|chromium|redis) report "$c" "do_$c" ;;
-    *) echo "unknown component: $c (clickhouse|tansu|chdb|openapi|chromium|redis)" >&2; exit 2 ;;
+    clickhouse|tansu|chdb|openapi|chromium|cloudevents|redis) report "$c" "do_$c" ;;
+    *) echo "unknown component: $c (clickhouse|tansu|chdb|openapi|chromium|cloudevents|redis)" >&2; exit 2 ;;
   esac
 done
