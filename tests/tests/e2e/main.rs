@@ -7,7 +7,8 @@
 //! and `compose` (DDL and deployment files), `quota` and `notify` (quota API and alerts), `billing`,
 //! `billing_contract`, `billing_usage`, `billing_corrections`, `billing_proof`, `billing_preview`
 //! and `billing_ha` (billing-sync and the Stripe fake; `billing_ha`: two instances at once),
-//! `dashboard` (headless Chromium), `openapi`
+//! `dashboard` (headless Chromium), `client_layer` and `client_ts` (the Rust layer, the TypeScript
+//! client and its React page in Chromium), `openapi`
 //! (both services' generated OpenAPI documents against their routes). Run one area with
 //! `cargo nextest run -p tests -E 'test(/^quota::/)'`.
 
@@ -22,6 +23,7 @@ mod billing_usage;
 mod cloudevents;
 mod cloudevents_sdk;
 mod client_layer;
+mod client_ts;
 mod compose;
 mod dashboard;
 mod dead_letters;
