@@ -43,6 +43,12 @@ do_chromium() { # Debian's chromium (browser tests drive it with playwright-core
     STATE=installed
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   fi
+  # The TypeScript client's build and test tools (tsc, esbuild, React for its example page).
+  dir="$(dirname "$dir")/../clients/typescript"
+  if [[ ! -f "$dir/node_modules/.package-lock.json" || "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]]; then
+    STATE=installed
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
 }
 do_cloudevents() { # the CloudEvents SDKs for Python (PyPI) and JavaScript (npm), pinned
   if ! python3 -c 'import cloudevents.core.bindings.http' 2>/dev/null; then
