@@ -371,6 +371,10 @@ async fn rows_round_trip_through_clickhouse() {
             "kafka_partition": u32::MAX - 1,
             "kafka_offset": u64::MAX - 1,
             "aggregation": "unique_count",
+            "datacontenttype": raw.datacontenttype,
+            "dataschema": raw.dataschema,
+            "time_rfc3339": raw.time_rfc3339,
+            "extensions": raw.extensions,
         })],
         "events_raw as JSON"
     );
