@@ -189,6 +189,20 @@ async fn the_python_sdk_sends_binary_and_structured_events_counted_in_the_rollup
         ],
     )
     .await;
+    // An analyst's query by an extension attribute (visitParamExtract*: 18.16 and modern alike).
+    let by_region: Vec<(String, u64, f64)> = env
+        .ch()
+        .query(
+            "SELECT visitParamExtractString(extensions, 'region') AS region, count(), \
+             sum(quantity) FROM events_raw GROUP BY region ORDER BY region",
+        )
+        .fetch_all()
+        .await
+        .expect("by region");
+    assert_eq!(
+        by_region,
+        [("ap".to_string(), 1, 7.0), ("eu".to_string(), 1, 1.0)]
+    );
     agg.stop().await;
     ingest.stop().await;
 }
