@@ -386,7 +386,7 @@ impl Store {
         let rows = self
             .ch
             .query(
-                "SELECT ?fields FROM billing_usage_revisions FINAL WHERE identifier IN ? \
+                "SELECT ?fields FROM billing_usage_revisions FINAL WHERE has(?, identifier) \
                  ORDER BY tenant, customer, meter, hour, revision",
             )
             .bind(identifiers)

@@ -35,9 +35,7 @@ use stripe_product::price::{
     ListPrice, RetrievePrice,
 };
 use stripe_product::product::{CreateProduct, RetrieveProduct};
-use stripe_shared::{
-    ApiErrorsType, CheckoutSessionMode, InvoiceStatus, SubscriptionStatus,
-};
+use stripe_shared::{ApiErrorsType, CheckoutSessionMode, InvoiceStatus, SubscriptionStatus};
 use stripe_webhook::{EventObject, Webhook};
 use tests::wait_until;
 use tests::webhook::WebhookReceiver;

@@ -7,6 +7,7 @@
 //! and `compose` (DDL and deployment files), `quota` and `notify` (quota API and alerts), `billing`,
 //! `billing_contract`, `billing_usage`, `billing_corrections`, `billing_proof`, `billing_preview`
 //! and `billing_ha` (billing-sync and the Stripe fake; `billing_ha`: two instances at once),
+//! `stripe_rules` (Stripe's rules the fake keeps, and billing-sync exact under each),
 //! `dashboard` (headless Chromium), `client_layer` and `client_ts` (the Rust layer, the TypeScript
 //! client and its React page in Chromium), `openapi`
 //! (both services' generated OpenAPI documents against their routes). Run one area with
@@ -20,10 +21,11 @@ mod billing_ha;
 mod billing_preview;
 mod billing_proof;
 mod billing_usage;
-mod cloudevents;
-mod cloudevents_sdk;
+mod client_drift;
 mod client_layer;
 mod client_ts;
+mod cloudevents;
+mod cloudevents_sdk;
 mod compose;
 mod dashboard;
 mod dead_letters;
@@ -34,3 +36,4 @@ mod openapi;
 mod pipeline;
 mod quota;
 mod schema;
+mod stripe_rules;

@@ -1,0 +1,499 @@
+//! Stripe as it really behaves (issue 25), rule by rule: the fake keeps each rule billing-sync relies
+//! on (identifiers and idempotency keys forgotten after 24 hours; answers saved only once an
+//! endpoint began executing, 500s replayed; 409 for a key in flight; Stripe's duplicate answer and
+//! `Stripe-Should-Retry`; meter events validated asynchronously with error reports; Checkout
+//! Sessions that expire), and billing-sync stays exact under each (a saved 500 during a report, a
+//! Stripe customer whose store write was lost a day ago, meter events Stripe drops after accepting
+//! them, an expired checkout).
+
+use std::time::Duration;
+
+use platform::principal::Scope;
+use reqwest::StatusCode;
+use schemas::rows::BillingCustomerRow;
+use serde_json::{Value, json};
+use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe_core::customer::CreateCustomer;
+use tests::billing::{Fake, STRIPE_KEY, start_billing};
+use tests::metered::{Metered, TENANT, hour_start, now};
+use tests::{TestEnv, wait_until};
+use time::OffsetDateTime;
+
+/// An async-stripe client on the fake.
+fn client(fake: &Fake) -> Client {
+    ClientBuilder::new(STRIPE_KEY)
+        .url(format!("{}/", fake.url))
+        .build()
+        .expect("client")
+}
+
+/// A raw form POST on the fake's API with an optional Idempotency-Key.
+async fn post(
+    fake: &Fake,
+    path: &str,
+    form: &[(&str, String)],
+    key: Option<&str>,
+) -> reqwest::Response {
+    let mut r = reqwest::Client::new()
+        .post(format!("{}{path}", fake.url))
+        .bearer_auth(STRIPE_KEY)
+        .form(form);
+    if let Some(k) = key {
+        r = r.header("idempotency-key", k);
+    }
+    r.send().await.expect("fake API")
+}
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+}
+
+/// A meter event form for `customer` (`cus_…`) with `identifier`.
+fn meter_event(customer: &str, identifier: &str, value: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("event_name", "api_call".into()),
+        ("identifier", identifier.into()),
+        ("payload[stripe_customer_id]", customer.into()),
+        ("payload[value]", value.into()),
+    ]
+}
+
+async fn customers_named(fake: &Fake, name: &str) -> usize {
+    let page: Value = reqwest::Client::new()
+        .get(format!("{}/v1/customers?limit=100", fake.url))
+        .bearer_auth(STRIPE_KEY)
+        .send()
+        .await
+        .expect("customers")
+        .json()
+        .await
+        .expect("JSON");
+    page["data"]
+        .as_array()
+        .map(|d| d.iter().filter(|c| c["name"] == name).count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identifiers_and_idempotency_keys_are_forgotten_after_24_hours() {
+    let fake = Fake::start().await;
+    let c = client(&fake);
+    let cus = CreateCustomer::new()
+        .name("day")
+        .send(&c)
+        .await
+        .expect("customer");
+    let cus = cus.id.as_str().to_string();
+    let first = post(
+        &fake,
+        "/v1/billing/meter_events",
+        &meter_event(&cus, "day:1", "5"),
+        None,
+    )
+    .await;
+    assert_eq!(first.status(), 200);
+    // The same identifier within the day: Stripe's duplicate answer.
+    let dup = post(
+        &fake,
+        "/v1/billing/meter_events",
+        &meter_event(&cus, "day:1", "5"),
+        None,
+    )
+    .await;
+    assert_eq!(dup.status(), 400);
+    assert_eq!(
+        header(&dup, "stripe-should-retry").as_deref(),
+        Some("false")
+    );
+    let body: Value = dup.json().await.expect("JSON");
+    assert_eq!(
+        body["error"],
+        json!({"type": "invalid_request_error", "message": "An event already exists with identifier day:1."}),
+    );
+    // Idempotency: the same key gives the same customer within the day.
+    let key = IdempotencyKey::new("day-key").expect("key");
+    let create = || {
+        CreateCustomer::new()
+            .name("keyed")
+            .customize()
+            .request_strategy(RequestStrategy::Idempotent(key.clone()))
+            .send(&c)
+    };
+    let a = create().await.expect("keyed create");
+    assert_eq!(create().await.expect("replay").id, a.id);
+    assert_eq!(customers_named(&fake, "keyed").await, 1);
+    // A day later both are forgotten: the identifier is accepted again (a second event, billed
+    // twice) and the key creates a second customer.
+    fake.post("/_fake/clock/advance", json!({"seconds": 24 * 3_600 + 60}))
+        .await;
+    let again = post(
+        &fake,
+        "/v1/billing/meter_events",
+        &meter_event(&cus, "day:1", "5"),
+        None,
+    )
+    .await;
+    assert_eq!(again.status(), 200);
+    let events: Vec<Value> = fake
+        .meter_events()
+        .await
+        .into_iter()
+        .filter(|e| e["identifier"] == "day:1")
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    let b = create().await.expect("create after a day");
+    assert_ne!(b.id, a.id, "the key was pruned after 24 hours");
+    assert_eq!(customers_named(&fake, "keyed").await, 2);
+    fake.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_answers_of_an_executing_endpoint_are_saved_500s_replayed_and_a_key_in_flight_is_409()
+{
+    let fake = Fake::start().await;
+    let cus = CreateCustomer::new()
+        .name("idem")
+        .send(&client(&fake))
+        .await
+        .expect("customer")
+        .id
+        .as_str()
+        .to_string();
+    // Parameters that fail validation: nothing saved, the corrected request runs under the key.
+    let mut bad = meter_event(&cus, "idem:1", "5");
+    bad.retain(|(k, _)| *k != "event_name");
+    let r = post(
+        &fake,
+        "/v1/billing/meter_events",
+        &bad,
+        Some("k-validation"),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let r = post(
+        &fake,
+        "/v1/billing/meter_events",
+        &meter_event(&cus, "idem:1", "5"),
+        Some("k-validation"),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "a refused validation was saved");
+    assert_eq!(header(&r, "idempotent-replayed"), None);
+    // The rate limiter runs before the idempotency layer: a 429 is not saved.
+    fake.post("/_fake/settings", json!({"rate_limit_per_sec": 1}))
+        .await;
+    let _ = post(&fake, "/v1/customers", &[("name", "burst".into())], None).await;
+    let limited = post(
+        &fake,
+        "/v1/customers",
+        &[("name", "limited".into())],
+        Some("k-429"),
+    )
+    .await;
+    assert_eq!(limited.status(), 429);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    fake.post("/_fake/settings", json!({"rate_limit_per_sec": 0}))
+        .await;
+    let r = post(
+        &fake,
+        "/v1/customers",
+        &[("name", "limited".into())],
+        Some("k-429"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "idempotent-replayed"), None, "a 429 was saved");
+    // A 500 after the endpoint ran is saved and replayed to the same key; the work was done.
+    fake.post(
+        "/_fake/faults",
+        json!({"kind": "status", "status": 500, "after": true, "count": 1, "path": "/v1/customers"}),
+    )
+    .await;
+    let r = post(
+        &fake,
+        "/v1/customers",
+        &[("name", "ran".into())],
+        Some("k-500"),
+    )
+    .await;
+    assert_eq!(r.status(), 500);
+    assert_eq!(header(&r, "stripe-should-retry").as_deref(), Some("true"));
+    let r = post(
+        &fake,
+        "/v1/customers",
+        &[("name", "ran".into())],
+        Some("k-500"),
+    )
+    .await;
+    assert_eq!(r.status(), 500, "the saved 500 is replayed");
+    assert_eq!(header(&r, "idempotent-replayed").as_deref(), Some("true"));
+    assert_eq!(customers_named(&fake, "ran").await, 1);
+    // A second request while the first with its key is still running: 409, decoded by
+    // async-stripe as an idempotency error with Stripe's code.
+    fake.post(
+        "/_fake/faults",
+        json!({"kind": "delay", "ms": 1_500, "count": 1, "path": "/v1/customers"}),
+    )
+    .await;
+    let url = fake.url.clone();
+    let slow = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/customers"))
+            .bearer_auth(STRIPE_KEY)
+            .header("idempotency-key", "k-409")
+            .form(&[("name", "slow")])
+            .send()
+            .await
+            .expect("slow")
+            .status()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let key = IdempotencyKey::new("k-409").expect("key");
+    let raced = CreateCustomer::new()
+        .name("slow")
+        .customize()
+        .request_strategy(RequestStrategy::Idempotent(key))
+        .send(&client(&fake))
+        .await;
+    match raced {
+        Err(StripeError::Stripe(e, 409)) => {
+            assert_eq!(e.type_, stripe_shared::ApiErrorsType::IdempotencyError);
+            assert_eq!(
+                e.code.as_ref().map(|c| c.as_str().to_string()).as_deref(),
+                Some("idempotency_key_in_use")
+            );
+        }
+        other => panic!("expected a 409, got {other:?}"),
+    }
+    assert_eq!(slow.await.expect("slow"), StatusCode::OK);
+    let r = post(
+        &fake,
+        "/v1/customers",
+        &[("name", "slow".into())],
+        Some("k-409"),
+    )
+    .await;
+    assert_eq!(header(&r, "idempotent-replayed").as_deref(), Some("true"));
+    assert_eq!(customers_named(&fake, "slow").await, 1);
+    fake.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_saved_500_during_a_report_neither_loses_nor_doubles_the_hour() {
+    let m = Metered::start("rules_500", |_| {}).await;
+    let h = hour_start(now() - 2 * 3_600);
+    m.calls("c1", h + 60, &[1.0; 5]).await;
+    m.wait_rollup("c1", h, 5.0).await;
+    // Stripe records the event, then answers 500 and saves it for the request's key: a retry
+    // under that key would get the 500 back for a day.
+    m.fault(json!({"kind": "status", "status": 500, "after": true, "count": 1}))
+        .await;
+    let s = m.report().await;
+    assert_eq!(s.failed, 0, "{s:?}");
+    assert_eq!(s.reported + s.already_reported, 1, "{s:?}");
+    let identifier = billing_sync::usage::identifier(TENANT, "c1", "api_call", h as u32);
+    let sent = m.requests_with_identifier(&identifier).await;
+    assert_eq!(
+        sent,
+        vec![(500, false), (400, false)],
+        "one 500, then Stripe's duplicate answer under a new key"
+    );
+    assert_eq!(m.meter_events("c1").await.len(), 1);
+    assert_eq!(m.stripe_hour("c1", h).await, 5.0);
+    assert_eq!(m.revisions("c1", h).await, vec![(0, 5, 1, String::new())]);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stripe_customer_whose_store_write_was_lost_is_found_a_day_later() {
+    let m = Metered::start("rules_customer", |_| {}).await;
+    // A creation that reached Stripe while its store write was lost (as billing-sync creates them).
+    let made = CreateCustomer::new()
+        .name("c-lost")
+        .metadata(std::collections::HashMap::from([
+            ("tenant".to_string(), TENANT.to_string()),
+            ("customer".to_string(), "c-lost".to_string()),
+        ]))
+        .send(&client(&m.fake))
+        .await
+        .expect("customer");
+    // A day later the idempotency key is forgotten; the search finds the customer.
+    m.fake
+        .post("/_fake/clock/advance", json!({"seconds": 25 * 3_600}))
+        .await;
+    let id = m
+        .sync
+        .billing
+        .ensure_customer(TENANT, "c-lost")
+        .await
+        .expect("ensure");
+    assert_eq!(id, made.id.as_str());
+    assert_eq!(customers_named(&m.fake, "c-lost").await, 1);
+    assert_eq!(m.stripe_customer("c-lost").await, id, "stored");
+    // A new customer created by two instances at once is one Stripe customer (the hour's key).
+    let (a, b) = tokio::join!(
+        m.sync.billing.ensure_customer(TENANT, "c-new"),
+        m.sync.billing.ensure_customer(TENANT, "c-new")
+    );
+    assert_eq!(a.expect("a"), b.expect("b"));
+    assert_eq!(customers_named(&m.fake, "c-new").await, 1);
+    m.stop().await;
+}
+
+/// The state, value and reason of each revision of one customer-hour, once the webhook made
+/// revision `revision` rejected.
+async fn wait_rejected(
+    m: &Metered,
+    customer: &str,
+    hour: i64,
+    revision: u32,
+) -> Vec<(u32, i64, u8, String)> {
+    wait_until(
+        Duration::from_secs(20),
+        "the meter error report to reject the revision",
+        || async {
+            let r = m.revisions(customer, hour).await;
+            r.iter().any(|x| x.0 == revision && x.2 == 5).then_some(r)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn meter_events_stripe_drops_after_accepting_them_are_re_sent_or_surfaced() {
+    let m = Metered::start("rules_reject", |_| {}).await;
+    let h = hour_start(now() - 2 * 3_600);
+    m.calls("c1", h + 60, &[1.0; 5]).await;
+    m.wait_rollup("c1", h, 5.0).await;
+    // Accepted, then dropped by Stripe's asynchronous validation and reported.
+    m.fault(json!({"kind": "reject", "code": "meter_event_invalid_value", "count": 1}))
+        .await;
+    assert_eq!(m.report().await.reported, 1);
+    let r = wait_rejected(&m, "c1", h, 0).await;
+    assert!(r[0].3.contains("meter_event_invalid_value"), "{r:?}");
+    assert_eq!(m.stripe_hour("c1", h).await, 0.0);
+    assert_eq!(m.sync.billing.metrics.usage_rejected.get(), 5.0);
+    assert_eq!(m.sync.billing.metrics.meter_error_reports.get(), 1);
+    // The next run sends the hour again under a new identifier; Stripe ends with the rollup.
+    let s = m.report().await;
+    assert_eq!((s.corrections, s.failed), (1, 0), "{s:?}");
+    assert_eq!(m.stripe_hour("c1", h).await, 5.0);
+    let rec = m.reconcile().await;
+    let open: Vec<&Value> = rec["differences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["customer"] == "c1" && d["verdict"] != "healed")
+        .collect();
+    assert!(open.is_empty(), "{rec}");
+    // A customer Stripe does not know (deleted there): rejected twice, then left to a person and
+    // shown as rejected with Stripe's reason; nothing is sent a third time.
+    let mut insert = m
+        .env
+        .ch()
+        .insert::<BillingCustomerRow>("billing_customers")
+        .await
+        .expect("insert");
+    insert
+        .write(&BillingCustomerRow {
+            tenant: TENANT.into(),
+            customer: "c-gone".into(),
+            stripe_customer_id: "cus_deleted".into(),
+            created_at: OffsetDateTime::now_utc(),
+        })
+        .await
+        .expect("write");
+    insert.end().await.expect("end");
+    m.calls("c-gone", h + 60, &[1.0; 3]).await;
+    m.wait_rollup("c-gone", h, 3.0).await;
+    assert_eq!(m.report().await.reported, 1);
+    wait_rejected(&m, "c-gone", h, 0).await;
+    assert_eq!(m.report().await.corrections, 1);
+    let r = wait_rejected(&m, "c-gone", h, 1).await;
+    assert!(r[1].3.contains("meter_event_customer_not_found"), "{r:?}");
+    let s = m.report().await;
+    assert_eq!(s.corrections + s.reported, 0, "re-sent a third time: {s:?}");
+    let rec = m.reconcile().await;
+    let d: Vec<&Value> = rec["differences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["customer"] == "c-gone")
+        .collect();
+    assert_eq!(d.len(), 1, "{rec}");
+    assert_eq!(d[0]["verdict"], "rejected", "{rec}");
+    assert!(
+        d[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("meter_event_customer_not_found"),
+        "{rec}"
+    );
+    // A thin event with a bad signature is refused.
+    let thin = m
+        .fake
+        .events_of("v1.billing.meter.error_report_triggered")
+        .await;
+    assert_eq!(thin.len(), 3, "{thin:?}");
+    assert!(
+        thin.iter().all(|e| e.get("data").is_none()),
+        "thin events carry no data"
+    );
+    let id = thin[0]["id"].as_str().expect("id");
+    let r = m
+        .fake
+        .post(
+            &format!("/_fake/events/{id}/deliver"),
+            json!({"signature": "bad"}),
+        )
+        .await;
+    assert_eq!(r["status"], 400, "{r}");
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_checkout_is_counted_and_the_customer_can_start_again() {
+    let env = TestEnv::new("rules_expired").await;
+    let fake = Fake::start().await;
+    let sync = start_billing(&env, &fake).await;
+    let key = env
+        .key("acme", &[Scope::Ingest, Scope::Read], Some("c-late"))
+        .await;
+    let http = reqwest::Client::new();
+    let checkout = || async {
+        let r = http
+            .post(format!("{}/subscription/create", sync.running.url))
+            .bearer_auth(&key)
+            .json(&json!({"plan": "starter"}))
+            .send()
+            .await
+            .expect("checkout");
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.expect("JSON");
+        v["url"].as_str().expect("url").to_string()
+    };
+    let abandoned = checkout().await;
+    fake.post("/_fake/clock/advance", json!({"seconds": 24 * 3_600 + 1}))
+        .await;
+    let expired = fake.events_of("checkout.session.expired").await;
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(expired[0]["data"]["object"]["status"], "expired");
+    wait_until(
+        Duration::from_secs(20),
+        "the expiry to be handled",
+        || async { (sync.billing.metrics.checkouts_expired.get() == 1).then_some(()) },
+    )
+    .await;
+    let r = http.get(&abandoned).send().await.expect("visit");
+    assert_eq!(r.status(), 400, "an expired session cannot be paid");
+    // A new checkout works and starts the subscription.
+    let url = checkout().await;
+    assert_eq!(http.get(&url).send().await.expect("pay").status(), 200);
+    let subs = fake.events_of("customer.subscription.created").await;
+    assert_eq!(subs.len(), 1);
+    sync.running.stop().await;
+    fake.stop().await;
+}
