@@ -124,6 +124,7 @@ codes! {
     LinkUsed = "link_used",
     InsufficientScope = "insufficient_scope",
     CustomerForbidden = "customer_forbidden",
+    Forbidden = "forbidden",
     NotFound = "not_found",
     PayloadTooLarge = "payload_too_large",
     TooManyEvents = "too_many_events",
