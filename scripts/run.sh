@@ -12,10 +12,11 @@ API_PORT=${API_PORT:-8080}
 AGG_PORT=${AGG_PORT:-9464}
 BILLING_PORT=${BILLING_PORT:-8090}
 STRIPE_PORT=${STRIPE_PORT:-12111}
+THREAT_PORT=${THREAT_PORT:-8095}
 mkdir -p "$RUN"
 
 stop_services() {
-  for svc in ingest aggregator billing-sync stripe-fake; do
+  for svc in threat-api ingest aggregator billing-sync stripe-fake; do
     if [[ -f "$RUN/$svc.pid" ]] && kill -0 "$(cat "$RUN/$svc.pid")" 2>/dev/null; then
       kill -TERM "$(cat "$RUN/$svc.pid")"; echo "$svc: stopped"
     fi
@@ -26,7 +27,7 @@ if [[ "${1:-}" == "stop" ]]; then stop_services; bash scripts/servers.sh stop; e
 
 bash scripts/install.sh clickhouse tansu
 bash scripts/servers.sh start
-cargo build -q -p ingest -p aggregator -p billing-sync -p stripe-fake --bins
+cargo build -q -p ingest -p aggregator -p billing-sync -p stripe-fake -p threat-api --bins
 stop_services
 
 export INGEST_LISTEN="127.0.0.1:$API_PORT" AGGREGATOR_LISTEN="127.0.0.1:$AGG_PORT"
@@ -110,6 +111,31 @@ status, _ = call("POST", "/v1/customers/cust_at_limit/plan", {"plan": "starter",
 u = call("GET", "/v1/customers/cust_at_limit/quota")[1]
 print(f"cust_at_limit set to {u['plan']} by the admin API ({status}): used {u['used']:.0f}/{u['limit']}, allowed={u['allowed']}")
 PY
+# The example service (examples/threat-api) metered by the client crate's tower layer
+# (check-and-track before each call, 429 with an upgrade hint at the limit; report fails closed
+# and the others fail open when the API is down). cust_threat calls it 110 times: 100 served and
+# counted, 10 refused. Idempotency keys are fixed per day, as above.
+THREAT_API_LISTEN="127.0.0.1:$THREAT_PORT" METERING_URL="http://127.0.0.1:$API_PORT" METERING_KEY="$KEY" \
+  METERING_UPGRADE_URL="http://127.0.0.1:$API_PORT/dashboard/" \
+  setsid nohup "$ROOT/target/debug/threat-api" >"$RUN/threat-api.log" 2>&1 </dev/null & echo $! >"$RUN/threat-api.pid"
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$THREAT_PORT/healthz" >/dev/null && break; sleep 0.1; done
+python3 - "http://127.0.0.1:$THREAT_PORT" "$run_id" <<'PY'
+import json, sys, urllib.request, urllib.error
+svc, run = sys.argv[1:3]
+served, refused, last = {}, 0, None
+for i in range(110):
+    endpoint = ["analyze", "redact", "report", "drill"][i % 4]
+    req = urllib.request.Request(f"{svc}/v1/{endpoint}", method="POST", data=json.dumps({"text": f"sample {i} password"}).encode(),
+                                 headers={"X-Customer-Id": "cust_threat", "Idempotency-Key": f"demo-{run}-threat-{i}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as r:
+            served[endpoint] = served.get(endpoint, 0) + 1
+    except urllib.error.HTTPError as e:
+        if e.code != 429: raise SystemExit(f"threat-api answered {e.code}: {e.read()}")
+        refused, last = refused + 1, json.loads(e.read())
+print(f"threat-api (metered by the Rust layer): cust_threat made 110 calls: {sum(served.values())} served {served}, {refused} refused (429)")
+if last: print(f"  the 429: {last['error']['code']}: {last['error']['message']} (upgrade: {last['upgrade']['url']})")
+PY
 # Late usage, billed exactly once: cust_over (a Stripe customer since its checkout) gets 5 calls
 # stamped two hours ago, the hour is reported (POST /admin/usage/report), 3 more calls arrive for
 # that hour, and the next report run sends them as a correction (identifier ...:<hour>:r1). Fixed
@@ -144,7 +170,7 @@ link() {
     python3 -c 'import json,sys; print(json.load(sys.stdin).get("url"))'
 }
 Q="SELECT customer, sum(quantity) AS calls, round(100 * calls / 100) AS pct_of_free FROM metering.usage_monthly WHERE tenant = 'demo' AND month = toStartOfMonth(today()) GROUP BY customer ORDER BY calls"
-sent=$((30 + 85 + 100 + 100))
+sent=$((30 + 85 + 100 + 100 + 100))
 for _ in $(seq 50); do
   n=$(clickhouse-client -q "SELECT count() FROM metering.events_raw WHERE tenant = 'demo' AND id LIKE 'demo-$run_id-%'")
   [[ "$n" -ge "$sent" ]] && break; sleep 0.2
@@ -163,6 +189,7 @@ Running:
   aggregator     http://127.0.0.1:$AGG_PORT/metrics   (logs .data/run/aggregator.log)
   billing-sync   http://127.0.0.1:$BILLING_PORT   (/subscription/status|create|portal|cancel, /admin/usage/proof; logs .data/run/billing-sync.log)
   Stripe (fake)  http://127.0.0.1:$STRIPE_PORT   (logs .data/run/stripe-fake.log)
+  threat-api     http://127.0.0.1:$THREAT_PORT   (the example service behind the Rust layer; logs .data/run/threat-api.log)
   ClickHouse     http://127.0.0.1:8123 (database metering), Kafka API 127.0.0.1:9092
 
 Ask for a quota (the pre-flight check) and the seed's usage summary:
@@ -170,6 +197,9 @@ Ask for a quota (the pre-flight check) and the seed's usage summary:
   curl -H 'Authorization: Bearer $KEY' 'http://127.0.0.1:$API_PORT/usage?customer=cust_warned'
   curl -H 'Authorization: Bearer $KEY' 'http://127.0.0.1:$API_PORT/v1/customers/cust_over/history?granularity=hour&group_by=endpoint'
   API description: http://127.0.0.1:$API_PORT/openapi.json
+
+Call the example service (metered by the layer; X-Customer-Id names the customer):
+  curl -X POST http://127.0.0.1:$THREAT_PORT/v1/analyze -H 'X-Customer-Id: cust_light' -d '{"text":"my password"}'
 
 Send an event:
   curl -X POST http://127.0.0.1:$API_PORT/v1/events -H 'Authorization: Bearer $KEY' \\
