@@ -94,9 +94,15 @@ pub fn event(headers: &HeaderMap, body: &[u8]) -> Result<Value, BinaryError> {
             .as_ref()
             .filter(|m| !m.is_json() || !m.is_utf8())
         {
+            let hint = if media.essence == "application/x-www-form-urlencoded" {
+                " (curl -d and Python's urllib send this type by default: set Content-Type: \
+                 application/json, the event's datacontenttype)"
+            } else {
+                ""
+            };
             return Err(BinaryError::Unsupported(format!(
                 "Content-Type {}: meters read the event's data as a JSON object (application/json \
-                 or */*+json in UTF-8); this data cannot be metered",
+                 or */*+json in UTF-8); this data cannot be metered{hint}",
                 media.essence
             )));
         }
@@ -246,7 +252,13 @@ mod tests {
 
     #[test]
     fn data_that_meters_cannot_read_is_unsupported() {
-        for ct in [&b"text/plain"[..], b"application/octet-stream", b"x"] {
+        for ct in [
+            &b"text/plain"[..],
+            b"application/octet-stream",
+            b"application/x-www-form-urlencoded",
+            b"application/json; charset=latin1",
+            b"x",
+        ] {
             let h = headers(&[("ce-id", b"e1"), ("content-type", ct)]);
             assert!(
                 matches!(event(&h, b"hello"), Err(BinaryError::Unsupported(_))),
