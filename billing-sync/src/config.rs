@@ -91,7 +91,10 @@ pub struct StripeConfig {
     pub meter_prices: BTreeMap<String, String>,
     /// Timeout of one Stripe request (ms).
     pub timeout_ms: u64,
-    /// Most Stripe requests per second, all kinds together (Stripe allows 1,000 in live mode).
+    /// Most Stripe requests per second, all kinds together; 0 (the default) picks it from the
+    /// key's mode: 20 for a test key (`sk_test_`, `rk_test_`: Stripe's test mode allows 25
+    /// operations per second, meter events included), 90 for a live key (100 per second for
+    /// everything but meter events, which have their own 1,000): <https://docs.stripe.com/rate-limits>.
     pub max_requests_per_sec: u32,
     /// Attempts of one Stripe request on 429, 5xx, timeouts and connection errors.
     pub max_attempts: u32,
@@ -107,6 +110,21 @@ pub struct StripeConfig {
     pub portal_return_url: String,
 }
 
+impl StripeConfig {
+    /// The pace in requests per second: `max_requests_per_sec`, or the key mode's when 0.
+    pub fn pace(&self) -> u32 {
+        if self.max_requests_per_sec > 0 {
+            return self.max_requests_per_sec;
+        }
+        let key = self.secret_key.expose_secret();
+        if key.starts_with("sk_live_") || key.starts_with("rk_live_") {
+            90
+        } else {
+            20
+        }
+    }
+}
+
 impl Default for StripeConfig {
     fn default() -> Self {
         Self {
@@ -116,7 +134,7 @@ impl Default for StripeConfig {
             prices: BTreeMap::new(),
             meter_prices: BTreeMap::new(),
             timeout_ms: 10_000,
-            max_requests_per_sec: 100,
+            max_requests_per_sec: 0,
             max_attempts: 5,
             backoff_base_ms: 200,
             backoff_max_ms: 10_000,
@@ -191,6 +209,12 @@ pub struct UsageConfig {
     pub reconcile_enabled: bool,
     /// Seconds between those comparisons.
     pub reconcile_interval_secs: u64,
+    /// Stripe processes meter events asynchronously and its summaries lag them ("might not
+    /// immediately reflect recently received meter events":
+    /// <https://docs.stripe.com/billing/subscriptions/usage-based/recording-usage-api>): an hour
+    /// whose summary holds less than was sent within this many seconds is `settling`, not a
+    /// difference.
+    pub summary_settle_secs: u64,
 }
 
 impl Default for UsageConfig {
@@ -205,6 +229,7 @@ impl Default for UsageConfig {
             create_customers: false,
             reconcile_enabled: true,
             reconcile_interval_secs: 3_600,
+            summary_settle_secs: 900,
         }
     }
 }
@@ -267,8 +292,10 @@ impl Config {
         if !s.api_base.ends_with('/') || !s.api_base.starts_with("http") {
             return fail("stripe.api_base must be an http(s) URL ending in `/`");
         }
-        if !(1..=1000).contains(&s.max_requests_per_sec) {
-            return fail("stripe.max_requests_per_sec must be in 1..=1000 (Stripe's limit)");
+        if s.max_requests_per_sec > 1000 {
+            return fail(
+                "stripe.max_requests_per_sec must be at most 1000 (Stripe's limit; 0 picks it from the key)",
+            );
         }
         if s.max_attempts == 0 || s.timeout_ms < 100 || s.backoff_base_ms == 0 {
             return fail(

@@ -210,6 +210,10 @@ pub struct Cancelled {
     pub current_period_end: Option<String>,
     /// Whether it was cancelled now (`immediately`).
     pub canceled_now: bool,
+    /// With `immediately`: whether the customer's usage reached Stripe before the cancel, so that
+    /// the final invoice bills it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_reported: Option<bool>,
 }
 
 /// What `POST /webhooks/stripe` answers to a verified event.
@@ -622,13 +626,29 @@ async fn cancel(
                 "the customer has no live subscription",
             )
         })?;
-    Ok(Json(
-        state
-            .billing
-            .cancel(&live, req.immediately)
-            .await
-            .map_err(failure)?,
-    ))
+    // Cancelling now: the customer's usage goes to Stripe first, so that the final invoice bills
+    // it. A failed flush does not keep the customer from cancelling; the usage stays in the ledger
+    // and the answer says so.
+    let flushed = if req.immediately {
+        match crate::usage::report::flush_customer(&state.billing, &key.tenant, &customer).await {
+            Ok(s) => Some(s.failed == 0),
+            Err(e) => {
+                tracing::error!(tenant = %key.tenant, customer = %customer, error = %e, "usage not reported before an immediate cancel: the final invoice misses it");
+                Some(false)
+            }
+        }
+    } else {
+        None
+    };
+    let mut answer = state
+        .billing
+        .cancel(&live, req.immediately)
+        .await
+        .map_err(failure)?;
+    if let Some(ok) = flushed {
+        answer["usage_reported"] = Value::Bool(ok);
+    }
+    Ok(Json(answer))
 }
 
 /// Stripe's webhook: a signed event, handled once.

@@ -103,7 +103,7 @@ impl StripeApi {
             http,
             api_base: config.api_base.clone(),
             secret: config.secret_key.clone(),
-            pacer: Arc::new(Pacer::new(config.max_requests_per_sec)),
+            pacer: Arc::new(Pacer::new(config.pace())),
             metrics,
             max_attempts: config.max_attempts,
             backoff_base: Duration::from_millis(config.backoff_base_ms),

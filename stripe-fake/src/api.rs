@@ -92,7 +92,9 @@ pub(crate) async fn api(
         shared.lock().requests.push(log(401, false));
         return stripe_response(401, &body, false, Some(false));
     }
-    let raw = if method == Method::GET || method == Method::DELETE {
+    // GET takes its parameters in the query; DELETE in the body (as async-stripe sends them) or
+    // the query.
+    let raw = if method == Method::GET || (method == Method::DELETE && body.is_empty()) {
         uri.query().unwrap_or("").as_bytes().to_vec()
     } else {
         body.to_vec()
@@ -355,7 +357,7 @@ fn dispatch(st: &mut State, method: &Method, seg: &[&str], p: &Value, base: &str
         ("GET", ["subscriptions"]) => plain(st.list_subscriptions(p)),
         ("GET", ["subscriptions", id]) => plain(st.subscription(id)),
         ("POST", ["subscriptions", id]) => st.update_subscription(id, p),
-        ("DELETE", ["subscriptions", id]) => st.cancel_subscription(id),
+        ("DELETE", ["subscriptions", id]) => st.cancel_subscription_request(id, p),
         ("POST", ["invoices", "create_preview"]) => plain(st.create_preview(p)),
         ("GET", ["invoices", id]) => plain(st.invoice(id)),
         ("POST", ["checkout", "sessions"]) => plain(st.create_checkout_session(p, base)),

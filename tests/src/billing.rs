@@ -138,6 +138,9 @@ pub fn billing_config(env: &TestEnv, fake: &Fake) -> billing_sync::Config {
     config.stripe.timeout_ms = 2_000;
     config.stripe.backoff_base_ms = 20;
     config.stripe.backoff_max_ms = 200;
+    // Faster than the default (20 per second for a test key) so that the suite stays quick; the
+    // fake has no rate limit unless a test sets one.
+    config.stripe.max_requests_per_sec = 200;
     config.stripe.prices = fake
         .prices
         .iter()

@@ -213,13 +213,16 @@ impl Billing {
     }
 
     /// `POST /subscription/cancel` on the live subscription `row`: at period end, or now.
-    /// Stripe's answer is applied at once (the webhook that follows changes nothing more).
+    /// Stripe's answer is applied at once (the webhook that follows changes nothing more). Now
+    /// means `invoice_now`: Stripe's final invoice bills the metered usage it holds (the caller
+    /// reports the customer's usage first); without it the period's usage would never be invoiced.
+    /// At period end, Stripe's last invoice bills the period's usage.
     pub async fn cancel(&self, row: &BillingSubscriptionRow, immediately: bool) -> Result<Value> {
         let sub = if immediately {
             self.stripe
                 .send(
                     "cancel_subscription",
-                    &CancelSubscription::new(row.subscription_id.as_str()),
+                    &CancelSubscription::new(row.subscription_id.as_str()).invoice_now(true),
                     None,
                 )
                 .await?

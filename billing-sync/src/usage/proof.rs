@@ -34,7 +34,7 @@ pub use table::table;
 
 use super::corrections::{outside_window, rollups};
 use super::ledger::{self, HourLedger, State, same};
-use super::reconcile::{agrees, meter_ids, summaries, unresolved};
+use super::reconcile::{agrees, meter_ids, settling, settling_reason, summaries, unresolved};
 use super::{Cell, customers, hour_start, meters, value_text, window};
 use crate::Result;
 use crate::billing::Billing;
@@ -158,7 +158,7 @@ pub struct Proof {
 }
 
 /// Verdicts that are not a difference: agreed, never billable, on their way, or not billed here.
-const SETTLED: [&str; 4] = ["ok", "unbillable", "pending", "no_customer"];
+const SETTLED: [&str; 5] = ["ok", "unbillable", "pending", "settling", "no_customer"];
 
 /// The name of a revision state.
 fn state_name(s: State) -> &'static str {
@@ -219,6 +219,7 @@ struct Context<'a> {
     meters: &'a BTreeMap<String, String>,
     ids: &'a HashMap<String, String>,
     window: (i64, i64),
+    now: i64,
 }
 
 const OVER_REPORT: &str = "the ledger bills more than the rollup: the reconciliation cancels it \
@@ -281,6 +282,11 @@ impl Context<'_> {
                 outside_window(self.billing)
             );
             ("unbillable".to_string(), why)
+        } else if settling(r, h, s, self.now, u.summary_settle_secs) {
+            (
+                "settling".to_string(),
+                settling_reason(h, s, u.summary_settle_secs),
+            )
         } else {
             let (v, why) = unresolved(r, h, s, OVER_REPORT);
             let why = if v == "under_report" {
@@ -378,6 +384,7 @@ pub async fn proof(
         meters: &meters,
         ids: &ids,
         window: window(billing, now),
+        now,
     };
     let cells: BTreeSet<&Cell> = rollup
         .keys()

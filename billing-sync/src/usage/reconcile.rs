@@ -148,6 +148,36 @@ pub(crate) fn agrees(rollup: f64, h: &HourLedger, stripe: f64) -> bool {
     same(rollup, h.covered()) && same(stripe, h.sent()) && h.pending() == 0.0
 }
 
+/// Whether Stripe's summary may still catch up with what was sent: it holds less than the ledger's
+/// sent units, nothing else is off, and the hour's latest accepted revision is younger than
+/// `settle_secs` (Stripe's summaries lag recent meter events).
+pub(crate) fn settling(
+    rollup: f64,
+    h: &HourLedger,
+    stripe: f64,
+    now: i64,
+    settle_secs: u64,
+) -> bool {
+    let newest = h
+        .in_state(State::Sent)
+        .map(|r| r.written_at.unix_timestamp())
+        .max();
+    stripe < h.sent()
+        && !same(stripe, h.sent())
+        && same(rollup, h.covered())
+        && h.pending() == 0.0
+        && newest.is_some_and(|t| t > now - settle_secs as i64)
+}
+
+/// The reason of a `settling` hour.
+pub(crate) fn settling_reason(h: &HourLedger, stripe: f64, settle_secs: u64) -> String {
+    format!(
+        "Stripe's summary holds {} of the {} units it accepted less than usage.summary_settle_secs = {settle_secs} s ago: it processes meter events asynchronously; checked again by the next reconciliation",
+        stripe,
+        h.sent()
+    )
+}
+
 /// The verdict and reason of an hour whose difference stays.
 pub(crate) fn unresolved(
     rollup: f64,
@@ -356,6 +386,11 @@ pub async fn reconcile(
             ("healed".to_string(), String::new())
         } else if ok {
             ("unbillable".to_string(), h.unbillable_reasons())
+        } else if settling(r, &h, s, now, billing.config.usage.summary_settle_secs) {
+            (
+                "settling".to_string(),
+                settling_reason(&h, s, billing.config.usage.summary_settle_secs),
+            )
         } else if unsure.contains(cell) && h.pending() > 0.0 {
             open += 1;
             let why = "pending for more than 23 hours and Stripe's summary holds part of it: which meter events Stripe has cannot be told, so none is re-sent";
@@ -451,7 +486,7 @@ pub async fn reconcile(
         .set(unbillable_quantity);
     let stays = differences
         .iter()
-        .filter(|d| !matches!(d.verdict.as_str(), "healed" | "unbillable"));
+        .filter(|d| !matches!(d.verdict.as_str(), "healed" | "unbillable" | "settling"));
     for d in stays.take(20) {
         tracing::error!(tenant = %d.tenant, customer = %d.customer, meter = %d.meter, hour = d.hour, rollup = d.rollup, reported = d.reported, stripe = d.stripe, verdict = %d.verdict, reason = %d.reason, "usage difference stays");
     }

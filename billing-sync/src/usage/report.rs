@@ -7,8 +7,8 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 pub use super::corrections::ReportSummary;
-use super::corrections::{mark_unbillable, outside_window, run};
-use super::window;
+use super::corrections::{mark_unbillable, outside_window, rollups, run};
+use super::{Cell, hour_start, window};
 use crate::Result;
 use crate::billing::Billing;
 
@@ -35,5 +35,44 @@ pub async fn report(billing: Arc<Billing>, cancel: CancellationToken) -> Result<
     if summary != ReportSummary::default() {
         tracing::info!(?summary, "usage report run");
     }
+    Ok(summary)
+}
+
+/// Reports everything `customer` of `tenant` used up to now, the current hour included, before its
+/// subscription is cancelled at once: Stripe's final invoice (`invoice_now`) bills the metered usage
+/// it holds when the cancel arrives. Usage that still arrives in the current hour afterwards is
+/// reported by later runs as a correction.
+pub async fn flush_customer(
+    billing: &Arc<Billing>,
+    tenant: &str,
+    customer: &str,
+) -> Result<ReportSummary> {
+    let _run = billing.usage_runs.lock().await;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let (from, _) = window(billing, now);
+    let to = hour_start(now) + 3_600;
+    let cells: std::collections::BTreeSet<Cell> = rollups(billing, from, to)
+        .await?
+        .into_keys()
+        .filter(|c| c.0 == tenant && c.1 == customer)
+        .collect();
+    if cells.is_empty() {
+        return Ok(ReportSummary::default());
+    }
+    let (summary, _) = run(
+        billing,
+        &CancellationToken::new(),
+        from,
+        to,
+        Some(&cells),
+        false,
+    )
+    .await?;
+    tracing::info!(
+        tenant,
+        customer,
+        ?summary,
+        "usage flushed before an immediate cancel"
+    );
     Ok(summary)
 }

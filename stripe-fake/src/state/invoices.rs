@@ -81,6 +81,22 @@ impl State {
             .collect()
     }
 
+    /// The metered items' usage over `[start, end)`, one line each (a final invoice).
+    pub(crate) fn usage_lines(&self, sub: &Subscription, start: i64, end: i64) -> Vec<Line> {
+        sub.items()
+            .iter()
+            .filter(|i| i.metered())
+            .map(|i| Line {
+                item_id: i.id.clone(),
+                price: i.price.clone(),
+                product_name: self.product_name(&i.price.product),
+                quantity: self.metered_usage(i, &sub.customer, start, end),
+                start,
+                end,
+            })
+            .collect()
+    }
+
     /// The lines of an invoice for the licensed items over the current period (the first
     /// invoice, and the admin's payment outcomes).
     pub(crate) fn licensed_lines(&self, sub: &Subscription) -> Vec<Line> {

@@ -262,6 +262,39 @@ impl State {
     }
 
     /// `DELETE /v1/subscriptions/{id}`: ends it now.
+    /// `DELETE /v1/subscriptions/{id}`: cancels now. With `invoice_now`, "a final invoice that
+    /// invoices for any un-invoiced metered usage" is generated
+    /// (<https://docs.stripe.com/api/subscriptions/cancel#cancel_subscription-invoice_now>): the
+    /// metered items' usage from the period start to now, paid at once.
+    pub(crate) fn cancel_subscription_request(
+        &mut self,
+        id: &str,
+        p: &Value,
+    ) -> Result<(Value, Vec<Value>), ApiErr> {
+        let invoice_now = bool_param(p, "invoice_now")?.unwrap_or(false);
+        let (json, mut events) = self.cancel_subscription(id)?;
+        if invoice_now && let Some(sub) = self.subscriptions.get(id).cloned() {
+            let end = sub.ended_at.unwrap_or(sub.period_end);
+            let lines = self.usage_lines(&sub, sub.period_start, end);
+            if !lines.is_empty() {
+                events.extend(self.invoice_with(
+                    &sub,
+                    true,
+                    "subscription_cycle",
+                    &lines,
+                    sub.period_start,
+                    end,
+                )?);
+            }
+        }
+        let json = self
+            .subscriptions
+            .get(id)
+            .map(Subscription::json)
+            .unwrap_or(json);
+        Ok((json, events))
+    }
+
     pub(crate) fn cancel_subscription(&mut self, id: &str) -> Result<(Value, Vec<Value>), ApiErr> {
         if self
             .subscriptions
@@ -363,10 +396,25 @@ impl State {
                     break;
                 }
                 if sub.cancel_at_period_end {
+                    // The period's metered usage is still billed: a final invoice at the end.
+                    let lines = self.usage_lines(&sub, sub.period_start, sub.period_end);
                     if let Ok((_, e)) = self.change_subscription(&id, |s, _| {
                         s.status = "canceled".into();
                         s.ended_at = Some(s.period_end);
                     }) {
+                        events.extend(e);
+                    }
+                    if !lines.is_empty()
+                        && let Some(ended) = self.subscriptions.get(&id).cloned()
+                        && let Ok(e) = self.invoice_with(
+                            &ended,
+                            true,
+                            "subscription_cycle",
+                            &lines,
+                            sub.period_start,
+                            sub.period_end,
+                        )
+                    {
                         events.extend(e);
                     }
                     break;

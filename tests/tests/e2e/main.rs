@@ -8,6 +8,7 @@
 //! `billing_contract`, `billing_usage`, `billing_corrections`, `billing_proof`, `billing_preview`
 //! and `billing_ha` (billing-sync and the Stripe fake; `billing_ha`: two instances at once),
 //! `stripe_rules` (Stripe's rules the fake keeps, and billing-sync exact under each),
+//! `billing_invoices` (usage on Stripe's invoices, lagging summaries, the test-mode pace),
 //! `dashboard` (headless Chromium), `client_drift`, `client_layer` and `client_ts` (the Rust client's types against real answers, the Rust layer, the TypeScript
 //! client and its React page in Chromium), `openapi`
 //! (both services' generated OpenAPI documents against their routes). Run one area with
@@ -18,10 +19,10 @@ mod billing;
 mod billing_contract;
 mod billing_corrections;
 mod billing_ha;
+mod billing_invoices;
 mod billing_preview;
 mod billing_proof;
 mod billing_usage;
-mod client_drift;
 mod client_drift;
 mod client_layer;
 mod client_ts;
