@@ -350,6 +350,15 @@ fn dispatch(st: &mut State, method: &Method, seg: &[&str], p: &Value, base: &str
         ("GET", ["billing", "meters", id, "event_summaries"]) => plain(st.event_summaries(id, p)),
         ("POST", ["billing", "meter_events"]) => st.create_meter_event(p),
         ("GET", ["v2", "core", "events", id]) => plain(st.v2_event(id)),
+        ("GET", ["v2", "core", "events"]) => plain(st.list_v2_events(p)),
+        ("DELETE", ["customers", id]) => st.delete_customer(id),
+        ("POST", ["test_helpers", "test_clocks"]) => st.create_test_clock(p),
+        ("POST", ["test_helpers", "test_clocks", id, "advance"]) => st.advance_test_clock(id, p),
+        ("GET", ["test_helpers", "test_clocks", id]) => plain(st.test_clock(id)),
+        ("DELETE", ["test_helpers", "test_clocks", id]) => plain(st.delete_test_clock(id)),
+        ("POST", ["prices", id]) => plain(st.set_active("prices", id, p)),
+        ("POST", ["products", id]) => plain(st.set_active("products", id, p)),
+        ("POST", ["billing", "meters", id, "deactivate"]) => plain(st.deactivate_meter(id)),
         ("POST", ["billing", "meter_event_adjustments"]) => {
             plain(st.create_meter_event_adjustment(p))
         }
@@ -359,6 +368,7 @@ fn dispatch(st: &mut State, method: &Method, seg: &[&str], p: &Value, base: &str
         ("POST", ["subscriptions", id]) => st.update_subscription(id, p),
         ("DELETE", ["subscriptions", id]) => st.cancel_subscription_request(id, p),
         ("POST", ["invoices", "create_preview"]) => plain(st.create_preview(p)),
+        ("GET", ["invoices"]) => plain(st.list_invoices(p)),
         ("GET", ["invoices", id]) => plain(st.invoice(id)),
         ("POST", ["checkout", "sessions"]) => plain(st.create_checkout_session(p, base)),
         ("GET", ["checkout", "sessions", id]) => plain(st.checkout_session(id)),

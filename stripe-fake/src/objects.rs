@@ -73,6 +73,8 @@ pub(crate) struct Price {
     pub(crate) metadata: Value,
     /// Creation time.
     pub(crate) created: i64,
+    /// Whether it can be used for new purchases (`POST /v1/prices/{id}` `active=false` archives it).
+    pub(crate) active: bool,
 }
 
 impl Price {
@@ -92,7 +94,7 @@ impl Price {
             })
         });
         json!({
-            "id": self.id, "object": "price", "active": true, "billing_scheme": "per_unit",
+            "id": self.id, "object": "price", "active": self.active, "billing_scheme": "per_unit",
             "created": self.created, "currency": self.currency, "custom_unit_amount": null,
             "livemode": false, "lookup_key": self.lookup_key, "metadata": self.metadata,
             "nickname": self.nickname, "product": self.product, "recurring": recurring,

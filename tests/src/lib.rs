@@ -5,6 +5,8 @@
 //! - [`TestEnv`]: per-test resources and app starters.
 //! - [`servers`]: private tansu / ClickHouse processes that a test may stop and restart.
 //! - [`billing`]: the Stripe fake and billing-sync wired together.
+//! - [`stripe_target`]: the Stripe of the contract suite: the fake, or Stripe's test mode with
+//!   `STRIPE_TEST_SECRET_KEY`, with a catalog made and removed per test.
 //! - [`metered`]: a metered-usage stack (events in past hours, rollups, what Stripe and the ledger
 //!   hold per customer-hour).
 //! - [`wait_until`]: polling with a deadline instead of fixed sleeps.
@@ -19,6 +21,7 @@ pub mod metered;
 pub mod proxy;
 pub mod servers;
 pub mod smtp;
+pub mod stripe_target;
 pub mod webhook;
 
 use std::path::PathBuf;

@@ -14,13 +14,23 @@ impl State {
     /// `POST /v1/customers`.
     pub(crate) fn create_customer(&mut self, p: &Value) -> ApiResult {
         let id = self.id("cus");
-        let c = objects::customer(
+        let mut c = objects::customer(
             &id,
             self.now(),
             str_param(p, "email"),
             str_param(p, "name"),
             &metadata(p, "metadata"),
         );
+        if let Some(clock) = str_param(p, "test_clock") {
+            if !self.test_clocks.contains_key(clock) {
+                return Err(ApiErr::missing(
+                    "test_helpers.test_clock",
+                    clock,
+                    Some("test_clock"),
+                ));
+            }
+            c["test_clock"] = json!(clock);
+        }
         self.customers.insert(id, c.clone());
         Ok(c)
     }
@@ -62,6 +72,68 @@ impl State {
             "object": "search_result", "data": data, "has_more": false, "next_page": null,
             "url": "/v1/customers/search",
         }))
+    }
+
+    /// `DELETE /v1/customers/{id}`: "Permanently deletes a customer. It cannot be undone. Also
+    /// immediately cancels any active subscriptions on the customer."
+    /// (<https://docs.stripe.com/api/customers/delete>).
+    pub(crate) fn delete_customer(&mut self, id: &str) -> Result<(Value, Vec<Value>), ApiErr> {
+        if self.customers.remove(id).is_none() {
+            return Err(ApiErr::missing("customer", id, Some("id")));
+        }
+        let live: Vec<String> = self
+            .subscriptions
+            .values()
+            .filter(|s| s.customer == id && !s.is_terminal())
+            .map(|s| s.id.clone())
+            .collect();
+        let mut events = Vec::new();
+        for sub in live {
+            events.extend(self.cancel_subscription(&sub)?.1);
+        }
+        Ok((
+            json!({"id": id, "object": "customer", "deleted": true}),
+            events,
+        ))
+    }
+
+    /// `POST /v1/prices/{id}` and `POST /v1/products/{id}`: `active=false` archives (neither can be
+    /// deleted once used); other updates are not modelled.
+    pub(crate) fn set_active(&mut self, kind: &str, id: &str, p: &Value) -> ApiResult {
+        let active = super::params::bool_param(p, "active")?;
+        match kind {
+            "prices" => {
+                let price = self
+                    .prices
+                    .get_mut(id)
+                    .ok_or_else(|| ApiErr::missing("price", id, Some("id")))?;
+                if let Some(a) = active {
+                    price.active = a;
+                }
+                Ok(price.json())
+            }
+            _ => {
+                let product = self
+                    .products
+                    .get_mut(id)
+                    .ok_or_else(|| ApiErr::missing("product", id, Some("id")))?;
+                if let Some(a) = active {
+                    product["active"] = json!(a);
+                }
+                Ok(product.clone())
+            }
+        }
+    }
+
+    /// `POST /v1/billing/meters/{id}/deactivate`: meters cannot be deleted; a deactivated one
+    /// takes no more events.
+    pub(crate) fn deactivate_meter(&mut self, id: &str) -> ApiResult {
+        let meter = self
+            .meters
+            .get_mut(id)
+            .ok_or_else(|| ApiErr::missing("billing meter", id, Some("id")))?;
+        meter.status = "inactive".into();
+        Ok(meter.json())
     }
 
     /// `GET /v1/customers/{id}`.
@@ -181,6 +253,7 @@ impl State {
             nickname: str_param(p, "nickname").map(String::from),
             metadata: metadata(p, "metadata"),
             created: self.now(),
+            active: true,
         };
         let json = price.json();
         self.prices.insert(price.id.clone(), price);
@@ -308,6 +381,7 @@ impl State {
                     nickname: Some(plan.name.clone()),
                     metadata: json!({"plan": plan.key}),
                     created: now,
+                    active: true,
                 },
             );
             if let Some(env) = &plan.stripe_price_env {
@@ -341,6 +415,7 @@ impl State {
                     nickname: Some(format!("{} (included)", meter.name)),
                     metadata: json!({"meter": meter.key}),
                     created: now,
+                    active: true,
                 },
             );
             out.push((

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::State;
-use super::params::str_param;
+use super::params::{page, str_param};
 use super::subscriptions::PERIOD_SECS;
 use crate::error::{ApiErr, ApiResult};
 use crate::objects::{self, InvoiceState, Item, Line, Subscription};
@@ -197,6 +197,26 @@ impl State {
             0,
             "upcoming",
         ))
+    }
+
+    /// `GET /v1/invoices?subscription=…`: the subscription's invoices, newest first.
+    pub(crate) fn list_invoices(&self, p: &Value) -> ApiResult {
+        let sub = str_param(p, "subscription");
+        let mut items: Vec<Value> = self
+            .invoices
+            .values()
+            .filter(|i| {
+                sub.is_none_or(|s| i["parent"]["subscription_details"]["subscription"] == s)
+            })
+            .cloned()
+            .collect();
+        items.sort_by(|a, b| {
+            b["created"]
+                .as_i64()
+                .cmp(&a["created"].as_i64())
+                .then(b["id"].as_str().cmp(&a["id"].as_str()))
+        });
+        page(items, p, "/v1/invoices")
     }
 
     /// `GET /v1/invoices/{id}`.

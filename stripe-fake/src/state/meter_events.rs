@@ -185,6 +185,20 @@ impl State {
         thin
     }
 
+    /// `GET /v2/core/events?object_id=…`: the v2 events of one related object, newest first
+    /// (<https://docs.stripe.com/api/v2/core/events/list>).
+    pub(crate) fn list_v2_events(&self, p: &Value) -> ApiResult {
+        let object = req_str(p, "object_id")?;
+        let mut data: Vec<Value> = self
+            .v2_events
+            .values()
+            .filter(|e| e["related_object"]["id"] == object)
+            .cloned()
+            .collect();
+        data.sort_by(|a, b| b["created"].as_str().cmp(&a["created"].as_str()));
+        Ok(serde_json::json!({"data": data, "next_page_url": null, "previous_page_url": null}))
+    }
+
     /// `GET /v2/core/events/{id}`.
     pub(crate) fn v2_event(&self, id: &str) -> ApiResult {
         self.v2_events

@@ -9,12 +9,14 @@
 //! - [`subscriptions`]: subscriptions, their payment outcomes, renewals and the clock's advance.
 //! - [`invoices`]: invoice lines (licensed in advance, metered in arrears), the invoice preview.
 //! - [`checkout`]: Checkout Sessions and billing portal sessions.
+//! - [`clocks`]: test clocks (they move the fake's one clock).
 //! - [`faults`]: injected API faults.
 //! - [`logs`]: the request and delivery logs and the idempotency cache's entries.
 
 mod adjustments;
 mod catalog;
 mod checkout;
+mod clocks;
 mod faults;
 mod invoices;
 mod logs;
@@ -62,6 +64,8 @@ pub(crate) struct State {
     pub(crate) invoices: BTreeMap<String, Value>,
     /// Every event, in creation order.
     pub(crate) events: Vec<Value>,
+    /// Test clocks by id.
+    pub(crate) test_clocks: BTreeMap<String, Value>,
     /// v2 events (meter error reports) by id, with their data.
     pub(crate) v2_events: BTreeMap<String, Value>,
     /// Idempotency cache.

@@ -8,6 +8,7 @@
 //! `billing_contract`, `billing_usage`, `billing_corrections`, `billing_proof`, `billing_preview`
 //! and `billing_ha` (billing-sync and the Stripe fake; `billing_ha`: two instances at once),
 //! `stripe_rules` (Stripe's rules the fake keeps, and billing-sync exact under each),
+//! `stripe_suite` (the contract suite: the fake, or Stripe's test mode with `STRIPE_TEST_SECRET_KEY`),
 //! `billing_invoices` (usage on Stripe's invoices, lagging summaries, the test-mode pace),
 //! `dashboard` (headless Chromium), `client_drift`, `client_layer` and `client_ts` (the Rust client's types against real answers, the Rust layer, the TypeScript
 //! client and its React page in Chromium), `openapi`
@@ -39,3 +40,4 @@ mod pipeline;
 mod quota;
 mod schema;
 mod stripe_rules;
+mod stripe_suite;
