@@ -1,6 +1,11 @@
 //! [`Batcher`]: usage events sent to `POST /v1/events` in the background, in batches, retried with
 //! the same ids (so a retry counts once), in bounded memory, flushed on shutdown.
 //!
+//! Calls recorded without an id of their own ([`Batcher::record`]) are folded, while they wait,
+//! into one event per customer, meter, endpoint and minute whose `quantity` is their sum (with
+//! `aggregate`, the default): a busy service sends a few events per flush instead of one per call.
+//! The folded event's id is made when its batch is formed, so its retries count once too.
+//!
 //! Memory: at most `capacity` events wait in the queue plus one batch in flight; an event that
 //! finds the queue full is dropped and counted in [`BatchStats::dropped`] (the API is down for
 //! longer than the queue covers). A batch the API refuses as invalid loses only its bad events
@@ -10,6 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -32,6 +42,8 @@ pub struct BatchConfig {
     pub retry_max: Duration,
     /// How long [`Batcher::shutdown`] keeps retrying what is left (default 10 s).
     pub shutdown_timeout: Duration,
+    /// Fold recorded calls into one event per customer, meter, endpoint and minute (default on).
+    pub aggregate: bool,
 }
 
 impl Default for BatchConfig {
@@ -43,6 +55,7 @@ impl Default for BatchConfig {
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
+            aggregate: true,
         }
     }
 }
@@ -50,8 +63,10 @@ impl Default for BatchConfig {
 /// Counters of a [`Batcher`] (monotonic).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchStats {
-    /// Events taken into the queue.
+    /// Events and calls taken into the queue.
     pub enqueued: u64,
+    /// Calls folded into a waiting event of the same customer, meter, endpoint and minute.
+    pub merged: u64,
     /// Events the API accepted (202).
     pub sent: u64,
     /// Events dropped because the queue was full.
@@ -67,6 +82,7 @@ pub struct BatchStats {
 #[derive(Debug, Default)]
 struct Counters {
     enqueued: AtomicU64,
+    merged: AtomicU64,
     sent: AtomicU64,
     dropped: AtomicU64,
     rejected: AtomicU64,
@@ -74,8 +90,22 @@ struct Counters {
     lost: AtomicU64,
 }
 
+/// One call to fold: `quantity` of `meter` at `endpoint` by `customer`, at `at`.
+#[derive(Debug, Clone)]
+struct Call {
+    customer: String,
+    meter: String,
+    endpoint: String,
+    quantity: f64,
+    at: OffsetDateTime,
+}
+
+/// What a folded event is keyed by: customer, meter, endpoint, unix minute.
+type FoldKey = (String, String, String, i64);
+
 enum Cmd {
     Event(Box<IncomingEvent>),
+    Call(Box<Call>),
     Flush(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -92,6 +122,7 @@ impl std::fmt::Debug for Cmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Cmd::Event(_) => "Event",
+            Cmd::Call(_) => "Call",
             Cmd::Flush(_) => "Flush",
             Cmd::Shutdown(_) => "Shutdown",
         })
@@ -138,6 +169,33 @@ impl Batcher {
         }
     }
 
+    /// Records `quantity` calls of `customer` at `endpoint` now, folded with others of the same
+    /// minute (see the module documentation); without `aggregate`, one event with a new id.
+    /// `false` (and [`BatchStats::dropped`] + 1) when the queue is full or shut down.
+    pub fn record(&self, customer: &str, meter: &str, endpoint: &str, quantity: f64) -> bool {
+        let call = Call {
+            customer: customer.into(),
+            meter: meter.into(),
+            endpoint: endpoint.into(),
+            quantity,
+            at: OffsetDateTime::now_utc(),
+        };
+        if self.closed.load(Ordering::Acquire) {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        match self.tx.try_send(Cmd::Call(Box::new(call))) {
+            Ok(()) => {
+                self.counters.enqueued.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
     /// Waits until every event queued before this call was sent (or refused).
     pub async fn flush(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
@@ -165,6 +223,7 @@ impl Batcher {
         let c = &self.counters;
         BatchStats {
             enqueued: c.enqueued.load(Ordering::Relaxed),
+            merged: c.merged.load(Ordering::Relaxed),
             sent: c.sent.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed),
@@ -187,32 +246,41 @@ struct Worker {
 
 impl Worker {
     async fn run(self, mut rx: mpsc::Receiver<Cmd>) {
-        let mut buf: Vec<IncomingEvent> = Vec::with_capacity(self.config.max_batch);
+        let mut pending = Pending {
+            buf: Vec::with_capacity(self.config.max_batch),
+            folded: HashMap::new(),
+        };
         let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
         let mut deadline: Option<Instant> = None; // set once shutting down
         loop {
             // Wait for the first command, then gather a batch for at most flush_interval.
-            if buf.is_empty() && waiters.is_empty() && deadline.is_none() {
+            if pending.is_empty() && waiters.is_empty() && deadline.is_none() {
                 match rx.recv().await {
-                    Some(cmd) => self.take(cmd, &mut buf, &mut waiters, &mut deadline, &mut rx),
+                    Some(cmd) => self.take(cmd, &mut pending, &mut waiters, &mut deadline, &mut rx),
                     None => deadline = Some(Instant::now() + self.config.shutdown_timeout),
                 }
             }
             let gather_until = Instant::now() + self.config.flush_interval;
-            while buf.len() < self.config.max_batch && waiters.is_empty() && deadline.is_none() {
+            while pending.len() < self.config.max_batch && waiters.is_empty() && deadline.is_none()
+            {
                 match tokio::time::timeout_at(gather_until, rx.recv()).await {
                     Err(_) => break,
                     Ok(None) => deadline = Some(Instant::now() + self.config.shutdown_timeout),
-                    Ok(Some(cmd)) => self.take(cmd, &mut buf, &mut waiters, &mut deadline, &mut rx),
+                    Ok(Some(cmd)) => {
+                        self.take(cmd, &mut pending, &mut waiters, &mut deadline, &mut rx)
+                    }
                 }
             }
             // Flushing or shutting down: take everything already queued, up to a batch.
-            while buf.len() < self.config.max_batch && (deadline.is_some() || !waiters.is_empty()) {
+            while pending.len() < self.config.max_batch
+                && (deadline.is_some() || !waiters.is_empty())
+            {
                 match rx.try_recv() {
-                    Ok(cmd) => self.take(cmd, &mut buf, &mut waiters, &mut deadline, &mut rx),
+                    Ok(cmd) => self.take(cmd, &mut pending, &mut waiters, &mut deadline, &mut rx),
                     Err(_) => break,
                 }
             }
+            let mut buf = pending.take();
             if !buf.is_empty() {
                 let n = buf.len();
                 if !self.send(&mut buf, deadline).await {
@@ -221,7 +289,7 @@ impl Worker {
                     buf.clear();
                     while let Ok(cmd) = rx.try_recv() {
                         match cmd {
-                            Cmd::Event(_) => {
+                            Cmd::Event(_) | Cmd::Call(_) => {
                                 self.counters.lost.fetch_add(1, Ordering::Relaxed);
                             }
                             Cmd::Flush(w) | Cmd::Shutdown(w) => waiters.push(w),
@@ -230,7 +298,7 @@ impl Worker {
                 }
             }
             let drained = rx.is_empty();
-            if buf.is_empty() && drained {
+            if pending.is_empty() && drained {
                 for w in waiters.drain(..) {
                     let _ = w.send(());
                 }
@@ -244,13 +312,31 @@ impl Worker {
     fn take(
         &self,
         cmd: Cmd,
-        buf: &mut Vec<IncomingEvent>,
+        pending: &mut Pending,
         waiters: &mut Vec<oneshot::Sender<()>>,
         deadline: &mut Option<Instant>,
         rx: &mut mpsc::Receiver<Cmd>,
     ) {
         match cmd {
-            Cmd::Event(e) => buf.push(*e),
+            Cmd::Event(e) => pending.buf.push(*e),
+            Cmd::Call(c) if self.config.aggregate => {
+                let key = (
+                    c.customer.clone(),
+                    c.meter.clone(),
+                    c.endpoint.clone(),
+                    c.at.unix_timestamp().div_euclid(60),
+                );
+                match pending.folded.entry(key) {
+                    Entry::Occupied(mut e) => {
+                        e.get_mut().quantity += c.quantity;
+                        self.counters.merged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(*c);
+                    }
+                }
+            }
+            Cmd::Call(c) => pending.buf.push(event_of(*c)),
             Cmd::Flush(w) => waiters.push(w),
             Cmd::Shutdown(w) => {
                 waiters.push(w);
@@ -309,6 +395,46 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// What waits to be sent: events with their own ids, and folded calls.
+struct Pending {
+    buf: Vec<IncomingEvent>,
+    folded: HashMap<FoldKey, Call>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.buf.len() + self.folded.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Everything as events; a folded call gets its id here, once, and keeps it across retries.
+    fn take(&mut self) -> Vec<IncomingEvent> {
+        let mut out = std::mem::take(&mut self.buf);
+        out.extend(self.folded.drain().map(|(_, c)| event_of(c)));
+        out
+    }
+}
+
+/// The usage event of a (folded) call, with a new id.
+fn event_of(c: Call) -> IncomingEvent {
+    let mut data = Map::new();
+    data.insert("endpoint".into(), Value::String(c.endpoint));
+    data.insert("quantity".into(), json!(c.quantity));
+    IncomingEvent {
+        specversion: None,
+        id: uuid::Uuid::new_v4().to_string(),
+        meter: c.meter,
+        subject: c.customer,
+        source: Some("metering-layer".into()),
+        time: Some(c.at),
+        data: Some(data),
+        tenant: None,
     }
 }
 

@@ -194,10 +194,11 @@ where
     };
     // A stable id: the caller's idempotency key or request id, else a new one. The check and
     // any later event of this request carry it, so each counts once.
-    let id = header_str(&req, "idempotency-key")
+    let own_id = header_str(&req, "idempotency-key")
         .or_else(|| request_id.clone())
-        .filter(|s| s.len() <= 200)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .filter(|s| s.len() <= 200);
+    let keyed = own_id.is_some();
+    let id = own_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let item = CheckItem {
         customer: customer.clone(),
         meter: Some(cfg.meter.clone()),
@@ -252,7 +253,14 @@ where
         // What is left after this call (check-and-track answers after the reservation).
         response.headers_mut().insert("x-usage-remaining", v);
     }
-    if deferred && (success || track_now) {
+    if deferred && !track_now && !keyed && success {
+        // Check-then-track without an id of the caller's: folded with the minute's other calls.
+        shared
+            .batcher
+            .record(&customer, &cfg.meter, &endpoint, quantity);
+    } else if deferred && (success || track_now) {
+        // The check's id (check-and-track failing open: the check may have landed) or the
+        // caller's: an event of its own, so a retry of either counts once.
         let mut data = Map::new();
         data.insert("endpoint".into(), Value::String(endpoint));
         data.insert("quantity".into(), json!(quantity));
