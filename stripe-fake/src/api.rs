@@ -334,6 +334,13 @@ fn plain(r: Result<Value, ApiErr>) -> Dispatched {
 
 fn dispatch(st: &mut State, method: &Method, seg: &[&str], p: &Value, base: &str) -> Dispatched {
     let m = method.as_str();
+    if let Some(name) = crate::known::unknown(m, seg, p) {
+        return Err(ApiErr::invalid(
+            "parameter_unknown",
+            format!("Received unknown parameter: {name}"),
+            Some(&name),
+        ));
+    }
     match (m, seg) {
         ("POST", ["customers"]) => plain(st.create_customer(p)),
         ("GET", ["customers"]) => plain(st.list_customers(p)),

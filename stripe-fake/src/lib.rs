@@ -20,6 +20,7 @@
 //!   hours, Checkout Sessions that expire, periods).
 //! - `objects`: Stripe-shaped JSON of each object.
 //! - `form`: Stripe's bracket form encoding parsed into JSON.
+//! - `known`: the parameters each modelled endpoint takes (others are `parameter_unknown`).
 //! - `error`: the Stripe-shaped API error.
 //!
 //! # Admin endpoints (not Stripe's; for tests and demos)
@@ -41,6 +42,7 @@ mod admin;
 mod api;
 mod error;
 mod form;
+mod known;
 mod objects;
 mod pages;
 mod router;

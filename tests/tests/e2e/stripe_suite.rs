@@ -6,7 +6,7 @@
 //! `STRIPE_TEST_SECRET_KEY=sk_test_… cargo nextest run -p tests -E 'test(/^stripe_suite::/)'`.
 //!
 //! What they prove on either target: meter events (accepted, Stripe's duplicate answer, whole
-//! numbers), idempotency (replay, other parameters refused), summaries (eventually the sum);
+//! numbers), unknown parameters refused, idempotency (replay, other parameters refused), summaries (eventually the sum);
 //! billing-sync's report and reconciliation (one meter event per customer-hour, a second run sends
 //! nothing, the reconciliation ends with no difference); a subscription carrying the meter's price
 //! shows the reported usage on its upcoming invoice and on the renewal a test clock brings. Rules
@@ -83,6 +83,21 @@ async fn meter_events_idempotency_and_summaries_on_the_target() {
         )
         .await;
     assert_eq!(s, 400, "{v}");
+    // An unknown parameter is refused and named.
+    let (s, v) = t
+        .call(
+            post.clone(),
+            "v1/customers",
+            &[("colour", "red".into())],
+            None,
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        (v["error"]["code"].clone(), v["error"]["param"].clone()),
+        (json!("parameter_unknown"), json!("colour")),
+        "{v}"
+    );
     // Idempotency: a replay gives the same object; other parameters with the key are refused.
     let key = format!("suite-{}", t.run);
     let form = |name: &str| vec![("name", name.to_string()), ("metadata[run]", t.run.clone())];
