@@ -703,6 +703,20 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
             Err(e) => failure(e).into_response(),
         };
     }
+    if crate::webhook::foreign_version(payload).is_some() {
+        let event = match crate::webhook::verify_foreign(payload, signature, secret, now) {
+            Ok(e) => e,
+            Err(r) => {
+                billing.metrics.webhook("invalid", r.code);
+                tracing::warn!(code = r.code, message = %r.message, "webhook refused");
+                return ApiError::new(r.status, r.code, r.message).into_response();
+            }
+        };
+        return match crate::webhook::handle_foreign(billing, event).await {
+            Ok(body) => Json(body).into_response(),
+            Err(e) => failure(e).into_response(),
+        };
+    }
     let event = match crate::webhook::verify(payload, signature, secret, now) {
         Ok(e) => e,
         Err(r) => {

@@ -93,6 +93,9 @@ pub struct Metrics {
     pub usage_rejected: Counter<f64, AtomicU64>,
     /// `checkouts_expired_total`: Checkout Sessions that expired unpaid.
     pub checkouts_expired: Counter,
+    /// `webhook_version_mismatch_total`: webhook events of another API version than billing-sync's
+    /// (their objects are fetched instead of read).
+    pub webhook_version_mismatch: Counter,
     /// `work_partitions_owned`: partitions of the work topic this instance is assigned.
     pub work_partitions_owned: Gauge,
     /// `work_partition_owned{partition}`: 1 while this instance is assigned the partition.
@@ -120,6 +123,7 @@ impl Default for Metrics {
             meter_error_reports: Counter::default(),
             usage_rejected: Counter::default(),
             checkouts_expired: Counter::default(),
+            webhook_version_mismatch: Counter::default(),
             work_partitions_owned: Gauge::default(),
             work_partition_owned: Family::default(),
             work_rebalances: Family::default(),
@@ -189,6 +193,11 @@ impl Default for Metrics {
             "usage_rejected",
             "Usage quantity Stripe dropped after accepting it (re-sent by the next run)",
             m.usage_rejected.clone(),
+        );
+        registry.register(
+            "webhook_version_mismatch",
+            "Webhook events of another API version than billing-sync's (objects fetched instead)",
+            m.webhook_version_mismatch.clone(),
         );
         registry.register(
             "checkouts_expired",

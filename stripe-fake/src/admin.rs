@@ -99,6 +99,9 @@ pub(crate) struct WebhookSettings {
     secret: Option<String>,
     #[serde(default)]
     paused: Option<bool>,
+    /// The endpoint's API version: events are rendered in its shape.
+    #[serde(default)]
+    api_version: Option<String>,
 }
 
 pub(crate) async fn configure_webhooks(
@@ -114,6 +117,9 @@ pub(crate) async fn configure_webhooks(
     }
     if let Some(p) = s.paused {
         t.paused = p;
+    }
+    if let Some(v) = s.api_version {
+        t.api_version = Some(v);
     }
     StatusCode::NO_CONTENT
 }

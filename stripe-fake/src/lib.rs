@@ -30,7 +30,8 @@
 //! - `POST /_fake/settings` `{"rate_limit_per_sec", "summary_lag_secs"}`.
 //! - `POST /_fake/clock/advance` `{"seconds": n}`: renewals, period-end cancellations, expired
 //!   Checkout Sessions; identifiers and idempotency keys older than 24 hours are forgotten.
-//! - `POST /_fake/webhooks` `{"url", "secret", "paused"}`: where and whether webhooks go.
+//! - `POST /_fake/webhooks` `{"url", "secret", "paused", "api_version"}`: where and whether webhooks
+//!   go, and the endpoint's API version (events are rendered in its shape).
 //! - `GET /_fake/events`, `POST /_fake/events/{id}/deliver` `{"signature": "valid"|"bad"|"stale"}`.
 //! - `POST /_fake/subscriptions/{id}/{payment_failed|invoice_paid|delete|fail_next_payment|update}`.
 //! - `GET /_fake/meter_events`, `GET /_fake/requests`, `GET /_fake/deliveries`, `GET /_fake/stats`.

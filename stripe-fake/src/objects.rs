@@ -634,3 +634,43 @@ pub(crate) fn v2_error_report(
         },
     })
 }
+
+/// `event` as an endpoint on API version `version` receives it: "webhook events are structured
+/// according to the API version set on the endpoint" (<https://docs.stripe.com/webhooks/versioning>).
+/// The fake models the change billing-sync would meet, 2025-03-31.basil
+/// (<https://docs.stripe.com/changelog/basil/2025-03-31/deprecate-subscription-current-period-start-and-end>,
+/// <https://docs.stripe.com/changelog/basil/2025-03-31/adds-new-parent-field-to-invoicing-objects>):
+/// before it, a subscription's period is on the subscription and not on its items, and an invoice
+/// names its subscription at the top instead of under `parent`.
+pub(crate) fn in_version(event: &Value, version: &str) -> Value {
+    let mut e = event.clone();
+    e["api_version"] = json!(version);
+    if version >= "2025-03-31" {
+        return e;
+    }
+    let object = &mut e["data"]["object"];
+    match object["object"].as_str() {
+        Some("subscription") => {
+            let first = object["items"]["data"][0].clone();
+            object["current_period_start"] = first["current_period_start"].clone();
+            object["current_period_end"] = first["current_period_end"].clone();
+            if let Some(items) = object["items"]["data"].as_array_mut() {
+                for item in items {
+                    if let Some(m) = item.as_object_mut() {
+                        m.remove("current_period_start");
+                        m.remove("current_period_end");
+                    }
+                }
+            }
+        }
+        Some("invoice") => {
+            let sub = object["parent"]["subscription_details"]["subscription"].clone();
+            object["subscription"] = sub;
+            if let Some(m) = object.as_object_mut() {
+                m.remove("parent");
+            }
+        }
+        _ => {}
+    }
+    e
+}

@@ -59,6 +59,7 @@ impl FakeStripe {
                 url: config.webhook_url,
                 secret: config.webhook_secret,
                 paused: false,
+                api_version: None,
             }),
             base_url: format!("http://{addr}"),
             api_key: config.api_key,

@@ -15,6 +15,8 @@ pub(crate) struct Target {
     pub(crate) url: Option<String>,
     pub(crate) secret: String,
     pub(crate) paused: bool,
+    /// The endpoint's API version (`None`: the account's, the version async-stripe is built for).
+    pub(crate) api_version: Option<String>,
 }
 
 #[derive(Debug)]

@@ -27,7 +27,10 @@ pub(crate) async fn deliver(shared: &Shared, event: &Value, signature: &str) -> 
     let Some(url) = target.url else {
         return (0, "no webhook endpoint configured".into());
     };
-    let payload = event.to_string();
+    let payload = match &target.api_version {
+        Some(v) if event["object"] == "event" => crate::objects::in_version(event, v).to_string(),
+        _ => event.to_string(),
+    };
     let t = state::real_now();
     let header = match signature {
         "bad" => sign(&payload, "whsec_wrong_secret", t),

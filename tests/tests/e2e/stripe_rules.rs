@@ -497,3 +497,70 @@ async fn an_expired_checkout_is_counted_and_the_customer_can_start_again() {
     sync.running.stop().await;
     fake.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_endpoint_on_an_older_api_version_is_handled_by_fetching_its_objects() {
+    let env = TestEnv::new("rules_version").await;
+    let (agg, _) = env.start_aggregator().await;
+    let fake = Fake::start().await;
+    let sync = start_billing(&env, &fake).await;
+    // The endpoint was created before 2025-03-31: subscriptions carry their period at the top,
+    // invoices name their subscription at the top.
+    fake.post("/_fake/webhooks", json!({"api_version": "2024-06-20"}))
+        .await;
+    let key = env
+        .key("acme", &[Scope::Ingest, Scope::Read], Some("c-old"))
+        .await;
+    let http = reqwest::Client::new();
+    let status = |want: &'static str| {
+        let (http, url, key) = (http.clone(), sync.running.url.clone(), key.clone());
+        async move {
+            wait_until(Duration::from_secs(20), want, || async {
+                let v: Value = http
+                    .get(format!("{url}/subscription/status"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                (v["status"] == want).then_some(v)
+            })
+            .await
+        }
+    };
+    let r = http
+        .post(format!("{}/subscription/create", sync.running.url))
+        .bearer_auth(&key)
+        .json(&json!({"plan": "starter"}))
+        .send()
+        .await
+        .expect("checkout");
+    let v: Value = r.json().await.expect("JSON");
+    let url = v["url"].as_str().expect("url");
+    assert_eq!(http.get(url).send().await.expect("pay").status(), 200);
+    let active = status("active").await;
+    let sub = active["subscription_id"].as_str().expect("id").to_string();
+    // A failed payment: its invoice and the subscription's move to past_due arrive in the old
+    // shape; billing-sync fetches the subscription and records the grace period.
+    fake.post(
+        &format!("/_fake/subscriptions/{sub}/payment_failed"),
+        json!({}),
+    )
+    .await;
+    let past_due = status("past_due").await;
+    assert!(!past_due["payment_failed_at"].is_null(), "{past_due}");
+    let deliveries = fake.get("/_fake/deliveries").await;
+    let refused: Vec<&Value> = deliveries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| !(200..300).contains(&d["status"].as_u64().unwrap_or(0)))
+        .collect();
+    assert!(refused.is_empty(), "deliveries refused: {refused:?}");
+    assert!(sync.billing.metrics.webhook_version_mismatch.get() >= 4);
+    sync.running.stop().await;
+    agg.stop().await;
+    fake.stop().await;
+}

@@ -10,123 +10,28 @@
 //! period starts at the event's time), so a second handling writes a row identical to the first
 //! one's, which replaces it, or finds the event applied (`already_applied`). The record of handled
 //! events (`billing_webhook_events`, one row per event id) only answers known redeliveries early.
+//!
+//! # Layout
+//! - this module: v1 snapshot events of the API version async-stripe is built for, verified and
+//!   parsed by async-stripe.
+//! - [`thin`]: v2 thin events (meter error reports).
+//! - [`foreign`]: v1 events of another API version (the endpoint's configured version): their
+//!   objects are fetched from Stripe in billing-sync's version instead of read from the payload.
+//! - `signature`: the `Stripe-Signature` check for what async-stripe does not parse.
 
 use axum::http::StatusCode;
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use stripe_webhook::{EventObject, Webhook, WebhookError};
 
 use crate::Result;
 use crate::billing::{Billing, Source, observe};
-use crate::usage::rejections;
 
-/// A verified v2 thin event (`"object": "v2.core.event"`): its id and type only; the data is
-/// fetched from Stripe (<https://docs.stripe.com/event-destinations#events-overview>).
-#[derive(Debug, Clone)]
-pub struct ThinEvent {
-    /// Event id.
-    pub id: String,
-    /// Event type (`v1.billing.meter.error_report_triggered`).
-    pub kind: String,
-}
+pub mod foreign;
+mod signature;
+pub mod thin;
 
-/// Whether `payload` is a v2 thin event rather than a v1 snapshot event.
-pub fn is_thin(payload: &str) -> bool {
-    serde_json::from_str::<Value>(payload).is_ok_and(|v| v["object"] == "v2.core.event")
-}
-
-/// Verifies a thin event's `Stripe-Signature` (the same scheme as v1 events: `t=…,v1=…`, HMAC-SHA256
-/// of `t.payload`, 5 minutes tolerance) and reads its id and type.
-pub fn verify_thin(
-    payload: &str,
-    signature: Option<&str>,
-    secret: &str,
-    now: i64,
-) -> Result<ThinEvent, Refusal> {
-    let refuse = |code, message: String| Refusal {
-        status: StatusCode::BAD_REQUEST,
-        code,
-        message,
-    };
-    let Some(sig) = signature else {
-        return Err(refuse(
-            "missing_signature",
-            "the Stripe-Signature header is missing".into(),
-        ));
-    };
-    let mut t = None;
-    let mut v1 = Vec::new();
-    for part in sig.split(',') {
-        match part.split_once('=') {
-            Some(("t", v)) => t = v.parse::<i64>().ok(),
-            Some(("v1", v)) => v1.extend(hex::decode(v).ok()),
-            _ => {}
-        }
-    }
-    let Some(t) = t else {
-        return Err(refuse(
-            "invalid_signature",
-            "the signature has no timestamp".into(),
-        ));
-    };
-    let matches = v1.iter().any(|candidate| {
-        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()) else {
-            return false;
-        };
-        mac.update(format!("{t}.{payload}").as_bytes());
-        mac.verify_slice(candidate).is_ok()
-    });
-    if !matches {
-        return Err(refuse(
-            "invalid_signature",
-            "the signature does not match the payload".into(),
-        ));
-    }
-    if (now - t).abs() > 300 {
-        return Err(refuse(
-            "stale_signature",
-            format!("the signature timestamp {t} is more than 5 minutes from now ({now})"),
-        ));
-    }
-    let v: Value = serde_json::from_str(payload)
-        .map_err(|e| refuse("malformed_event", format!("not JSON: {e}")))?;
-    match (v["id"].as_str(), v["type"].as_str()) {
-        (Some(id), Some(kind)) => Ok(ThinEvent {
-            id: id.into(),
-            kind: kind.into(),
-        }),
-        _ => Err(refuse(
-            "malformed_event",
-            "a thin event needs an id and a type".into(),
-        )),
-    }
-}
-
-/// Handles a verified thin event: a meter error report marks the meter events Stripe dropped as
-/// rejected ([`rejections`]); other types are acknowledged and ignored. Handling it twice has no
-/// further effect (a rejected revision stays rejected).
-pub async fn handle_thin(billing: &Billing, event: ThinEvent) -> Result<Value> {
-    if billing.store.webhook_seen(&event.id).await? {
-        billing.metrics.webhook(&event.kind, "duplicate");
-        return Ok(json!({"received": true, "id": event.id, "duplicate": true}));
-    }
-    let (outcome, detail) = if event.kind == rejections::ERROR_REPORT {
-        let r = rejections::apply(billing, &event.id).await?;
-        (
-            "usage_rejected",
-            json!({"errors": r.errors, "revisions": r.revisions, "units": r.units}),
-        )
-    } else {
-        ("ignored", Value::Null)
-    };
-    billing
-        .mark_event(&event.id, &event.kind, None, outcome)
-        .await?;
-    billing.metrics.webhook(&event.kind, outcome);
-    tracing::info!(event = %event.id, kind = %event.kind, outcome, "thin event handled");
-    Ok(json!({"received": true, "id": event.id, "outcome": outcome, "rejected": detail}))
-}
+pub use foreign::{foreign_version, handle_foreign, verify_foreign};
+pub use thin::{ThinEvent, handle_thin, is_thin, verify_thin};
 
 /// Why a webhook request was refused before handling.
 #[derive(Debug)]
