@@ -5,7 +5,7 @@
 //! enough with two instances: a *correction* (revision `r ≥ 1`) is numbered and valued from what the
 //! instance read. Two instances planning revision `r` of one hour at the same time from different
 //! rollups send one identifier with two values; Stripe keeps the first and answers the second
-//! `resource_already_exists`, which the second instance ledgers as sent with *its* value — the
+//! a duplicate, which the second instance ledgers as sent with *its* value — the
 //! ledger then claims more (or less) than Stripe holds, and the next correction bills the gap twice
 //! or never. Stripe has no conditional write to fence that with, so one instance at a time plans
 //! and sends a customer's meter events. The same holds for the Stripe customers created for usage,

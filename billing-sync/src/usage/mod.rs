@@ -6,12 +6,13 @@
 //! before); revision `r ≥ 1` is a correction for usage that arrived after the hour was reported, with
 //! identifier `tenant:customer:meter:<hour>:r<r>`. Identifiers over 100 characters are replaced by
 //! `h:` and the first 64 hex digits of the SHA-256 of the long form. Every meter event's `timestamp`
-//! is the hour's start; its Idempotency-Key is its identifier.
+//! is the hour's start. Each attempt carries a fresh Idempotency-Key: the identifier is what
+//! deduplicates, and a key Stripe saved a 500 for would replay that 500 for a day.
 //!
 //! # Exactly once
 //! A revision is written to the ledger (`billing_usage_revisions`, migration 0010) as *pending*, with
 //! its value fixed, **before** it is sent; it becomes *sent* once Stripe accepted it or answered that
-//! it already has it (`resource_already_exists`). A pending revision is re-sent as it is — same
+//! it already has it (Stripe's duplicate answer, "An event already exists with identifier"). A pending revision is re-sent as it is — same
 //! identifier, same value — by every later run until it is ledgered, so a crash between Stripe's answer
 //! and the ledger write, a lost answer, or 429/5xx beyond the retries never bill twice (Stripe
 //! deduplicates the identifier) and never lose a unit (the revision stays until Stripe has it). A run
