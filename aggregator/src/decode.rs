@@ -358,7 +358,9 @@ pub fn decode_subscription(
         ))
     } else {
         match &event.change {
-            Change::Plan { plan, .. } if catalog.plan(plan).is_none() => {
+            Change::Plan { plan, .. } | Change::PlanVersion { plan, .. }
+                if catalog.plan(plan).is_none() =>
+            {
                 Some(("unknown_plan", format!("unknown plan {plan:?}")))
             }
             Change::LimitOverride { meter, .. } | Change::Grant { meter, .. }
@@ -383,6 +385,7 @@ pub fn decode_subscription(
     }
     let kind = match event.change {
         Change::Plan { .. } => "plan",
+        Change::PlanVersion { .. } => "plan_version",
         Change::LimitOverride { .. } => "limit_override",
         Change::Grant { .. } => "grant",
     };

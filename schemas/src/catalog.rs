@@ -1,11 +1,22 @@
-//! Meters and plans as configuration: what is counted, how, and how much each plan allows.
+//! Meters, features and plans as configuration: what is counted, how, and what each plan allows
+//! (its limits, boolean features and config values) at what price.
+//!
+//! Each plan's terms are also kept as [`PlanTerms`] with a content-hash version
+//! ([`crate::plan_version`]): the version new subscribers get. The feature kinds and their
+//! resolution are in [`crate::entitlements`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::entitlements::{Feature, FeatureKind};
+use crate::plan_version::PlanTerms;
 use crate::{Error, Result};
+
+/// In a plan's `features`: every boolean feature of the catalog.
+pub const ALL_FEATURES: &str = "*";
 
 /// The built-in catalog (the seed's four plans and the `api_call` meter).
 pub const DEFAULT_CATALOG_TOML: &str = include_str!("../catalog.toml");
@@ -48,7 +59,7 @@ pub struct Meter {
     pub dimension: Option<String>,
 }
 
-/// A plan: price and per-meter limits.
+/// A plan: price, per-meter limits, boolean features and config values.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
@@ -64,12 +75,18 @@ pub struct Plan {
     /// Environment variable that holds the Stripe price id of this plan.
     #[serde(default)]
     pub stripe_price_env: Option<String>,
-    /// Selling points shown in the upgrade modal.
+    /// Boolean features included: keys of the catalog's `[[features]]`, or `"*"` for all.
     #[serde(default)]
     pub features: Vec<String>,
+    /// Config feature values: feature key → one of its `values` (`support = "priority"`).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
     /// Limit per billing period per meter key; a meter without an entry is unlimited.
     #[serde(default)]
     pub limits: BTreeMap<String, u64>,
+    /// The terms above as the plan's current version (made when the catalog is loaded).
+    #[serde(skip)]
+    terms: Arc<PlanTerms>,
 }
 
 fn default_currency() -> String {
@@ -80,6 +97,11 @@ impl Plan {
     /// The limit for `meter` in one billing period; `None` means unlimited.
     pub fn limit(&self, meter: &str) -> Option<u64> {
         self.limits.get(meter).copied()
+    }
+
+    /// The plan's current version: what new subscribers get.
+    pub fn terms(&self) -> &Arc<PlanTerms> {
+        &self.terms
     }
 }
 
@@ -96,6 +118,9 @@ pub struct Catalog {
     pub default_plan: String,
     /// Meters, by event type.
     pub meters: Vec<Meter>,
+    /// Features (boolean, metered, config), in display order.
+    #[serde(default)]
+    pub features: Vec<Feature>,
     /// Plans.
     pub plans: Vec<Plan>,
     #[serde(skip)]
@@ -126,7 +151,143 @@ impl Catalog {
             .map(|(i, m)| (m.key.clone(), i))
             .collect();
         catalog.validate()?;
+        catalog.validate_features()?;
+        for i in 0..catalog.plans.len() {
+            let terms = catalog.current_terms(&catalog.plans[i]);
+            catalog.plans[i].terms = Arc::new(terms);
+        }
         Ok(catalog)
+    }
+
+    /// The terms a plan's entries make (its `*` expanded), with their version.
+    fn current_terms(&self, p: &Plan) -> PlanTerms {
+        let features: Vec<String> = if p.features.iter().any(|f| f == ALL_FEATURES) {
+            self.features
+                .iter()
+                .filter(|f| f.kind == FeatureKind::Boolean)
+                .map(|f| f.key.clone())
+                .collect()
+        } else {
+            p.features.clone()
+        };
+        PlanTerms::new(
+            &p.key,
+            &p.name,
+            p.price_cents,
+            &p.currency,
+            p.limits.clone(),
+            features,
+            p.config.clone(),
+        )
+    }
+
+    /// The feature with `key`.
+    pub fn feature(&self, key: &str) -> Option<&Feature> {
+        self.features.iter().find(|f| f.key == key)
+    }
+
+    /// The cheapest plan (then the first in catalog order) whose current version includes
+    /// `feature`, for a customer on `current`: for a metered feature, one with a higher limit.
+    pub fn cheapest_with(&self, feature: &Feature, current: &PlanTerms) -> Option<&Plan> {
+        self.plans
+            .iter()
+            .filter(|p| match feature.kind {
+                FeatureKind::Metered => {
+                    let meter = feature.meter_key();
+                    match (p.terms.limit(meter), current.limit(meter)) {
+                        (_, None) => false,
+                        (None, Some(_)) => true,
+                        (Some(a), Some(b)) => a > b,
+                    }
+                }
+                _ => feature.included_in(&p.terms),
+            })
+            .min_by_key(|p| p.price_cents)
+    }
+
+    fn validate_features(&self) -> Result<()> {
+        let invalid = |m: String| Err(Error::CatalogInvalid(m));
+        let mut keys = HashSet::new();
+        for f in &self.features {
+            if !crate::token::is_token(&f.key, 64) || f.key == ALL_FEATURES {
+                return invalid(format!(
+                    "feature key {:?} must be 1-64 of [A-Za-z0-9_.-]",
+                    f.key
+                ));
+            }
+            if !keys.insert(f.key.as_str()) {
+                return invalid(format!("feature {:?} is defined twice", f.key));
+            }
+            match f.kind {
+                FeatureKind::Metered if self.meter(f.meter_key()).is_none() => {
+                    return invalid(format!(
+                        "metered feature {:?} names unknown meter {:?}",
+                        f.key,
+                        f.meter_key()
+                    ));
+                }
+                FeatureKind::Config if f.values.is_empty() => {
+                    return invalid(format!("config feature {:?} needs values", f.key));
+                }
+                FeatureKind::Boolean | FeatureKind::Metered if !f.values.is_empty() => {
+                    return invalid(format!("only config features have values ({:?})", f.key));
+                }
+                FeatureKind::Boolean | FeatureKind::Config if f.meter.is_some() => {
+                    return invalid(format!("only metered features have a meter ({:?})", f.key));
+                }
+                _ => {}
+            }
+            let mut values = HashSet::new();
+            if let Some(v) = f.values.iter().find(|v| !values.insert(v.value.as_str())) {
+                return invalid(format!(
+                    "config feature {:?} lists value {:?} twice",
+                    f.key, v.value
+                ));
+            }
+        }
+        for p in &self.plans {
+            let mut listed = HashSet::new();
+            for key in &p.features {
+                if key == ALL_FEATURES {
+                    continue;
+                }
+                match self.feature(key).map(|f| f.kind) {
+                    None => {
+                        return invalid(format!(
+                            "plan {:?} lists unknown feature {key:?}; declare it under [[features]]",
+                            p.key
+                        ));
+                    }
+                    Some(FeatureKind::Boolean) => {}
+                    Some(_) => {
+                        return invalid(format!(
+                            "plan {:?} lists {key:?} in features, which holds boolean features; \
+                             metered features take limits, config features config",
+                            p.key
+                        ));
+                    }
+                }
+                if !listed.insert(key.as_str()) {
+                    return invalid(format!("plan {:?} lists feature {key:?} twice", p.key));
+                }
+            }
+            for (key, value) in &p.config {
+                let Some(f) = self.feature(key).filter(|f| f.kind == FeatureKind::Config) else {
+                    return invalid(format!(
+                        "plan {:?} sets config {key:?}, which is not a config feature",
+                        p.key
+                    ));
+                };
+                if !f.values.iter().any(|v| &v.value == value) {
+                    let known: Vec<&str> = f.values.iter().map(|v| v.value.as_str()).collect();
+                    return invalid(format!(
+                        "plan {:?} sets {key:?} to {value:?}; one of {known:?}",
+                        p.key
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The catalog in `path`, or the built-in one when `path` is `None`.
@@ -280,6 +441,155 @@ mod tests {
         ];
         for case in cases {
             assert!(Catalog::from_toml(&case).is_err(), "accepted: {case}");
+        }
+    }
+
+    /// `base` with `from` replaced by `to` (which must occur), and the catalog's error message.
+    fn refused(from: &str, to: &str) -> String {
+        let text = DEFAULT_CATALOG_TOML;
+        assert!(text.contains(from), "{from:?} is not in the catalog");
+        match Catalog::from_toml(&text.replacen(from, to, 1)) {
+            Ok(_) => panic!("accepted with {from:?} → {to:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_seed_features_are_in_the_default_catalog() {
+        let c = Catalog::default();
+        let has = |p: &str, f: &str| c.plan(p).is_some_and(|p| p.terms().has_feature(f));
+        for f in [
+            "basic_threat_analysis",
+            "document_redaction",
+            "report_generation",
+        ] {
+            assert!(
+                ["free", "starter", "professional", "enterprise"]
+                    .iter()
+                    .all(|p| has(p, f))
+            );
+        }
+        assert!(!has("free", "advanced_analysis") && has("starter", "advanced_analysis"));
+        assert!(has("starter", "custom_reports") && !has("starter", "analytics"));
+        for f in ["analytics", "team_collaboration", "api_access"] {
+            assert!(has("professional", f) && has("enterprise", f), "{f}");
+        }
+        assert!(has("enterprise", "custom_sla") && !has("professional", "custom_sla"));
+        let support = |p: &str| c.plan(p).and_then(|p| p.terms().config_value("support"));
+        assert_eq!(support("free"), None);
+        assert_eq!(support("starter"), Some("priority"));
+        assert_eq!(support("enterprise"), Some("dedicated"));
+        assert_eq!(
+            c.feature("api_call").map(|f| (f.kind, f.meter_key())),
+            Some((FeatureKind::Metered, "api_call"))
+        );
+        // "*" is every boolean feature, sorted, in the terms.
+        let all: Vec<&str> = c
+            .features
+            .iter()
+            .filter(|f| f.kind == FeatureKind::Boolean)
+            .map(|f| f.key.as_str())
+            .collect();
+        let enterprise = c.plan("enterprise").expect("enterprise").terms();
+        assert_eq!(enterprise.features.len(), all.len());
+        // Every plan has its own version id.
+        let versions: HashSet<&str> = c.plans.iter().map(|p| p.terms().version.as_str()).collect();
+        assert_eq!(versions.len(), c.plans.len());
+    }
+
+    #[test]
+    fn the_cheapest_plan_with_a_feature() {
+        let c = Catalog::default();
+        let free = c.plan("free").expect("free").terms().clone();
+        let cheapest = |f: &str| {
+            let f = c.feature(f).expect("feature");
+            c.cheapest_with(f, &free).map(|p| p.key.as_str())
+        };
+        assert_eq!(cheapest("advanced_analysis"), Some("starter"));
+        assert_eq!(cheapest("analytics"), Some("professional"));
+        assert_eq!(cheapest("custom_sla"), Some("enterprise"));
+        assert_eq!(cheapest("api_call"), Some("starter"));
+        let enterprise = c.plan("enterprise").expect("e").terms().clone();
+        let calls = c.feature("api_call").expect("calls");
+        assert!(c.cheapest_with(calls, &enterprise).is_none());
+    }
+
+    #[test]
+    fn changing_a_plans_terms_changes_its_version_and_nothing_else() {
+        let base = Catalog::default();
+        let version = |c: &Catalog, p: &str| c.plan(p).expect("plan").terms().version.clone();
+        let edits = [
+            ("price_cents = 2900", "price_cents = 3900"),
+            ("api_call = 500", "api_call = 600"),
+            (
+                "\"advanced_analysis\", \"custom_reports\"]",
+                "\"advanced_analysis\"]",
+            ),
+            (
+                "config = { support = \"priority\" }\n[plans.limits]\napi_call = 500",
+                "config = { support = \"dedicated\" }\n[plans.limits]\napi_call = 500",
+            ),
+        ];
+        for (from, to) in edits {
+            assert!(DEFAULT_CATALOG_TOML.contains(from), "{from}");
+            let c = Catalog::from_toml(&DEFAULT_CATALOG_TOML.replacen(from, to, 1)).expect("valid");
+            assert_ne!(version(&c, "starter"), version(&base, "starter"), "{to}");
+            assert_eq!(version(&c, "free"), version(&base, "free"));
+        }
+        let renamed = DEFAULT_CATALOG_TOML.replacen("name = \"Starter\"", "name = \"Start\"", 1);
+        let c = Catalog::from_toml(&renamed).expect("valid");
+        assert_eq!(version(&c, "starter"), version(&base, "starter"));
+    }
+
+    #[test]
+    fn bad_features_are_refused_with_the_reason() {
+        let cases = [
+            (
+                "\"basic_threat_analysis\", \"document_redaction\", \"report_generation\"]\n[plans.limits]\napi_call = 100",
+                "\"basic_threat_analysis\", \"telepathy\", \"report_generation\"]\n[plans.limits]\napi_call = 100",
+                "unknown feature \"telepathy\"",
+            ),
+            (
+                "config = { support = \"priority\" }",
+                "config = { support = \"gold\" }",
+                "one of",
+            ),
+            (
+                "config = { support = \"priority\" }",
+                "config = { analytics = \"yes\" }",
+                "not a config feature",
+            ),
+            (
+                "features = [\"*\"]",
+                "features = [\"support\"]",
+                "holds boolean features",
+            ),
+            (
+                "key = \"analytics\"",
+                "key = \"advanced_analysis\"",
+                "defined twice",
+            ),
+            (
+                "kind = \"metered\" ",
+                "kind = \"metered\"\nmeter = \"tokens\" ",
+                "unknown meter",
+            ),
+            ("kind = \"boolean\"", "kind = \"switch\"", "kind"),
+            (
+                "  { value = \"dedicated\", name = \"Dedicated support\" },\n",
+                "",
+                "support",
+            ),
+            (
+                "key = \"custom_sla\"\nname = \"Custom SLA\"\nkind = \"boolean\"",
+                "key = \"custom_sla\"\nname = \"Custom SLA\"\nkind = \"boolean\"\nvalues = [{ value = \"a\", name = \"A\" }]",
+                "only config features have values",
+            ),
+            ("key = \"analytics\"", "key = \"no spaces\"", "must be 1-64"),
+        ];
+        for (from, to, why) in cases {
+            let e = refused(from, to);
+            assert!(e.contains(why), "{to:?}: {e}");
         }
     }
 }

@@ -3,13 +3,15 @@
 //! # Layout
 //! - [`event`]: the CloudEvents usage event and its validation with per-field errors.
 //! - [`wire`]: the fast, borrowed decode of plain valid events (falls back to [`event`]).
-//! - [`catalog`]: meters and plans as configuration (`catalog.toml` is the default).
+//! - [`catalog`]: meters, features and plans as configuration (`catalog.toml` is the default).
+//! - [`entitlements`]: the feature kinds (boolean, metered, config) and what a plan grants.
+//! - [`plan_version`]: a plan's terms as a content-hashed version, kept by its subscribers.
 //! - [`token`]: the identifier rule of tenants, meter keys and endpoints.
 //! - [`topics`]: Kafka topic names.
 //! - [`kafka`]: broker client settings and topic creation.
 //! - [`config`]: broker and ClickHouse connection settings embedded in every service's config.
 //! - [`migrate`]: numbered ClickHouse DDL (`migrations/`) and the runner.
-//! - [`quota`]: plan changes, plan and usage state, billing periods, alerts.
+//! - [`quota`]: plan changes and versions, plan and usage state, billing periods, alerts.
 //! - [`quota_store`]: daily usage and folded plans read back from ClickHouse.
 //! - [`sql`]: client-side SQL literals.
 //! - [`api`]: HTTP request/response bodies.
@@ -20,10 +22,12 @@
 pub mod api;
 pub mod catalog;
 pub mod config;
+pub mod entitlements;
 mod error;
 pub mod event;
 pub mod kafka;
 pub mod migrate;
+pub mod plan_version;
 pub mod quota;
 pub mod quota_store;
 pub mod rows;

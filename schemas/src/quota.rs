@@ -6,11 +6,13 @@
 //! anchors are therefore applied at day granularity (UTC midnight of the anchor's day).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use time::{Date, Month, OffsetDateTime};
 
 use crate::catalog::{Catalog, Plan};
+use crate::plan_version::PlanTerms;
 
 /// A plan change, limit override or add-on grant, as produced to `subscription.events`
 /// (key `tenant/customer`, so a customer's changes are ordered).
@@ -70,6 +72,19 @@ pub enum Change {
         #[serde(default)]
         clear: bool,
     },
+    /// The version of its plan the customer is on: the whole terms, which it keeps until the next
+    /// version event (an admin migration) or a change to another plan. Applies only while the
+    /// customer's plan is `plan` (a migration overtaken by a plan change does nothing).
+    PlanVersion {
+        /// Plan key.
+        plan: String,
+        /// The terms of the version (`terms.version` is its id).
+        #[serde(with = "crate::plan_version::arc_terms")]
+        terms: Arc<PlanTerms>,
+        /// The version the customer was on before (none: the plan's floating current one).
+        #[serde(default)]
+        from_version: Option<String>,
+    },
     /// Extra quantity for a meter until `expires_at` (an add-on pack for a period).
     Grant {
         /// Meter key.
@@ -126,6 +141,13 @@ pub struct PlanState {
     /// Add-on grants, including expired ones (they are filtered at use).
     #[serde(default)]
     pub grants: Vec<Grant>,
+    /// The pinned version of `plan` (none: the catalog's current version of it).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::plan_version::option_arc_terms"
+    )]
+    pub terms: Option<Arc<PlanTerms>>,
     /// Events folded in.
     pub version: u64,
     /// Partition of `subscription.events` the changes came from.
@@ -147,6 +169,7 @@ impl PlanState {
             cancel_at_period_end: false,
             overrides: BTreeMap::new(),
             grants: Vec::new(),
+            terms: None,
             version: 0,
             partition: -1,
             as_of_offset: -1,
@@ -164,6 +187,10 @@ impl PlanState {
                 period_end,
                 cancel_at_period_end,
             } => {
+                // Another plan: its version is the catalog's current one until pinned.
+                if self.terms.as_ref().is_some_and(|t| t.plan != *plan) {
+                    self.terms = None;
+                }
                 self.plan.clone_from(plan);
                 self.status.clone_from(status);
                 self.period_start = *period_start;
@@ -179,6 +206,11 @@ impl PlanState {
                     self.overrides.remove(meter);
                 } else {
                     self.overrides.insert(meter.clone(), *limit);
+                }
+            }
+            Change::PlanVersion { plan, terms, .. } => {
+                if *plan == self.plan {
+                    self.terms = Some(terms.clone());
                 }
             }
             Change::Grant {
@@ -198,12 +230,17 @@ impl PlanState {
         }
     }
 
-    /// The plan that limits usage: a canceled (or unknown) plan falls back to the default plan.
-    pub fn effective_plan<'c>(&self, catalog: &'c Catalog) -> Option<&'c Plan> {
-        let key = if matches!(
+    /// Whether the subscription status no longer grants the plan (canceled, unpaid, expired).
+    fn lapsed(&self) -> bool {
+        matches!(
             self.status.as_str(),
             "canceled" | "incomplete_expired" | "unpaid"
-        ) {
+        )
+    }
+
+    /// The plan that limits usage: a canceled (or unknown) plan falls back to the default plan.
+    pub fn effective_plan<'c>(&self, catalog: &'c Catalog) -> Option<&'c Plan> {
+        let key = if self.lapsed() {
             catalog.default_plan.as_str()
         } else {
             self.plan.as_str()
@@ -213,12 +250,27 @@ impl PlanState {
             .or_else(|| catalog.plan(&catalog.default_plan))
     }
 
-    /// The limit for `meter` at `now`: override, else the plan's, plus active grants.
+    /// The terms that set limits and features: the pinned version of the customer's plan, else
+    /// the catalog's current version of the effective plan (a canceled plan: the default plan's).
+    pub fn terms<'a>(&'a self, catalog: &'a Catalog) -> Option<&'a PlanTerms> {
+        match &self.terms {
+            // A pinned version outlives its plan's removal from the catalog.
+            Some(t) if t.plan == self.plan && !self.lapsed() => Some(t),
+            _ => self.effective_plan(catalog).map(|p| &**p.terms()),
+        }
+    }
+
+    /// The version of the terms in effect (see [`Self::terms`]).
+    pub fn plan_version<'a>(&'a self, catalog: &'a Catalog) -> Option<&'a str> {
+        self.terms(catalog).map(|t| t.version.as_str())
+    }
+
+    /// The limit for `meter` at `now`: override, else the plan version's, plus active grants.
     /// `None` = unlimited.
     pub fn limit(&self, catalog: &Catalog, meter: &str, now: OffsetDateTime) -> Option<u64> {
         let base = match self.overrides.get(meter) {
             Some(o) => *o,
-            None => self.effective_plan(catalog).and_then(|p| p.limit(meter)),
+            None => self.terms(catalog).and_then(|t| t.limit(meter)),
         }?;
         let extra: u64 = self
             .grants
