@@ -1,5 +1,6 @@
 //! The admin endpoints that change a customer's plan, limits and grants by producing
-//! `subscription.events` (applied to the view at once, folded by the aggregator like usage).
+//! `subscription.events` (applied to the view at once, folded by the aggregator like usage). A
+//! change to another plan also pins the catalog's current version of it (`plan_version` event).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -92,14 +93,14 @@ pub struct ChangeAccepted {
     pub quota: Vec<QuotaAnswer>,
 }
 
-/// Produces a subscription event, applies it to the view at once and answers 202 with the quota.
-pub async fn produce_change(
+/// Produces a subscription event and applies it to the view at once.
+pub async fn send_change(
     state: &AppState,
     key: &KeyInfo,
     customer: &str,
     id: Option<String>,
     change: Change,
-) -> Result<Response, ApiError> {
+) -> Result<SubscriptionEvent, ApiError> {
     let event = SubscriptionEvent {
         id: id.unwrap_or_else(|| format!("sub_{}", uuid::Uuid::new_v4().simple())),
         tenant: key.tenant.clone(),
@@ -121,17 +122,34 @@ pub async fn produce_change(
             )
         })?;
     state.view.pending_plan_change(event.clone(), position);
+    Ok(event)
+}
+
+/// 202 with the change's event id and the customer's quota after it.
+fn accepted(state: &AppState, key: &KeyInfo, customer: &str, event_id: String) -> Response {
     let answers = state
         .view
         .all_meters(&key.tenant, customer, OffsetDateTime::now_utc());
-    Ok((
+    (
         StatusCode::ACCEPTED,
         Json(ChangeAccepted {
-            event_id: event.id,
+            event_id,
             quota: answers,
         }),
     )
-        .into_response())
+        .into_response()
+}
+
+/// Produces a subscription event, applies it to the view at once and answers 202 with the quota.
+pub async fn produce_change(
+    state: &AppState,
+    key: &KeyInfo,
+    customer: &str,
+    id: Option<String>,
+    change: Change,
+) -> Result<Response, ApiError> {
+    let event = send_change(state, key, customer, id, change).await?;
+    Ok(accepted(state, key, customer, event.id))
 }
 
 pub(crate) async fn admin(
@@ -148,7 +166,9 @@ pub(crate) async fn admin(
 /// Set the customer's plan (a subscription event; takes effect at once).
 ///
 /// Needs a key with the `admin` scope; a customer-scoped key only reaches its own customer. Sets
-/// the plan without Stripe; `id` makes a retry count once.
+/// the plan without Stripe; `id` makes a retry count once. A change to another plan puts the
+/// customer on the plan's current version (a second event, `plan_version`); the same plan again
+/// (a status or period change) keeps the customer's version.
 #[utoipa::path(
     post,
     path = "/v1/customers/{customer}/plan",
@@ -200,7 +220,13 @@ pub async fn post_plan(
             format!("{status:?}: one of {STATUSES:?}"),
         ));
     }
-    produce_change(
+    // The customer keeps its version when the plan stays; another plan (or a customer on the
+    // plan's floating version) gets the catalog's current version, pinned by a second event.
+    let (before, _) = state.view.plan(&key.tenant, &customer);
+    let keeps =
+        before.plan == req.plan && before.terms.as_ref().is_some_and(|t| t.plan == req.plan);
+    let plan = req.plan.clone();
+    let event = send_change(
         &state,
         &key,
         &customer,
@@ -213,7 +239,18 @@ pub async fn post_plan(
             cancel_at_period_end: req.cancel_at_period_end,
         },
     )
-    .await
+    .await?;
+    if !keeps && let Some(p) = state.catalog.plan(&plan) {
+        let change = Change::PlanVersion {
+            plan,
+            terms: p.terms().clone(),
+            from_version: None,
+        };
+        // Deterministic: a retry of the request pins once.
+        let id = format!("{}:version", event.id);
+        send_change(&state, &key, &customer, Some(id), change).await?;
+    }
+    Ok(accepted(&state, &key, &customer, event.id))
 }
 
 /// Custom limit for one meter (`limit: null` = unlimited).

@@ -1,10 +1,12 @@
 //! The quota answer and check-and-track (`GET .../quota`, `POST /v1/check`), from the in-memory
-//! view only: reservations first, events produced, then confirmed or released.
+//! view only: reservations first, events produced, then confirmed or released. A check may require
+//! a feature: refused with `feature_not_in_plan` and the cheapest plan that has it.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use schemas::api::{ErrorBody, doc};
+use schemas::entitlements::UpgradeHint;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
@@ -18,6 +20,7 @@ use platform::principal::Scope;
 use platform::producer::now_millis;
 
 use crate::access::{check_meter, check_quantity, reader, starting};
+use crate::entitlements::check_feature;
 use crate::quota::QuotaAnswer;
 use crate::shared::AppState;
 
@@ -99,6 +102,10 @@ pub struct CheckItem {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub data: Option<Map<String, Value>>,
+    /// A feature the call needs (`analytics`): without it in the customer's plan version the
+    /// check is refused with `feature_not_in_plan` (and not tracked).
+    #[serde(default)]
+    pub feature: Option<String>,
 }
 
 /// Body of `POST /v1/check`.
@@ -124,6 +131,51 @@ pub struct CheckResult {
     /// Id of the recorded event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
+    /// The feature the check required (when it named one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
+    /// Refused for a feature: the cheapest plan that includes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeHint>,
+}
+
+impl CheckResult {
+    fn new(quota: QuotaAnswer, tracked: bool, event_id: Option<String>) -> Self {
+        Self {
+            quota,
+            tracked,
+            event_id,
+            feature: None,
+            upgrade: None,
+        }
+    }
+}
+
+/// Refuses `result` when the customer's plan lacks the item's feature (`feature_not_in_plan`,
+/// or a metered feature's `limit_reached`), with the cheapest plan that has it. `true` = refused.
+fn require_feature(
+    state: &AppState,
+    tenant: &str,
+    item: &CheckItem,
+    result: &mut CheckResult,
+    now: OffsetDateTime,
+) -> bool {
+    let Some(key) = item.feature.as_deref() else {
+        return false;
+    };
+    result.feature = Some(key.to_string());
+    // Checked before: the feature is in the catalog.
+    let Some(feature) = state.catalog.feature(key) else {
+        return false;
+    };
+    let e = state.view.entitlement(tenant, &item.customer, feature, now);
+    if e.has_access {
+        return false;
+    }
+    result.quota.allowed = false;
+    result.quota.reason = e.reason;
+    result.upgrade = e.upgrade;
+    true
 }
 
 /// Answer of `POST /v1/check`.
@@ -148,8 +200,8 @@ pub struct CheckResponse {
     responses(
         (status = 200, description = "One quota answer per check", body = CheckResponse),
         (status = 400, body = ErrorBody, description = "`invalid_request` (a bad body, customer, \
-            quantity, id or number of checks), `unknown_meter`, `invalid_events` (a tracked event \
-            would be invalid; nothing was tracked)"),
+            quantity, id or number of checks), `unknown_meter`, `unknown_feature`, \
+            `invalid_events` (a tracked event would be invalid; nothing was tracked)"),
         (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
         (status = 403, body = ErrorBody, description = doc::FORBIDDEN),
         (status = 503, body = ErrorBody, description = "`quota_view_starting`, \
@@ -195,6 +247,9 @@ pub async fn post_check(
         if let Some(m) = &c.meter {
             check_meter(&state, m).map_err(at)?;
         }
+        if let Some(f) = &c.feature {
+            check_feature(&state, "feature", f).map_err(at)?;
+        }
         check_quantity("quantity", c.quantity.unwrap_or(1.0)).map_err(at)?;
         if let Some(id) = &c.id
             && (id.trim().is_empty() || id.len() > schemas::event::MAX_ID_LEN)
@@ -211,16 +266,17 @@ pub async fn post_check(
         let results: Vec<CheckResult> = req
             .checks
             .iter()
-            .map(|c| CheckResult {
-                quota: state.view.check(
+            .map(|c| {
+                let quota = state.view.check(
                     &key.tenant,
                     &c.customer,
                     c.meter.as_deref().unwrap_or(&default_meter),
                     c.quantity.unwrap_or(1.0),
                     now,
-                ),
-                tracked: false,
-                event_id: None,
+                );
+                let mut result = CheckResult::new(quota, false, None);
+                require_feature(&state, &key.tenant, c, &mut result, now);
+                result
             })
             .collect();
         return Ok(Json(CheckResponse { results }));
@@ -248,23 +304,28 @@ pub async fn track(
             c.id.as_deref()
                 .filter(|id| state.view.seen(&key.tenant, &c.customer, id, now))
         {
-            results.push(CheckResult {
-                quota: state.view.check(&key.tenant, &c.customer, meter, 0.0, now),
-                tracked: true,
-                event_id: Some(id.to_string()),
-            });
+            let quota = state.view.check(&key.tenant, &c.customer, meter, 0.0, now);
+            results.push(CheckResult::new(quota, true, Some(id.to_string())));
             continue;
+        }
+        if c.feature.is_some() {
+            let quota = state
+                .view
+                .check(&key.tenant, &c.customer, meter, quantity, now);
+            let mut refused = CheckResult::new(quota, false, None);
+            if require_feature(state, &key.tenant, c, &mut refused, now) {
+                results.push(refused);
+                continue;
+            }
         }
         let (answer, reservation) =
             state
                 .view
                 .reserve(&key.tenant, &c.customer, meter, quantity, now);
         let Some(r) = reservation else {
-            results.push(CheckResult {
-                quota: answer,
-                tracked: false,
-                event_id: None,
-            });
+            let mut result = CheckResult::new(answer, false, None);
+            result.feature = c.feature.clone();
+            results.push(result);
             continue;
         };
         let id =
@@ -296,11 +357,9 @@ pub async fn track(
             Ok((event, _)) => {
                 reserved.push((results.len(), c.customer.clone(), meter.to_string(), r));
                 events.push(event);
-                results.push(CheckResult {
-                    quota: answer,
-                    tracked: true,
-                    event_id: Some(id),
-                });
+                let mut result = CheckResult::new(answer, true, Some(id));
+                result.feature = c.feature.clone();
+                results.push(result);
             }
             Err(errors) => {
                 state.view.release(&key.tenant, &c.customer, meter, r);

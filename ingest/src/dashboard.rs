@@ -13,7 +13,7 @@
 //!   own customer). The page stays on one origin: billing-sync needs no CORS and no public address.
 //! - `GET /dashboard/billing/v1/customers/{customer}/invoice-preview`: billing-sync's invoice
 //!   preview, forwarded the same way (billing-sync lets a customer's credential name only itself).
-//! - `GET /v1/plans`: the catalog's plans with price, limit and features (public).
+//! - `GET /v1/plans`: the catalog's plans with price, limit and features (public; [`crate::plans`]).
 //! - `POST /v1/customers/{customer}/dashboard-link` (admin): a sign-in link valid for minutes.
 //! - `POST /dashboard/session` `{"link"}`: exchanges a link, once, for a session token.
 //!
@@ -97,7 +97,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(billing_get, billing_post))
         .routes(routes!(billing_invoice_preview))
         .routes(routes!(asset))
-        .routes(routes!(plans))
+        .routes(routes!(crate::plans::plans))
         .routes(routes!(post_link))
 }
 
@@ -517,84 +517,6 @@ async fn forward(
             .into_response()
         }
     }
-}
-
-/// A meter named in the plan catalog.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct MeterName {
-    /// Meter key.
-    pub key: String,
-    /// Human name.
-    pub name: String,
-}
-
-/// One plan of `GET /v1/plans`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct PlanOffer {
-    /// Plan key.
-    pub key: String,
-    /// Human name.
-    pub name: String,
-    /// Price per period in the smallest currency unit.
-    pub price_cents: u64,
-    /// ISO currency code.
-    pub currency: String,
-    /// Limit of the first meter per period; `null` = unlimited.
-    #[schema(required = true)]
-    pub limit: Option<u64>,
-    /// Selling points.
-    pub features: Vec<String>,
-    /// Whether it is the plan of new customers.
-    pub default: bool,
-}
-
-/// Answer of `GET /v1/plans`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct PlansBody {
-    /// The meter the limits are for (the catalog's first).
-    pub meter: MeterName,
-    /// The dashboard warns above this percent.
-    pub warn_percent: u8,
-    /// The plan of new customers.
-    pub default_plan: String,
-    /// The plans in catalog order.
-    pub plans: Vec<PlanOffer>,
-}
-
-/// The plan catalog: price, limits, features (public).
-///
-/// The plans of the catalog for the first meter, in catalog order; needs no key.
-#[utoipa::path(
-    get,
-    path = "/v1/plans",
-    tag = "dashboard",
-    responses((status = 200, description = "The plans", body = PlansBody)),
-)]
-async fn plans(State(state): State<AppState>) -> Json<PlansBody> {
-    let c = &state.catalog;
-    let meter = &c.meters[0];
-    let plans = c
-        .plans
-        .iter()
-        .map(|p| PlanOffer {
-            key: p.key.clone(),
-            name: p.name.clone(),
-            price_cents: p.price_cents,
-            currency: p.currency.clone(),
-            limit: p.limit(&meter.key),
-            features: p.features.clone(),
-            default: p.key == c.default_plan,
-        })
-        .collect();
-    Json(PlansBody {
-        meter: MeterName {
-            key: meter.key.clone(),
-            name: meter.name.clone(),
-        },
-        warn_percent: c.warn_percent,
-        default_plan: c.default_plan.clone(),
-        plans,
-    })
 }
 
 /// Body of `POST /v1/customers/{customer}/dashboard-link` (optional).

@@ -38,9 +38,10 @@ use crate::shared::AppState;
     components(schemas(ErrorBody)),
     tags(
         (name = "intake", description = "Sending usage events"),
-        (name = "quota", description = "Quota answers from memory, check-and-track"),
+        (name = "quota", description = "Quota and entitlement answers from memory, check-and-track"),
         (name = "usage", description = "Usage and history from the ClickHouse rollups"),
-        (name = "admin", description = "Plans, limits, grants and sign-in links (`admin` scope)"),
+        (name = "admin", description = "Plans, plan version migrations, limits, grants and \
+            sign-in links (`admin` scope)"),
         (name = "seed", description = "The seed application's usage API, served as-is"),
         (name = "dashboard", description = "The customer dashboard, its plans list and sessions"),
         (name = "ops", description = "Health, readiness, metrics, this document"),
@@ -92,11 +93,15 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::intake::post_events))
         .routes(routes!(crate::check::post_check))
         .routes(routes!(crate::check::get_quota))
+        .routes(routes!(crate::entitlements::get_entitlements))
+        .routes(routes!(crate::entitlements::get_entitlement))
         .routes(routes!(crate::usage::get_usage))
         .routes(routes!(crate::usage::get_history))
         .routes(routes!(crate::admin::post_plan))
         .routes(routes!(crate::admin::put_limit, crate::admin::delete_limit))
         .routes(routes!(crate::admin::post_grant))
+        .routes(routes!(crate::migrate::post_migrate_customer))
+        .routes(routes!(crate::migrate::post_migrate_plan))
         .routes(routes!(crate::seed::get_usage))
         .routes(routes!(crate::seed::post_track))
         .routes(routes!(crate::seed::get_history))

@@ -15,10 +15,11 @@
 //! - [`access`]: what the native handlers check first (key, customer, ready view, meter, quantity).
 //! - [`cloudevents`]: the CloudEvents HTTP binding's content modes (binary, structured, batched)
 //!   and the per-tenant conformance setting, used by [`intake`].
-//! - Handlers: [`intake`] (`POST /v1/events`), [`check`] (quota and check-and-track), [`usage`]
-//!   (usage and history), [`admin`] (plans, limits, grants), [`seed`] (the seed application's
-//!   `/usage` endpoints), [`dashboard`] (the customer dashboard, its compact display, the plans
-//!   list and sign-in links).
+//! - Handlers: [`intake`] (`POST /v1/events`), [`check`] (quota and check-and-track, a required
+//!   feature), [`entitlements`] (what a customer's plan version grants), [`usage`] (usage and
+//!   history), [`admin`] (plans, limits, grants), [`migrate`] (plan version migrations), [`seed`]
+//!   (the seed application's `/usage` endpoints), [`dashboard`] (the customer dashboard, its
+//!   compact display and sign-in links), [`plans`] (the plans list).
 //! - [`request`]: the per-request layer (request id, tracing span, per-route metrics).
 //! - [`http`]: the router on top, health, readiness, metrics and the OpenAPI document.
 //! - [`app`]: build, serve, shut down.
@@ -34,11 +35,14 @@ pub mod check;
 pub mod cloudevents;
 pub mod config;
 pub mod dashboard;
+pub mod entitlements;
 pub mod error;
 pub mod follow;
 pub mod http;
 pub mod intake;
 pub mod metrics;
+pub mod migrate;
+pub mod plans;
 pub mod quota;
 pub mod request;
 pub mod seed;

@@ -1,5 +1,5 @@
-//! The seed application's usage API, served as-is over the native one: `GET /usage`,
-//! `POST /usage/track`, `GET /usage/history`. The customer is the key's customer (a
+//! The seed application's usage API, served as-is over the native one: `GET /usage` (with the
+//! plan's features), `POST /usage/track`, `GET /usage/history`. The customer is the key's customer (a
 //! customer-scoped key), or, for a tenant-wide key, the `X-Customer-Id` header or `customer` query.
 
 use std::collections::BTreeMap;
@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use platform::extract::Query;
 use schemas::api::{ErrorBody, ErrorDetail, doc};
+use schemas::entitlements::Entitlement;
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
@@ -75,6 +76,9 @@ pub struct SeedUsage {
     pub by_endpoint: BTreeMap<String, f64>,
     /// Usage and cost at the period end at the current pace.
     pub projection: Projection,
+    /// What the customer's plan version grants of each feature of the catalog (as
+    /// `GET /v1/customers/{c}/entitlements` answers).
+    pub features: Vec<Entitlement>,
 }
 
 async fn summary(state: &AppState, tenant: &str, customer: &str) -> Result<SeedUsage, ApiError> {
@@ -101,6 +105,10 @@ async fn summary(state: &AppState, tenant: &str, customer: &str) -> Result<SeedU
         period_end: body.period_end,
         by_endpoint: m.by_endpoint,
         projection: m.projection,
+        features: state
+            .view
+            .entitlements(tenant, customer, None, time::OffsetDateTime::now_utc())
+            .entitlements,
     })
 }
 
@@ -273,6 +281,7 @@ pub async fn post_track(
         endpoint: Some(req.endpoint.clone()),
         id: req.id,
         data: None,
+        feature: None,
     };
     let default_meter = state.catalog.meters[0].key.clone();
     let mut results = track(&state, &key, &[item], &default_meter, now_millis()).await?;

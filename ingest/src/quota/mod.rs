@@ -19,22 +19,28 @@
 //!   events all go to one partition) and its days as an exact-size sorted slice of 20-byte days;
 //! - what most customers do not have (a plan record: `None` means the default plan; further meters
 //!   and partitions, recent event ids, pending usage and plan changes) is boxed, and dropped when
-//!   it empties.
+//!   it empties;
+//! - plan versions ([`schemas::plan_version::PlanTerms`]) are shared: one allocation per version.
+//!
+//! `entitlements.rs` answers features from the same view (and lists a plan's subscribers).
 
 mod customer;
+mod entitlements;
 mod shard;
 #[cfg(test)]
 mod tests;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use foldhash::fast::RandomState;
 use platform::notes::Noted;
 use schemas::Catalog;
 use schemas::catalog::Aggregation;
+use schemas::plan_version::PlanTerms;
 use schemas::quota::{PlanState, StateRecord, SubscriptionEvent, UsageState};
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
@@ -54,6 +60,7 @@ pub enum UnknownCustomer {
 
 pub use customer::RECENT_IDS_SECS;
 use customer::{Customer, Pending, accepted_recently, remember_id};
+pub use entitlements::{EntitlementsAnswer, Subscriber};
 use shard::{Shard, Symbols};
 
 /// The answer to "may this customer use `quantity` more of `meter`?".
@@ -88,7 +95,8 @@ pub struct QuotaAnswer {
     pub plan: String,
     /// Subscription status.
     pub status: String,
-    /// Why not allowed: `limit_reached` or `unknown_customer`.
+    /// Why not allowed: `limit_reached`, `unknown_customer` or (`POST /v1/check` with a
+    /// `feature`) `feature_not_in_plan`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<QuotaRefusal>)]
     pub reason: Option<String>,
@@ -103,6 +111,8 @@ pub enum QuotaRefusal {
     /// The customer has no plan record and the ingest is configured to refuse such customers
     /// (`unknown_customer = "deny"`).
     UnknownCustomer,
+    /// `POST /v1/check` required a feature the customer's plan version does not include.
+    FeatureNotInPlan,
 }
 
 /// Identifies a reservation so it can be confirmed or released.
@@ -122,6 +132,8 @@ pub struct QuotaView {
     unknown: UnknownCustomer,
     next_id: AtomicU64,
     ready: AtomicBool,
+    /// Plan versions by id, shared by every customer pinned to one.
+    terms: Mutex<HashMap<String, Arc<PlanTerms>>>,
 }
 
 /// A customer's key: tenant id, name and their hash.
@@ -144,6 +156,7 @@ impl QuotaView {
             unknown,
             next_id: AtomicU64::new(1),
             ready: AtomicBool::new(false),
+            terms: Mutex::default(),
         }
     }
 
@@ -217,6 +230,9 @@ impl QuotaView {
                 // The key holds them; the plan answers never read them.
                 let tenant = std::mem::take(&mut p.tenant);
                 let customer = std::mem::take(&mut p.customer);
+                if let Some(t) = &p.terms {
+                    p.terms = Some(self.shared_terms(t));
+                }
                 self.with_customer(&tenant, &customer, |c| {
                     if c.plan.as_ref().is_none_or(|old| p.version >= old.version) {
                         if let Some(e) = c.extra.as_mut() {
@@ -274,8 +290,8 @@ impl QuotaView {
         };
         let limit = plan.limit(&self.catalog, meter, now);
         let plan_key = plan
-            .effective_plan(&self.catalog)
-            .map_or_else(|| plan.plan.clone(), |p| p.key.clone());
+            .terms(&self.catalog)
+            .map_or_else(|| plan.plan.clone(), |t| t.plan.clone());
         let (allowed, remaining, percent) = match limit {
             None => (true, None, None),
             Some(l) => {

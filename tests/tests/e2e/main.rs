@@ -4,7 +4,8 @@
 //! Layout: `pipeline`, `offsets`, `faults`, `dead_letters`, `bad_input` (the event path),
 //! `cloudevents` and `cloudevents_sdk` (the CloudEvents HTTP binding, the official Python and
 //! JavaScript SDKs as clients), `schema`
-//! and `compose` (DDL and deployment files), `quota` and `notify` (quota API and alerts), `billing`,
+//! and `compose` (DDL and deployment files), `quota` and `notify` (quota API and alerts), `entitlements` and
+//! `plan_versions` (features of plans, plan versions and migrations), `billing`,
 //! `billing_contract`, `billing_usage`, `billing_corrections`, `billing_proof`, `billing_preview`
 //! and `billing_ha` (billing-sync and the Stripe fake; `billing_ha`: two instances at once),
 //! `stripe_rules` (Stripe's rules the fake keeps, and billing-sync exact under each),
@@ -32,11 +33,13 @@ mod cloudevents_sdk;
 mod compose;
 mod dashboard;
 mod dead_letters;
+mod entitlements;
 mod faults;
 mod notify;
 mod offsets;
 mod openapi;
 mod pipeline;
+mod plan_versions;
 mod quota;
 mod schema;
 mod stripe_rules;

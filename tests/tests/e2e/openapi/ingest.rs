@@ -174,6 +174,102 @@ async fn the_ingest_openapi_document_is_valid_and_matches_every_route_and_answer
         202,
     )
     .await;
+    // Entitlements, a check requiring a feature, plan version migrations.
+    let ent = "/v1/customers/{customer}/entitlements";
+    c.call(
+        get.clone(),
+        ent,
+        "/v1/customers/c1/entitlements",
+        k,
+        None,
+        200,
+    )
+    .await;
+    let one = "/v1/customers/{customer}/entitlements/{feature}";
+    let v = c
+        .call(
+            get.clone(),
+            one,
+            "/v1/customers/c1/entitlements/analytics",
+            k,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(v["reason"], "feature_not_in_plan", "{v}");
+    c.call(
+        get.clone(),
+        one,
+        "/v1/customers/c1/entitlements/nope",
+        k,
+        None,
+        400,
+    )
+    .await;
+    c.call(
+        get.clone(),
+        one,
+        "/v1/customers/c1/entitlements/analytics",
+        Some(&other),
+        None,
+        403,
+    )
+    .await;
+    let needs = json!({"checks": [{"customer": "c1", "feature": "analytics"}]});
+    let v = c
+        .call(post.clone(), "/v1/check", "/v1/check", k, Some(needs), 200)
+        .await;
+    assert_eq!(v["results"][0]["upgrade"]["plan"], "professional", "{v}");
+    let needs = json!({"checks": [{"customer": "c1", "feature": "nope"}]});
+    c.call(post.clone(), "/v1/check", "/v1/check", k, Some(needs), 400)
+        .await;
+    let migrate = "/v1/customers/{customer}/plan/migrate";
+    c.call(
+        post.clone(),
+        migrate,
+        "/v1/customers/c5/plan/migrate",
+        k,
+        Some(json!({})),
+        202,
+    )
+    .await;
+    c.call(
+        post.clone(),
+        migrate,
+        "/v1/customers/c5/plan/migrate",
+        k,
+        Some(json!({})),
+        200,
+    )
+    .await;
+    c.call(
+        post.clone(),
+        migrate,
+        "/v1/customers/c1/plan/migrate",
+        Some(&other),
+        Some(json!({})),
+        403,
+    )
+    .await;
+    let all = "/v1/plans/{plan}/migrate";
+    c.call(
+        post.clone(),
+        all,
+        "/v1/plans/starter/migrate",
+        k,
+        Some(json!({"dry_run": true})),
+        202,
+    )
+    .await;
+    c.call(
+        post.clone(),
+        all,
+        "/v1/plans/gold/migrate",
+        k,
+        Some(json!({})),
+        400,
+    )
+    .await;
     c.call(get.clone(), "/usage", "/usage?customer=c1", k, None, 200)
         .await;
     c.call(get.clone(), "/usage", "/usage", k, None, 400).await;
