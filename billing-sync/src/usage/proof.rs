@@ -15,7 +15,7 @@
 //! - `stripe`: Stripe's hourly meter event summary (the reconciliation's read).
 //!
 //! Verdicts: the reconciliation's (`ok` for an hour that agrees, `unbillable`, `pending`,
-//! `under_report`, `over_report`, `stripe_mismatch`) with a reason, and `no_customer` (no Stripe
+//! `settling`, `under_report`, `over_report`, `rejected`, `stripe_mismatch`) with a reason, and `no_customer` (no Stripe
 //! customer), `no_meter` (no active Stripe meter) and `rollup_mismatch` (the rollup differs from
 //! the accepted events). An hour not closed yet (within `usage.settle_secs` of its end) is
 //! `pending`; an hour older than the window is `unbillable`.
@@ -87,7 +87,8 @@ pub struct ProofHour {
     pub stripe: f64,
     /// The ledger's revisions of the hour.
     pub revisions: Vec<ProofRevision>,
-    /// `ok`, `unbillable`, `pending`, `under_report`, `over_report`, `stripe_mismatch`,
+    /// `ok`, `unbillable`, `pending`, `settling`, `under_report`, `over_report`, `rejected`,
+    /// `stripe_mismatch`,
     /// `no_customer`, `no_meter` or `rollup_mismatch`.
     pub verdict: String,
     /// Why (corrections of an `ok` hour; empty when there is nothing to say).

@@ -53,7 +53,9 @@ pub struct Difference {
     pub corrected: f64,
     /// Whole units this check cancelled.
     pub cancelled: f64,
-    /// `healed`, `unbillable`, `pending`, `under_report`, `over_report` or `stripe_mismatch`.
+    /// `healed`, `unbillable`, `pending`, `settling` (Stripe's summary lags a recent send),
+    /// `under_report`, `over_report`, `rejected` (Stripe dropped the hour's meter events twice) or
+    /// `stripe_mismatch`.
     pub verdict: String,
     /// Why it stays (empty when healed).
     pub reason: String,
