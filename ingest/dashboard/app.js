@@ -303,8 +303,20 @@ async function start(cred, { openModal = false } = {}) {
 
 // ---- upgrade modal -----------------------------------------------------------------------------
 
+/** The labels of what the customer's plan version includes now (from `/usage`'s features). */
+function ownedLabels() {
+  const features = (app.usage && app.usage.features) || [];
+  return new Set(features.filter((f) => f.has_access || f.reason === 'limit_reached').map((f) => f.label).filter(Boolean));
+}
+
+/** What a plan includes that the customer's plan does not: the features it unlocks. */
+function unlocks(p, owned) {
+  return p.key === app.usage.plan ? [] : p.features.filter((f) => !owned.has(f));
+}
+
 function renderPlans() {
   const u = app.usage;
+  const owned = ownedLabels();
   const cur = currentPlan();
   const curPrice = cur ? cur.price_cents : 0;
   const rec = u.projection && u.projection.recommended_plan;
@@ -336,7 +348,7 @@ function renderPlans() {
         h('h3', {}, p.name),
         h('p', { class: 'price', id: priceId }, h('span', { class: 'amount', 'data-testid': 'plan-price' }, fmtMoney(p.price_cents, p.currency, false)), h('span', { class: 'per' }, ' / month')),
         h('p', { class: 'plan-limit', 'data-testid': 'plan-limit' }, p.limit === null ? 'Unlimited API calls' : `${fmtInt(p.limit)} API calls / month`),
-        h('ul', { class: 'features' }, p.features.map((f) => h('li', {}, f))),
+        featureList(p, unlocks(p, owned)),
         h(
           'button',
           {
@@ -355,6 +367,22 @@ function renderPlans() {
   const paid = !!cur && cur.price_cents > 0;
   $('portal').hidden = !hasBilling || !paid;
   $('cancel-sub').hidden = !hasBilling || !paid || !!u.cancel_at_period_end;
+}
+
+/** A plan's features, the ones an upgrade to it unlocks marked, and how many it unlocks. */
+function featureList(p, unlocked) {
+  const items = p.features.map((f) =>
+    unlocked.includes(f)
+      ? h('li', { class: 'unlock', 'data-testid': 'unlock' }, h('span', { class: 'unlock-mark', 'aria-hidden': 'true' }, '+'), f, h('span', { class: 'sr-only' }, ' (new with this plan)'))
+      : h('li', {}, f),
+  );
+  const n = unlocked.length;
+  return h(
+    'div',
+    { class: 'plan-features' },
+    n ? h('p', { class: 'unlocks', 'data-testid': 'plan-unlocks' }, `Unlocks ${n} feature${n > 1 ? 's' : ''}`) : null,
+    h('ul', { class: 'features', 'data-testid': 'plan-features' }, items),
+  );
 }
 
 function openUpgrade() {

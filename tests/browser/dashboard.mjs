@@ -291,9 +291,25 @@ async function main() {
     assert.equal(num(await card.getByTestId('plan-price').textContent()) * 100, pl.price_cents, `${pl.key} price`);
     const lim = await card.getByTestId('plan-limit').textContent();
     assert.ok(pl.limit === null ? /Unlimited/.test(lim) : num(lim) === pl.limit, `${pl.key} limit: ${lim}`);
-    for (const f of pl.features) assert.ok((await card.textContent()).includes(f), `${pl.key} feature ${f}`);
+    const shown = (await card.getByTestId('plan-features').locator('li').allTextContents()).map((t) => t.replace(/^\+/, '').replace(' (new with this plan)', ''));
+    assert.deepEqual(shown, pl.features, `${pl.key} features: the catalog's`);
+    // What an upgrade unlocks: the plan's features the customer's plan version lacks (its entitlements).
+    const owned = new Set(uLimit.features.filter((f) => f.has_access || f.reason === 'limit_reached').map((f) => f.label));
+    const unlocked = pl.key === uLimit.plan ? [] : pl.features.filter((f) => !owned.has(f));
+    const marked = (await card.getByTestId('unlock').allTextContents()).map((t) => t.replace(/^\+/, '').replace(' (new with this plan)', ''));
+    assert.deepEqual(marked, unlocked, `${pl.key} unlocks`);
+    if (unlocked.length) assert.equal(await card.getByTestId('plan-unlocks').textContent(), `Unlocks ${unlocked.length} feature${unlocked.length > 1 ? 's' : ''}`);
+    else assert.equal(await card.getByTestId('plan-unlocks').count(), 0, `${pl.key} unlocks nothing`);
     assert.equal(await card.getAttribute('aria-current'), pl.key === uLimit.plan ? 'true' : null, `${pl.key} current`);
   }
+  // The seed's lists (the default catalog).
+  const byKey = Object.fromEntries(plans.map((pl) => [pl.key, pl.features]));
+  const seedFree = ['Basic threat analysis', 'Document redaction', 'Report generation'];
+  assert.deepEqual(byKey.free, seedFree, 'Free: the seed list');
+  assert.deepEqual(byKey.starter, [...seedFree, 'Advanced analysis', 'Priority support', 'Custom reports'], 'Starter: the seed list');
+  assert.deepEqual(byKey.professional, [...byKey.starter, 'Analytics', 'Team collaboration', 'API access'], 'Professional: the seed list');
+  for (const f of ['Dedicated support', 'Custom SLA']) assert.ok(byKey.enterprise.includes(f), `Enterprise: ${f}`);
+  assert.ok(uLimit.plan !== 'free' || (await modal.getByTestId('plan-professional').getByTestId('unlock').allTextContents()).some((t) => t.includes('Analytics')), 'Professional unlocks analytics for a free customer');
   assert.ok(await modal.getByTestId(`choose-${uLimit.plan}`).isDisabled(), 'the current plan cannot be chosen');
   const boxes = await Promise.all(plans.map((pl) => modal.getByTestId(`plan-${pl.key}`).boundingBox()));
   assert.ok(boxes.every((b) => Math.abs(b.y - boxes[0].y) < 2), 'the plans side by side on a wide screen');
@@ -301,7 +317,7 @@ async function main() {
   await shot(pLimit, 'modal');
   await pLimit.getByTestId('upgrade-close').click();
   await until('the modal closes', async () => !(await modal.evaluate((d) => d.open)));
-  ok('upgrade modal: four plans side by side with price, limit and features, current plan highlighted');
+  ok('upgrade modal: four plans side by side with price, limit and the catalog\'s features (the seed\'s lists), what each upgrade unlocks marked, current plan highlighted');
   await axe(pLimit, 'the dashboard');
   ok('accessibility: axe-core finds no violation on the page and in the modal');
 
@@ -413,6 +429,11 @@ async function main() {
     const m = pBuy.getByTestId('upgrade-modal');
     await until('the modal', () => m.evaluate((d) => d.open));
     assert.equal(await m.getByTestId('plan-starter').getAttribute('aria-current'), 'true', 'Starter is current');
+    const clean = (t) => t.replace(/^\+/, '').replace(' (new with this plan)', '');
+    const proUnlocks = (await m.getByTestId('plan-professional').getByTestId('unlock').allTextContents()).map(clean);
+    assert.deepEqual(proUnlocks, ['Analytics', 'Team collaboration', 'API access'], 'on Starter, Professional unlocks the seed\'s three');
+    assert.equal(await m.getByTestId('plan-starter').getByTestId('unlock').count(), 0, 'the current plan unlocks nothing');
+    ok('after the checkout the modal shows what Professional unlocks over Starter');
     await m.getByTestId('portal').click();
     await pBuy.waitForURL((u) => u.href.startsWith(`${STRIPE}/portal/`), { timeout: 20000 });
     ok(`customer portal: the link lands on the portal URL (${new URL(pBuy.url()).pathname})`);
