@@ -75,9 +75,59 @@ pub(crate) struct Price {
     pub(crate) created: i64,
     /// Whether it can be used for new purchases (`POST /v1/prices/{id}` `active=false` archives it).
     pub(crate) active: bool,
+    /// `billing_scheme=tiered`: the tiers mode (`volume` or `graduated`) and the tiers in order.
+    pub(crate) tiers: Option<(String, Vec<Tier>)>,
+}
+
+/// One tier of a tiered price.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Tier {
+    /// The tier's last unit; `None` = `inf` (the last tier).
+    pub(crate) up_to: Option<u64>,
+    /// Per unit, in the smallest currency unit.
+    pub(crate) unit_amount: i64,
+    /// Added once when the tier is reached.
+    pub(crate) flat_amount: i64,
 }
 
 impl Price {
+    /// What `quantity` units cost, as Stripe prices them
+    /// (<https://docs.stripe.com/products-prices/pricing-models#volume-tiers>,
+    /// <https://docs.stripe.com/products-prices/pricing-models#graduated-tiers>): per unit, the
+    /// quantity times `unit_amount`; volume tiers, every unit at the tier the total falls in, plus
+    /// that tier's flat amount; graduated tiers, each unit at the tier it falls in, plus the flat
+    /// amount of every tier reached. Nothing is charged for 0 units.
+    pub(crate) fn charge(&self, quantity: u64) -> i64 {
+        let q = i64::try_from(quantity).unwrap_or(i64::MAX);
+        let Some((mode, tiers)) = &self.tiers else {
+            return self.unit_amount.saturating_mul(q);
+        };
+        if quantity == 0 {
+            return 0;
+        }
+        if mode == "volume" {
+            let tier = tiers
+                .iter()
+                .find(|t| t.up_to.is_none_or(|u| quantity <= u))
+                .or(tiers.last());
+            return tier.map_or(0, |t| t.flat_amount + t.unit_amount.saturating_mul(q));
+        }
+        let mut total = 0_i64;
+        let mut below = 0_u64;
+        for t in tiers {
+            if quantity <= below {
+                break;
+            }
+            let top = t.up_to.unwrap_or(u64::MAX).min(quantity);
+            let units = i64::try_from(top - below).unwrap_or(i64::MAX);
+            total = total
+                .saturating_add(t.flat_amount)
+                .saturating_add(t.unit_amount.saturating_mul(units));
+            below = top;
+        }
+        total
+    }
+
     /// Whether it is a metered (usage-based) recurring price.
     pub(crate) fn metered(&self) -> bool {
         self.recurring
@@ -93,7 +143,7 @@ impl Price {
                 "meter": r.meter, "trial_period_days": null, "usage_type": r.usage_type,
             })
         });
-        json!({
+        let mut v = json!({
             "id": self.id, "object": "price", "active": self.active, "billing_scheme": "per_unit",
             "created": self.created, "currency": self.currency, "custom_unit_amount": null,
             "livemode": false, "lookup_key": self.lookup_key, "metadata": self.metadata,
@@ -101,7 +151,24 @@ impl Price {
             "tax_behavior": "unspecified", "tiers_mode": null, "transform_quantity": null,
             "type": if self.recurring.is_some() { "recurring" } else { "one_time" },
             "unit_amount": self.unit_amount, "unit_amount_decimal": self.unit_amount.to_string(),
-        })
+        });
+        if let Some((mode, tiers)) = &self.tiers {
+            v["billing_scheme"] = json!("tiered");
+            v["tiers_mode"] = json!(mode);
+            v["unit_amount"] = Value::Null;
+            v["unit_amount_decimal"] = Value::Null;
+            v["tiers"] = tiers
+                .iter()
+                .map(|t| {
+                    json!({
+                        "flat_amount": t.flat_amount, "flat_amount_decimal": t.flat_amount.to_string(),
+                        "unit_amount": t.unit_amount, "unit_amount_decimal": t.unit_amount.to_string(),
+                        "up_to": t.up_to,
+                    })
+                })
+                .collect();
+        }
+        v
     }
 
     /// The legacy plan object that subscription items carry next to the price.
@@ -370,9 +437,7 @@ pub(crate) struct Line {
 impl Line {
     /// `quantity × unit_amount`, in the smallest currency unit.
     pub(crate) fn amount(&self) -> i64 {
-        self.price
-            .unit_amount
-            .saturating_mul(i64::try_from(self.quantity).unwrap_or(i64::MAX))
+        self.price.charge(self.quantity)
     }
 
     fn json(&self, n: usize, invoice: &str, sub: &Subscription) -> Value {

@@ -254,6 +254,7 @@ impl State {
             metadata: metadata(p, "metadata"),
             created: self.now(),
             active: true,
+            tiers: tiers(p)?,
         };
         let json = price.json();
         self.prices.insert(price.id.clone(), price);
@@ -382,6 +383,7 @@ impl State {
                     metadata: json!({"plan": plan.key}),
                     created: now,
                     active: true,
+                    tiers: None,
                 },
             );
             if let Some(env) = &plan.stripe_price_env {
@@ -416,6 +418,7 @@ impl State {
                     metadata: json!({"meter": meter.key}),
                     created: now,
                     active: true,
+                    tiers: None,
                 },
             );
             out.push((
@@ -437,5 +440,156 @@ impl State {
             );
         }
         out
+    }
+}
+
+/// The tiers of `POST /v1/prices` with `billing_scheme=tiered`
+/// (<https://docs.stripe.com/api/prices/create#create_price-tiers>): `tiers_mode` `volume` or
+/// `graduated`, at least one tier, each with `up_to` (a whole number, strictly increasing, or `inf`
+/// for the last one, which must be `inf`) and `unit_amount` and/or `flat_amount`.
+fn tiers(p: &Value) -> Result<Option<(String, Vec<objects::Tier>)>, ApiErr> {
+    if str_param(p, "billing_scheme") != Some("tiered") {
+        if p.get("tiers").is_some() || p.get("tiers_mode").is_some() {
+            return Err(ApiErr::invalid(
+                "parameter_invalid_string",
+                "tiers and tiers_mode require billing_scheme=tiered.",
+                Some("billing_scheme"),
+            ));
+        }
+        return Ok(None);
+    }
+    let mode = req_str(p, "tiers_mode")?;
+    if !["volume", "graduated"].contains(&mode) {
+        return Err(ApiErr::invalid(
+            "parameter_invalid_string",
+            format!("Invalid tiers_mode: must be one of graduated or volume, not {mode}"),
+            Some("tiers_mode"),
+        ));
+    }
+    let given = p
+        .get("tiers")
+        .and_then(Value::as_array)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiErr::param_missing("tiers"))?;
+    let mut out = Vec::new();
+    let mut last: Option<u64> = None;
+    for (i, t) in given.iter().enumerate() {
+        let name = format!("tiers[{i}][up_to]");
+        let up_to = match str_param(t, "up_to") {
+            Some("inf") => None,
+            Some(v) => Some(v.parse::<u64>().map_err(|_| {
+                ApiErr::invalid(
+                    "parameter_invalid_integer",
+                    format!("Invalid {name}: must be a whole number or inf"),
+                    Some(&name),
+                )
+            })?),
+            None => return Err(ApiErr::param_missing(&name)),
+        };
+        if out.iter().any(|x: &objects::Tier| x.up_to.is_none()) {
+            return Err(ApiErr::invalid(
+                "parameter_invalid_integer",
+                "Only the last tier may have up_to=inf.",
+                Some(&name),
+            ));
+        }
+        if let (Some(prev), Some(u)) = (last, up_to)
+            && u <= prev
+        {
+            return Err(ApiErr::invalid(
+                "parameter_invalid_integer",
+                format!("Tiers must be in increasing order of up_to: {u} after {prev}."),
+                Some(&name),
+            ));
+        }
+        last = up_to.or(last);
+        let unit = int_param(t, "unit_amount")?;
+        let flat = int_param(t, "flat_amount")?;
+        if unit.is_none() && flat.is_none() {
+            return Err(ApiErr::param_missing(&format!("tiers[{i}][unit_amount]")));
+        }
+        out.push(objects::Tier {
+            up_to,
+            unit_amount: unit.unwrap_or(0),
+            flat_amount: flat.unwrap_or(0),
+        });
+    }
+    if out.last().is_some_and(|t| t.up_to.is_some()) {
+        return Err(ApiErr::invalid(
+            "parameter_invalid_integer",
+            "The last tier must have up_to=inf.",
+            Some(&format!("tiers[{}][up_to]", out.len() - 1)),
+        ));
+    }
+    Ok(Some((mode.to_string(), out)))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::objects::{Price, Tier};
+
+    fn price(mode: &str, tiers: Vec<Tier>) -> Price {
+        Price {
+            id: "price_t".into(),
+            product: "prod_t".into(),
+            unit_amount: 0,
+            currency: "usd".into(),
+            recurring: None,
+            lookup_key: None,
+            nickname: None,
+            metadata: json!({}),
+            created: 0,
+            active: true,
+            tiers: Some((mode.into(), tiers)),
+        }
+    }
+
+    fn tier(up_to: Option<u64>, unit_amount: i64, flat_amount: i64) -> Tier {
+        Tier {
+            up_to,
+            unit_amount,
+            flat_amount,
+        }
+    }
+
+    #[test]
+    fn volume_and_graduated_tiers_price_as_stripe_documents() {
+        // Stripe's examples: 1-5 units $7 each, 6-10 $6.50, 11+ $6 (in cents).
+        let tiers = vec![tier(Some(5), 700, 0), tier(Some(10), 650, 0), tier(None, 600, 0)];
+        let volume = price("volume", tiers.clone());
+        assert_eq!(volume.charge(0), 0);
+        assert_eq!(volume.charge(5), 3_500);
+        assert_eq!(volume.charge(6), 3_900);
+        assert_eq!(volume.charge(11), 6_600);
+        let graduated = price("graduated", tiers);
+        assert_eq!(graduated.charge(5), 3_500);
+        assert_eq!(graduated.charge(6), 3_500 + 650);
+        assert_eq!(graduated.charge(11), 3_500 + 3_250 + 600);
+        // Flat amounts: once per tier reached (graduated), the total's tier's (volume).
+        let flat = vec![tier(Some(100), 0, 1_000), tier(None, 5, 2_000)];
+        assert_eq!(price("graduated", flat.clone()).charge(150), 1_000 + 2_000 + 250);
+        assert_eq!(price("volume", flat).charge(150), 2_000 + 750);
+    }
+
+    #[test]
+    fn tiers_out_of_order_or_without_inf_are_refused() {
+        let p = |tiers: Value| json!({"billing_scheme": "tiered", "tiers_mode": "graduated", "tiers": tiers});
+        let bad = [
+            json!([{"up_to": "10", "unit_amount": "5"}, {"up_to": "5", "unit_amount": "4"}, {"up_to": "inf", "unit_amount": "3"}]),
+            json!([{"up_to": "10", "unit_amount": "5"}]),
+            json!([{"up_to": "inf", "unit_amount": "5"}, {"up_to": "inf", "unit_amount": "4"}]),
+            json!([{"up_to": "inf"}]),
+        ];
+        for b in bad {
+            assert!(tiers(&p(b.clone())).is_err(), "{b}");
+        }
+        let ok = tiers(&p(json!([{"up_to": "10", "unit_amount": "5"}, {"up_to": "inf", "flat_amount": "100"}])))
+            .expect("valid")
+            .expect("tiered");
+        assert_eq!(ok.1.len(), 2);
+        assert_eq!(tiers(&json!({"unit_amount": "5"})).expect("per unit"), None);
     }
 }

@@ -564,3 +564,107 @@ async fn an_endpoint_on_an_older_api_version_is_handled_by_fetching_its_objects(
     agg.stop().await;
     fake.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tiered_metered_prices_decode_and_invoice_as_stripe_prices_them() {
+    let fake = Fake::start().await;
+    let c = client(&fake);
+    // 1-5 units at $0.07, 6-10 at $0.065, then $0.06 and a $1.00 flat fee for reaching the tier.
+    let tiers = [
+        ("5", "7", None),
+        ("10", "6", Some("50")),
+        ("inf", "6", Some("100")),
+    ];
+    let mut form: Vec<(String, String)> = vec![
+        ("product".into(), "prod_api_call".into()),
+        ("currency".into(), "usd".into()),
+        ("billing_scheme".into(), "tiered".into()),
+        ("tiers_mode".into(), "graduated".into()),
+        ("recurring[interval]".into(), "month".into()),
+        ("recurring[usage_type]".into(), "metered".into()),
+        ("recurring[meter]".into(), "mtr_api_call".into()),
+    ];
+    for (i, (up_to, unit, flat)) in tiers.iter().enumerate() {
+        form.push((format!("tiers[{i}][up_to]"), up_to.to_string()));
+        form.push((format!("tiers[{i}][unit_amount]"), unit.to_string()));
+        if let Some(f) = flat {
+            form.push((format!("tiers[{i}][flat_amount]"), f.to_string()));
+        }
+    }
+    let form: Vec<(&str, String)> = form.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let r = post(&fake, "/v1/prices", &form, None).await;
+    assert_eq!(r.status(), 200);
+    let created: Value = r.json().await.expect("JSON");
+    let id = created["id"].as_str().expect("id").to_string();
+    let price = stripe_product::price::RetrievePrice::new(id.as_str())
+        .send(&c)
+        .await
+        .expect("the tiered price decodes through async-stripe");
+    assert_eq!(
+        price.billing_scheme,
+        stripe_shared::PriceBillingScheme::Tiered
+    );
+    assert_eq!(price.tiers.as_ref().map(Vec::len), Some(3));
+    // Out of order: refused, naming the tier.
+    let mut bad = form.clone();
+    bad.retain(|(k, _)| !k.starts_with("tiers[1]"));
+    bad.push(("tiers[1][up_to]", "3".into()));
+    bad.push(("tiers[1][unit_amount]", "6".into()));
+    let r = post(&fake, "/v1/prices", &bad, None).await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.expect("JSON");
+    assert_eq!(e["error"]["param"], "tiers[1][up_to]", "{e}");
+    // A subscription on it: 12 units are 5 × 7 + 5 × 6 + 50 + 2 × 6 + 100 = 227 cents.
+    let cus = CreateCustomer::new()
+        .name("tiers")
+        .send(&c)
+        .await
+        .expect("customer");
+    let cus = cus.id.as_str().to_string();
+    let r = post(
+        &fake,
+        "/v1/subscriptions",
+        &[
+            ("customer", cus.clone()),
+            ("items[0][price]", "price_starter".into()),
+            ("items[1][price]", id.clone()),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let sub: Value = r.json().await.expect("JSON");
+    let start = sub["items"]["data"][0]["current_period_start"]
+        .as_i64()
+        .expect("start");
+    let mut ev = meter_event(&cus, "tiers:1", "12");
+    ev.push(("timestamp", (start + 1).to_string()));
+    assert_eq!(
+        post(&fake, "/v1/billing/meter_events", &ev, None)
+            .await
+            .status(),
+        200
+    );
+    let r = post(
+        &fake,
+        "/v1/invoices/create_preview",
+        &[("subscription", sub["id"].as_str().expect("id").to_string())],
+        None,
+    )
+    .await;
+    let preview: Value = r.json().await.expect("JSON");
+    let line = preview["lines"]["data"]
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|l| l["pricing"]["price_details"]["price"] == id.as_str())
+        })
+        .cloned()
+        .expect("the tiered line");
+    assert_eq!(
+        (line["quantity"].clone(), line["amount"].clone()),
+        (json!(12), json!(227)),
+        "{line}"
+    );
+    fake.stop().await;
+}
