@@ -1,16 +1,22 @@
 //! Quota benchmark: check latency and throughput over loopback HTTP against a baseline endpoint of
-//! the same server and a Redis counter, driven by the same minimal keep-alive load generator, with
+//! the same server and a Redis counter (and the entitlement answers, all features and one, against
+//! the quota check of the same run), driven by the same minimal keep-alive load generator, with
 //! the CPU time per request of the server and of the generator; freshness of the quota answer and of
 //! history; overshoot at the limit under 50 concurrent check-and-track callers. The ingests and the
 //! aggregator run as their own processes (release binaries). Run: `scripts/bench.sh quota`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use platform::principal::Scope;
 use serde_json::{Value, json};
 use tests::{Service, TestEnv, cpu_ticks, wait_until};
+
+#[path = "quota/load.rs"]
+mod load;
+
+use load::{Load, Target, load, pct};
 
 /// Concurrency levels of the load generator.
 const LEVELS: [usize; 4] = [1, 4, 16, 64];
@@ -22,210 +28,6 @@ const RATES: [f64; 3] = [10_000.0, 20_000.0, 30_000.0];
 const OPEN_CONNECTIONS: usize = 64;
 /// Seconds per load phase.
 const SECONDS: u64 = 4;
-
-#[derive(Debug, Clone, Copy)]
-struct Load {
-    requests: u64,
-    per_sec: f64,
-    p50_us: f64,
-    p99_us: f64,
-    p999_us: f64,
-    /// CPU time of the serving process per request (µs): the ingest, or redis-server.
-    server_cpu_us: f64,
-    /// CPU time of this process (the load generator) per request (µs).
-    generator_cpu_us: f64,
-}
-
-fn pct(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// What one connection of the load generator asks, again and again.
-#[derive(Debug, Clone)]
-enum Target {
-    /// `GET url` with a bearer key over a keep-alive HTTP/1.1 connection; 200 expected.
-    Http { url: String, key: String },
-    /// `GET key` of a Redis counter over one RESP connection; an integer reply expected.
-    Redis { addr: String, key: String },
-}
-
-/// When one connection sends its requests.
-struct Schedule {
-    /// `None`: the next request as soon as the reply is read (closed loop, like wrk). Otherwise
-    /// one request per interval whatever the replies do (open loop, like wrk2).
-    interval: Option<Duration>,
-    /// When the next request is due (open loop).
-    due: Instant,
-    /// When the last reply was read.
-    replied: Instant,
-}
-
-impl Schedule {
-    fn new(pace: Option<(Instant, Duration)>) -> Self {
-        let now = Instant::now();
-        Self {
-            interval: pace.map(|(_, interval)| interval),
-            due: pace.map_or(now, |(first, _)| first),
-            replied: now,
-        }
-    }
-
-    /// Waits until the next request is due and returns the instant its latency counts from. In
-    /// the open loop that is its due time when the previous reply came back after it (the wait was
-    /// the server's, so it counts: no coordinated omission), and otherwise when it is sent (a timer
-    /// waking late is the generator's delay, not the server's).
-    async fn start(&mut self) -> Instant {
-        let Some(interval) = self.interval else {
-            return Instant::now();
-        };
-        let due = self.due;
-        self.due += interval;
-        if self.replied > due {
-            return due;
-        }
-        tokio::time::sleep_until(due.into()).await;
-        Instant::now()
-    }
-
-    /// The reply was read: the latency of a request counted from `from`, in nanoseconds.
-    fn replied(&mut self, from: Instant) -> u64 {
-        self.replied = Instant::now();
-        (self.replied - from).as_nanos() as u64
-    }
-}
-
-/// One connection's loop until `stop`, on `pace` (first request, interval) or closed-loop:
-/// latencies in nanoseconds.
-async fn connection(
-    target: Target,
-    stop: Arc<AtomicBool>,
-    pace: Option<(Instant, Duration)>,
-) -> Vec<u64> {
-    let mut lat = Vec::with_capacity(200_000);
-    let mut schedule = Schedule::new(pace);
-    match target {
-        Target::Http { url, key } => {
-            // A minimal keep-alive HTTP/1.1 client (one request in flight, like wrk): the request
-            // bytes are built once, the reply is read to its Content-Length. The same loop drives
-            // every HTTP target, so the generator's own cost is equal for the check and its baseline.
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let rest = url.strip_prefix("http://").expect("http url");
-            let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let request = format!(
-                "GET {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {key}\r\n\r\n"
-            );
-            let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
-            stream.set_nodelay(true).expect("nodelay");
-            let mut buf = vec![0u8; 16 * 1024];
-            while !stop.load(Ordering::Relaxed) {
-                let t = schedule.start().await;
-                stream.write_all(request.as_bytes()).await.expect("send");
-                let mut filled = 0;
-                let (head_end, body_len) = loop {
-                    let n = stream.read(&mut buf[filled..]).await.expect("reply");
-                    assert!(n > 0, "{url}: connection closed");
-                    filled += n;
-                    if let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-                        break (end + 4, reply_head(&buf[..end], &url));
-                    }
-                    assert!(filled < buf.len(), "{url}: reply head too long");
-                };
-                assert!(head_end + body_len <= buf.len(), "{url}: body too long");
-                while filled < head_end + body_len {
-                    let n = stream.read(&mut buf[filled..]).await.expect("body");
-                    assert!(n > 0, "{url}: connection closed in the body");
-                    filled += n;
-                }
-                assert_eq!(filled, head_end + body_len, "{url}: unexpected bytes");
-                lat.push(schedule.replied(t));
-            }
-        }
-        Target::Redis { addr, key } => {
-            use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-            let stream = tokio::net::TcpStream::connect(&addr).await.expect("redis");
-            stream.set_nodelay(true).expect("nodelay");
-            let mut stream = BufReader::new(stream);
-            let command = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
-            let mut line = String::new();
-            while !stop.load(Ordering::Relaxed) {
-                let t = schedule.start().await;
-                stream
-                    .get_mut()
-                    .write_all(command.as_bytes())
-                    .await
-                    .expect("send");
-                // A bulk string: "$n" then the value.
-                line.clear();
-                stream.read_line(&mut line).await.expect("reply");
-                assert!(
-                    line.starts_with('$') && !line.starts_with("$-1"),
-                    "redis: {line}"
-                );
-                line.clear();
-                stream.read_line(&mut line).await.expect("value");
-                let _: u64 = line.trim().parse().expect("counter");
-                lat.push(schedule.replied(t));
-            }
-        }
-    }
-    lat
-}
-
-/// Checks an HTTP/1.1 reply head (status line and headers, without the blank line) for status 200
-/// and returns its Content-Length.
-fn reply_head(head: &[u8], url: &str) -> usize {
-    let head = std::str::from_utf8(head).expect("reply head is text");
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap_or_default();
-    assert!(status.starts_with("HTTP/1.1 200 "), "{url}: {status}");
-    lines
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().expect("content-length"))
-        })
-        .unwrap_or_else(|| panic!("{url}: no content-length in {head}"))
-}
-
-/// Runs `connections` connections against `target` for SECONDS: each as fast as its replies come
-/// back, or, with a `rate` (requests per second over all connections), on a fixed schedule with
-/// the connections' first requests spread over one interval.
-async fn load(target: &Target, connections: usize, rate: Option<f64>) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..connections)
-        .map(|c| {
-            let pace = rate.map(|rate| {
-                let interval = Duration::from_secs_f64(connections as f64 / rate);
-                (
-                    start + interval.mul_f64(c as f64 / connections as f64),
-                    interval,
-                )
-            });
-            tokio::spawn(connection(target.clone(), stop.clone(), pace))
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs(SECONDS)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("load task"));
-    }
-    let secs = start.elapsed().as_secs_f64();
-    all.sort_unstable();
-    Load {
-        requests: all.len() as u64,
-        per_sec: all.len() as f64 / secs,
-        p50_us: pct(&all, 0.50) as f64 / 1000.0,
-        p99_us: pct(&all, 0.99) as f64 / 1000.0,
-        p999_us: pct(&all, 0.999) as f64 / 1000.0,
-        server_cpu_us: 0.0,
-        generator_cpu_us: 0.0,
-    }
-}
 
 /// Cumulative counts of the ingest's `http_request_duration_seconds` histogram for routes
 /// containing `route`: (upper bound in seconds, count), ascending.
@@ -534,6 +336,22 @@ async fn main() {
                 key: key.clone(),
             },
         ),
+        (
+            "GET /v1/customers/{c}/entitlements (11 features)",
+            ingest_a.pid(),
+            Target::Http {
+                url: format!("{a}/v1/customers/cust_7/entitlements"),
+                key: key.clone(),
+            },
+        ),
+        (
+            "GET /v1/customers/{c}/entitlements/analytics",
+            ingest_a.pid(),
+            Target::Http {
+                url: format!("{a}/v1/customers/cust_7/entitlements/analytics"),
+                key: key.clone(),
+            },
+        ),
     ];
     println!(
         "# quota checks (loopback, {SECONDS} s per phase; the load generator and the servers share the machine)"
@@ -548,7 +366,7 @@ async fn main() {
         let mut row = Vec::new();
         for (name, pid, target) in &targets {
             let (l, p99) = measure(&a, *pid, target, connections, None).await;
-            if name.contains("quota") {
+            if name.contains("/quota") {
                 server_p99.push((connections, p99));
             }
             print_row(name, &connections.to_string(), &l);
@@ -570,7 +388,7 @@ async fn main() {
         let mut quota_server_p99 = 0.0;
         for (name, pid, target) in &targets {
             let (l, p99) = measure(&a, *pid, target, OPEN_CONNECTIONS, Some(rate)).await;
-            if name.contains("quota") {
+            if name.contains("/quota") {
                 quota_server_p99 = p99;
             }
             print_row(name, &format!("{rate:.0}/s"), &l);
@@ -593,7 +411,21 @@ async fn main() {
             quota.per_sec / redis.per_sec,
             quota.p99_us / redis.p99_us.max(0.001)
         );
-        for (name, l) in [("healthz", empty), ("redis", redis), ("quota", quota)] {
+        let (all, one) = (row[3], row[4]);
+        println!(
+            "at {connections} connection(s): entitlements / quota: throughput {:.2}x, p99 {:.2}x; one entitlement / quota: throughput {:.2}x, p99 {:.2}x",
+            all.per_sec / quota.per_sec,
+            all.p99_us / quota.p99_us.max(0.001),
+            one.per_sec / quota.per_sec,
+            one.p99_us / quota.p99_us.max(0.001)
+        );
+        for (name, l) in [
+            ("healthz", empty),
+            ("redis", redis),
+            ("quota", quota),
+            ("entitlements", all),
+            ("entitlement", one),
+        ] {
             let mut j = load_json(name, &l);
             j["connections"] = json!(connections);
             json_rows.push(j);
@@ -608,7 +440,21 @@ async fn main() {
             quota.p99_us / empty.p99_us.max(0.001),
             quota.p99_us / redis.p99_us.max(0.001)
         );
-        for (name, l) in [("healthz", empty), ("redis", redis), ("quota", quota)] {
+        let (all, one) = (row[3], row[4]);
+        println!(
+            "at {rate:.0}/s asked: entitlements p99 {:.3} ms ({:.2}x the quota check's), one entitlement p99 {:.3} ms ({:.2}x)",
+            all.p99_us / 1000.0,
+            all.p99_us / quota.p99_us.max(0.001),
+            one.p99_us / 1000.0,
+            one.p99_us / quota.p99_us.max(0.001)
+        );
+        for (name, l) in [
+            ("healthz", empty),
+            ("redis", redis),
+            ("quota", quota),
+            ("entitlements", all),
+            ("entitlement", one),
+        ] {
             let mut j = load_json(name, &l);
             j["rate_asked"] = json!(rate);
             j["connections"] = json!(OPEN_CONNECTIONS);
