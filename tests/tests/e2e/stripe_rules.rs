@@ -512,7 +512,8 @@ async fn an_endpoint_on_an_older_api_version_is_handled_by_fetching_its_objects(
         .key("acme", &[Scope::Ingest, Scope::Read], Some("c-old"))
         .await;
     let http = reqwest::Client::new();
-    let status = |want: &'static str| {
+    // Waits until the status is `want` (and, with `failed`, the payment failure is recorded).
+    let status = |want: &'static str, failed: bool| {
         let (http, url, key) = (http.clone(), sync.running.url.clone(), key.clone());
         async move {
             wait_until(Duration::from_secs(20), want, || async {
@@ -525,7 +526,8 @@ async fn an_endpoint_on_an_older_api_version_is_handled_by_fetching_its_objects(
                     .json()
                     .await
                     .ok()?;
-                (v["status"] == want).then_some(v)
+                (v["status"] == want && (!failed || !v["payment_failed_at"].is_null()))
+                    .then_some(v)
             })
             .await
         }
@@ -540,7 +542,7 @@ async fn an_endpoint_on_an_older_api_version_is_handled_by_fetching_its_objects(
     let v: Value = r.json().await.expect("JSON");
     let url = v["url"].as_str().expect("url");
     assert_eq!(http.get(url).send().await.expect("pay").status(), 200);
-    let active = status("active").await;
+    let active = status("active", false).await;
     let sub = active["subscription_id"].as_str().expect("id").to_string();
     // A failed payment: its invoice and the subscription's move to past_due arrive in the old
     // shape; billing-sync fetches the subscription and records the grace period.
@@ -549,8 +551,8 @@ async fn an_endpoint_on_an_older_api_version_is_handled_by_fetching_its_objects(
         json!({}),
     )
     .await;
-    let past_due = status("past_due").await;
-    assert!(!past_due["payment_failed_at"].is_null(), "{past_due}");
+    let past_due = status("past_due", true).await;
+    assert_eq!(past_due["subscribed_plan"], "starter", "{past_due}");
     let deliveries = fake.get("/_fake/deliveries").await;
     let refused: Vec<&Value> = deliveries
         .as_array()
