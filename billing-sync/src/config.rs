@@ -63,7 +63,7 @@ impl Default for Config {
             usage: UsageConfig::default(),
             work: WorkConfig::default(),
             produce_timeout_ms: 10_000,
-            key_refresh_secs: 5,
+            key_refresh_secs: 1,
             shutdown_grace_secs: 10,
             dashboard_secret: secrecy::SecretString::from(""),
         }

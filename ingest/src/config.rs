@@ -32,7 +32,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long the broker may take to acknowledge a batch before the answer is 503 (ms).
     pub produce_timeout_ms: u64,
-    /// How often API keys are reloaded from ClickHouse (s).
+    /// How often API keys are reloaded from ClickHouse (s): how fast a revocation or an expiry
+    /// set by a rotation reaches this instance, and how often last uses are recorded.
     pub key_refresh_secs: u64,
     /// How long shutdown waits for requests in flight and unsent messages (s).
     pub shutdown_grace_secs: u64,
@@ -67,7 +68,7 @@ impl Default for Config {
             max_batch_events: 1000,
             max_body_bytes: 1024 * 1024,
             produce_timeout_ms: 10_000,
-            key_refresh_secs: 5,
+            key_refresh_secs: 1,
             shutdown_grace_secs: 10,
             max_late_days: 35,
             max_future_secs: 300,

@@ -44,6 +44,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(10, "0010_usage_revisions.sql", false),
     migration!(11, "0011_cloudevents_attributes.sql", false),
     migration!(13, "0013_customer_emails.sql", false),
+    migration!(14, "0014_key_lifecycle.sql", false),
 ];
 
 /// Oldest ClickHouse major version that gets the `modern_only` migrations.

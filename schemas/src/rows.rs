@@ -213,6 +213,30 @@ pub struct ApiKeyRow {
     /// Version: the newest row per key wins.
     #[serde(with = "clickhouse::serde::time::datetime")]
     pub updated_at: OffsetDateTime,
+    /// When it stops working (the Unix epoch = never).
+    #[serde(with = "clickhouse::serde::time::datetime")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// When a key was last used (written in batches; the newest time per key wins).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct ApiKeyUsageRow {
+    /// Hex SHA-256 of the key.
+    pub key_hash: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Last use seen.
+    #[serde(with = "clickhouse::serde::time::datetime")]
+    pub last_used_at: OffsetDateTime,
+}
+
+impl Table for ApiKeyUsageRow {
+    const TABLE: &'static str = "api_key_usage";
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("key_hash", "String"),
+        ("tenant", "String"),
+        ("last_used_at", "DateTime('UTC')"),
+    ];
 }
 
 impl Table for ApiKeyRow {
@@ -226,6 +250,7 @@ impl Table for ApiKeyRow {
         ("name", "String"),
         ("revoked", "UInt8"),
         ("updated_at", "DateTime('UTC')"),
+        ("expires_at", "DateTime('UTC')"),
     ];
 }
 

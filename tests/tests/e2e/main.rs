@@ -11,6 +11,7 @@
 //! `stripe_rules` (Stripe's rules the fake keeps, and billing-sync exact under each),
 //! `stripe_suite` (the contract suite: the fake, or Stripe's test mode with `STRIPE_TEST_SECRET_KEY`),
 //! `billing_invoices` (usage on Stripe's invoices, lagging summaries, the test-mode pace),
+//! `keys` (the key lifecycle: revocation on every instance, expiry, rotation, listing, the CLI),
 //! `dashboard` (headless Chromium), `client_drift`, `client_layer` and `client_ts` (the Rust client's types against real answers, the Rust layer, the TypeScript
 //! client and its React page in Chromium), `openapi`
 //! (both services' generated OpenAPI documents against their routes). Run one area with
@@ -35,6 +36,7 @@ mod dashboard;
 mod dead_letters;
 mod entitlements;
 mod faults;
+mod keys;
 mod notify;
 mod offsets;
 mod openapi;

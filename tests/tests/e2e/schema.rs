@@ -270,6 +270,7 @@ async fn row_structs_match_system_columns() {
     check_table::<DeadLetterRow>(&env).await;
     check_table::<OffsetRow>(&env).await;
     check_table::<ApiKeyRow>(&env).await;
+    check_table::<schemas::rows::ApiKeyUsageRow>(&env).await;
     check_table::<SubscriptionRow>(&env).await;
     check_table::<AlertRow>(&env).await;
     check_table::<AlertDeliveryRow>(&env).await;
@@ -336,6 +337,7 @@ async fn rows_round_trip_through_clickhouse() {
         name: text.into(),
         revoked: 1,
         updated_at: t1,
+        expires_at: t1,
     };
 
     insert_one(&client, &raw).await;
