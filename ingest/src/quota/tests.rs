@@ -204,3 +204,81 @@ fn many_customers_keep_their_own_names_and_usage_through_table_growth() {
         );
     }
 }
+
+#[test]
+fn entitlements_follow_the_pinned_version_and_migrations_list_the_subscribers() {
+    let catalog = Arc::new(Catalog::default());
+    let newer = Catalog::from_toml(&schemas::catalog::DEFAULT_CATALOG_TOML.replacen(
+        "\"advanced_analysis\", \"custom_reports\"]",
+        "\"advanced_analysis\", \"custom_reports\", \"analytics\"]",
+        1,
+    ))
+    .expect("valid");
+    // The view runs the newer catalog; the customers were pinned to the older Starter.
+    let view = QuotaView::new(Arc::new(newer.clone()), UnknownCustomer::DefaultPlan);
+    let now = datetime!(2026-03-10 12:00 UTC);
+    let old_terms = catalog.plan("starter").expect("starter").terms().clone();
+    for (i, c) in ["a", "b"].iter().enumerate() {
+        let mut plan = PlanState::initial("t", c, &catalog);
+        for change in [
+            schemas::quota::Change::Plan {
+                plan: "starter".into(),
+                status: "active".into(),
+                period_start: None,
+                period_end: None,
+                cancel_at_period_end: false,
+            },
+            schemas::quota::Change::PlanVersion {
+                plan: "starter".into(),
+                // A copy per record, as decoded from the state topic.
+                terms: Arc::new((*old_terms).clone()),
+                from_version: None,
+            },
+        ] {
+            plan.apply(&SubscriptionEvent {
+                id: format!("e{i}"),
+                tenant: "t".into(),
+                customer: c.to_string(),
+                time: now,
+                source: "admin".into(),
+                change,
+            });
+        }
+        view.apply(StateRecord::Plan(plan));
+    }
+    let analytics = newer.feature("analytics").expect("analytics");
+    let e = view.entitlement("t", "a", analytics, now);
+    assert!(!e.has_access, "the old version has no analytics");
+    assert_eq!(e.upgrade.map(|u| u.plan).as_deref(), Some("starter"));
+    let all = view.entitlements("t", "a", None, now);
+    assert_eq!(all.plan_version, old_terms.version);
+    assert_ne!(all.current_version, old_terms.version);
+    assert_eq!(all.entitlements.len(), newer.features.len());
+    // A customer nobody changed gets the current version.
+    let fresh = view.entitlements("t", "z", None, now);
+    assert_eq!(fresh.plan, "free");
+    assert_eq!(fresh.plan_version, fresh.current_version);
+    // One copy of the version for both customers.
+    let (a, _) = view.plan("t", "a");
+    let (b, _) = view.plan("t", "b");
+    assert!(Arc::ptr_eq(
+        a.terms.as_ref().expect("a"),
+        b.terms.as_ref().expect("b")
+    ));
+    let subs = view.subscribers("t", "starter");
+    assert_eq!(
+        subs,
+        vec![
+            Subscriber {
+                customer: "a".into(),
+                version: Some(old_terms.version.clone())
+            },
+            Subscriber {
+                customer: "b".into(),
+                version: Some(old_terms.version.clone())
+            },
+        ]
+    );
+    assert!(view.subscribers("t", "professional").is_empty());
+    assert!(view.subscribers("other", "starter").is_empty());
+}
