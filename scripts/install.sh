@@ -4,8 +4,9 @@
 # Debian's chromium + the browser-test project's npm packages (tests/browser, npm ci),
 # the official CloudEvents SDKs the e2e `cloudevents_sdk` tests use as clients (pip `cloudevents`, npm
 # `cloudevents` in tests/cloudevents, npm ci).
+# cargo-deny, the supply-chain check of scripts/deny.sh (cargo, pinned).
 # Debian's redis-server for the quota benchmark's baseline (only on request: `redis`).
-# Usage: scripts/install.sh [clickhouse] [tansu] [chdb] [openapi] [chromium] [cloudevents] [redis]   (default: all but redis)
+# Usage: scripts/install.sh [clickhouse] [tansu] [chdb] [openapi] [chromium] [cloudevents] [deny] [redis]   (default: all but redis)
 set -euo pipefail
 
 TANSU_ROOT="$HOME/.cache/metering/tansu"
@@ -70,6 +71,11 @@ do_chdb() {
   python3 -m pip install -q --root-user-action=ignore chdb-core  # import name: chdb
   python3 -c 'import chdb'
 }
+do_deny() {
+  cargo deny --version 2>/dev/null | grep -q "^cargo-deny 0.20.2" && return 0
+  STATE=installed
+  cargo install cargo-deny --locked --version 0.20.2
+}
 do_openapi() {
   python3 -c 'import openapi_spec_validator' 2>/dev/null && return 0
   STATE=installed
@@ -77,11 +83,11 @@ do_openapi() {
   python3 -c 'import openapi_spec_validator'
 }
 
-[[ $# -gt 0 ]] || set -- clickhouse tansu chdb openapi chromium cloudevents
+[[ $# -gt 0 ]] || set -- clickhouse tansu chdb openapi chromium cloudevents deny
 report curl do_curl
 for c in "$@"; do
   case "$c" in
-    clickhouse|tansu|chdb|openapi|chromium|cloudevents|redis) report "$c" "do_$c" ;;
-    *) echo "unknown component: $c (clickhouse|tansu|chdb|openapi|chromium|cloudevents|redis)" >&2; exit 2 ;;
+    clickhouse|tansu|chdb|openapi|chromium|cloudevents|deny|redis) report "$c" "do_$c" ;;
+    *) echo "unknown component: $c (clickhouse|tansu|chdb|openapi|chromium|cloudevents|deny|redis)" >&2; exit 2 ;;
   esac
 done

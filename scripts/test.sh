@@ -8,6 +8,7 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 echo "disk before the build: $(df -h --output=avail . | tail -1 | tr -d ' ') free"
 bash scripts/install.sh
 bash scripts/unused-deps.sh  # every declared dependency is named by its crate's code
+bash scripts/deny.sh         # licenses, bans, sources (and advisories when reachable)
 bash scripts/servers.sh start
 cargo build --workspace --bins --tests --benches  # benches too: they must keep compiling
 if cargo nextest --version >/dev/null 2>&1; then
