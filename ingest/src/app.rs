@@ -37,7 +37,8 @@ impl App {
             schemas::kafka::ensure_topics(&config.kafka, &config.topics).await?;
         }
         let keys = KeyStore::new(config.clickhouse.client())
-            .with_sessions(Arc::new(Signer::new(&config.dashboard_secret)));
+            .with_sessions(Arc::new(Signer::new(&config.dashboard_secret)))
+            .with_limits(&config.limits);
         keys.refresh().await?;
         let producer = EventProducer::new(
             &config.kafka,

@@ -35,6 +35,9 @@ pub struct Config {
     /// How often API keys are reloaded from ClickHouse (s): how fast a revocation or an expiry
     /// set by a rotation reaches this instance, and how often last uses are recorded.
     pub key_refresh_secs: u64,
+    /// Inbound rate limits per API key and per tenant, apart from the plan's quota (`[limits]`;
+    /// off by default): a request over one is a 429 `rate_limited` with `Retry-After`.
+    pub limits: platform::limits::LimitsConfig,
     /// How long shutdown waits for requests in flight and unsent messages (s).
     pub shutdown_grace_secs: u64,
     /// Oldest accepted event time, in days before arrival.
@@ -69,6 +72,7 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             produce_timeout_ms: 10_000,
             key_refresh_secs: 1,
+            limits: platform::limits::LimitsConfig::default(),
             shutdown_grace_secs: 10,
             max_late_days: 35,
             max_future_secs: 300,

@@ -39,6 +39,18 @@ pub async fn authenticate(
             format!("this key lacks the `{}` scope", scope.as_str()),
         ));
     }
+    if let Err(r) = keys.admit(key, &info) {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "more than {} requests per second for this {}; retry after Retry-After seconds (this limit is apart from the plan's quota)",
+                r.per_sec, r.limit
+            ),
+        );
+        e.retry_after = Some(r.retry_after.as_secs_f64().ceil().max(1.0) as u64);
+        return Err(e);
+    }
     Ok(info)
 }
 

@@ -34,7 +34,7 @@ pub struct ApiError {
     pub message: String,
     /// Per-field problems.
     pub details: Vec<FieldError>,
-    /// Seconds after which a retry may succeed (503).
+    /// Seconds after which a retry may succeed (503, 429): the `Retry-After` header.
     pub retry_after: Option<u64>,
     /// Request id, filled by the handler.
     pub request_id: Option<String>,

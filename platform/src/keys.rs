@@ -263,6 +263,8 @@ pub struct KeyStore {
     flushed: Arc<std::sync::Mutex<HashMap<String, i64>>>,
     /// Verifies the dashboard's signed session tokens (customer-scoped, read only).
     sessions: Option<Arc<crate::sessions::Signer>>,
+    /// Inbound rate limits per key and tenant, when configured.
+    limits: Option<Arc<crate::limits::RateLimits>>,
 }
 
 /// The least time between two reloads caused by unknown keys.
@@ -284,6 +286,21 @@ impl KeyStore {
             miss_refresh: Arc::new(tokio::sync::Mutex::new(long_ago)),
             flushed: Arc::default(),
             sessions: None,
+            limits: None,
+        }
+    }
+
+    /// Also applies `config`'s rate limits to every authenticated request.
+    pub fn with_limits(mut self, config: &crate::limits::LimitsConfig) -> Self {
+        self.limits = crate::limits::RateLimits::new(config).map(Arc::new);
+        self
+    }
+
+    /// Admits one request of `key` (already authenticated as `info`) under the rate limits.
+    pub fn admit(&self, key: &str, info: &KeyInfo) -> Result<(), crate::limits::Refused> {
+        match &self.limits {
+            Some(l) => l.check(&hash_key(key), &info.tenant),
+            None => Ok(()),
         }
     }
 
@@ -305,6 +322,9 @@ impl KeyStore {
     pub async fn refresh(&self) -> Result<usize> {
         if let Err(e) = self.flush_usage().await {
             tracing::warn!(error = %e, "recording the keys' last use failed");
+        }
+        if let Some(l) = &self.limits {
+            l.retain_recent();
         }
         let rows: Vec<ApiKeyRow> = self
             .client

@@ -6,6 +6,7 @@
 //! - [`principal`]: who a request is (tenant, optional customer, scopes).
 //! - [`extract`]: extractors that reject with the standard error body.
 //! - [`keys`]: API key creation, hashing and the in-memory key store.
+//! - [`limits`]: inbound rate limits per key and per tenant (429 `rate_limited`).
 //! - [`sessions`]: the dashboard's signed sign-in links and sessions.
 //! - [`auth`]: the bearer key (or session) of a request, its scope, and the customer it may act for.
 //! - [`notes`]: what the quota view counts of an accepted event, and the batch header that carries it.
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod keys;
+pub mod limits;
 pub mod logs;
 pub mod notes;
 pub mod principal;
