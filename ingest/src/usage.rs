@@ -53,7 +53,8 @@ pub fn project(
         .as_seconds_f64()
         .clamp(3600.0, total);
     let projected = (used * total / elapsed).round();
-    let effective = plan.effective_plan(catalog);
+    // The price of the customer's plan version (it keeps its price until migrated).
+    let effective = plan.terms(catalog);
     let recommended = match limit {
         Some(l) if projected > l as f64 => {
             let mut plans: Vec<_> = catalog
@@ -239,15 +240,22 @@ pub async fn usage_body(
             projection,
         });
     }
-    let effective = plan.effective_plan(&state.catalog);
+    // The customer's plan version: its price, and its plan even once retired from the catalog.
+    let terms = plan.terms(&state.catalog);
+    let name = |t: &schemas::plan_version::PlanTerms| {
+        state
+            .catalog
+            .plan(&t.plan)
+            .map_or_else(|| t.name.clone(), |p| p.name.clone())
+    };
     Ok(UsageBody {
         customer: customer.into(),
         known,
         plan: PlanSummary {
-            key: effective.map(|p| p.key.clone()),
-            name: effective.map(|p| p.name.clone()),
-            price_cents: effective.map(|p| p.price_cents),
-            currency: effective.map(|p| p.currency.clone()),
+            key: terms.map(|t| t.plan.clone()),
+            name: terms.map(name),
+            price_cents: terms.map(|t| t.price_cents),
+            currency: terms.map(|t| t.currency.clone()),
             status: plan.status.clone(),
             cancel_at_period_end: plan.cancel_at_period_end,
         },

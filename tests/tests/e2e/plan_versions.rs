@@ -15,10 +15,11 @@ use crate::entitlements::{entitlements, feature, get, post};
 
 const ALL: &[Scope] = &[Scope::Ingest, Scope::Read, Scope::Admin];
 
-/// The built-in catalog with Starter at 800 calls and analytics: its second version.
+/// The built-in catalog with Starter at $39, 800 calls and analytics: its second version.
 fn catalog_v2(env: &TestEnv) -> PathBuf {
     let text = schemas::catalog::DEFAULT_CATALOG_TOML
         .replacen("api_call = 500", "api_call = 800", 1)
+        .replacen("price_cents = 2900", "price_cents = 3900", 1)
         .replacen(
             "\"advanced_analysis\", \"custom_reports\"]",
             "\"advanced_analysis\", \"custom_reports\", \"analytics\"]",
@@ -65,6 +66,18 @@ async fn limit(http: &reqwest::Client, ingest: &Running, key: &str, c: &str) -> 
     v["limit"].clone()
 }
 
+/// The plan price in the customer's usage answer (its version's, and its projection's cost).
+async fn price(http: &reqwest::Client, ingest: &Running, key: &str, c: &str) -> Value {
+    let url = format!("{}/v1/customers/{c}/usage", ingest.url);
+    let (s, v) = get(http, &url, key).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["meters"][0]["projection"]["projected_cost_cents"], v["plan"]["price_cents"],
+        "{v}"
+    );
+    v["plan"]["price_cents"].clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscribers_keep_their_version_new_ones_get_the_new_one_until_an_admin_migrates() {
     let env = TestEnv::new("versions").await;
@@ -93,6 +106,11 @@ async fn subscribers_keep_their_version_new_ones_get_the_new_one_until_an_admin_
     assert_ne!(version2, version1);
     assert_eq!(feature(&e, "analytics")["has_access"], false, "{e}");
     assert_eq!(limit(&http, &ingest, &key, "old").await, json!(500));
+    assert_eq!(
+        price(&http, &ingest, &key, "old").await,
+        json!(2900),
+        "its price too"
+    );
 
     // A new subscriber gets the new version.
     set_plan(&http, &ingest, &key, "new", json!({"plan": "starter"})).await;
@@ -100,6 +118,7 @@ async fn subscribers_keep_their_version_new_ones_get_the_new_one_until_an_admin_
     assert_eq!(e["plan_version"], version2.as_str(), "{e}");
     assert_eq!(feature(&e, "analytics")["has_access"], true);
     assert_eq!(limit(&http, &ingest, &key, "new").await, json!(800));
+    assert_eq!(price(&http, &ingest, &key, "new").await, json!(3900));
 
     // A status change of the same plan keeps the old version.
     set_plan(
@@ -131,6 +150,7 @@ async fn subscribers_keep_their_version_new_ones_get_the_new_one_until_an_admin_
     );
     assert_eq!(m["quota"][0]["limit"], json!(800));
     assert_eq!(limit(&http, &ingest, &key, "old").await, json!(800));
+    assert_eq!(price(&http, &ingest, &key, "old").await, json!(3900));
     let r = http
         .post(&migrate)
         .bearer_auth(&key)
