@@ -78,6 +78,9 @@ pub struct Config {
     pub rejoin_idle_secs: u64,
     /// Alert notifications (webhooks and email), see [`NotifyConfig`] and [`crate::notify`].
     pub notify: NotifyConfig,
+    /// Usage warnings to the customers themselves (queued here, sent by billing-sync's mailer):
+    /// see [`mailer::WarningConfig`] and `docs/emails.md`.
+    pub customer_emails: mailer::WarningConfig,
 }
 
 impl Default for Config {
@@ -103,6 +106,7 @@ impl Default for Config {
             resume_rewind: 10_000,
             rejoin_idle_secs: 20,
             notify: NotifyConfig::default(),
+            customer_emails: mailer::WarningConfig::default(),
         }
     }
 }

@@ -16,7 +16,8 @@
 //! - [`notify`]: alert notifications (signed webhooks, email), once per alert and channel
 //!   (`notify/`): `notifier.rs` the consumer loop, `delivery.rs` one attempt per channel and the
 //!   backoff, `log.rs` the delivery log, `message.rs` the webhook body and the email,
-//!   `signature.rs` webhook signatures, `mod.rs` the header names.
+//!   `signature.rs` webhook signatures, `customer.rs` usage warnings queued for the customers'
+//!   own emails (crate `mailer`), `mod.rs` the header names.
 //! - [`quirks`]: the local broker's workarounds, all off with `broker_quirks = "none"`
 //!   (`quirks/`): `mod.rs` the switch as each consumer applies it, `rewind.rs` resume before the
 //!   stored offset, `rejoin.rs` rejoin when left without partitions, `gaps.rs`

@@ -21,7 +21,10 @@
 //! - `log`: the delivery log in ClickHouse.
 //! - `message`: the webhook body and the email.
 //! - `signature`: webhook signatures and their check ([`sign`], [`verify`]).
+//! - `customer`: usage warnings to the customers themselves, queued in the mailer's ledger
+//!   (`customer_emails`; billing-sync sends them, see `docs/emails.md`).
 
+mod customer;
 mod delivery;
 mod log;
 mod message;

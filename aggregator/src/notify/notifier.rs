@@ -38,10 +38,12 @@ enum Done {
 /// The alerts consumer and the channels.
 #[allow(missing_debug_implementations)]
 pub(crate) struct Notifier {
-    config: Arc<Config>,
-    catalog: Arc<Catalog>,
+    pub(super) config: Arc<Config>,
+    pub(super) catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
     log: DeliveryLog,
+    /// The customer emails' ledger (usage warnings are queued there).
+    pub(super) emails: mailer::ledger::Ledger,
     http: reqwest::Client,
     smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
     consumer: StreamConsumer<RewindContext>,
@@ -78,7 +80,7 @@ pub(crate) fn start(
     metrics: &Arc<Metrics>,
     cancel: &CancellationToken,
 ) -> Result<Option<Running>> {
-    if !config.notify.enabled {
+    if !config.notify.enabled && !config.customer_emails.enabled {
         return Ok(None);
     }
     let notifier = Notifier::new(config.clone(), catalog, metrics.clone())?;
@@ -164,6 +166,7 @@ impl Notifier {
         consumer.subscribe(&[&config.topics.alerts])?;
         Ok(Self {
             log: DeliveryLog::new(&config),
+            emails: mailer::ledger::Ledger::new(config.clickhouse.client()),
             config,
             catalog,
             metrics,
@@ -236,6 +239,12 @@ impl Notifier {
 
     /// Delivers `alert` on each channel configured for its tenant. False when interrupted.
     async fn handle(&self, alert: &Alert, cancel: &CancellationToken) -> bool {
+        if !self.queue_customer_warning(alert, cancel).await {
+            return false;
+        }
+        if !self.config.notify.enabled {
+            return true;
+        }
         let Some(targets) = self.config.notify.tenants.get(&alert.tenant) else {
             tracing::debug!(alert = %alert.id, "no notification targets for the tenant");
             return true;
