@@ -172,6 +172,42 @@ impl Client {
         send(self.ingest(Method::GET, &path).query(query)).await
     }
 
+    /// `GET /v1/customers/{c}/entitlements`: what the plan version grants of every feature.
+    pub async fn entitlements(&self, customer: &str) -> Result<EntitlementsAnswer> {
+        let path = format!("/v1/customers/{}/entitlements", seg(customer));
+        send(self.ingest(Method::GET, &path)).await
+    }
+
+    /// `GET /v1/customers/{c}/entitlements/{feature}`.
+    pub async fn entitlement(&self, customer: &str, feature: &str) -> Result<Entitlement> {
+        let path = format!(
+            "/v1/customers/{}/entitlements/{}",
+            seg(customer),
+            seg(feature)
+        );
+        send(self.ingest(Method::GET, &path)).await
+    }
+
+    /// `POST /v1/customers/{c}/plan/migrate` (admin): to the plan's current version.
+    pub async fn migrate_customer(&self, customer: &str, id: Option<&str>) -> Result<Migrated> {
+        let path = format!("/v1/customers/{}/plan/migrate", seg(customer));
+        let body = match id {
+            Some(id) => serde_json::json!({ "id": id }),
+            None => serde_json::json!({}),
+        };
+        send(self.ingest(Method::POST, &path).json(&body)).await
+    }
+
+    /// `POST /v1/plans/{plan}/migrate` (admin): every subscriber to the current version.
+    pub async fn migrate_plan(
+        &self,
+        plan: &str,
+        request: &MigratePlanRequest,
+    ) -> Result<PlanMigrated> {
+        let path = format!("/v1/plans/{}/migrate", seg(plan));
+        send(self.ingest(Method::POST, &path).json(request)).await
+    }
+
     /// `GET /v1/plans` (needs no key, but sends it).
     pub async fn plans(&self) -> Result<PlansBody> {
         send(self.ingest(Method::GET, "/v1/plans")).await

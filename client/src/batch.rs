@@ -11,12 +11,11 @@
 //! longer than the queue covers). A batch the API refuses as invalid loses only its bad events
 //! (named in the error's `details`), counted in [`BatchStats::rejected`].
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
@@ -100,12 +99,10 @@ struct Call {
     at: OffsetDateTime,
 }
 
-/// What a folded event is keyed by: customer, meter, endpoint, unix minute.
-type FoldKey = (String, String, String, i64);
-
 enum Cmd {
     Event(Box<IncomingEvent>),
     Call(Box<Call>),
+    Wake,
     Flush(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -116,6 +113,17 @@ pub struct Batcher {
     tx: mpsc::Sender<Cmd>,
     counters: Arc<Counters>,
     closed: Arc<AtomicBool>,
+    folds: Arc<Mutex<Folds>>,
+    aggregate: bool,
+    capacity: usize,
+}
+
+/// Calls folded where they are recorded (no message, no allocation for a known key): per
+/// customer, its (meter, endpoint, minute) slots. The worker takes the whole map per batch.
+#[derive(Debug, Default)]
+struct Folds {
+    by_customer: HashMap<String, Vec<Call>>,
+    slots: usize,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -123,6 +131,7 @@ impl std::fmt::Debug for Cmd {
         f.write_str(match self {
             Cmd::Event(_) => "Event",
             Cmd::Call(_) => "Call",
+            Cmd::Wake => "Wake",
             Cmd::Flush(_) => "Flush",
             Cmd::Shutdown(_) => "Shutdown",
         })
@@ -134,7 +143,10 @@ impl Batcher {
     pub fn start(client: Client, config: BatchConfig) -> Self {
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let counters = Arc::new(Counters::default());
+        let folds = Arc::new(Mutex::new(Folds::default()));
+        let (aggregate, capacity) = (config.aggregate, config.capacity.max(1));
         let worker = Worker {
+            folds: folds.clone(),
             client,
             config: BatchConfig {
                 max_batch: config.max_batch.clamp(1, 1000),
@@ -147,6 +159,9 @@ impl Batcher {
             tx,
             counters,
             closed: Arc::new(AtomicBool::new(false)),
+            folds,
+            aggregate,
+            capacity,
         }
     }
 
@@ -173,6 +188,9 @@ impl Batcher {
     /// minute (see the module documentation); without `aggregate`, one event with a new id.
     /// `false` (and [`BatchStats::dropped`] + 1) when the queue is full or shut down.
     pub fn record(&self, customer: &str, meter: &str, endpoint: &str, quantity: f64) -> bool {
+        if self.aggregate {
+            return self.fold(customer, meter, endpoint, quantity);
+        }
         let call = Call {
             customer: customer.into(),
             meter: meter.into(),
@@ -194,6 +212,55 @@ impl Batcher {
                 false
             }
         }
+    }
+
+    fn fold(&self, customer: &str, meter: &str, endpoint: &str, quantity: f64) -> bool {
+        let c = &self.counters;
+        if self.closed.load(Ordering::Acquire) {
+            c.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let at = OffsetDateTime::now_utc();
+        let minute = at.unix_timestamp().div_euclid(60);
+        let mut folds = self.folds.lock().unwrap_or_else(|p| p.into_inner());
+        let was_empty = folds.slots == 0;
+        if let Some(slot) = folds.by_customer.get_mut(customer).and_then(|v| {
+            v.iter_mut().find(|s| {
+                s.meter == meter
+                    && s.endpoint == endpoint
+                    && s.at.unix_timestamp().div_euclid(60) == minute
+            })
+        }) {
+            slot.quantity += quantity;
+            drop(folds);
+            c.enqueued.fetch_add(1, Ordering::Relaxed);
+            c.merged.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        if folds.slots >= self.capacity {
+            drop(folds);
+            c.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        folds.slots += 1;
+        folds
+            .by_customer
+            .entry(customer.to_string())
+            .or_default()
+            .push(Call {
+                customer: customer.into(),
+                meter: meter.into(),
+                endpoint: endpoint.into(),
+                quantity,
+                at,
+            });
+        drop(folds);
+        c.enqueued.fetch_add(1, Ordering::Relaxed);
+        if was_empty {
+            // Wake the worker; when the queue is full it is busy and looks at the folds anyway.
+            let _ = self.tx.try_send(Cmd::Wake);
+        }
+        true
     }
 
     /// Waits until every event queued before this call was sent (or refused).
@@ -239,66 +306,76 @@ impl Batcher {
 }
 
 struct Worker {
+    folds: Arc<Mutex<Folds>>,
     client: Client,
     config: BatchConfig,
     counters: Arc<Counters>,
 }
 
 impl Worker {
+    fn folds_empty(&self) -> bool {
+        self.folds.lock().unwrap_or_else(|p| p.into_inner()).slots == 0
+    }
+
+    /// What waits: the queued events, then every folded call as one event each (its id made
+    /// here, once, and kept across retries).
+    fn take_all(&self, buf: &mut Vec<IncomingEvent>) -> Vec<IncomingEvent> {
+        let mut out = std::mem::take(buf);
+        let folds = std::mem::take(&mut *self.folds.lock().unwrap_or_else(|p| p.into_inner()));
+        out.extend(folds.by_customer.into_values().flatten().map(event_of));
+        out
+    }
+
     async fn run(self, mut rx: mpsc::Receiver<Cmd>) {
-        let mut pending = Pending {
-            buf: Vec::with_capacity(self.config.max_batch),
-            folded: HashMap::new(),
-        };
+        let max = self.config.max_batch;
+        let mut buf: Vec<IncomingEvent> = Vec::with_capacity(max);
         let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
         let mut deadline: Option<Instant> = None; // set once shutting down
         loop {
             // Wait for the first command, then gather a batch for at most flush_interval.
-            if pending.is_empty() && waiters.is_empty() && deadline.is_none() {
+            if buf.is_empty() && waiters.is_empty() && deadline.is_none() && self.folds_empty() {
                 match rx.recv().await {
-                    Some(cmd) => self.take(cmd, &mut pending, &mut waiters, &mut deadline, &mut rx),
+                    Some(cmd) => self.take(cmd, &mut buf, &mut waiters, &mut deadline, &mut rx),
                     None => deadline = Some(Instant::now() + self.config.shutdown_timeout),
                 }
             }
             let gather_until = Instant::now() + self.config.flush_interval;
-            while pending.len() < self.config.max_batch && waiters.is_empty() && deadline.is_none()
-            {
+            while buf.len() < max && waiters.is_empty() && deadline.is_none() {
                 match tokio::time::timeout_at(gather_until, rx.recv()).await {
                     Err(_) => break,
                     Ok(None) => deadline = Some(Instant::now() + self.config.shutdown_timeout),
-                    Ok(Some(cmd)) => {
-                        self.take(cmd, &mut pending, &mut waiters, &mut deadline, &mut rx)
-                    }
+                    Ok(Some(cmd)) => self.take(cmd, &mut buf, &mut waiters, &mut deadline, &mut rx),
                 }
             }
             // Flushing or shutting down: take everything already queued, up to a batch.
-            while pending.len() < self.config.max_batch
-                && (deadline.is_some() || !waiters.is_empty())
-            {
+            while buf.len() < max && (deadline.is_some() || !waiters.is_empty()) {
                 match rx.try_recv() {
-                    Ok(cmd) => self.take(cmd, &mut pending, &mut waiters, &mut deadline, &mut rx),
+                    Ok(cmd) => self.take(cmd, &mut buf, &mut waiters, &mut deadline, &mut rx),
                     Err(_) => break,
                 }
             }
-            let mut buf = pending.take();
-            if !buf.is_empty() {
-                let n = buf.len();
-                if !self.send(&mut buf, deadline).await {
+            let mut all = self.take_all(&mut buf);
+            while !all.is_empty() {
+                let mut batch: Vec<IncomingEvent> = all.drain(..all.len().min(max)).collect();
+                let n = batch.len() + all.len();
+                if !self.send(&mut batch, deadline).await {
                     // Shutdown timeout: what is left is lost (counted).
                     self.counters.lost.fetch_add(n as u64, Ordering::Relaxed);
-                    buf.clear();
+                    all.clear();
                     while let Ok(cmd) = rx.try_recv() {
                         match cmd {
                             Cmd::Event(_) | Cmd::Call(_) => {
                                 self.counters.lost.fetch_add(1, Ordering::Relaxed);
                             }
+                            Cmd::Wake => {}
                             Cmd::Flush(w) | Cmd::Shutdown(w) => waiters.push(w),
                         }
                     }
+                    let lost = self.take_all(&mut Vec::new()).len();
+                    self.counters.lost.fetch_add(lost as u64, Ordering::Relaxed);
                 }
             }
-            let drained = rx.is_empty();
-            if pending.is_empty() && drained {
+            if buf.is_empty() && rx.is_empty() && self.folds_empty() {
                 for w in waiters.drain(..) {
                     let _ = w.send(());
                 }
@@ -312,31 +389,15 @@ impl Worker {
     fn take(
         &self,
         cmd: Cmd,
-        pending: &mut Pending,
+        buf: &mut Vec<IncomingEvent>,
         waiters: &mut Vec<oneshot::Sender<()>>,
         deadline: &mut Option<Instant>,
         rx: &mut mpsc::Receiver<Cmd>,
     ) {
         match cmd {
-            Cmd::Event(e) => pending.buf.push(*e),
-            Cmd::Call(c) if self.config.aggregate => {
-                let key = (
-                    c.customer.clone(),
-                    c.meter.clone(),
-                    c.endpoint.clone(),
-                    c.at.unix_timestamp().div_euclid(60),
-                );
-                match pending.folded.entry(key) {
-                    Entry::Occupied(mut e) => {
-                        e.get_mut().quantity += c.quantity;
-                        self.counters.merged.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Entry::Vacant(e) => {
-                        e.insert(*c);
-                    }
-                }
-            }
-            Cmd::Call(c) => pending.buf.push(event_of(*c)),
+            Cmd::Event(e) => buf.push(*e),
+            Cmd::Call(c) => buf.push(event_of(*c)),
+            Cmd::Wake => {}
             Cmd::Flush(w) => waiters.push(w),
             Cmd::Shutdown(w) => {
                 waiters.push(w);
@@ -395,29 +456,6 @@ impl Worker {
                 }
             }
         }
-    }
-}
-
-/// What waits to be sent: events with their own ids, and folded calls.
-struct Pending {
-    buf: Vec<IncomingEvent>,
-    folded: HashMap<FoldKey, Call>,
-}
-
-impl Pending {
-    fn len(&self) -> usize {
-        self.buf.len() + self.folded.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Everything as events; a folded call gets its id here, once, and keeps it across retries.
-    fn take(&mut self) -> Vec<IncomingEvent> {
-        let mut out = std::mem::take(&mut self.buf);
-        out.extend(self.folded.drain().map(|(_, c)| event_of(c)));
-        out
     }
 }
 

@@ -117,6 +117,8 @@ codes! {
     BodyReadFailed = "body_read_failed",
     UnknownMeter = "unknown_meter",
     UnknownCustomer = "unknown_customer",
+    UnknownFeature = "unknown_feature",
+    FeatureNotInPlan = "feature_not_in_plan",
     MissingApiKey = "missing_api_key",
     InvalidApiKey = "invalid_api_key",
     InvalidLink = "invalid_link",

@@ -198,18 +198,19 @@ where
         .or_else(|| request_id.clone())
         .filter(|s| s.len() <= 200);
     let keyed = own_id.is_some();
-    let id = own_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let item = CheckItem {
-        customer: customer.clone(),
-        meter: Some(cfg.meter.clone()),
-        quantity: Some(quantity),
-        endpoint: Some(endpoint.clone()),
-        id: Some(id.clone()),
-        data: None,
-    };
-    let at = OffsetDateTime::now_utc();
     let track_now = cfg.mode == Mode::CheckAndTrack;
-    let verdict = check(&shared, item, track_now).await;
+    // Check-then-track's folded calls get their ids in the batcher: none needed here.
+    let id =
+        (track_now || keyed).then(|| own_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()));
+    let verdict = check(
+        &shared,
+        &customer,
+        &endpoint,
+        quantity,
+        id.as_deref(),
+        track_now,
+    )
+    .await;
     let c = &shared.counters;
     let mut quota = None;
     let deferred = match verdict {
@@ -266,11 +267,11 @@ where
         data.insert("quantity".into(), json!(quantity));
         shared.batcher.enqueue(IncomingEvent {
             specversion: None,
-            id,
+            id: id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             meter: cfg.meter.clone(),
             subject: customer.clone(),
             source: Some("metering-layer".into()),
-            time: Some(at),
+            time: Some(OffsetDateTime::now_utc()),
             data: Some(data),
             tenant: None,
         });
@@ -303,19 +304,32 @@ fn header_str(req: &Request<Body>, name: &str) -> Option<String> {
 }
 
 /// The pre-flight check: a cached allowance when configured, else one `POST /v1/check`.
-async fn check(shared: &Shared, item: CheckItem, track: bool) -> Verdict {
+async fn check(
+    shared: &Shared,
+    customer: &str,
+    endpoint: &str,
+    quantity: f64,
+    id: Option<&str>,
+    track: bool,
+) -> Verdict {
     let cfg = &shared.config;
-    let quantity = item.quantity.unwrap_or(1.0);
     if let (Some(ttl), false) = (cfg.allowance_ttl, track)
-        && take_cached(shared, &item.customer, quantity, ttl)
+        && take_cached(shared, customer, quantity, ttl)
     {
         shared.counters.cached.fetch_add(1, Ordering::Relaxed);
         return Verdict::Allowed(None);
     }
-    let customer = item.customer.clone();
     let request = CheckRequest {
         track,
-        checks: vec![item],
+        checks: vec![CheckItem {
+            customer: customer.into(),
+            meter: Some(cfg.meter.clone()),
+            quantity: Some(quantity),
+            endpoint: Some(endpoint.into()),
+            id: id.map(str::to_string),
+            data: None,
+            feature: None,
+        }],
     };
     let answer = tokio::time::timeout(cfg.check_timeout, shared.client.check(&request)).await;
     let result = match answer {
@@ -338,7 +352,7 @@ async fn check(shared: &Shared, item: CheckItem, track: bool) -> Verdict {
     if cfg.allowance_ttl.is_some() && !track {
         let mut map = shared.allowances.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(
-            customer,
+            customer.to_string(),
             Allowance {
                 fetched: Instant::now(),
                 remaining: result.quota.remaining.map(|r| r - quantity),

@@ -8,7 +8,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+mod billing;
+
+pub use billing::*;
 pub use schemas::api::{Accepted, ErrorBody, ErrorDetail, EventBatch, IncomingEvent};
+pub use schemas::entitlements::{Entitlement, FeatureKind, UpgradeHint};
 pub use schemas::event::FieldError;
 
 /// `GET /v1/customers/{c}/quota`: may this customer use `quantity` more of `meter`?
@@ -63,6 +67,9 @@ pub struct CheckItem {
     /// Extra `data` properties of the tracked event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Map<String, Value>>,
+    /// A feature the call needs: refused with `feature_not_in_plan` without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
 }
 
 /// Body of `POST /v1/check`.
@@ -86,6 +93,12 @@ pub struct CheckResult {
     /// Id of the recorded event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
+    /// The feature the check required (when it named one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
+    /// Refused for a feature: the cheapest plan that includes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeHint>,
 }
 
 /// Answer of `POST /v1/check`.
@@ -353,6 +366,8 @@ pub struct SeedUsage {
     pub by_endpoint: BTreeMap<String, f64>,
     /// The projection to the period end.
     pub projection: Projection,
+    /// What the plan version grants of each feature of the catalog.
+    pub features: Vec<Entitlement>,
 }
 
 /// Body of `POST /usage/track`.
@@ -440,142 +455,76 @@ pub struct SeedHistory {
     pub history: Vec<DayUsage>,
 }
 
-/// Answer of billing-sync's `GET /subscription/status`.
+/// Answer of `GET /v1/customers/{c}/entitlements`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SubscriptionStatus {
-    /// The customer.
+pub struct EntitlementsAnswer {
+    /// Customer.
     pub customer: String,
     /// The plan in effect.
     pub plan: String,
-    /// The plan of the subscription (absent without one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subscribed_plan: Option<String>,
-    /// Stripe's status, or `none`.
+    /// Its human name.
+    pub plan_name: String,
+    /// The version of the plan the customer is on.
+    pub plan_version: String,
+    /// The catalog's current version of that plan.
+    pub current_version: String,
+    /// Subscription status.
     pub status: String,
-    /// Stripe subscription id.
-    pub subscription_id: Option<String>,
-    /// Stripe customer id.
-    pub stripe_customer_id: Option<String>,
-    /// Period start (RFC 3339).
-    pub current_period_start: Option<String>,
-    /// Period end (RFC 3339).
-    pub current_period_end: Option<String>,
-    /// Ends at the period end.
-    pub cancel_at_period_end: bool,
-    /// When the last payment failed, while unresolved.
-    pub payment_failed_at: Option<String>,
-    /// Moved to the fallback plan after the grace period.
-    pub downgraded: bool,
+    /// One entry per feature of the catalog, in catalog order.
+    pub entitlements: Vec<Entitlement>,
 }
 
-/// Body of `POST /subscription/create`.
+/// Answer of `POST /v1/customers/{c}/plan/migrate` (admin).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CreateRequest {
-    /// Plan key (`starter`, `professional`, `enterprise`).
-    pub plan: String,
-}
-
-/// Answer of `POST /subscription/create` (201): where to send the customer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Checkout {
-    /// The Checkout Session's URL.
-    pub url: String,
-    /// Checkout Session id.
-    pub session_id: String,
-    /// The plan bought.
-    pub plan: String,
-    /// Stripe customer id.
-    pub stripe_customer_id: String,
-}
-
-/// Answer of `GET /subscription/portal`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Portal {
-    /// The billing portal's URL.
-    pub url: String,
-    /// Stripe customer id.
-    pub stripe_customer_id: String,
-}
-
-/// Body of `POST /subscription/cancel`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CancelRequest {
-    /// Cancel now instead of at the period end.
-    #[serde(default)]
-    pub immediately: bool,
-}
-
-/// Answer of `POST /subscription/cancel`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Cancelled {
-    /// Stripe subscription id.
-    pub subscription_id: String,
-    /// Stripe's status after the call.
-    pub status: String,
-    /// Ends at the period end.
-    pub cancel_at_period_end: bool,
-    /// Period end (RFC 3339).
-    pub current_period_end: Option<String>,
-    /// Cancelled now.
-    pub canceled_now: bool,
-}
-
-/// One line of an invoice preview.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PreviewLine {
-    /// `plan`, `usage` or `other`.
-    pub kind: String,
-    /// Stripe's description.
-    pub description: Option<String>,
-    /// Stripe price id.
-    pub price: Option<String>,
-    /// Plan key of a plan line.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan: Option<String>,
-    /// Meter key of a usage line.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub meter: Option<String>,
-    /// Quantity.
-    pub quantity: Option<u64>,
-    /// Amount in cents.
-    pub amount: i64,
-    /// Line period start (RFC 3339).
-    pub period_start: String,
-    /// Line period end (RFC 3339).
-    pub period_end: String,
-}
-
-/// Answer of `GET /v1/customers/{c}/invoice-preview` (billing-sync).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InvoicePreview {
-    /// The customer.
+pub struct Migrated {
+    /// Customer.
     pub customer: String,
-    /// Whether an invoice is coming.
-    pub upcoming: bool,
-    /// Why not (`no_subscription`, `ends_at_period_end`, `subscription_ended`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// A human explanation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// The plan.
+    /// Its plan.
     pub plan: String,
-    /// Stripe subscription id.
-    pub subscription_id: Option<String>,
-    /// Currency.
-    pub currency: Option<String>,
-    /// Amount due (cents).
-    pub amount_due: Option<i64>,
-    /// Subtotal (cents).
-    pub subtotal: Option<i64>,
-    /// Total (cents).
-    pub total: Option<i64>,
-    /// The period it closes: start.
-    pub period_start: Option<String>,
-    /// The period it closes: end.
-    pub period_end: Option<String>,
-    /// Next payment attempt.
-    pub next_payment_attempt: Option<String>,
-    /// The lines.
-    pub lines: Vec<PreviewLine>,
+    /// The version it was pinned to (`None`: the floating current version).
+    pub from_version: Option<String>,
+    /// The current version, which it is on now.
+    pub to_version: String,
+    /// Whether an event was produced.
+    pub migrated: bool,
+    /// Id of the `plan_version` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// Every meter's quota after the migration.
+    pub quota: Vec<QuotaAnswer>,
+}
+
+/// Body of `POST /v1/plans/{plan}/migrate` (admin).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigratePlanRequest {
+    /// Only customers on this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+    /// List who would move without producing anything.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One customer of a plan migration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigratedCustomer {
+    /// Customer.
+    pub customer: String,
+    /// The version it was on.
+    pub from_version: Option<String>,
+}
+
+/// Answer of `POST /v1/plans/{plan}/migrate` (admin).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanMigrated {
+    /// Plan key.
+    pub plan: String,
+    /// The current version.
+    pub to_version: String,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Customers moved (or to move).
+    pub migrated: Vec<MigratedCustomer>,
+    /// Subscribers already on the current version.
+    pub unchanged: usize,
 }

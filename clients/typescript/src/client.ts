@@ -63,6 +63,14 @@ export class MeteringClient {
   history(customer: string, q: T.HistoryQuery = {}): Promise<T.HistoryBody> {
     return this.call('GET', this.baseUrl, `/v1/customers/${seg(customer)}/history`, { query: { ...q } });
   }
+  /** `GET /v1/customers/{c}/entitlements`. */
+  entitlements(customer: string): Promise<T.EntitlementsAnswer> {
+    return this.call('GET', this.baseUrl, `/v1/customers/${seg(customer)}/entitlements`);
+  }
+  /** `GET /v1/customers/{c}/entitlements/{feature}`. */
+  entitlement(customer: string, feature: string): Promise<T.Entitlement> {
+    return this.call('GET', this.baseUrl, `/v1/customers/${seg(customer)}/entitlements/${seg(feature)}`);
+  }
   /** `GET /v1/plans` (public). */
   plans(): Promise<T.PlansBody> {
     return this.call('GET', this.baseUrl, '/v1/plans', { auth: false });
@@ -80,6 +88,12 @@ export class MeteringClient {
   }
   grant(customer: string, r: T.GrantRequest): Promise<T.ChangeAccepted> {
     return this.call('POST', this.baseUrl, `/v1/customers/${seg(customer)}/grants`, { body: r });
+  }
+  migrateCustomer(customer: string, id?: string): Promise<T.Migrated> {
+    return this.call('POST', this.baseUrl, `/v1/customers/${seg(customer)}/plan/migrate`, { body: id ? { id } : {} });
+  }
+  migratePlan(plan: string, r: { from_version?: string; dry_run?: boolean } = {}): Promise<T.PlanMigrated> {
+    return this.call('POST', this.baseUrl, `/v1/plans/${seg(plan)}/migrate`, { body: r });
   }
   dashboardLink(customer: string, ttlSecs?: number): Promise<T.DashboardLink> {
     const body = ttlSecs === undefined ? {} : { ttl_secs: ttlSecs };

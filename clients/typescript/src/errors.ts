@@ -6,7 +6,7 @@ import type { ErrorDetail, FieldError, TrackUsage } from './types.js';
 /** The API's error codes (docs/api.md, "Errors"); unknown future codes still type as string. */
 export type ErrorCode =
   | 'invalid_events' | 'invalid_request' | 'malformed_json' | 'empty_batch' | 'body_read_failed'
-  | 'unknown_meter' | 'unknown_customer' | 'missing_api_key' | 'invalid_api_key' | 'invalid_link'
+  | 'unknown_meter' | 'unknown_customer' | 'unknown_feature' | 'feature_not_in_plan' | 'missing_api_key' | 'invalid_api_key' | 'invalid_link'
   | 'link_expired' | 'link_used' | 'insufficient_scope' | 'customer_forbidden' | 'forbidden' | 'not_found'
   | 'payload_too_large' | 'too_many_events' | 'limit_reached' | 'subscription_exists'
   | 'unknown_plan' | 'plan_not_purchasable' | 'no_subscription' | 'links_disabled'

@@ -31,9 +31,31 @@ export interface QuotaAnswer {
 export interface CheckItem {
   customer: string; meter?: string; quantity?: number; endpoint?: string; id?: string;
   data?: Record<string, unknown>;
+  /** A feature the call needs: refused with `feature_not_in_plan` without it. */
+  feature?: string;
+}
+/** The cheapest plan that has a missing feature. */
+export interface UpgradeHint { plan: string; name: string; price_cents: number; currency: string; version: string }
+/** What the customer's plan version grants of one feature. */
+export interface Entitlement {
+  feature: string; name: string; kind: 'boolean' | 'metered' | 'config'; has_access: boolean;
+  label: string | null; value?: string; meter?: string; limit?: number | null; used?: number;
+  remaining?: number | null; reason?: string; upgrade?: UpgradeHint;
+}
+export interface EntitlementsAnswer {
+  customer: string; plan: string; plan_name: string; plan_version: string; current_version: string;
+  status: string; entitlements: Entitlement[];
+}
+export interface Migrated {
+  customer: string; plan: string; from_version: string | null; to_version: string; migrated: boolean;
+  event_id?: string; quota: QuotaAnswer[];
+}
+export interface PlanMigrated {
+  plan: string; to_version: string; dry_run: boolean;
+  migrated: { customer: string; from_version: string | null }[]; unchanged: number;
 }
 export interface CheckRequest { track?: boolean; checks: CheckItem[] }
-export interface CheckResult extends QuotaAnswer { tracked: boolean; event_id?: string }
+export interface CheckResult extends QuotaAnswer { tracked: boolean; event_id?: string; feature?: string; upgrade?: UpgradeHint }
 export interface CheckResponse { results: CheckResult[] }
 
 export interface Projection {
@@ -77,7 +99,7 @@ export interface SeedUsage {
   customer: string; plan: string | null; plan_name: string | null; status: string;
   cancel_at_period_end: boolean; used: number; limit: number | null; remaining: number | null;
   percent: number | null; warning: boolean; blocked: boolean; period_start: string; period_end: string;
-  by_endpoint: Record<string, number>; projection: Projection;
+  by_endpoint: Record<string, number>; projection: Projection; features: Entitlement[];
 }
 export interface TrackRequest { endpoint: string; quantity?: number; id?: string }
 export interface TrackUsage {

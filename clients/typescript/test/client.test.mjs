@@ -110,8 +110,9 @@ test('admin: limits, grants, plans; then the seed API at the limit is a LimitRea
   assert.equal(e.usage.used, 3);
   assert.equal(e.usage.blocked, true);
   const u = await seed.seedUsage();
-  fields(u, ['customer', 'plan', 'plan_name', 'status', 'cancel_at_period_end', 'used', 'limit', 'remaining', 'percent', 'warning', 'blocked', 'period_start', 'period_end', 'by_endpoint', 'projection']);
+  fields(u, ['customer', 'plan', 'plan_name', 'status', 'cancel_at_period_end', 'used', 'limit', 'remaining', 'percent', 'warning', 'blocked', 'period_start', 'period_end', 'by_endpoint', 'projection', 'features']);
   assert.deepEqual([u.used, u.limit, u.blocked, u.warning], [3, 3, true, true]);
+  assert.ok(u.features.length > 0);
   fields(u.projection, ['projected_used', 'projected_percent', 'projected_cost_cents', 'currency', 'recommended_plan']);
   const g = await tenant.grant('ts_seed', { quantity: 2, id: `grant-${run}` });
   assert.equal(g.quota[0].remaining, 2);
@@ -122,6 +123,26 @@ test('admin: limits, grants, plans; then the seed API at the limit is a LimitRea
   const unknown = await tenant.setPlan('ts_plan', { plan: 'platinum' }).catch((x) => x);
   assert.ok(unknown instanceof MeteringError);
   assert.equal(unknown.status, 400);
+});
+
+test('entitlements, a check that needs a feature, plan migrations', async () => {
+  const e = await tenant.entitlements('ts_ent');
+  fields(e, ['customer', 'plan', 'plan_name', 'plan_version', 'current_version', 'status', 'entitlements']);
+  const missing = e.entitlements.find((x) => !x.has_access);
+  assert.ok(missing, 'the free plan lacks a feature');
+  fields(missing, ['feature', 'name', 'kind', 'has_access', 'label'], ['value', 'meter', 'limit', 'used', 'remaining', 'reason', 'upgrade']);
+  const one = await tenant.entitlement('ts_ent', missing.feature);
+  assert.equal(one.feature, missing.feature);
+  const unknown = await tenant.entitlement('ts_ent', 'no_such_feature').catch((x) => x);
+  assert.ok(unknown instanceof MeteringError);
+  assert.equal(unknown.code, 'unknown_feature');
+  const c = await tenant.check({ checks: [{ customer: 'ts_ent', feature: missing.feature }] });
+  assert.equal(c.results[0].allowed, false);
+  fields(c.results[0].upgrade, ['plan', 'name', 'price_cents', 'currency', 'version']);
+  const m = await tenant.migrateCustomer('ts_ent');
+  fields(m, ['customer', 'plan', 'from_version', 'to_version', 'migrated', 'quota'], ['event_id']);
+  const pm = await tenant.migratePlan('free', { dry_run: true });
+  fields(pm, ['plan', 'to_version', 'dry_run', 'migrated', 'unchanged']);
 });
 
 test('usage and history from ClickHouse', async () => {

@@ -116,6 +116,65 @@ async fn every_answer_round_trips_through_the_clients_types() {
     .await;
     let h: HistoryBody = lossless("history", &h);
     assert!(!h.points.is_empty());
+    let v = raw(
+        &http,
+        Method::GET,
+        &format!("{q}/entitlements"),
+        &key,
+        None,
+        200,
+    )
+    .await;
+    let ents: EntitlementsAnswer = lossless("entitlements", &v);
+    let feature = ents.entitlements[0].feature.clone();
+    let v = raw(
+        &http,
+        Method::GET,
+        &format!("{q}/entitlements/{feature}"),
+        &key,
+        None,
+        200,
+    )
+    .await;
+    lossless::<Entitlement>("entitlement", &v);
+    let missing = ents
+        .entitlements
+        .iter()
+        .find(|e| !e.has_access)
+        .map(|e| e.feature.clone())
+        .expect("a feature the free plan lacks");
+    let body = json!({"checks": [{"customer": "d1", "feature": missing}]});
+    let v = raw(
+        &http,
+        Method::POST,
+        &format!("{api}/v1/check"),
+        &key,
+        Some(body),
+        200,
+    )
+    .await;
+    let r: CheckResponse = lossless("check with a feature", &v);
+    assert!(r.results[0].upgrade.is_some(), "{v}");
+    let v = raw(
+        &http,
+        Method::POST,
+        &format!("{q}/plan/migrate"),
+        &key,
+        Some(json!({})),
+        202,
+    )
+    .await;
+    lossless::<Migrated>("migrate a customer", &v);
+    let v = raw(
+        &http,
+        Method::POST,
+        &format!("{api}/v1/plans/free/migrate"),
+        &key,
+        Some(json!({"dry_run": true})),
+        202,
+    )
+    .await;
+    lossless::<PlanMigrated>("migrate a plan", &v);
     lossless::<PlansBody>(
         "plans",
         &raw(
