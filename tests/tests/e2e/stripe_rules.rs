@@ -526,8 +526,7 @@ async fn an_endpoint_on_an_older_api_version_is_handled_by_fetching_its_objects(
                     .json()
                     .await
                     .ok()?;
-                (v["status"] == want && (!failed || !v["payment_failed_at"].is_null()))
-                    .then_some(v)
+                (v["status"] == want && (!failed || !v["payment_failed_at"].is_null())).then_some(v)
             })
             .await
         }
