@@ -31,6 +31,8 @@ pub struct App {
     keys: KeyStore,
     /// The work group membership (`work.enabled`).
     member: Option<Member>,
+    /// Customer emails (always built: the preview works with `emails.enabled` off).
+    emails: Arc<mailer::Mailer>,
 }
 
 /// Runs `job` every `every` until `cancel` fires (first run after one interval).
@@ -124,6 +126,14 @@ impl App {
         let stripe = StripeApi::new(&config.stripe, metrics.clone())?;
         let listener = TcpListener::bind(config.listen).await?;
         let store = Store::new(config.clickhouse.client());
+        let emails = Arc::new(
+            mailer::Mailer::new(
+                config.emails.clone(),
+                config.clickhouse.client(),
+                format!("billing-sync-{}", uuid::Uuid::new_v4().simple()),
+            )
+            .map_err(crate::emails::mail_err)?,
+        );
         let member = if config.work.enabled {
             Some(Member::new(&config, ownership.clone(), metrics.clone())?)
         } else {
@@ -146,6 +156,7 @@ impl App {
             billing,
             keys,
             member,
+            emails,
         })
     }
 
@@ -159,6 +170,11 @@ impl App {
     /// The services (tests read metrics and run jobs through it).
     pub fn billing(&self) -> Arc<Billing> {
         self.billing.clone()
+    }
+
+    /// The customer emails' mailer (tests run dispatch rounds and read its metrics through it).
+    pub fn mailer(&self) -> Arc<mailer::Mailer> {
+        self.emails.clone()
     }
 
     /// Serves and runs the background jobs until `cancel` fires, then drains within the grace period.
@@ -241,11 +257,15 @@ impl App {
                 },
             );
         }
+        if config.emails.enabled {
+            crate::reminders::start(&mut tasks, &cancel, &billing, &self.emails);
+        }
         tracing::info!(addr = %self.listener.local_addr()?, "billing-sync listening");
         let state = AppState {
             billing: billing.clone(),
             keys: self.keys,
             cancel: cancel.clone(),
+            emails: Some(self.emails.clone()),
         };
         let shutdown = cancel.clone();
         axum::serve(self.listener, router(state))

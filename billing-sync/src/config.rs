@@ -47,6 +47,10 @@ pub struct Config {
     /// The ingest's `dashboard_secret`: when set, the dashboard's signed sessions are accepted as
     /// customer-scoped keys (a customer may start a checkout for, or cancel, its own subscription).
     pub dashboard_secret: secrecy::SecretString,
+    /// Emails to the customers (receipts, failed payments, plan changes, cancellations, renewal
+    /// reminders, and the usage warnings the aggregator queues): see [`mailer::MailerConfig`] and
+    /// `docs/emails.md`. Off by default.
+    pub emails: mailer::MailerConfig,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             key_refresh_secs: 1,
             shutdown_grace_secs: 10,
             dashboard_secret: secrecy::SecretString::from(""),
+            emails: mailer::MailerConfig::default(),
         }
     }
 }
@@ -340,6 +345,9 @@ impl Config {
             return fail("work.orphan_rejoin_secs must exceed the session timeout (or be 0)");
         }
         schemas::migrate::check_identifier(&self.clickhouse.database)?;
+        self.emails
+            .validate()
+            .map_err(|e| Error::Config(e.to_string()))?;
         Ok(())
     }
 

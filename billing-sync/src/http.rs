@@ -47,6 +47,8 @@ pub struct AppState {
     pub keys: KeyStore,
     /// Stops the background jobs started from admin endpoints with the app.
     pub cancel: CancellationToken,
+    /// Customer emails (their routes and the webhook hook; queued only with `emails.enabled`).
+    pub emails: Option<Arc<mailer::Mailer>>,
 }
 
 #[derive(OpenApi)]
@@ -93,6 +95,7 @@ pub fn api() -> OpenApiRouter<AppState> {
 pub fn router(state: AppState) -> Router {
     let (router, _) = api().split_for_parts();
     router
+        .merge(crate::email_routes::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -712,8 +715,12 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
                 return ApiError::new(r.status, r.code, r.message).into_response();
             }
         };
+        let before = emails_before(&state, payload).await;
         return match crate::webhook::handle_foreign(billing, event).await {
-            Ok(body) => Json(body).into_response(),
+            Ok(body) => match emails_after(&state, payload, before).await {
+                Ok(()) => Json(body).into_response(),
+                Err(e) => failure(e).into_response(),
+            },
             Err(e) => failure(e).into_response(),
         };
     }
@@ -725,10 +732,42 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
             return ApiError::new(r.status, r.code, r.message).into_response();
         }
     };
+    let before = emails_before(&state, payload).await;
     match crate::webhook::handle(billing, event).await {
-        Ok(body) => Json(body).into_response(),
+        // The customer's email is queued before the answer (a failure makes Stripe retry; the
+        // event's effects are idempotent and the email's key is the same).
+        Ok(body) => match emails_after(&state, payload, before).await {
+            Ok(()) => Json(body).into_response(),
+            Err(e) => failure(e).into_response(),
+        },
         // Stripe retries on 5xx: nothing was marked handled.
         Err(e) => failure(e).into_response(),
+    }
+}
+
+/// What a webhook changes, read before it is handled (customer emails on).
+async fn emails_before(state: &AppState, payload: &str) -> Option<crate::emails::Before> {
+    state.emails.as_ref().filter(|m| m.config().enabled)?;
+    match crate::emails::before(&state.billing, payload).await {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the subscription before the webhook failed");
+            Some(crate::emails::Before::default())
+        }
+    }
+}
+
+/// Queues the customer emails of a handled webhook (customer emails on).
+async fn emails_after(
+    state: &AppState,
+    payload: &str,
+    before: Option<crate::emails::Before>,
+) -> crate::Result<()> {
+    match (state.emails.as_ref(), before) {
+        (Some(m), Some(b)) => crate::emails::after(&state.billing, m, payload, b)
+            .await
+            .map(|_| ()),
+        _ => Ok(()),
     }
 }
 
@@ -900,7 +939,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.billing.metrics.render(),
+        match &state.emails {
+            // The mailer's counters inside the one exposition (before its `# EOF`).
+            Some(m) => {
+                let own = state.billing.metrics.render();
+                let body = own.trim_end().trim_end_matches("# EOF").to_string();
+                format!("{body}{}\n# EOF\n", m.metrics().render())
+            }
+            None => state.billing.metrics.render(),
+        },
     )
         .into_response()
 }

@@ -19,6 +19,9 @@
 //!   ledger (`ledger.rs`), the correction path shared by report and reconciliation
 //!   (`corrections.rs`), the report run (`report.rs`), the reconciliation that heals
 //!   (`reconcile.rs`) and over-report cancels by meter event adjustment (`cancel.rs`).
+//! - [`emails`]: customer emails queued from handled webhooks (receipts, failed payments, plan
+//!   changes, cancellations; crate `mailer`), [`reminders`] the renewal reminder job, and
+//!   [`email_routes`] their routes (preview, listing, address, unsubscribe and preference pages).
 //! - [`http`]: routes (seed endpoints, webhook, admin triggers, health, metrics).
 //! - [`ownership`]: which customers this instance bills (the work split by a consumer group over
 //!   the work topic, with fencing), when several instances run.
@@ -31,11 +34,14 @@
 pub mod app;
 pub mod billing;
 pub mod config;
+pub mod email_routes;
+pub mod emails;
 pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod ownership;
 pub mod plans;
+pub mod reminders;
 pub mod store;
 pub mod stripe_api;
 pub mod usage;
