@@ -12,11 +12,13 @@
 //! - [`wait_until`]: polling with a deadline instead of fixed sleeps.
 //! - [`proxy`]: a TCP proxy that loses ClickHouse's answer to a chosen request.
 //! - [`smtp`]: an SMTP sink that records the mail it accepts.
+//! - [`emails`]: billing-sync with customer emails to the SMTP sink or an outbox.
 //! - [`webhook`]: a webhook receiver that records requests and answers scripted statuses.
 
 #![forbid(unsafe_code)]
 
 pub mod billing;
+pub mod emails;
 pub mod metered;
 pub mod proxy;
 pub mod servers;

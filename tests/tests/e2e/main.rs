@@ -4,7 +4,7 @@
 //! Layout: `pipeline`, `offsets`, `faults`, `dead_letters`, `bad_input` (the event path),
 //! `cloudevents` and `cloudevents_sdk` (the CloudEvents HTTP binding, the official Python and
 //! JavaScript SDKs as clients), `schema`
-//! and `compose` (DDL and deployment files), `quota` and `notify` (quota API and alerts), `entitlements` and
+//! and `compose` (DDL and deployment files), `quota` and `notify` (quota API and alerts), `emails` and `emails_once` (customer emails), `entitlements` and
 //! `plan_versions` (features of plans, plan versions and migrations), `billing`,
 //! `billing_contract`, `billing_usage`, `billing_corrections`, `billing_proof`, `billing_preview`
 //! and `billing_ha` (billing-sync and the Stripe fake; `billing_ha`: two instances at once),
@@ -34,6 +34,8 @@ mod cloudevents_sdk;
 mod compose;
 mod dashboard;
 mod dead_letters;
+mod emails;
+mod emails_once;
 mod entitlements;
 mod faults;
 mod keys;
