@@ -12,6 +12,7 @@
 //! `stripe_suite` (the contract suite: the fake, or Stripe's test mode with `STRIPE_TEST_SECRET_KEY`),
 //! `billing_invoices` (usage on Stripe's invoices, lagging summaries, the test-mode pace),
 //! `keys` (the key lifecycle: revocation on every instance, expiry, rotation, listing, the CLI),
+//! `limits` (rate limits per key and tenant),
 //! `dashboard` (headless Chromium), `client_drift`, `client_layer` and `client_ts` (the Rust client's types against real answers, the Rust layer, the TypeScript
 //! client and its React page in Chromium), `openapi`
 //! (both services' generated OpenAPI documents against their routes). Run one area with
@@ -39,6 +40,7 @@ mod emails_once;
 mod entitlements;
 mod faults;
 mod keys;
+mod limits;
 mod notify;
 mod offsets;
 mod openapi;

@@ -1,0 +1,82 @@
+//! Inbound rate limits per key and per tenant (issue 26), apart from the plan's quota, on a real
+//! ingest: a key over its rate gets 429 `rate_limited` with `Retry-After` and passes again after it;
+//! other keys of the tenant share the tenant's rate; another tenant is not affected; without
+//! limits (the default) the same burst passes.
+
+use std::time::Duration;
+
+use platform::principal::Scope;
+use serde_json::Value;
+use tests::TestEnv;
+
+async fn quota(http: &reqwest::Client, url: &str, key: &str) -> (u16, Option<String>, Value) {
+    let r = http
+        .get(format!("{url}/v1/customers/c1/quota"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("quota");
+    let status = r.status().as_u16();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    (status, retry, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_and_tenants_over_their_rate_get_429_with_retry_after() {
+    let env = TestEnv::new("limits").await;
+    let mut config = env.ingest_config();
+    config.limits.key_per_sec = 5;
+    config.limits.key_burst = 5;
+    config.limits.tenant_per_sec = 8;
+    config.limits.tenant_burst = 8;
+    let ingest = env.start_ingest_with(config).await;
+    let http = reqwest::Client::new();
+    tests::wait_ready(&http, &ingest.url).await;
+    let a = env.key("acme", &[Scope::Read], None).await;
+    let b = env.key("acme", &[Scope::Read], None).await;
+    let other = env.key("globex", &[Scope::Read], None).await;
+    for _ in 0..5 {
+        assert_eq!(quota(&http, &ingest.url, &a).await.0, 200);
+    }
+    let (status, retry, body) = quota(&http, &ingest.url, &a).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("5 requests per second for this key"),
+        "{body}"
+    );
+    assert_eq!(retry.as_deref(), Some("1"), "Retry-After in whole seconds");
+    // The tenant had 8: b gets the 3 left, then the tenant's limit answers.
+    for _ in 0..3 {
+        assert_eq!(quota(&http, &ingest.url, &b).await.0, 200);
+    }
+    let (status, _, body) = quota(&http, &ingest.url, &b).await;
+    assert_eq!(status, 429);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("for this tenant"),
+        "{body}"
+    );
+    // Another tenant is not affected.
+    assert_eq!(quota(&http, &ingest.url, &other).await.0, 200);
+    // After Retry-After, a passes again.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(quota(&http, &ingest.url, &a).await.0, 200);
+    ingest.stop().await;
+    // Without limits (the default) the same burst passes.
+    let ingest = env.start_ingest().await;
+    tests::wait_ready(&http, &ingest.url).await;
+    for _ in 0..20 {
+        assert_eq!(quota(&http, &ingest.url, &a).await.0, 200);
+    }
+    ingest.stop().await;
+}
