@@ -348,3 +348,56 @@ fn every_variable_is_documented_or_has_a_default() {
         ["D", "E"]
     );
 }
+
+#[test]
+fn the_production_shape_publishes_only_the_apis_requires_its_secrets_and_limits_every_service() {
+    let doc = compose();
+    for name in [
+        "kafka",
+        "clickhouse",
+        "ingest",
+        "aggregator",
+        "billing-sync",
+    ] {
+        let svc = service(&doc, name);
+        let published = svc["ports"].as_sequence().map_or(0, Vec::len);
+        let public = matches!(name, "ingest" | "billing-sync");
+        assert_eq!(
+            published > 0,
+            public,
+            "{name}: only the ingest and billing-sync publish ports on the host"
+        );
+        assert!(
+            !svc["healthcheck"]["test"].is_null(),
+            "{name} has no healthcheck"
+        );
+        let limits = &svc["deploy"]["resources"]["limits"];
+        assert!(
+            !limits["cpus"].is_null() && !limits["memory"].is_null(),
+            "{name} has no CPU and memory limits"
+        );
+    }
+    // Secrets have no default: compose refuses to start without them (`${X:?message}`).
+    for var in [
+        "CLICKHOUSE_PASSWORD",
+        "DASHBOARD_SECRET",
+        "STRIPE_SECRET_KEY",
+        "STRIPE_WEBHOOK_SECRET",
+    ] {
+        let body: Vec<&str> = COMPOSE
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#') && l.contains(&format!("${{{var}")))
+            .collect();
+        assert!(!body.is_empty(), "{var} is not used");
+        for line in body {
+            assert!(
+                line.contains(&format!("${{{var}:?")),
+                "{var} must be required, not defaulted: {line}"
+            );
+        }
+    }
+    // The ingest's rate limits are on in the production shape.
+    let env = environment(service(&doc, "ingest"));
+    let config = with_env(&env, || ingest::Config::load(None)).expect("ingest config");
+    assert!(config.limits.key_per_sec > 0 && config.limits.tenant_per_sec > 0);
+}
