@@ -82,20 +82,26 @@ mod tests {
         let ok = sign("{}", "whsec_a", now);
         assert!(check("{}", Some(&ok), "whsec_a", now).is_ok());
         assert_eq!(
-            check("{} ", Some(&ok), "whsec_a", now).unwrap_err().code,
+            check("{} ", Some(&ok), "whsec_a", now)
+                .expect_err("refused")
+                .code,
             "invalid_signature"
         );
         assert_eq!(
-            check("{}", Some(&ok), "whsec_b", now).unwrap_err().code,
+            check("{}", Some(&ok), "whsec_b", now)
+                .expect_err("refused")
+                .code,
             "invalid_signature"
         );
         let old = sign("{}", "whsec_a", now - 301);
         assert_eq!(
-            check("{}", Some(&old), "whsec_a", now).unwrap_err().code,
+            check("{}", Some(&old), "whsec_a", now)
+                .expect_err("refused")
+                .code,
             "stale_signature"
         );
         assert_eq!(
-            check("{}", None, "whsec_a", now).unwrap_err().code,
+            check("{}", None, "whsec_a", now).expect_err("refused").code,
             "missing_signature"
         );
     }
