@@ -23,6 +23,9 @@ pub enum Kind {
     Stripe,
 }
 
+/// One call of [`Target::cleanup`]: method, path, form.
+type CleanupStep = (reqwest::Method, String, Vec<(&'static str, String)>);
+
 /// One contract test's Stripe.
 #[derive(Debug)]
 pub struct Target {
@@ -282,7 +285,7 @@ impl Target {
 
     /// Removes what [`Self::setup`] made; every step must succeed.
     pub async fn cleanup(self, made: Made) {
-        let steps: Vec<(reqwest::Method, String, Vec<(&str, String)>)> = vec![
+        let steps: Vec<CleanupStep> = vec![
             (
                 reqwest::Method::DELETE,
                 format!("v1/customers/{}", made.customer),
