@@ -1,51 +1,47 @@
 //! The customer emails' routes (issue 22): the admin's preview, listing (ledger and outbox),
 //! address, and triggers; the customer's signed unsubscribe and preference pages (no key: the
 //! link's signature is the authority); and the preference API for the dashboard (a key or a
-//! dashboard session of the customer). Plain axum routes, merged into [`crate::http::router`]
-//! next to the documented API.
+//! dashboard session of the customer). Registered through `utoipa_axum::routes!` like every
+//! other route, so the OpenAPI document shows them (tag `emails`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Form, Json, Router};
 use mailer::{Kind, Mailer};
 use platform::auth::{authenticate, authorize_customer, check_customer, customer_of};
 use platform::error::{ApiError, invalid};
 use platform::extract::Query;
 use platform::principal::Scope;
+use schemas::api::ErrorBody;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::emails::{mail_err, rfc3339};
-use crate::http::{AppState, admin, failure};
+use crate::http::{ADMIN_FORBIDDEN, AppState, DEPENDENCY_FAILED, UNAUTHORIZED, admin, failure};
 
-/// The routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/admin/emails", get(list))
-        .route("/admin/emails/preview/{kind}", get(preview))
-        .route("/admin/emails/reminders", post(reminders))
-        .route("/admin/emails/dispatch", post(dispatch))
-        .route("/admin/customers/{customer}/email", put(set_address))
-        .route(
-            "/emails/unsubscribe",
-            get(unsubscribe_page).post(unsubscribe),
-        )
-        .route(
-            "/emails/preferences",
-            get(preferences_page).post(save_preferences),
-        )
-        .route(
-            "/v1/email-preferences",
-            get(get_preferences).put(put_preferences),
-        )
+/// 404 when customer emails are off.
+pub(crate) const DISABLED: &str = "`emails_disabled`: customer emails are off (`emails.enabled`)";
+
+/// The routes (tag `emails`).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(preview))
+        .routes(routes!(reminders))
+        .routes(routes!(dispatch))
+        .routes(routes!(set_address))
+        .routes(routes!(get_preferences, put_preferences))
+        .merge(crate::email_pages::routes())
 }
 
-fn mailer(state: &AppState) -> Result<&Arc<Mailer>, ApiError> {
+pub(crate) fn mailer(state: &AppState) -> Result<&Arc<Mailer>, ApiError> {
     state.emails.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -56,7 +52,7 @@ fn mailer(state: &AppState) -> Result<&Arc<Mailer>, ApiError> {
 }
 
 /// A mailer that sends (`emails.enabled`).
-fn enabled(state: &AppState) -> Result<&Arc<Mailer>, ApiError> {
+pub(crate) fn enabled(state: &AppState) -> Result<&Arc<Mailer>, ApiError> {
     let m = mailer(state)?;
     if !m.config().enabled {
         return Err(ApiError::new(
@@ -68,7 +64,7 @@ fn enabled(state: &AppState) -> Result<&Arc<Mailer>, ApiError> {
     Ok(m)
 }
 
-fn kind_of(name: &str) -> Result<Kind, ApiError> {
+pub(crate) fn kind_of(name: &str) -> Result<Kind, ApiError> {
     Kind::parse(name).map_err(|_| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -89,6 +85,23 @@ struct PreviewQuery {
 
 /// `GET /admin/emails/preview/{kind}?format=html|text`: the kind with sample data in the key's
 /// tenant's branding.
+#[utoipa::path(
+    get,
+    path = "/admin/emails/preview/{kind}",
+    tag = "emails",
+    security(("bearer" = [])),
+    params(
+        ("kind" = String, Path, description = "`usage_warning`, `receipt`, `renewal_reminder`, `payment_failed`, `plan_changed`, `cancelled`"),
+        ("format" = Option<String>, Query, description = "`html` (default) or `text`"),
+    ),
+    responses(
+        (status = 200, description = "The rendered email (HTML, or the text part with `format=text`)",
+            content((String = "text/html; charset=utf-8"), (String = "text/plain; charset=utf-8"))),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
+        (status = 404, body = ErrorBody, description = "`unknown_kind`"),
+    )
+)]
 async fn preview(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -116,6 +129,19 @@ struct ListQuery {
 }
 
 /// `GET /admin/emails`: the tenant's ledger rows (newest first) and the outbox's files.
+#[utoipa::path(
+    get,
+    path = "/admin/emails",
+    tag = "emails",
+    security(("bearer" = [])),
+    params(("limit" = Option<u64>, Query, description = "Most ledger rows (200; at most 5,000)")),
+    responses(
+        (status = 200, description = "`{smtp, outbox_dir, outbox: [{path, to, subject, date, kind}], emails: [ledger rows]}`", body = Object),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
+        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -150,6 +176,19 @@ async fn list(
 }
 
 /// `POST /admin/emails/reminders`: queue the renewal reminders due now.
+#[utoipa::path(
+    post,
+    path = "/admin/emails/reminders",
+    tag = "emails",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{queued}`", body = Object),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
+        (status = 404, body = ErrorBody, description = DISABLED),
+        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED),
+    )
+)]
 async fn reminders(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -163,6 +202,19 @@ async fn reminders(
 }
 
 /// `POST /admin/emails/dispatch`: one dispatch round now.
+#[utoipa::path(
+    post,
+    path = "/admin/emails/dispatch",
+    tag = "emails",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{sent, outbox, dead, skipped, duplicate}`", body = Object),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
+        (status = 404, body = ErrorBody, description = DISABLED),
+        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED),
+    )
+)]
 async fn dispatch(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -182,6 +234,11 @@ struct AddressBody {
     email: String,
 }
 
+/// A JSON body, read after the key was checked (so that a request without a key gets 401).
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| invalid("body", format!("not the expected JSON: {e}")))
+}
+
 fn check_address(email: &str) -> Result<(), ApiError> {
     if email.parse::<lettre::Address>().is_err() {
         return Err(invalid("email", "not an email address"));
@@ -191,13 +248,29 @@ fn check_address(email: &str) -> Result<(), ApiError> {
 
 /// `PUT /admin/customers/{customer}/email` `{"email"}`: the customer's address (wins over
 /// Stripe's).
+#[utoipa::path(
+    put,
+    path = "/admin/customers/{customer}/email",
+    tag = "emails",
+    security(("bearer" = [])),
+    params(("customer" = String, Path, description = "The customer")),
+    request_body(content = Object, description = "`{\"email\": \"owner@example.com\"}`"),
+    responses(
+        (status = 200, description = "`{customer, email}`", body = Object),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: not an address"),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
+        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED),
+    )
+)]
 async fn set_address(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(customer): Path<String>,
-    Json(body): Json<AddressBody>,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let key = admin(&state, &headers).await?;
+    let body: AddressBody = json_body(&body)?;
     check_customer(&customer)?;
     check_address(&body.email)?;
     mailer(&state)?
@@ -206,197 +279,6 @@ async fn set_address(
         .await
         .map_err(|e| failure(mail_err(e)))?;
     Ok(Json(json!({"customer": customer, "email": body.email})))
-}
-
-#[derive(Debug, Deserialize)]
-struct LinkQuery {
-    tenant: String,
-    customer: String,
-    kind: String,
-    sig: String,
-}
-
-/// Checks a link's signature; 403 `invalid_link` when it does not sign what it names.
-fn verify(m: &Mailer, q: &LinkQuery) -> Result<(), ApiError> {
-    if m.signer().verify(&q.tenant, &q.customer, &q.kind, &q.sig) {
-        return Ok(());
-    }
-    tracing::warn!(tenant = %q.tenant, customer = %q.customer, kind = %q.kind, "email link with a bad signature refused");
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "invalid_link",
-        "this link is not valid (it was changed or belongs to another account)",
-    ))
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-fn page(title: &str, body: &str) -> Html<String> {
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" \
-         content=\"width=device-width\"><title>{t}</title></head><body style=\"font-family:\
-         sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem\"><h1>{t}</h1>{body}</body></html>",
-        t = escape(title)
-    ))
-}
-
-fn unsubscribable(q: &LinkQuery) -> Result<Kind, ApiError> {
-    let kind = kind_of(&q.kind)?;
-    if !kind.can_unsubscribe() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "cannot_unsubscribe",
-            "payment receipts are records of a payment and cannot be turned off",
-        ));
-    }
-    Ok(kind)
-}
-
-/// `GET /emails/unsubscribe?tenant&customer&kind&sig`: a page with the button (a GET changes
-/// nothing: mail scanners follow links).
-async fn unsubscribe_page(
-    State(state): State<AppState>,
-    Query(q): Query<LinkQuery>,
-) -> Result<Html<String>, ApiError> {
-    let m = enabled(&state)?;
-    verify(m, &q)?;
-    let kind = unsubscribable(&q)?;
-    let query = m.signer().query(&q.tenant, &q.customer, kind.as_str());
-    let prefs = m.signer().preferences_url("", &q.tenant, &q.customer);
-    Ok(page(
-        "Unsubscribe",
-        &format!(
-            "<p>Stop sending <strong>{}</strong> to account {}?</p>\
-             <form method=\"post\" action=\"/emails/unsubscribe?{}\"><button type=\"submit\">\
-             Unsubscribe</button></form><p><a href=\"{}\">All email preferences</a></p>",
-            escape(&kind.label().to_lowercase()),
-            escape(&q.customer),
-            escape(&query),
-            escape(&prefs),
-        ),
-    ))
-}
-
-/// `POST /emails/unsubscribe?tenant&customer&kind&sig`: turns the kind off (also RFC 8058's
-/// one-click `List-Unsubscribe=One-Click` POST from a mail client).
-async fn unsubscribe(
-    State(state): State<AppState>,
-    Query(q): Query<LinkQuery>,
-) -> Result<Html<String>, ApiError> {
-    let m = enabled(&state)?;
-    verify(m, &q)?;
-    let kind = unsubscribable(&q)?;
-    m.ledger()
-        .set_preference(&q.tenant, &q.customer, kind, false)
-        .await
-        .map_err(|e| failure(mail_err(e)))?;
-    tracing::info!(tenant = %q.tenant, customer = %q.customer, kind = %kind, "customer unsubscribed");
-    let prefs = m.signer().preferences_url("", &q.tenant, &q.customer);
-    Ok(page(
-        "Unsubscribed",
-        &format!(
-            "<p>You will no longer receive {} for account {}.</p><p><a href=\"{}\">\
-             Email preferences</a></p>",
-            escape(&kind.label().to_lowercase()),
-            escape(&q.customer),
-            escape(&prefs)
-        ),
-    ))
-}
-
-fn preference_form(
-    m: &Mailer,
-    q: &LinkQuery,
-    prefs: &BTreeMap<Kind, bool>,
-    saved: bool,
-) -> Html<String> {
-    let mut rows = String::new();
-    for kind in Kind::ALL {
-        let on = prefs.get(&kind).copied().unwrap_or(true);
-        rows.push_str(&format!(
-            "<p><label><input type=\"checkbox\" name=\"{}\"{}{}> {}</label>{}</p>",
-            kind.as_str(),
-            if on { " checked" } else { "" },
-            if kind.can_unsubscribe() {
-                ""
-            } else {
-                " disabled"
-            },
-            escape(kind.label()),
-            if kind.can_unsubscribe() {
-                ""
-            } else {
-                " <small>(always sent)</small>"
-            },
-        ));
-    }
-    let query = m
-        .signer()
-        .query(&q.tenant, &q.customer, mailer::token::ALL_KINDS);
-    page(
-        "Email preferences",
-        &format!(
-            "<p>Account {}.</p>{}<form method=\"post\" action=\"/emails/preferences?{}\">{rows}\
-             <button type=\"submit\">Save</button></form>",
-            escape(&q.customer),
-            if saved {
-                "<p><strong>Saved.</strong></p>"
-            } else {
-                ""
-            },
-            escape(&query)
-        ),
-    )
-}
-
-fn all_kinds(q: &LinkQuery) -> Result<(), ApiError> {
-    if q.kind == mailer::token::ALL_KINDS {
-        Ok(())
-    } else {
-        Err(invalid("kind", "a preference link names every kind (`*`)"))
-    }
-}
-
-/// `GET /emails/preferences?tenant&customer&kind=*&sig`: the customer's choices.
-async fn preferences_page(
-    State(state): State<AppState>,
-    Query(q): Query<LinkQuery>,
-) -> Result<Html<String>, ApiError> {
-    let m = enabled(&state)?;
-    verify(m, &q)?;
-    all_kinds(&q)?;
-    let prefs = m
-        .ledger()
-        .preferences(&q.tenant, &q.customer)
-        .await
-        .map_err(|e| failure(mail_err(e)))?;
-    Ok(preference_form(m, &q, &prefs, false))
-}
-
-/// `POST /emails/preferences?...` with the form's checkboxes (a kind not sent: off).
-async fn save_preferences(
-    State(state): State<AppState>,
-    Query(q): Query<LinkQuery>,
-    Form(form): Form<BTreeMap<String, String>>,
-) -> Result<Html<String>, ApiError> {
-    let m = enabled(&state)?;
-    verify(m, &q)?;
-    all_kinds(&q)?;
-    let mut prefs = BTreeMap::new();
-    for kind in Kind::ALL {
-        let on = form.contains_key(kind.as_str()) || !kind.can_unsubscribe();
-        m.ledger()
-            .set_preference(&q.tenant, &q.customer, kind, on)
-            .await
-            .map_err(|e| failure(mail_err(e)))?;
-        prefs.insert(kind, on);
-    }
-    Ok(preference_form(m, &q, &prefs, true))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -431,6 +313,21 @@ async fn preferences_json(m: &Mailer, tenant: &str, customer: &str) -> Result<Va
 
 /// `GET /v1/email-preferences`: the customer's address and choices (`read` scope; a
 /// customer-scoped key or dashboard session, or `?customer=` with a tenant key).
+#[utoipa::path(
+    get,
+    path = "/v1/email-preferences",
+    tag = "emails",
+    security(("bearer" = [])),
+    params(("customer" = Option<String>, Query, description = "For a tenant key: the customer")),
+    responses(
+        (status = 200, description = "`{customer, email, kinds: [{kind, label, subscribed, can_unsubscribe}], preferences_url}`", body = Object),
+        (status = 400, body = ErrorBody, description = "`invalid_request`, `cannot_unsubscribe`"),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = "`customer_forbidden`: another customer's"),
+        (status = 404, body = ErrorBody, description = DISABLED),
+        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED),
+    )
+)]
 async fn get_preferences(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -452,13 +349,30 @@ struct PreferencesBody {
 }
 
 /// `PUT /v1/email-preferences` `{"preferences": {"usage_warning": false, ...}}`.
+#[utoipa::path(
+    put,
+    path = "/v1/email-preferences",
+    tag = "emails",
+    security(("bearer" = [])),
+    params(("customer" = Option<String>, Query, description = "For a tenant key: the customer")),
+    request_body(content = Object, description = "`{\"preferences\": {\"usage_warning\": false}}`"),
+    responses(
+        (status = 200, description = "`{customer, email, kinds: [{kind, label, subscribed, can_unsubscribe}], preferences_url}`", body = Object),
+        (status = 400, body = ErrorBody, description = "`invalid_request`, `cannot_unsubscribe`"),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = "`customer_forbidden`: another customer's"),
+        (status = 404, body = ErrorBody, description = DISABLED),
+        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED),
+    )
+)]
 async fn put_preferences(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<CustomerQuery>,
-    Json(body): Json<PreferencesBody>,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let key = authenticate(&state.keys, &headers, Scope::Read).await?;
+    let body: PreferencesBody = json_body(&body)?;
     let customer = customer_of(&key, &headers, q.customer.as_deref())?;
     authorize_customer(&key, &customer)?;
     let m = enabled(&state)?;

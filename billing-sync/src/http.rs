@@ -68,6 +68,8 @@ pub struct AppState {
         (name = "stripe", description = "Stripe's webhooks"),
         (name = "admin", description = "Background jobs run now (`admin` scope, tenant key)"),
         (name = "ops", description = "Health, readiness, metrics, this document"),
+        (name = "emails", description = "Customer emails: preview, listing, address, the \
+            signed unsubscribe and preference pages, the preference API"),
     )
 )]
 struct ApiDoc;
@@ -89,13 +91,13 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(readyz))
         .routes(routes!(metrics))
         .routes(routes!(openapi))
+        .merge(crate::email_routes::routes())
 }
 
 /// The router.
 pub fn router(state: AppState) -> Router {
     let (router, _) = api().split_for_parts();
     router
-        .merge(crate::email_routes::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -21,7 +21,8 @@
 //!   (`reconcile.rs`) and over-report cancels by meter event adjustment (`cancel.rs`).
 //! - [`emails`]: customer emails queued from handled webhooks (receipts, failed payments, plan
 //!   changes, cancellations; crate `mailer`), [`reminders`] the renewal reminder job, and
-//!   [`email_routes`] their routes (preview, listing, address, unsubscribe and preference pages).
+//!   [`email_routes`] their routes (preview, listing, address, the preference API) with
+//!   [`email_pages`] the signed unsubscribe and preference pages.
 //! - [`http`]: routes (seed endpoints, webhook, admin triggers, health, metrics).
 //! - [`ownership`]: which customers this instance bills (the work split by a consumer group over
 //!   the work topic, with fencing), when several instances run.
@@ -34,6 +35,7 @@
 pub mod app;
 pub mod billing;
 pub mod config;
+pub mod email_pages;
 pub mod email_routes;
 pub mod emails;
 pub mod error;

@@ -401,9 +401,17 @@ async fn the_preview_renders_each_kind_and_without_smtp_emails_go_to_the_outbox(
     assert_eq!(files.len(), 1);
     assert_eq!(files[0].to, "box@customer.test");
     assert_eq!(files[0].kind, "renewal_reminder");
-    let (s, listing) = get("/admin/emails".into()).await;
-    assert_eq!(s, 200);
-    let v: Value = serde_json::from_str(&listing).expect("JSON");
+    // The `sent` row follows the file.
+    let v: Value = wait_until(WAIT, "the sent row", || async {
+        let (s, listing) = get("/admin/emails".into()).await;
+        assert_eq!(s, 200);
+        let v: Value = serde_json::from_str(&listing).expect("JSON");
+        v["emails"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|r| r["status"] == "sent"))
+            .then_some(v)
+    })
+    .await;
     assert_eq!(v["smtp"], json!(false));
     assert_eq!(v["outbox"].as_array().map(Vec::len), Some(1), "{v}");
     assert!(
