@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs the benchmarks (release build) against the local servers; prints Markdown tables and writes
-# JSON under .data/bench/. Usage: scripts/bench.sh [quota|throughput|memory|stripe|dedup]... (default: all)
+# JSON under .data/bench/. Usage: scripts/bench.sh [quota|throughput|memory|stripe|dedup|client]... (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh clickhouse tansu redis >/dev/null
 bash scripts/servers.sh start >/dev/null
 # The throughput benchmark runs the release binaries as separate processes.
 cargo build --release --workspace --bins --benches  # one feature set for both: no rebuild between them
-[[ $# -gt 0 ]] || set -- memory quota throughput stripe dedup
+[[ $# -gt 0 ]] || set -- memory quota throughput stripe dedup client
 # What the figures were measured on, beside them.
 mkdir -p .data/bench
 python3 - "$@" >.data/bench/machine.json <<'PY'
@@ -40,7 +40,8 @@ for b in "$@"; do
     throughput) cargo bench -p tests --bench throughput ;;
     stripe) cargo bench -p tests --bench stripe_cost ;;
     dedup) cargo bench -p tests --bench dedup ;;
-    *) echo "unknown benchmark: $b (memory|quota|throughput|stripe|dedup)" >&2; exit 2 ;;
+    client) cargo bench -p tests --bench client_overhead ;;  # the Rust client's tower layer vs none
+    *) echo "unknown benchmark: $b (memory|quota|throughput|stripe|dedup|client)" >&2; exit 2 ;;
   esac
 done
 echo "JSON results: $(pwd)/.data/bench/"
