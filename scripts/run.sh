@@ -27,7 +27,7 @@ if [[ "${1:-}" == "stop" ]]; then stop_services; bash scripts/servers.sh stop; e
 
 bash scripts/install.sh clickhouse tansu
 bash scripts/servers.sh start
-cargo build -q -p ingest -p aggregator -p billing-sync -p stripe-fake -p threat-api --bins
+cargo build -q -p ingest -p aggregator -p billing-sync -p stripe-fake -p threat-api -p mailer --bins
 stop_services
 
 export INGEST_LISTEN="127.0.0.1:$API_PORT" AGGREGATOR_LISTEN="127.0.0.1:$AGG_PORT"
@@ -35,6 +35,15 @@ export INGEST_LISTEN="127.0.0.1:$API_PORT" AGGREGATOR_LISTEN="127.0.0.1:$AGG_POR
 [[ -f "$RUN/dashboard.secret" ]] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/dashboard.secret"
 export INGEST_DASHBOARD_SECRET="$(cat "$RUN/dashboard.secret")" BILLING_DASHBOARD_SECRET="$(cat "$RUN/dashboard.secret")"
 export INGEST_BILLING_URL="http://127.0.0.1:$BILLING_PORT"
+# Customer emails (docs/emails.md): the aggregator queues usage warnings, billing-sync sends them
+# with receipts and renewal reminders. No SMTP relay here: each goes to .data/outbox/ as an .eml.
+# Reminders go out 30 days ahead so that the demo's fresh 30-day subscription gets one now.
+[[ -f "$RUN/unsubscribe.secret" ]] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/unsubscribe.secret"
+export AGGREGATOR_CUSTOMER_EMAILS__ENABLED=true BILLING_EMAILS__ENABLED=true \
+  BILLING_EMAILS__OUTBOX_DIR="$ROOT/.data/outbox" BILLING_EMAILS__PUBLIC_URL="http://127.0.0.1:$BILLING_PORT" \
+  BILLING_EMAILS__UNSUBSCRIBE_SECRET="$(cat "$RUN/unsubscribe.secret")" BILLING_EMAILS__RENEWAL_REMINDER_DAYS=30 \
+  BILLING_EMAILS__TENANTS__DEMO__SENDER_NAME="Threat API Billing" BILLING_EMAILS__TENANTS__DEMO__BRAND_COLOR="#0f766e" \
+  BILLING_EMAILS__TENANTS__DEMO__PRODUCT_NAME="Threat API"
 "$ROOT/target/debug/ingest" migrate >/dev/null 2>&1
 setsid nohup "$ROOT/target/debug/aggregator" >"$RUN/aggregator.log" 2>&1 </dev/null & echo $! >"$RUN/aggregator.pid"
 setsid nohup "$ROOT/target/debug/ingest" >"$RUN/ingest.log" 2>&1 </dev/null & echo $! >"$RUN/ingest.pid"
@@ -57,6 +66,15 @@ curl -sf "http://127.0.0.1:$API_PORT/readyz" >/dev/null || { tail -20 "$RUN/inge
 
 KEY=$("$ROOT/target/debug/ingest" create-key --tenant demo --scopes ingest,read,admin --name demo 2>/dev/null)
 echo "$KEY" >"$RUN/demo.key"
+# The demo customers' addresses (the admin API; Stripe's customer email is used when none is set).
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$BILLING_PORT/readyz" >/dev/null && break; sleep 0.2; done
+for c in cust_light cust_warned cust_at_limit cust_over cust_threat; do
+  for _ in $(seq 25); do
+    curl -sf -X PUT -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "{\"email\": \"$c@customer.example\"}" \
+      "http://127.0.0.1:$BILLING_PORT/admin/customers/$c/email" >/dev/null && break
+    sleep 0.2  # billing-sync reloads the new key within a second
+  done
+done
 
 # Demo traffic through the seed API (POST /usage/track: check-and-track, blocked at the limit):
 # four customers on the free plan (100 calls/month) try 30, 85, 100 and 120 calls; one customer is
@@ -111,6 +129,17 @@ status, _ = call("POST", "/v1/customers/cust_at_limit/plan", {"plan": "starter",
 u = call("GET", "/v1/customers/cust_at_limit/quota")[1]
 print(f"cust_at_limit set to {u['plan']} by the admin API ({status}): used {u['used']:.0f}/{u['limit']}, allowed={u['allowed']}")
 PY
+# Customer emails: usage warnings as the demo customers cross 75/90/100 %, cust_over's receipt for
+# its checkout, and the renewal reminder queued now. The ids are fixed per day: a second run on the
+# same day fires no new alerts or checkout, and the outbox keeps the earlier run's emails.
+curl -sf -X POST -H "Authorization: Bearer $KEY" "http://127.0.0.1:$BILLING_PORT/admin/emails/reminders" >/dev/null || true
+for _ in $(seq 100); do
+  ls "$ROOT/.data/outbox" 2>/dev/null | grep -q -- -usage_warning- && ls "$ROOT/.data/outbox" | grep -q -- -receipt- \
+    && ls "$ROOT/.data/outbox" | grep -q -- -renewal_reminder- && break
+  sleep 0.2
+done
+echo; echo "customer emails (no SMTP configured: one .eml each in .data/outbox/):"
+"$ROOT/target/debug/outbox" "$ROOT/.data/outbox" | head -20
 # The example service (examples/threat-api) metered by the client crate's tower layer
 # (check-and-track before each call, 429 with an upgrade hint at the limit; report fails closed
 # and the others fail open when the API is down). cust_threat calls it 110 times: 100 served and
@@ -208,6 +237,11 @@ Send an event:
 Ask ClickHouse (analyst queries: docs/analyst-queries.sql):
   clickhouse-client -q "$Q"
   clickhouse-client -q "SELECT reason_code, stage, count() FROM metering.dead_letters GROUP BY reason_code, stage"
+
+Customer emails (docs/emails.md; no SMTP configured, so they are files):
+  target/debug/outbox .data/outbox            # list; open any .eml in a mail client
+  curl -H 'Authorization: Bearer $KEY' http://127.0.0.1:$BILLING_PORT/admin/emails      # ledger and outbox
+  curl -H 'Authorization: Bearer $KEY' http://127.0.0.1:$BILLING_PORT/admin/emails/preview/receipt >receipt.html
 
 Stop everything: scripts/run.sh stop
 MSG
