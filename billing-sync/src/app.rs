@@ -112,7 +112,7 @@ impl App {
         } else {
             Ownership::everything()
         };
-        let mut keys = KeyStore::new(config.clickhouse.client());
+        let mut keys = KeyStore::new(config.clickhouse.client()).with_limits(&config.limits);
         if !secrecy::ExposeSecret::expose_secret(&config.dashboard_secret).is_empty() {
             keys = keys.with_sessions(Arc::new(Signer::new(&config.dashboard_secret)));
         }

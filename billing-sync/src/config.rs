@@ -40,8 +40,12 @@ pub struct Config {
     pub work: WorkConfig,
     /// How long the broker may take to acknowledge a plan change (ms).
     pub produce_timeout_ms: u64,
-    /// How often API keys are reloaded from ClickHouse (s).
+    /// How often API keys are reloaded from ClickHouse (s): how fast a revocation reaches this
+    /// instance.
     pub key_refresh_secs: u64,
+    /// Inbound rate limits per API key and per tenant on the subscription and admin API (`[limits]`;
+    /// off by default; Stripe's webhooks carry no key and are not limited).
+    pub limits: platform::limits::LimitsConfig,
     /// How long shutdown waits for requests and jobs in flight (s).
     pub shutdown_grace_secs: u64,
     /// The ingest's `dashboard_secret`: when set, the dashboard's signed sessions are accepted as
@@ -68,6 +72,7 @@ impl Default for Config {
             work: WorkConfig::default(),
             produce_timeout_ms: 10_000,
             key_refresh_secs: 1,
+            limits: platform::limits::LimitsConfig::default(),
             shutdown_grace_secs: 10,
             dashboard_secret: secrecy::SecretString::from(""),
             emails: mailer::MailerConfig::default(),
