@@ -22,6 +22,8 @@ use platform::sessions::Signer;
 #[derive(Debug)]
 pub struct App {
     listener: TcpListener,
+    /// `metrics_listen`'s listener: `/metrics` is served there only.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
 }
 
@@ -46,6 +48,10 @@ impl App {
             Duration::from_millis(config.produce_timeout_ms),
         )?;
         let listener = TcpListener::bind(config.listen).await?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         let catalog = Arc::new(catalog);
         let view = Arc::new(QuotaView::new(catalog.clone(), config.unknown_customer));
         let ch = config.clickhouse.client();
@@ -60,7 +66,18 @@ impl App {
             view,
             ch,
         });
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            metrics_listener,
+            state,
+        })
+    }
+
+    /// The bound address of `metrics_listen`, when set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The bound address (useful with port 0).
@@ -106,6 +123,18 @@ impl App {
                     crate::follow::follow(&kafka, &topics, &origin, view, metrics, cancel).await
                 {
                     tracing::error!(error = %e, "quota state follower stopped");
+                }
+            });
+        }
+        if let Some(listener) = self.metrics_listener {
+            let (app, shutdown) = (crate::http::metrics_router(state.clone()), cancel.clone());
+            tracing::info!(addr = %listener.local_addr()?, "ingest metrics listening");
+            tasks.spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "metrics listener stopped");
                 }
             });
         }

@@ -35,6 +35,9 @@ pub struct Config {
     /// How often API keys are reloaded from ClickHouse (s): how fast a revocation or an expiry
     /// set by a rotation reaches this instance, and how often last uses are recorded.
     pub key_refresh_secs: u64,
+    /// Where `/metrics` is served instead of the API port (for example `127.0.0.1:9465` or an
+    /// internal interface); on the API port when absent. Set it when the API port is public.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Inbound rate limits per API key and per tenant, apart from the plan's quota (`[limits]`;
     /// off by default): a request over one is a 429 `rate_limited` with `Retry-After`.
     pub limits: platform::limits::LimitsConfig,
@@ -73,6 +76,7 @@ impl Default for Config {
             produce_timeout_ms: 10_000,
             key_refresh_secs: 1,
             limits: platform::limits::LimitsConfig::default(),
+            metrics_listen: None,
             shutdown_grace_secs: 10,
             max_late_days: 35,
             max_future_secs: 300,

@@ -112,6 +112,21 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(crate::dashboard::routes())
 }
 
+/// Marks requests that arrived on `metrics_listen`.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsPort;
+
+/// The router of `metrics_listen`: `/metrics` only.
+pub fn metrics_router(state: AppState) -> Router {
+    let (router, _) = OpenApiRouter::<AppState>::new()
+        .routes(routes!(metrics))
+        .split_for_parts();
+    router
+        .fallback(not_found)
+        .layer(axum::Extension(MetricsPort))
+        .with_state(state)
+}
+
 /// The router with every route and layer.
 pub fn router(state: AppState) -> Router {
     let (router, _) = api().split_for_parts();
@@ -212,7 +227,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
     responses((status = 200, description = "OpenMetrics text", body = String,
         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")),
 )]
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(
+    State(state): State<AppState>,
+    admin: Option<axum::Extension<MetricsPort>>,
+) -> Response {
+    // With `metrics_listen` set, the metrics are served on that port only.
+    if state.config.metrics_listen.is_some() && admin.is_none() {
+        return not_found().await.into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,

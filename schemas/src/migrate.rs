@@ -43,8 +43,8 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(9, "0009_dedup_from_raw_events.sql", false),
     migration!(10, "0010_usage_revisions.sql", false),
     migration!(11, "0011_cloudevents_attributes.sql", false),
+    migration!(12, "0012_key_lifecycle.sql", false),
     migration!(13, "0013_customer_emails.sql", false),
-    migration!(14, "0014_key_lifecycle.sql", false),
 ];
 
 /// Oldest ClickHouse major version that gets the `modern_only` migrations.

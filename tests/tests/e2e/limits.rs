@@ -1,7 +1,8 @@
 //! Inbound rate limits per key and per tenant (issue 26), apart from the plan's quota, on a real
 //! ingest: a key over its rate gets 429 `rate_limited` with `Retry-After` and passes again after it;
 //! other keys of the tenant share the tenant's rate; another tenant is not affected; without
-//! limits (the default) the same burst passes.
+//! limits (the default) the same burst passes. With `metrics_listen`, `/metrics` is served on that
+//! port only.
 
 use std::time::Duration;
 
@@ -78,5 +79,44 @@ async fn keys_and_tenants_over_their_rate_get_429_with_retry_after() {
     for _ in 0..20 {
         assert_eq!(quota(&http, &ingest.url, &a).await.0, 200);
     }
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_move_off_the_api_port_when_metrics_listen_is_set() {
+    let env = TestEnv::new("metrics_port").await;
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = free.local_addr().expect("addr");
+    drop(free);
+    let mut config = env.ingest_config();
+    config.metrics_listen = Some(addr);
+    let ingest = env.start_ingest_with(config).await;
+    let http = reqwest::Client::new();
+    tests::wait_ready(&http, &ingest.url).await;
+    let on_api = http
+        .get(format!("{}/metrics", ingest.url))
+        .send()
+        .await
+        .expect("api port");
+    assert_eq!(
+        on_api.status(),
+        404,
+        "the public port no longer serves the metrics"
+    );
+    let r = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics port");
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("text");
+    assert!(text.contains("# EOF"), "OpenMetrics text: {text}");
+    // Only the metrics there.
+    let other = http
+        .get(format!("http://{addr}/v1/customers/c1/quota"))
+        .send()
+        .await
+        .expect("metrics port");
+    assert_eq!(other.status(), 404);
     ingest.stop().await;
 }

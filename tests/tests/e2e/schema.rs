@@ -419,6 +419,7 @@ async fn rows_round_trip_through_clickhouse() {
             "name": text,
             "revoked": 1,
             "updated_at": "2031-07-15 12:34:56",
+            "expires_at": "2031-07-15 12:34:56",
         })],
         "api_keys as JSON"
     );
