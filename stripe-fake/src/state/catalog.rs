@@ -558,7 +558,11 @@ mod tests {
     #[test]
     fn volume_and_graduated_tiers_price_as_stripe_documents() {
         // Stripe's examples: 1-5 units $7 each, 6-10 $6.50, 11+ $6 (in cents).
-        let tiers = vec![tier(Some(5), 700, 0), tier(Some(10), 650, 0), tier(None, 600, 0)];
+        let tiers = vec![
+            tier(Some(5), 700, 0),
+            tier(Some(10), 650, 0),
+            tier(None, 600, 0),
+        ];
         let volume = price("volume", tiers.clone());
         assert_eq!(volume.charge(0), 0);
         assert_eq!(volume.charge(5), 3_500);
@@ -570,7 +574,10 @@ mod tests {
         assert_eq!(graduated.charge(11), 3_500 + 3_250 + 600);
         // Flat amounts: once per tier reached (graduated), the total's tier's (volume).
         let flat = vec![tier(Some(100), 0, 1_000), tier(None, 5, 2_000)];
-        assert_eq!(price("graduated", flat.clone()).charge(150), 1_000 + 2_000 + 250);
+        assert_eq!(
+            price("graduated", flat.clone()).charge(150),
+            1_000 + 2_000 + 250
+        );
         assert_eq!(price("volume", flat).charge(150), 2_000 + 750);
     }
 
@@ -586,9 +593,11 @@ mod tests {
         for b in bad {
             assert!(tiers(&p(b.clone())).is_err(), "{b}");
         }
-        let ok = tiers(&p(json!([{"up_to": "10", "unit_amount": "5"}, {"up_to": "inf", "flat_amount": "100"}])))
-            .expect("valid")
-            .expect("tiered");
+        let ok = tiers(&p(
+            json!([{"up_to": "10", "unit_amount": "5"}, {"up_to": "inf", "flat_amount": "100"}]),
+        ))
+        .expect("valid")
+        .expect("tiered");
         assert_eq!(ok.1.len(), 2);
         assert_eq!(tiers(&json!({"unit_amount": "5"})).expect("per unit"), None);
     }
