@@ -92,6 +92,12 @@ async fn a_batch_is_written_once_its_messages_reach_the_byte_limit_and_the_rest_
     )
     .await;
     assert!(metrics.batches_flushed.get() >= 2);
+    // Every message (20 events each) has reached the aggregator before it stops: under load the
+    // last ones may still be on their way, and a stop only writes what it has read.
+    wait_until(Duration::from_secs(30), "every message read", || async {
+        (metrics.messages_consumed.get() >= (n / 20) as u64).then_some(())
+    })
+    .await;
     // Stopping writes the batch still below the limit.
     agg.stop().await;
     assert_eq!(env.raw_counts().await, (n as u64, n as u64));
