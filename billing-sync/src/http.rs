@@ -36,7 +36,6 @@ use utoipa_axum::routes;
 
 use crate::billing::{Billing, InvoicePreview};
 use crate::metrics::RequestLabels;
-use crate::usage::{Reconciliation, ReportSummary};
 
 /// Shared state of the handlers.
 #[derive(Debug, Clone)]
@@ -83,10 +82,10 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel))
         .routes(routes!(invoice_preview))
         .routes(routes!(webhook))
-        .routes(routes!(admin_report))
-        .routes(routes!(admin_usage_reconcile))
+        .routes(routes!(crate::admin_routes::admin_report))
+        .routes(routes!(crate::admin_routes::admin_usage_reconcile))
         .routes(routes!(crate::usage::proof::endpoint::admin_usage_proof))
-        .routes(routes!(admin_reconcile))
+        .routes(routes!(crate::admin_routes::admin_reconcile))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
@@ -235,15 +234,6 @@ pub struct WebhookReceipt {
     /// `true` when the event was handled before (nothing done again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicate: Option<bool>,
-}
-
-/// What `POST /admin/subscriptions/reconcile` answers.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SubscriptionsReconciled {
-    /// Subscriptions repaired from Stripe (missed webhooks).
-    pub repaired: usize,
-    /// Customers moved to the fallback plan (grace period over).
-    pub downgraded: usize,
 }
 
 /// What `GET /readyz` checked.
@@ -784,109 +774,6 @@ pub(crate) async fn admin(state: &AppState, headers: &HeaderMap) -> Result<KeyIn
         ));
     }
     Ok(key)
-}
-
-/// Run one metered usage report to Stripe now.
-///
-/// Needs a tenant-wide key with the `admin` scope.
-#[utoipa::path(
-    post,
-    path = "/admin/usage/report",
-    tag = "admin",
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "What the run did", body = ReportSummary),
-        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
-        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
-        (status = 502, body = ErrorBody, description = STRIPE_FAILED,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
-    )
-)]
-async fn admin_report(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<ReportSummary>, ApiError> {
-    admin(&state, &headers).await?;
-    let summary = crate::usage::report(state.billing.clone(), state.cancel.clone())
-        .await
-        .map_err(failure)?;
-    Ok(Json(summary))
-}
-
-/// Window of `GET /admin/usage/reconcile` (unix seconds; defaults to the report window).
-#[derive(Debug, Deserialize, Default, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct WindowQuery {
-    /// Start (inclusive).
-    pub from: Option<i64>,
-    /// End (exclusive).
-    pub to: Option<i64>,
-}
-
-/// Compare the usage rollup, the report ledger and Stripe's meter event summaries, per hour.
-///
-/// Needs a tenant-wide key with the `admin` scope; the differences are the key's tenant's only.
-#[utoipa::path(
-    get,
-    path = "/admin/usage/reconcile",
-    tag = "admin",
-    security(("bearer" = [])),
-    params(WindowQuery),
-    responses(
-        (status = 200, description = "The comparison", body = Reconciliation),
-        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
-        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
-        (status = 502, body = ErrorBody, description = STRIPE_FAILED,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
-    )
-)]
-async fn admin_usage_reconcile(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(w): Query<WindowQuery>,
-) -> Result<Json<Reconciliation>, ApiError> {
-    let key = admin(&state, &headers).await?;
-    let mut r = crate::usage::reconcile(&state.billing, w.from, w.to)
-        .await
-        .map_err(failure)?;
-    // A tenant sees only its own customers.
-    r.differences.retain(|d| d.tenant == key.tenant);
-    Ok(Json(r))
-}
-
-/// Run the subscription reconciliation (missed webhooks) and the grace-period check now.
-///
-/// Needs a tenant-wide key with the `admin` scope.
-#[utoipa::path(
-    post,
-    path = "/admin/subscriptions/reconcile",
-    tag = "admin",
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "What the runs did", body = SubscriptionsReconciled),
-        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
-        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
-        (status = 502, body = ErrorBody, description = STRIPE_FAILED,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
-    )
-)]
-async fn admin_reconcile(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<SubscriptionsReconciled>, ApiError> {
-    admin(&state, &headers).await?;
-    let repaired = state.billing.reconcile().await.map_err(failure)?;
-    let downgraded = state.billing.check_grace().await.map_err(failure)?;
-    Ok(Json(SubscriptionsReconciled {
-        repaired,
-        downgraded,
-    }))
 }
 
 /// Liveness.

@@ -14,7 +14,8 @@
 //! - [`billing`]: the subscription → plan change rules (`billing/mod.rs`), how a Stripe
 //!   subscription is observed (`observed.rs`), and customers, checkout, portal and cancel
 //!   (`sales.rs`), and the invoice preview (`preview.rs`).
-//! - [`webhook`]: signature verification and event handling.
+//! - [`webhook`]: signature verification and event handling (v1 events, thin events, events of
+//!   another API version).
 //! - [`usage`]: metered usage to Stripe (`usage/mod.rs`: identifiers, window, meters): the revision
 //!   ledger (`ledger.rs`), the correction path shared by report and reconciliation
 //!   (`corrections.rs`), the report run (`report.rs`), the reconciliation that heals
@@ -23,7 +24,8 @@
 //!   changes, cancellations; crate `mailer`), [`reminders`] the renewal reminder job, and
 //!   [`email_routes`] their routes (preview, listing, address, the preference API) with
 //!   [`email_pages`] the signed unsubscribe and preference pages.
-//! - [`http`]: routes (seed endpoints, webhook, admin triggers, health, metrics).
+//! - [`http`]: routes (seed endpoints, webhook, health, metrics), with [`admin_routes`] the admin
+//!   triggers of the background jobs.
 //! - [`ownership`]: which customers this instance bills (the work split by a consumer group over
 //!   the work topic, with fencing), when several instances run.
 //! - [`metrics`]: Prometheus metrics.
@@ -32,6 +34,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin_routes;
 pub mod app;
 pub mod billing;
 pub mod config;
