@@ -92,10 +92,24 @@ async fn a_batch_is_written_once_its_messages_reach_the_byte_limit_and_the_rest_
     )
     .await;
     assert!(metrics.batches_flushed.get() >= 2);
-    // Every message (20 events each) has reached the aggregator before it stops: under load the
+    // Every message on the events topic has reached the aggregator before it stops: under load the
     // last ones may still be on their way, and a stop only writes what it has read.
+    let produced = {
+        let reader: BaseConsumer = schemas::kafka::client_config(&env.kafka)
+            .set("group.id", format!("{}-watermarks", env.group))
+            .create()
+            .expect("watermark reader");
+        (0..env.kafka.partitions)
+            .map(|p| {
+                let (low, high) = reader
+                    .fetch_watermarks(&env.topics.events, p, Duration::from_secs(10))
+                    .expect("watermarks of the events topic");
+                (high - low) as u64
+            })
+            .sum::<u64>()
+    };
     wait_until(Duration::from_secs(30), "every message read", || async {
-        (metrics.messages_consumed.get() >= (n / 20) as u64).then_some(())
+        (metrics.messages_consumed.get() >= produced).then_some(())
     })
     .await;
     // Stopping writes the batch still below the limit.
