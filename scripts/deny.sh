@@ -4,9 +4,10 @@
 # it says so. Run by scripts/test.sh; cargo-deny is installed by scripts/install.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo deny --offline check licenses bans sources 2>&1 | grep -vE '^\s*(│|├|└|=|$)' | grep -E 'error|ok' || true
-cargo deny --offline check licenses bans sources >/dev/null 2>&1 || {
-  cargo deny --offline check licenses bans sources; exit 1; }
+if ! out=$(cargo deny --offline check licenses bans sources 2>&1); then
+  echo "$out"; exit 1
+fi
+echo "$out" | tail -1
 if timeout 30 cargo deny fetch db >/dev/null 2>&1; then
   cargo deny check advisories
 else

@@ -28,8 +28,8 @@ pub async fn authenticate(
                 "the Authorization header must be `Bearer <api key>`",
             )
         })?;
-    let info = keys
-        .authenticate(key)
+    let (info, id) = keys
+        .lookup(key)
         .await
         .ok_or_else(|| ApiError::unauthorized("invalid_api_key", "unknown or revoked API key"))?;
     if !info.allows(scope) {
@@ -39,7 +39,7 @@ pub async fn authenticate(
             format!("this key lacks the `{}` scope", scope.as_str()),
         ));
     }
-    if let Err(r) = keys.admit(key, &info) {
+    if let Err(r) = keys.admit(&id, &info) {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",

@@ -134,18 +134,26 @@ pub async fn list_keys(
         .collect();
     Ok(rows
         .into_iter()
-        .map(|r| KeyListing {
-            last_used_at: used.get(&r.key_hash).copied(),
-            prefix: r.key_prefix,
-            tenant: r.tenant,
-            customer: (!r.customer.is_empty()).then_some(r.customer),
-            scopes: r.scopes,
-            name: r.name,
-            revoked: r.revoked == 1,
-            expires_at: epoch_none(r.expires_at),
-            updated_at: r.updated_at,
+        .map(|r| {
+            let last = used.get(&r.key_hash).copied();
+            listing(r, last)
         })
         .collect())
+}
+
+/// How `row` is listed, with its last use.
+fn listing(r: ApiKeyRow, last_used_at: Option<OffsetDateTime>) -> KeyListing {
+    KeyListing {
+        last_used_at,
+        prefix: r.key_prefix,
+        tenant: r.tenant,
+        customer: (!r.customer.is_empty()).then_some(r.customer),
+        scopes: r.scopes,
+        name: r.name,
+        revoked: r.revoked == 1,
+        expires_at: epoch_none(r.expires_at),
+        updated_at: r.updated_at,
+    }
 }
 
 /// The one live key of `tenant` whose prefix is `prefix`.
@@ -190,17 +198,7 @@ pub async fn revoke_key(
         ..next(&row)
     };
     write_row(client, &revoked).await?;
-    Ok(KeyListing {
-        prefix: revoked.key_prefix,
-        tenant: revoked.tenant,
-        customer: (!revoked.customer.is_empty()).then_some(revoked.customer),
-        scopes: revoked.scopes,
-        name: revoked.name,
-        revoked: true,
-        expires_at: epoch_none(revoked.expires_at),
-        updated_at: revoked.updated_at,
-        last_used_at: None,
-    })
+    Ok(listing(revoked, None))
 }
 
 /// Rotation: a new key with the same tenant, customer, scopes and name, while the old one keeps
@@ -296,10 +294,11 @@ impl KeyStore {
         self
     }
 
-    /// Admits one request of `key` (already authenticated as `info`) under the rate limits.
-    pub fn admit(&self, key: &str, info: &KeyInfo) -> Result<(), crate::limits::Refused> {
+    /// Admits one request of the key named `id` by [`KeyStore::lookup`] (already authenticated
+    /// as `info`) under the rate limits.
+    pub fn admit(&self, id: &str, info: &KeyInfo) -> Result<(), crate::limits::Refused> {
         match &self.limits {
-            Some(l) => l.check(&hash_key(key), &info.tenant),
+            Some(l) => l.check(id, &info.tenant),
             None => Ok(()),
         }
     }
@@ -331,17 +330,14 @@ impl KeyStore {
             .query("SELECT ?fields FROM api_keys FINAL")
             .fetch_all()
             .await?;
-        let old = self
-            .inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys
-            .clone();
+        // The last uses carry over from the table being replaced (read in place, not copied).
+        let old = self.inner.read().unwrap_or_else(|e| e.into_inner());
         let keys: HashMap<String, Arc<Entry>> = rows
             .into_iter()
             .filter(|r| r.revoked == 0)
             .map(|r| {
                 let used = old
+                    .keys
                     .get(&r.key_hash)
                     .map_or(0, |e| e.last_used.load(Ordering::Relaxed));
                 let entry = Entry {
@@ -356,6 +352,7 @@ impl KeyStore {
                 (r.key_hash, Arc::new(entry))
             })
             .collect();
+        drop(old);
         let n = keys.len();
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         inner.keys = keys;
@@ -436,12 +433,19 @@ impl KeyStore {
     /// Looks a presented key up; an unknown key triggers at most one reload per second, so a key
     /// created a moment ago works at once. Revoked and expired keys are refused.
     pub async fn authenticate(&self, key: &str) -> Option<KeyInfo> {
+        self.lookup(key).await.map(|(info, _)| info)
+    }
+
+    /// [`Self::authenticate`], also giving the key's id for [`Self::admit`]: its hash (computed
+    /// once per request), or a session token itself.
+    pub async fn lookup(&self, key: &str) -> Option<(KeyInfo, String)> {
         if key.starts_with(crate::sessions::SESSION_PREFIX) {
-            return self.sessions.as_ref().and_then(|s| s.session_key(key));
+            let info = self.sessions.as_ref().and_then(|s| s.session_key(key))?;
+            return Some((info, key.to_string()));
         }
         let hash = hash_key(key);
         if let Some(info) = self.get(&hash) {
-            return Some(info);
+            return Some((info, hash));
         }
         let mut last = self.miss_refresh.lock().await;
         if last.elapsed() >= MISS_REFRESH_INTERVAL {
@@ -451,7 +455,7 @@ impl KeyStore {
             }
         }
         drop(last);
-        self.get(&hash)
+        self.get(&hash).map(|info| (info, hash))
     }
 }
 
