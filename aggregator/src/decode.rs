@@ -368,6 +368,12 @@ pub fn decode_subscription(
             {
                 Some(("unknown_meter", format!("unknown meter {meter:?}")))
             }
+            Change::Contract { contract } if catalog.plan(&contract.terms.plan).is_none() => {
+                Some((
+                    "unknown_plan",
+                    format!("contract sold as unknown plan {:?}", contract.terms.plan),
+                ))
+            }
             _ => None,
         }
     };
@@ -388,6 +394,8 @@ pub fn decode_subscription(
         Change::PlanVersion { .. } => "plan_version",
         Change::LimitOverride { .. } => "limit_override",
         Change::Grant { .. } => "grant",
+        Change::Contract { .. } => "contract",
+        Change::ContractEnded { .. } => "contract_ended",
     };
     Decoded::Subscription(SubscriptionRow {
         tenant: event.tenant.clone(),

@@ -54,7 +54,7 @@ pub fn project(
         .clamp(3600.0, total);
     let projected = (used * total / elapsed).round();
     // The price of the customer's plan version (it keeps its price until migrated).
-    let effective = plan.terms(catalog);
+    let effective = plan.terms(catalog, now);
     let recommended = match limit {
         Some(l) if projected > l as f64 => {
             let mut plans: Vec<_> = catalog
@@ -241,7 +241,7 @@ pub async fn usage_body(
         });
     }
     // The customer's plan version: its price, and its plan even once retired from the catalog.
-    let terms = plan.terms(&state.catalog);
+    let terms = plan.terms(&state.catalog, now);
     let name = |t: &schemas::plan_version::PlanTerms| {
         state
             .catalog

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::entitlements::{Feature, FeatureKind};
 use crate::plan_version::PlanTerms;
+use crate::pricing::{OnLimit, Tier, TiersMode, UsagePrice};
 use crate::{Error, Result};
 
 /// In a plan's `features`: every boolean feature of the catalog.
@@ -84,6 +85,14 @@ pub struct Plan {
     /// Limit per billing period per meter key; a meter without an entry is unlimited.
     #[serde(default)]
     pub limits: BTreeMap<String, u64>,
+    /// At a limit: `block` (refuse, the default) or `overage` (pass; the units over it are billed
+    /// by the meter's usage price, which the plan must then have).
+    #[serde(default)]
+    pub on_limit: OnLimit,
+    /// Usage price per meter key: per unit or volume/graduated tiers over the period's usage,
+    /// billed through the plan's Stripe metered price with the same tiers.
+    #[serde(default)]
+    pub usage_prices: BTreeMap<String, CatalogUsagePrice>,
     /// The terms above as the plan's current version (made when the catalog is loaded).
     #[serde(skip)]
     terms: Arc<PlanTerms>,
@@ -91,6 +100,52 @@ pub struct Plan {
 
 fn default_currency() -> String {
     "usd".into()
+}
+
+/// A plan's usage price for one meter, as the catalog writes it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogUsagePrice {
+    /// `volume` or `graduated` (tiers); absent with `unit_cents` for a plain per-unit price.
+    #[serde(default)]
+    pub mode: Option<TiersMode>,
+    /// Tiers over the period's usage, `up_to` strictly increasing, the last one open.
+    #[serde(default)]
+    pub tiers: Vec<Tier>,
+    /// A plain per-unit price in cents (instead of tiers).
+    #[serde(default)]
+    pub unit_cents: Option<u64>,
+    /// Environment variable holding the Stripe metered price with these tiers
+    /// (`STRIPE_USAGE_PRICE_ID_PROFESSIONAL`).
+    #[serde(default)]
+    pub stripe_price_env: Option<String>,
+}
+
+impl CatalogUsagePrice {
+    /// The price as tiers (a per-unit price is one open tier), checked.
+    pub fn price(&self, at: &str) -> Result<UsagePrice> {
+        let price = match (self.mode, self.unit_cents, self.tiers.is_empty()) {
+            (Some(mode), None, _) => UsagePrice {
+                mode,
+                tiers: self.tiers.clone(),
+            },
+            (None, Some(unit_cents), true) => UsagePrice {
+                mode: TiersMode::Volume,
+                tiers: vec![Tier {
+                    up_to: None,
+                    unit_cents,
+                    flat_cents: 0,
+                }],
+            },
+            _ => {
+                return Err(Error::CatalogInvalid(format!(
+                    "{at}: give either mode with tiers, or unit_cents alone"
+                )));
+            }
+        };
+        price.validate(at)?;
+        Ok(price)
+    }
 }
 
 impl Plan {
@@ -152,6 +207,7 @@ impl Catalog {
             .collect();
         catalog.validate()?;
         catalog.validate_features()?;
+        catalog.validate_usage_prices()?;
         for i in 0..catalog.plans.len() {
             let terms = catalog.current_terms(&catalog.plans[i]);
             catalog.plans[i].terms = Arc::new(terms);
@@ -170,6 +226,12 @@ impl Catalog {
         } else {
             p.features.clone()
         };
+        // Checked by `validate_usage_prices` before the terms are made.
+        let usage_prices = p
+            .usage_prices
+            .iter()
+            .filter_map(|(m, u)| Some((m.clone(), u.price("").ok()?)))
+            .collect();
         PlanTerms::new(
             &p.key,
             &p.name,
@@ -179,6 +241,31 @@ impl Catalog {
             features,
             p.config.clone(),
         )
+        .with_usage(p.on_limit, usage_prices)
+    }
+
+    fn validate_usage_prices(&self) -> Result<()> {
+        for p in &self.plans {
+            for (meter, price) in &p.usage_prices {
+                let at = format!("plans[{}].usage_prices.{meter}", p.key);
+                if self.meter(meter).is_none() {
+                    return Err(Error::CatalogInvalid(format!(
+                        "{at}: unknown meter {meter:?}"
+                    )));
+                }
+                price.price(&at)?;
+            }
+            if p.on_limit == OnLimit::Overage {
+                if let Some(meter) = p.limits.keys().find(|m| !p.usage_prices.contains_key(*m)) {
+                    return Err(Error::CatalogInvalid(format!(
+                        "plans[{}].on_limit = \"overage\": the limited meter {meter:?} needs a \
+                         usage price (usage_prices.{meter}), or the units over the limit would be free",
+                        p.key
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The feature with `key`.

@@ -6,6 +6,8 @@
 //! - [`catalog`]: meters, features and plans as configuration (`catalog.toml` is the default).
 //! - [`entitlements`]: the feature kinds (boolean, metered, config) and what a plan grants.
 //! - [`plan_version`]: a plan's terms as a content-hashed version, kept by its subscribers.
+//! - [`pricing`]: usage prices (per unit, volume or graduated tiers) and the limit behaviour.
+//! - [`contract`]: enterprise contracts, a customer's own terms for a time span.
 //! - [`token`]: the identifier rule of tenants, meter keys and endpoints.
 //! - [`topics`]: Kafka topic names.
 //! - [`kafka`]: broker client settings and topic creation.
@@ -22,12 +24,14 @@
 pub mod api;
 pub mod catalog;
 pub mod config;
+pub mod contract;
 pub mod entitlements;
 mod error;
 pub mod event;
 pub mod kafka;
 pub mod migrate;
 pub mod plan_version;
+pub mod pricing;
 pub mod quota;
 pub mod quota_store;
 pub mod rows;

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::pricing::{OnLimit, UsagePrice};
+
 /// Hex digits of the SHA-256 kept as a version id (48 bits: distinct versions of one plan
 /// collide with probability about n²/2⁴⁹).
 pub const VERSION_LEN: usize = 12;
@@ -38,6 +40,12 @@ pub struct PlanTerms {
     /// Config feature values (`support = "priority"`).
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// What happens at a limit: `block` (the default) or `overage` (billed by `usage_prices`).
+    #[serde(default, skip_serializing_if = "OnLimit::is_block")]
+    pub on_limit: OnLimit,
+    /// Usage price per meter key (per unit or tiered), billed on top of `price_cents`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usage_prices: BTreeMap<String, UsagePrice>,
 }
 
 impl PlanTerms {
@@ -62,9 +70,37 @@ impl PlanTerms {
             limits,
             features,
             config,
+            on_limit: OnLimit::Block,
+            usage_prices: BTreeMap::new(),
         };
         terms.version = terms.content_version();
         terms
+    }
+
+    /// The terms with a limit behaviour and usage prices, their version recomputed.
+    pub fn with_usage(
+        mut self,
+        on_limit: OnLimit,
+        usage_prices: BTreeMap<String, UsagePrice>,
+    ) -> Self {
+        self.on_limit = on_limit;
+        self.usage_prices = usage_prices;
+        self.version = self.content_version();
+        self
+    }
+
+    /// What the period costs with `usage` per meter: the price plus each meter's usage price, in
+    /// cents (a meter without a usage price adds nothing).
+    pub fn cost_cents(&self, usage: impl Fn(&str) -> u64) -> u64 {
+        self.usage_prices
+            .iter()
+            .map(|(meter, price)| price.amount_cents(usage(meter)))
+            .fold(self.price_cents, u64::saturating_add)
+    }
+
+    /// Whether usage of `meter` past its limit passes (and is billed) instead of being refused.
+    pub fn overage_allowed(&self, meter: &str) -> bool {
+        self.on_limit == OnLimit::Overage && self.usage_prices.contains_key(meter)
     }
 
     /// The version id of the content: SHA-256 over a canonical text of plan key, price, currency,
@@ -86,6 +122,13 @@ impl PlanTerms {
         }
         for (k, v) in &self.config {
             field("config", &format!("{k}={v}"));
+        }
+        // Added after the first versions: hashed only when set, so those keep their ids.
+        if !self.on_limit.is_block() {
+            field("on_limit", "overage");
+        }
+        for (meter, price) in &self.usage_prices {
+            field("usage_price", &format!("{meter}={}", price.canonical()));
         }
         let mut hex = hex::encode(h.finalize());
         hex.truncate(VERSION_LEN);
@@ -228,7 +271,7 @@ mod tests {
         // The catalog moved to 800: the customer keeps 500 and its version.
         assert_eq!(s.limit(&newer, "api_call", now), Some(500));
         let v1 = catalog.plan("starter").expect("s").terms().version.clone();
-        assert_eq!(s.plan_version(&newer), Some(v1.as_str()));
+        assert_eq!(s.plan_version(&newer, now), Some(v1.as_str()));
         // A status change of the same plan keeps the version; the JSON keeps it too.
         s.apply(&event("3", plan("starter", "past_due")));
         assert_eq!(s.limit(&newer, "api_call", now), Some(500));

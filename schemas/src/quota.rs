@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::{Date, Month, OffsetDateTime};
 
 use crate::catalog::{Catalog, Plan};
+use crate::contract::Contract;
 use crate::plan_version::PlanTerms;
 
 /// A plan change, limit override or add-on grant, as produced to `subscription.events`
@@ -85,6 +86,19 @@ pub enum Change {
         #[serde(default)]
         from_version: Option<String>,
     },
+    /// An enterprise contract set or replaced (same id): its own terms for a time span.
+    Contract {
+        /// The contract.
+        contract: Contract,
+    },
+    /// A contract ended at `at` (its `ends_at` moves there; a contract not started yet is removed).
+    ContractEnded {
+        /// Contract id.
+        id: String,
+        /// When it ends.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+    },
     /// Extra quantity for a meter until `expires_at` (an add-on pack for a period).
     Grant {
         /// Meter key.
@@ -148,6 +162,9 @@ pub struct PlanState {
         with = "crate::plan_version::option_arc_terms"
     )]
     pub terms: Option<Arc<PlanTerms>>,
+    /// Enterprise contracts, current and scheduled (ended ones are kept for the history).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contracts: Vec<Contract>,
     /// Events folded in.
     pub version: u64,
     /// Partition of `subscription.events` the changes came from.
@@ -170,6 +187,7 @@ impl PlanState {
             overrides: BTreeMap::new(),
             grants: Vec::new(),
             terms: None,
+            contracts: Vec::new(),
             version: 0,
             partition: -1,
             as_of_offset: -1,
@@ -213,6 +231,17 @@ impl PlanState {
                     self.terms = Some(terms.clone());
                 }
             }
+            Change::Contract { contract } => {
+                self.contracts.retain(|c| c.id != contract.id);
+                self.contracts.push(contract.clone());
+                self.contracts.sort_by_key(|c| c.starts_at);
+            }
+            Change::ContractEnded { id, at } => {
+                self.contracts.retain(|c| c.id != *id || c.starts_at < *at);
+                if let Some(c) = self.contracts.iter_mut().find(|c| c.id == *id) {
+                    c.ends_at = Some(c.ends_at.map_or(*at, |e| e.min(*at)));
+                }
+            }
             Change::Grant {
                 meter,
                 quantity,
@@ -250,9 +279,18 @@ impl PlanState {
             .or_else(|| catalog.plan(&catalog.default_plan))
     }
 
-    /// The terms that set limits and features: the pinned version of the customer's plan, else
-    /// the catalog's current version of the effective plan (a canceled plan: the default plan's).
-    pub fn terms<'a>(&'a self, catalog: &'a Catalog) -> Option<&'a PlanTerms> {
+    /// The contract in effect at `now`, if any.
+    pub fn contract_at(&self, now: OffsetDateTime) -> Option<&Contract> {
+        self.contracts.iter().find(|c| c.in_effect(now))
+    }
+
+    /// The terms that set limits, features and prices at `now`: a contract in effect, else the
+    /// pinned version of the customer's plan, else the catalog's current version of the
+    /// effective plan (a canceled plan: the default plan's).
+    pub fn terms<'a>(&'a self, catalog: &'a Catalog, now: OffsetDateTime) -> Option<&'a PlanTerms> {
+        if let Some(c) = self.contract_at(now) {
+            return Some(&c.terms);
+        }
         match &self.terms {
             // A pinned version outlives its plan's removal from the catalog.
             Some(t) if t.plan == self.plan && !self.lapsed() => Some(t),
@@ -261,8 +299,12 @@ impl PlanState {
     }
 
     /// The version of the terms in effect (see [`Self::terms`]).
-    pub fn plan_version<'a>(&'a self, catalog: &'a Catalog) -> Option<&'a str> {
-        self.terms(catalog).map(|t| t.version.as_str())
+    pub fn plan_version<'a>(
+        &'a self,
+        catalog: &'a Catalog,
+        now: OffsetDateTime,
+    ) -> Option<&'a str> {
+        self.terms(catalog, now).map(|t| t.version.as_str())
     }
 
     /// The limit for `meter` at `now`: override, else the plan version's, plus active grants.
@@ -270,7 +312,7 @@ impl PlanState {
     pub fn limit(&self, catalog: &Catalog, meter: &str, now: OffsetDateTime) -> Option<u64> {
         let base = match self.overrides.get(meter) {
             Some(o) => *o,
-            None => self.terms(catalog).and_then(|t| t.limit(meter)),
+            None => self.terms(catalog, now).and_then(|t| t.limit(meter)),
         }?;
         let extra: u64 = self
             .grants

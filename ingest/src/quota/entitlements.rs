@@ -79,7 +79,7 @@ impl QuotaView {
             let plan = self.plan_of(c);
             let catalog = &*self.catalog;
             let fallback = catalog.plan(&catalog.default_plan).map(|p| p.terms());
-            let terms: &PlanTerms = match (plan.terms(catalog), fallback) {
+            let terms: &PlanTerms = match (plan.terms(catalog, now), fallback) {
                 (Some(t), _) => t,
                 (None, Some(t)) => t,
                 (None, None) => &PlanTerms::default(),

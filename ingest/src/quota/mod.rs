@@ -290,7 +290,7 @@ impl QuotaView {
         };
         let limit = plan.limit(&self.catalog, meter, now);
         let plan_key = plan
-            .terms(&self.catalog)
+            .terms(&self.catalog, now)
             .map_or_else(|| plan.plan.clone(), |t| t.plan.clone());
         let (allowed, remaining, percent) = match limit {
             None => (true, None, None),
