@@ -99,6 +99,11 @@ pub struct StripeConfig {
     /// environment variable `STRIPE_METER_PRICE_ID_<METER>` (`STRIPE_METER_PRICE_ID_API_CALL`);
     /// empty means none.
     pub meter_prices: BTreeMap<String, String>,
+    /// A plan's own Stripe metered price per meter (`[stripe.usage_prices.professional]
+    /// api_call = "price_..."`), for plans whose catalog entry has a usage price (overage or
+    /// tiers): checkout adds it instead of the meter's shared price. A plan missing here takes
+    /// the environment variable its catalog usage price names in `stripe_price_env`.
+    pub usage_prices: BTreeMap<String, BTreeMap<String, String>>,
     /// Timeout of one Stripe request (ms).
     pub timeout_ms: u64,
     /// Most Stripe requests per second, all kinds together; 0 (the default) picks it from the
@@ -143,6 +148,7 @@ impl Default for StripeConfig {
             webhook_secret: SecretString::from(""),
             prices: BTreeMap::new(),
             meter_prices: BTreeMap::new(),
+            usage_prices: BTreeMap::new(),
             timeout_ms: 10_000,
             max_requests_per_sec: 0,
             max_attempts: 5,

@@ -91,6 +91,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics))
         .routes(routes!(openapi))
         .merge(crate::email_routes::routes())
+        .merge(crate::contract_routes::routes())
 }
 
 /// The router.
@@ -383,8 +384,35 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let key = acting_customer_key(&state, &headers).await?;
     let customer = customer_of(&key, &headers, q.customer.as_deref())?;
-    let Json(req) = body.map_err(|e| invalid("body", e.body_text()))?;
+    let Json(mut req) = body.map_err(|e| invalid("body", e.body_text()))?;
     let billing = &state.billing;
+    // A contract in effect is what the customer buys: its price and usage prices.
+    let contract = billing
+        .contract_of(&key.tenant, &customer)
+        .await
+        .map_err(failure)?;
+    if req.plan == "contract" {
+        match &contract {
+            Some(c) => req.plan = c.terms.plan.clone(),
+            None => {
+                let mut e = invalid("plan", "the customer has no contract in effect");
+                e.code = "no_contract";
+                return Err(e);
+            }
+        }
+    }
+    if let Some(c) = &contract
+        && req.plan != c.terms.plan
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "contract_in_effect",
+            format!(
+                "the customer's contract {} ({}) is in effect; check out plan {:?} or \"contract\"",
+                c.id, c.terms.plan, c.terms.plan
+            ),
+        ));
+    }
     if billing.catalog.plan(&req.plan).is_none() {
         let known: Vec<&str> = billing
             .catalog
@@ -399,7 +427,9 @@ async fn create(
         e.code = "unknown_plan";
         return Err(e);
     }
-    let Some(price) = billing.plans.price(&req.plan).map(String::from) else {
+    let contract_price = contract.as_ref().and_then(|c| c.stripe_price.clone());
+    let Some(price) = contract_price.or_else(|| billing.plans.price(&req.plan).map(String::from))
+    else {
         let mut e = invalid(
             "plan",
             format!(
@@ -424,8 +454,23 @@ async fn create(
             ),
         ));
     }
+    let metered = match &contract {
+        Some(c) => {
+            let mut m = billing.meter_prices();
+            m.extend(c.stripe_usage_prices.clone());
+            m
+        }
+        None => billing.metered_prices_for(&req.plan),
+    };
     let body = billing
-        .create_checkout(&key.tenant, &customer, &req.plan, &price)
+        .create_checkout(
+            &key.tenant,
+            &customer,
+            &req.plan,
+            &price,
+            metered,
+            contract.as_ref().map(|c| c.id.as_str()),
+        )
         .await
         .map_err(failure)?;
     Ok((StatusCode::CREATED, Json(body)).into_response())

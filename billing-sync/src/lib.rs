@@ -13,7 +13,8 @@
 //!   `0010_usage_revisions.sql`) and rollup reads.
 //! - [`billing`]: the subscription → plan change rules (`billing/mod.rs`), how a Stripe
 //!   subscription is observed (`observed.rs`), and customers, checkout, portal and cancel
-//!   (`sales.rs`), and the invoice preview (`preview.rs`).
+//!   (`sales.rs`), the invoice preview (`preview.rs`) and enterprise contracts (`contracts.rs`,
+//!   with [`contract_routes`] their admin routes).
 //! - [`webhook`]: signature verification and event handling (v1 events, thin events, events of
 //!   another API version).
 //! - [`usage`]: metered usage to Stripe (`usage/mod.rs`: identifiers, window, meters): the revision
@@ -38,6 +39,7 @@ pub mod admin_routes;
 pub mod app;
 pub mod billing;
 pub mod config;
+pub mod contract_routes;
 pub mod email_pages;
 pub mod email_routes;
 pub mod emails;

@@ -98,6 +98,38 @@ pub fn meter_prices(
         .collect()
 }
 
+/// Plan key → meter key → the plan's own Stripe metered price for that meter (one with the same
+/// tiers as the catalog's usage price): `configured` (`stripe.usage_prices.<plan>.<meter>`) first,
+/// then the environment variable the catalog names in the usage price's `stripe_price_env`.
+/// Only meters the plan gives a usage price are kept.
+pub fn usage_prices(
+    catalog: &Catalog,
+    configured: &BTreeMap<String, BTreeMap<String, String>>,
+    env: impl Fn(&str) -> Option<String>,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for plan in &catalog.plans {
+        let own: BTreeMap<String, String> = plan
+            .usage_prices
+            .iter()
+            .filter_map(|(meter, u)| {
+                let price = configured
+                    .get(&plan.key)
+                    .and_then(|m| m.get(meter))
+                    .cloned()
+                    .or_else(|| u.stripe_price_env.as_deref().and_then(&env))
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())?;
+                Some((meter.clone(), price))
+            })
+            .collect();
+        if !own.is_empty() {
+            out.insert(plan.key.clone(), own);
+        }
+    }
+    out
+}
+
 /// [`meter_prices`] from the process environment.
 pub fn meter_prices_from_env(
     catalog: &Catalog,

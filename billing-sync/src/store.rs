@@ -106,6 +106,11 @@ impl Store {
         Self { ch }
     }
 
+    /// The ClickHouse client (for the shared readers in `schemas::quota_store`).
+    pub fn client(&self) -> &clickhouse::Client {
+        &self.ch
+    }
+
     /// Pings ClickHouse (readiness).
     pub async fn ping(&self) -> bool {
         self.ch.query("SELECT 1").fetch_one::<u8>().await.is_ok()

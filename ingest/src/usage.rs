@@ -29,8 +29,12 @@ pub struct Projection {
     /// In percent of the limit (`null` = unlimited).
     #[schema(required = true)]
     pub projected_percent: Option<f64>,
-    /// The plan's price for the period (cents).
+    /// The period's cost at the projected usage (cents): the price plus this meter's usage price
+    /// (overage or tiers) applied to `projected_used`.
     pub projected_cost_cents: u64,
+    /// What this meter's usage so far costs by the plan's usage price (cents; 0 without one):
+    /// what Stripe's invoice bills for it if the period ended now.
+    pub usage_cost_cents: u64,
     /// Currency.
     pub currency: String,
     /// The cheapest plan whose limit covers the projection, when the current one does not.
@@ -76,10 +80,28 @@ pub fn project(
                 (projected * 10_000.0 / l as f64).round() / 100.0
             }
         }),
-        projected_cost_cents: effective.map_or(0, |p| p.price_cents),
+        projected_cost_cents: effective.map_or(0, |t| {
+            t.price_cents
+                .saturating_add(usage_cost(t, meter, projected))
+        }),
+        usage_cost_cents: effective.map_or(0, |t| usage_cost(t, meter, used)),
         currency: effective.map_or_else(|| "usd".into(), |p| p.currency.clone()),
         recommended_plan: recommended,
     }
+}
+
+/// What `used` units of `meter` cost by the terms' usage price (whole units, as the meter events
+/// reported to Stripe carry them); 0 without a usage price.
+pub fn usage_cost(terms: &schemas::plan_version::PlanTerms, meter: &str, used: f64) -> u64 {
+    terms
+        .usage_prices
+        .get(meter)
+        .map_or(0, |p| p.amount_cents(whole_units(used)))
+}
+
+/// Usage as whole units (rounded to the nearest, never negative).
+pub fn whole_units(used: f64) -> u64 {
+    used.max(0.0).round() as u64
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -146,6 +168,27 @@ pub struct PlanSummary {
     pub status: String,
     /// Whether the subscription ends at the period end.
     pub cancel_at_period_end: bool,
+    /// `block` (refused at the limit) or `overage` (usage runs over, billed per unit or in tiers).
+    #[schema(value_type = String)]
+    pub on_limit: schemas::pricing::OnLimit,
+    /// The period so far: the price plus every meter's usage priced by the usage prices (cents),
+    /// what Stripe's invoice shows if the period ended now.
+    pub cost_to_date_cents: u64,
+    /// The enterprise contract in effect, if any (its terms are the ones above).
+    #[schema(required = true)]
+    pub contract: Option<ContractSummary>,
+}
+
+/// A contract in a usage answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ContractSummary {
+    /// Contract id.
+    pub id: String,
+    /// Start (RFC 3339).
+    pub starts_at: String,
+    /// End, exclusive (RFC 3339); `null` = open-ended.
+    #[schema(required = true)]
+    pub ends_at: Option<String>,
 }
 
 /// One meter of a usage answer: its quota answer, usage by endpoint and the projection.
@@ -258,6 +301,20 @@ pub async fn usage_body(
             currency: terms.map(|t| t.currency.clone()),
             status: plan.status.clone(),
             cancel_at_period_end: plan.cancel_at_period_end,
+            on_limit: terms.map(|t| t.on_limit).unwrap_or_default(),
+            cost_to_date_cents: terms.map_or(0, |t| {
+                t.cost_cents(|m| {
+                    meters
+                        .iter()
+                        .find(|u| u.quota.meter == m)
+                        .map_or(0, |u| whole_units(u.quota.used))
+                })
+            }),
+            contract: plan.contract_at(now).map(|c| ContractSummary {
+                id: c.id.clone(),
+                starts_at: c.starts_at.format(&Rfc3339).unwrap_or_default(),
+                ends_at: c.ends_at.and_then(|e| e.format(&Rfc3339).ok()),
+            }),
         },
         period_start: period.start_time().format(&Rfc3339).unwrap_or_default(),
         period_end: period.end_time().format(&Rfc3339).unwrap_or_default(),

@@ -255,14 +255,14 @@ impl Catalog {
                 }
                 price.price(&at)?;
             }
-            if p.on_limit == OnLimit::Overage {
-                if let Some(meter) = p.limits.keys().find(|m| !p.usage_prices.contains_key(*m)) {
-                    return Err(Error::CatalogInvalid(format!(
-                        "plans[{}].on_limit = \"overage\": the limited meter {meter:?} needs a \
+            if p.on_limit == OnLimit::Overage
+                && let Some(meter) = p.limits.keys().find(|m| !p.usage_prices.contains_key(*m))
+            {
+                return Err(Error::CatalogInvalid(format!(
+                    "plans[{}].on_limit = \"overage\": the limited meter {meter:?} needs a \
                          usage price (usage_prices.{meter}), or the units over the limit would be free",
-                        p.key
-                    )));
-                }
+                    p.key
+                )));
             }
         }
         Ok(())
@@ -678,5 +678,56 @@ mod tests {
             let e = refused(from, to);
             assert!(e.contains(why), "{to:?}: {e}");
         }
+    }
+
+    #[test]
+    fn usage_prices_are_checked_and_priced_and_make_a_new_version() {
+        let starter = "config = { support = \"priority\" }\n[plans.limits]\napi_call = 500\n";
+        let with = |extra: &str, on_limit: &str| {
+            DEFAULT_CATALOG_TOML.replacen(
+                starter,
+                &format!("config = {{ support = \"priority\" }}\n{on_limit}[plans.limits]\napi_call = 500\n{extra}"),
+                1,
+            )
+        };
+        let graduated = "[plans.usage_prices.api_call]\nmode = \"graduated\"\n\
+                         tiers = [{ up_to = 500, unit_cents = 0 }, { unit_cents = 2 }]\n";
+        let c = Catalog::from_toml(&with(graduated, "on_limit = \"overage\"\n")).expect("valid");
+        let terms = c.plan("starter").expect("starter").terms();
+        assert!(terms.overage_allowed("api_call"));
+        assert_eq!(terms.cost_cents(|_| 510), 2900 + 20);
+        let default = Catalog::default();
+        assert_ne!(
+            terms.version,
+            default.plan("starter").expect("s").terms().version
+        );
+        // The plans without usage prices keep their versions (the new fields hash only when set).
+        assert_eq!(
+            c.plan("free").expect("f").terms().version,
+            default.plan("free").expect("f").terms().version
+        );
+        let refused = |text: String| Catalog::from_toml(&text).expect_err("invalid").to_string();
+        let e = refused(with("", "on_limit = \"overage\"\n"));
+        assert!(e.contains("needs a usage price"), "{e}");
+        let e = refused(with(
+            "[plans.usage_prices.api_call]\nmode = \"volume\"\n\
+             tiers = [{ up_to = 500, unit_cents = 0 }, { up_to = 100, unit_cents = 2 }, { unit_cents = 1 }]\n",
+            "",
+        ));
+        assert!(
+            e.contains("plans[starter].usage_prices.api_call: tiers[1].up_to = 100")
+                && e.contains("out of order"),
+            "{e}"
+        );
+        let e = refused(with("[plans.usage_prices.tokens]\nunit_cents = 1\n", ""));
+        assert!(e.contains("unknown meter \"tokens\""), "{e}");
+        let e = refused(with(
+            "[plans.usage_prices.api_call]\nunit_cents = 1\nmode = \"volume\"\n",
+            "",
+        ));
+        assert!(
+            e.contains("either mode with tiers, or unit_cents alone"),
+            "{e}"
+        );
     }
 }

@@ -34,6 +34,12 @@ pub struct Fake {
 impl Fake {
     /// Starts a fake seeded with the built-in catalog (`price_<plan>`, `mtr_<meter>`).
     pub async fn start() -> Self {
+        Self::start_with_catalog(&schemas::Catalog::default()).await
+    }
+
+    /// Starts a fake seeded with `catalog`: also each plan's usage price with its tiers
+    /// (`price_<plan>_<meter>_usage`, under the env name the catalog gives it).
+    pub async fn start_with_catalog(catalog: &schemas::Catalog) -> Self {
         let fake = FakeStripe::bind(FakeConfig {
             api_key: Some(STRIPE_KEY.into()),
             webhook_secret: WEBHOOK_SECRET.into(),
@@ -41,7 +47,7 @@ impl Fake {
         })
         .await
         .expect("bind the Stripe fake");
-        let prices = fake.seed_catalog(&schemas::Catalog::default());
+        let prices = fake.seed_catalog(catalog);
         let url = fake.url();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(fake.run(cancel.clone()));

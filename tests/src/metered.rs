@@ -51,13 +51,53 @@ pub struct Metered {
 impl Metered {
     /// Starts everything; `tweak` adjusts billing-sync's config (customers are created on need).
     pub async fn start(name: &str, tweak: impl FnOnce(&mut billing_sync::Config)) -> Self {
+        Self::start_with_catalog(name, None, tweak).await
+    }
+
+    /// [`Self::start`] with every service (and the fake's seed) on the catalog `toml` (the built-in
+    /// one when `None`); each plan's usage prices are configured from the fake's seed.
+    pub async fn start_with_catalog(
+        name: &str,
+        toml: Option<&str>,
+        tweak: impl FnOnce(&mut billing_sync::Config),
+    ) -> Self {
         let env = TestEnv::new(name).await;
+        let catalog = match toml {
+            Some(text) => schemas::Catalog::from_toml(text).expect("test catalog"),
+            None => schemas::Catalog::default(),
+        };
+        let path = toml.map(|text| {
+            let path = std::env::temp_dir().join(format!("catalog_{}.toml", env.name));
+            std::fs::write(&path, text).expect("write the test catalog");
+            path
+        });
         let key = env.key(TENANT, &[Scope::Ingest], None).await;
         let admin = env.key(TENANT, &[Scope::Admin], None).await;
-        let (agg, _) = env.start_aggregator().await;
-        let ingest = env.start_ingest().await;
-        let fake = Fake::start().await;
+        let mut agg_config = env.aggregator_config();
+        agg_config.catalog = path.clone();
+        let (agg, _) = env.start_aggregator_with(agg_config).await;
+        let mut ingest_config = env.ingest_config();
+        ingest_config.catalog = path.clone();
+        let ingest = env.start_ingest_with(ingest_config).await;
+        let fake = Fake::start_with_catalog(&catalog).await;
         let mut config = billing_config(&env, &fake);
+        config.catalog = path;
+        for plan in &catalog.plans {
+            for (meter, usage) in &plan.usage_prices {
+                let seeded = usage
+                    .stripe_price_env
+                    .as_ref()
+                    .and_then(|e| fake.prices.iter().find(|(name, _)| name == e));
+                if let Some((_, price)) = seeded {
+                    config
+                        .stripe
+                        .usage_prices
+                        .entry(plan.key.clone())
+                        .or_default()
+                        .insert(meter.clone(), price.clone());
+                }
+            }
+        }
         config.usage.create_customers = true;
         tweak(&mut config);
         let sync = start_billing_with(&fake, config.clone()).await;
@@ -75,6 +115,11 @@ impl Metered {
             ingest,
             seq: AtomicU64::new(0),
         }
+    }
+
+    /// The ingest's base URL.
+    pub fn ingest_url(&self) -> &str {
+        &self.ingest.url
     }
 
     /// Starts a new billing-sync with the same config and stops the old one.

@@ -8,7 +8,7 @@ use stripe_billing::invoice::CreatePreviewInvoice;
 use utoipa::ToSchema;
 
 use crate::Result;
-use crate::plans::meter_prices_from_env;
+use crate::plans::{meter_prices_from_env, usage_prices};
 
 use super::Billing;
 use super::observed::{current, is_terminal, rfc3339, ts};
@@ -136,6 +136,37 @@ impl Billing {
         meter_prices_from_env(&self.catalog, &self.config.stripe.meter_prices)
     }
 
+    /// Meter key → the Stripe metered price a subscription of `plan` carries for it: the plan's own
+    /// usage price (overage, tiers) where it has one, else the meter's shared price.
+    pub fn metered_prices_for(&self, plan: &str) -> BTreeMap<String, String> {
+        let mut prices = self.meter_prices();
+        if let Some(own) = self.usage_prices().remove(plan) {
+            prices.extend(own);
+        }
+        prices
+    }
+
+    /// Plan key → meter key → the plan's own metered price (`stripe.usage_prices`, else the
+    /// catalog's `stripe_price_env`).
+    pub fn usage_prices(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        usage_prices(&self.catalog, &self.config.stripe.usage_prices, |name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Every metered price billing-sync puts on subscriptions → its meter (shared and per plan).
+    pub fn meter_of_prices(&self) -> BTreeMap<String, String> {
+        let mut out: BTreeMap<String, String> = self
+            .meter_prices()
+            .into_iter()
+            .map(|(meter, price)| (price, meter))
+            .collect();
+        for own in self.usage_prices().into_values() {
+            out.extend(own.into_iter().map(|(meter, price)| (price, meter)));
+        }
+        out
+    }
+
     /// The preview of the next invoice of (tenant, customer)'s live subscription, from Stripe's
     /// `create_preview` (`subscription` and its `customer`): currency, amounts, the period it
     /// closes, and one line per subscription item (the plan's price, each meter's usage).
@@ -187,11 +218,15 @@ impl Billing {
             }
             Err(e) => return Err(e),
         };
-        let meter_of: BTreeMap<String, String> = self
-            .meter_prices()
-            .into_iter()
-            .map(|(meter, price)| (price, meter))
-            .collect();
+        let mut meter_of = self.meter_of_prices();
+        let contract = self.contract_of(tenant, customer).await?;
+        if let Some(c) = &contract {
+            meter_of.extend(
+                c.stripe_usage_prices
+                    .iter()
+                    .map(|(meter, price)| (price.clone(), meter.clone())),
+            );
+        }
         let lines = invoice
             .lines
             .data
@@ -204,7 +239,14 @@ impl Billing {
                     .map(|d| d.price.id().as_str().to_string());
                 let plan = price
                     .as_deref()
-                    .and_then(|p| self.plans.plan(p))
+                    .and_then(|p| {
+                        self.plans.plan(p).or_else(|| {
+                            contract
+                                .as_ref()
+                                .filter(|c| c.stripe_price.as_deref() == Some(p))
+                                .map(|c| c.terms.plan.as_str())
+                        })
+                    })
                     .map(String::from);
                 let meter = price.as_deref().and_then(|p| meter_of.get(p)).cloned();
                 let kind = match (&plan, &meter) {

@@ -1,7 +1,7 @@
 //! What the seed's subscription endpoints do: the Stripe customer of a metering customer, its
 //! status, checkout, the billing portal, cancel, and the record of a handled webhook event.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use schemas::rows::{BillingCustomerRow, BillingSubscriptionRow, BillingWebhookEventRow};
 use serde_json::{Value, json};
@@ -144,24 +144,32 @@ impl Billing {
     /// then each meter's metered price (`stripe.meter_prices`; no quantity: Stripe bills the
     /// meter's usage), so the subscription's invoices show the usage reported to the meters.
     /// The caller checked that the plan has a price and that no live subscription exists.
+    ///
+    /// `metered` is meter → the metered price this subscription carries ([`Self::metered_prices_for`]
+    /// the plan, or a contract's); `contract` names the contract bought, kept in the metadata.
     pub async fn create_checkout(
         &self,
         tenant: &str,
         customer: &str,
         plan: &str,
         price: &str,
+        metered: BTreeMap<String, String>,
+        contract: Option<&str>,
     ) -> Result<Value> {
         let stripe_customer = self.ensure_customer(tenant, customer).await?;
-        let meta = HashMap::from([
+        let mut meta = HashMap::from([
             ("tenant".to_string(), tenant.to_string()),
             ("customer".to_string(), customer.to_string()),
             ("plan".to_string(), plan.to_string()),
         ]);
+        if let Some(id) = contract {
+            meta.insert("contract".to_string(), id.to_string());
+        }
         let mut item = CreateCheckoutSessionLineItems::new();
         item.price = Some(price.to_string());
         item.quantity = Some(1);
         let mut items = vec![item];
-        for metered in self.meter_prices().into_values() {
+        for metered in metered.into_values() {
             let mut usage = CreateCheckoutSessionLineItems::new();
             usage.price = Some(metered);
             items.push(usage);
@@ -192,7 +200,7 @@ impl Billing {
             .ok_or_else(|| Error::StripeData("checkout session without url".into()))?;
         Ok(json!({
             "url": url, "session_id": session.id.as_str(), "plan": plan,
-            "stripe_customer_id": stripe_customer,
+            "stripe_customer_id": stripe_customer, "contract": contract,
         }))
     }
 

@@ -100,6 +100,10 @@ pub struct QuotaAnswer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<QuotaRefusal>)]
     pub reason: Option<String>,
+    /// Units over the limit after this request, billed by the plan's usage price: only on plans
+    /// that let usage run over (`on_limit = "overage"`), and only once over the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overage: Option<f64>,
 }
 
 /// Why a quota answer is not allowed (the values of `QuotaAnswer::reason`).
@@ -289,9 +293,10 @@ impl QuotaView {
             _ => 0.0,
         };
         let limit = plan.limit(&self.catalog, meter, now);
-        let plan_key = plan
-            .terms(&self.catalog, now)
-            .map_or_else(|| plan.plan.clone(), |t| t.plan.clone());
+        let terms = plan.terms(&self.catalog, now);
+        let plan_key = terms.map_or_else(|| plan.plan.clone(), |t| t.plan.clone());
+        let runs_over = terms.is_some_and(|t| t.overage_allowed(meter));
+        let mut overage = None;
         let (allowed, remaining, percent) = match limit {
             None => (true, None, None),
             Some(l) => {
@@ -302,7 +307,10 @@ impl QuotaView {
                     used + quantity
                 };
                 let percent = if l > 0.0 { used * 100.0 / l } else { 100.0 };
-                (after <= l, Some((l - used).max(0.0)), Some(percent))
+                if runs_over && after > l {
+                    overage = Some(after - l);
+                }
+                (after <= l || runs_over, Some((l - used).max(0.0)), Some(percent))
             }
         };
         let warning = percent.is_some_and(|p| p >= f64::from(self.catalog.warn_percent));
@@ -320,6 +328,7 @@ impl QuotaView {
             plan: plan_key,
             status: plan.status.clone(),
             reason: (!allowed).then(|| "limit_reached".to_string()),
+            overage,
         };
         if c.is_none() && self.unknown == UnknownCustomer::Deny {
             answer.allowed = false;

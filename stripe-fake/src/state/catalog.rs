@@ -390,6 +390,49 @@ impl State {
                 out.push((env.clone(), price));
             }
         }
+        // A plan's own metered price per meter with the catalog's tiers (overage, volume or
+        // graduated pricing), on the meter's Stripe meter.
+        for plan in &catalog.plans {
+            for (meter, usage) in &plan.usage_prices {
+                let Ok(priced) = usage.price("") else {
+                    continue;
+                };
+                let price = format!("price_{}_{meter}_usage", plan.key);
+                let tiers = priced
+                    .tiers
+                    .iter()
+                    .map(|t| objects::Tier {
+                        up_to: t.up_to,
+                        unit_amount: t.unit_cents as i64,
+                        flat_amount: t.flat_cents as i64,
+                    })
+                    .collect();
+                self.prices.insert(
+                    price.clone(),
+                    objects::Price {
+                        id: price.clone(),
+                        product: format!("prod_{meter}"),
+                        unit_amount: 0,
+                        currency: plan.currency.clone(),
+                        recurring: Some(objects::Recurring {
+                            interval: "month".into(),
+                            interval_count: 1,
+                            usage_type: "metered".into(),
+                            meter: Some(format!("mtr_{meter}")),
+                        }),
+                        lookup_key: Some(format!("{}_{meter}_usage", plan.key)),
+                        nickname: Some(format!("{} usage", plan.name)),
+                        metadata: json!({"plan": plan.key, "meter": meter}),
+                        created: now,
+                        active: true,
+                        tiers: Some((priced.mode.as_str().to_string(), tiers)),
+                    },
+                );
+                if let Some(env) = &usage.stripe_price_env {
+                    out.push((env.clone(), price));
+                }
+            }
+        }
         for meter in &catalog.meters {
             let id = format!("mtr_{}", meter.key);
             // The meter's metered price at 0: the plans include their usage, and the invoice

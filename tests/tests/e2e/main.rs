@@ -46,6 +46,7 @@ mod offsets;
 mod openapi;
 mod pipeline;
 mod plan_versions;
+mod plans_pricing;
 mod quota;
 mod schema;
 mod stripe_rules;
