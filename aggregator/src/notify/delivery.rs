@@ -7,8 +7,11 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message as Email, Tokio1Executo
 use rand::Rng;
 use time::OffsetDateTime;
 
-use super::signature::sign;
-use super::{EVENT_ID_HEADER, SIGNATURE_HEADER};
+use super::signature::{sign, sign_standard, signing_key};
+use super::{
+    EVENT_ID_HEADER, SIGNATURE_HEADER, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER,
+    WEBHOOK_TIMESTAMP_HEADER,
+};
 use crate::config::NotifyConfig;
 
 /// A notification channel.
@@ -107,7 +110,8 @@ impl NotifyConfig {
     }
 }
 
-/// One signed webhook POST with `http`.
+/// One signed webhook POST with `http`: the Standard Webhooks headers (`id` is the same on every
+/// attempt) and the deprecated `Metering-*` ones.
 pub(crate) async fn post(
     http: &reqwest::Client,
     url: &str,
@@ -116,9 +120,13 @@ pub(crate) async fn post(
     body: &[u8],
 ) -> Outcome {
     let t = OffsetDateTime::now_utc().unix_timestamp();
+    let key = signing_key(secret);
     let result = http
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(WEBHOOK_ID_HEADER, id)
+        .header(WEBHOOK_TIMESTAMP_HEADER, t.to_string())
+        .header(WEBHOOK_SIGNATURE_HEADER, sign_standard(&key, id, t, body))
         .header(SIGNATURE_HEADER, sign(secret, t, body))
         .header(EVENT_ID_HEADER, id)
         .body(body.to_vec())

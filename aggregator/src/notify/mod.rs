@@ -9,18 +9,24 @@
 //! has permanently failed.
 //!
 //! What is left: a crash between a successful delivery and its log row (a few milliseconds) re-sends
-//! that notification after restart. Receivers deduplicate by `Metering-Event-Id` (webhooks) or the
-//! deterministic `Message-ID` (email).
+//! that notification after restart. Receivers deduplicate by `webhook-id` (webhooks; the alert id,
+//! the same on every attempt and replay) or the deterministic `Message-ID` (email).
 //!
-//! Webhooks are signed like Stripe's: `Metering-Signature: t=<unix secs>,v1=<hex HMAC-SHA256 of
-//! "<t>.<body>">`; receivers check them with [`verify`].
+//! Webhooks follow Standard Webhooks (<https://www.standardwebhooks.com/>): `webhook-id` (the
+//! alert id), `webhook-timestamp` (unix seconds of the attempt) and `webhook-signature:
+//! v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`, keyed with the tenant's secret
+//! (`whsec_<base64>`, or a plain secret's bytes); receivers check them with any Standard Webhooks
+//! library or [`verify_standard`]. Deprecated, for one more release: the old Stripe-like
+//! `Metering-Signature: t=<unix secs>,v1=<hex HMAC-SHA256 of "<t>.<body>">` and
+//! `Metering-Event-Id` are still sent beside them ([`verify`]).
 //!
 //! # Layout
 //! - `notifier`: the consumer loop, one alert at a time, each channel once.
 //! - `delivery`: one attempt per channel (signed webhook POST, SMTP send) and the backoff.
 //! - `log`: the delivery log in ClickHouse.
 //! - `message`: the webhook body and the email.
-//! - `signature`: webhook signatures and their check ([`sign`], [`verify`]).
+//! - `signature`: webhook signatures and their checks ([`sign_standard`], [`verify_standard`];
+//!   the deprecated [`sign`], [`verify`]).
 //! - `customer`: usage warnings to the customers themselves, queued in the mailer's ledger
 //!   (`customer_emails`; billing-sync sends them, see `docs/emails.md`).
 
@@ -32,11 +38,20 @@ mod notifier;
 mod signature;
 
 pub(crate) use notifier::start;
-pub use signature::{sign, verify};
+pub use signature::{
+    SECRET_PREFIX, sign, sign_standard, signing_key, standard_secret, verify, verify_standard,
+};
 
-/// Webhook header carrying the signature.
+/// Standard Webhooks: the message id (the alert id; the same on every retry, receivers
+/// deduplicate by it).
+pub const WEBHOOK_ID_HEADER: &str = "webhook-id";
+/// Standard Webhooks: unix seconds of the attempt.
+pub const WEBHOOK_TIMESTAMP_HEADER: &str = "webhook-timestamp";
+/// Standard Webhooks: `v1,<base64 signature>`.
+pub const WEBHOOK_SIGNATURE_HEADER: &str = "webhook-signature";
+/// Deprecated (sent for one more release): the old signature header.
 pub const SIGNATURE_HEADER: &str = "Metering-Signature";
-/// Webhook header carrying the alert id (receivers deduplicate by it).
+/// Deprecated (sent for one more release): the alert id, as `webhook-id` carries it.
 pub const EVENT_ID_HEADER: &str = "Metering-Event-Id";
 /// Email header carrying the alert id.
 pub const EMAIL_ALERT_ID_HEADER: &str = "X-Metering-Alert-Id";

@@ -1,4 +1,6 @@
 //! Alert notifications against the real broker and ClickHouse: alerts produced to the alerts topic reach a signed webhook and an SMTP sink exactly once per channel, retries follow the status codes, and every attempt is in the delivery log.
+//! Webhooks are checked as a Standard Webhooks receiver checks them, with a verifier written here
+//! from the specification (not the aggregator's), and with the deprecated `Metering-Signature`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,6 +22,63 @@ const SECRET: &str = "whsec_acme_test";
 const FROM: &str = "Metering <alerts@metering.test>";
 const WAIT: Duration = Duration::from_secs(30);
 const TOLERANCE: Duration = Duration::from_secs(300);
+
+/// A Standard Webhooks receiver's check, written from the specification
+/// (<https://www.standardwebhooks.com/>, "Verifying webhook authenticity"), independent of the
+/// aggregator's code: the key is the base64 after `whsec_`; the signed content is
+/// `"{webhook-id}.{webhook-timestamp}.{body}"`; `webhook-signature` is a space-separated list of
+/// `v1,<base64 HMAC-SHA256>`, one of which must match; the timestamp must be within 5 minutes.
+fn standard_webhooks_verify(
+    whsec: &str,
+    r: &tests::webhook::Request,
+    body: &[u8],
+) -> Result<(), String> {
+    use base64::Engine;
+    use hmac::Mac;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = whsec
+        .strip_prefix("whsec_")
+        .ok_or("no whsec_ prefix")
+        .and_then(|k| b64.decode(k).map_err(|_| "the secret is not base64"))?;
+    let id = r.header("webhook-id").ok_or("no webhook-id")?;
+    let ts = r
+        .header("webhook-timestamp")
+        .ok_or("no webhook-timestamp")?;
+    let sigs = r
+        .header("webhook-signature")
+        .ok_or("no webhook-signature")?;
+    let t: i64 = ts.parse().map_err(|_| "the timestamp is not an integer")?;
+    if (OffsetDateTime::now_utc().unix_timestamp() - t).abs() > 5 * 60 {
+        return Err(format!("timestamp {t} is outside the tolerance"));
+    }
+    let mut content = format!("{id}.{ts}.").into_bytes();
+    content.extend_from_slice(body);
+    for sig in sigs.split(' ') {
+        let Some(("v1", value)) = sig.split_once(',') else {
+            continue;
+        };
+        let Ok(value) = b64.decode(value) else {
+            continue;
+        };
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).map_err(|e| e.to_string())?;
+        mac.update(&content);
+        if mac.verify_slice(&value).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(format!("no v1 signature of {sigs:?} matches"))
+}
+
+/// The `whsec_` form of a secret that is not one (`whsec_` and the base64 of its bytes), as an
+/// operator gives it to a receiver's library.
+fn whsec_of_raw(secret: &str) -> String {
+    use base64::Engine;
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(secret.as_bytes())
+    )
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Helpers
@@ -236,6 +295,11 @@ async fn an_alert_reaches_the_signed_webhook_and_the_mailbox_and_is_logged() {
         TOLERANCE,
         now
     ));
+    // The same request as Standard Webhooks (the configured secret is not `whsec_<base64>`, so
+    // its bytes are the key) with the alert id as `webhook-id`.
+    assert_eq!(r.header("webhook-id"), Some(a.id.as_str()));
+    standard_webhooks_verify(&whsec_of_raw(SECRET), r, &r.body).expect("Standard Webhooks");
+    assert!(standard_webhooks_verify(&whsec_of_raw("whsec_other"), r, &r.body).is_err());
     let body = r.json();
     assert_eq!(body["id"], a.id.as_str());
     assert_eq!(body["type"], "usage.threshold_reached");
@@ -557,6 +621,57 @@ async fn a_shutdown_during_retries_commits_nothing_and_the_restart_resumes_the_a
     );
     assert_eq!(hook.requests().len(), 2);
     assert_eq!(counters(&metrics, "webhook"), (1, 1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_are_standard_webhooks_with_one_id_across_retries_and_a_tampered_body_fails() {
+    let env = TestEnv::new("notify_standard").await;
+    let hook = WebhookReceiver::start().await;
+    hook.script(&[503, 200]);
+    // A secret in the specification's form: `whsec_` and the base64 of random bytes.
+    let whsec = {
+        use base64::Engine;
+        let key: [u8; 24] = rand::random();
+        format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        )
+    };
+    let mut t = targets(Some(hook.url()), &[]);
+    t.webhook_secret = whsec.clone().into();
+    let tenants = BTreeMap::from([("acme".to_string(), t)]);
+    let cfg = config(&env, &env.group, tenants, None, 5);
+    let (agg, _metrics) = env.start_aggregator_with(cfg).await;
+    let a = alert("cust_std", 90, 90.0);
+    produce(&env, &a).await;
+    CommitReader::new(&env, &env.group).wait_for(1).await;
+
+    let requests = hook.requests();
+    let answered: Vec<u16> = requests.iter().map(|r| r.answered).collect();
+    assert_eq!(answered, [503, 200], "one retry after the 503");
+    for r in &requests {
+        // The id is the alert's on every attempt (receivers deduplicate by it).
+        assert_eq!(r.header("webhook-id"), Some(a.id.as_str()));
+        standard_webhooks_verify(&whsec, r, &r.body).expect("a valid Standard Webhooks request");
+        // A receiver refuses a tampered body, a changed id and another secret.
+        let mut tampered = r.body.clone();
+        let i = tampered.len() / 2;
+        tampered[i] ^= 0x01;
+        assert!(standard_webhooks_verify(&whsec, r, &tampered).is_err());
+        let mut other_id = r.clone();
+        other_id
+            .headers
+            .insert("webhook-id".into(), format!("{}x", a.id));
+        assert!(standard_webhooks_verify(&whsec, &other_id, &r.body).is_err());
+        assert!(standard_webhooks_verify(&whsec_of_raw("other"), r, &r.body).is_err());
+        // The deprecated header is still sent for one release, keyed with the secret as it is.
+        let legacy = r.header(SIGNATURE_HEADER).expect("Metering-Signature");
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        assert!(notify::verify(legacy, &whsec, &r.body, TOLERANCE, now));
+        assert_eq!(r.header(EVENT_ID_HEADER), Some(a.id.as_str()));
+    }
+    assert_eq!(requests[0].body, requests[1].body, "the same message");
+    agg.stop().await;
 }
 
 #[test]
