@@ -36,6 +36,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(preview))
         .routes(routes!(reminders))
         .routes(routes!(dispatch))
+        .routes(routes!(retry))
         .routes(routes!(set_address))
         .routes(routes!(get_preferences, put_preferences))
         .merge(crate::email_pages::routes())
@@ -175,14 +176,26 @@ async fn list(
     })))
 }
 
-/// `POST /admin/emails/reminders`: queue the renewal reminders due now.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RemindersQuery {
+    /// Unix seconds to look from instead of now.
+    at: Option<i64>,
+}
+
+/// `POST /admin/emails/reminders[?at=UNIX]`: queue the renewal reminders due now, or due at `at`
+/// (Stripe's time when a test clock was advanced towards a renewal).
 #[utoipa::path(
     post,
     path = "/admin/emails/reminders",
     tag = "emails",
     security(("bearer" = [])),
+    params(("at" = Option<i64>, Query, description = "Look from this time (Unix seconds; \
+        e.g. a Stripe test clock's `frozen_time`) instead of now: the periods ending within \
+        `renewal_reminder_days` after it get their reminder")),
     responses(
-        (status = 200, description = "`{queued}`", body = Object),
+        (status = 200, description = "`{queued, at}`", body = Object),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: `at` is not a time"),
         (status = 401, body = ErrorBody, description = UNAUTHORIZED),
         (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
         (status = 404, body = ErrorBody, description = DISABLED),
@@ -192,13 +205,65 @@ async fn list(
 async fn reminders(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Query(q): Query<RemindersQuery>,
 ) -> Result<Json<Value>, ApiError> {
     admin(&state, &headers).await?;
     let m = enabled(&state)?;
-    let n = crate::reminders::run(&state.billing, m)
+    let at = match q.at {
+        None => time::OffsetDateTime::now_utc(),
+        Some(t) => time::OffsetDateTime::from_unix_timestamp(t)
+            .map_err(|_| invalid("at", "not a time in Unix seconds"))?,
+    };
+    let n = crate::reminders::run_at(&state.billing, m, at)
         .await
         .map_err(failure)?;
-    Ok(Json(json!({"queued": n})))
+    Ok(Json(json!({"queued": n, "at": rfc3339(at)})))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RetryBody {
+    /// The dead letters' keys; every dead letter of the tenant when absent or empty.
+    #[serde(default)]
+    keys: Vec<String>,
+}
+
+/// `POST /admin/emails/retry` `{"keys": [...]}`: queue dead letters again (all of the tenant's
+/// when no keys are given); the next dispatch round sends them, with the same `Message-ID`.
+#[utoipa::path(
+    post,
+    path = "/admin/emails/retry",
+    tag = "emails",
+    security(("bearer" = [])),
+    request_body(content = Option<Object>, description = "`{\"keys\": [\"acme:cus_1:receipt:in_1\"]}`; \
+        empty or absent: every dead letter of the tenant (last 35 days)"),
+    responses(
+        (status = 200, description = "`{requeued: [key], refused: [{key, reason}]}`: a key that \
+            is not a dead letter of the tenant is refused with the reason", body = Object),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: a bad body"),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
+        (status = 404, body = ErrorBody, description = DISABLED),
+        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED),
+    )
+)]
+async fn retry(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<mailer::Retried>, ApiError> {
+    let key = admin(&state, &headers).await?;
+    let body: RetryBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RetryBody::default()
+    } else {
+        json_body(&body)?
+    };
+    let m = enabled(&state)?;
+    let r = m
+        .retry_dead(&key.tenant, &body.keys)
+        .await
+        .map_err(|e| failure(mail_err(e)))?;
+    Ok(Json(r))
 }
 
 /// `POST /admin/emails/dispatch`: one dispatch round now.

@@ -14,8 +14,14 @@ use crate::emails::{mail_err, money, plan_name};
 
 /// Queues the reminders due now. Returns how many were queued (queued again: sent once).
 pub async fn run(billing: &Billing, mailer: &Mailer) -> Result<usize> {
+    run_at(billing, mailer, OffsetDateTime::now_utc()).await
+}
+
+/// Queues the reminders due at `now`: the periods that end after `now` and within
+/// `renewal_reminder_days` of it. The hourly job passes the wall clock; the admin trigger may pass
+/// Stripe's time instead (a test clock advanced towards a renewal, as the demo does).
+pub async fn run_at(billing: &Billing, mailer: &Mailer, now: OffsetDateTime) -> Result<usize> {
     let days = i64::from(mailer.config().renewal_reminder_days);
-    let now = OffsetDateTime::now_utc();
     let horizon = now + time::Duration::days(days);
     let rows = billing.store.all_subscriptions().await?;
     let mut customers: std::collections::BTreeMap<(String, String), Vec<_>> = Default::default();

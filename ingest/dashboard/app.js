@@ -1,7 +1,8 @@
 // The usage dashboard page: signs in (customer-scoped key, or a signed link exchanged for a
 // session), shows the full and compact usage displays, the projection and next to it the next
 // invoice (billing-sync's invoice preview), the history charts and the per-endpoint table from the
-// ingest API, and runs the upgrade modal against billing-sync (checkout, customer portal, cancel).
+// ingest API, the Emails panel (emails.js), and runs the upgrade modal against billing-sync
+// (checkout, customer portal, cancel).
 // Every credential stays in this tab's sessionStorage.
 
 import {
@@ -9,6 +10,7 @@ import {
   fmtPct, h, lastDay, legend, level, loadCredential, signInMessage, stackedChart, storeCredential, takeHashCredential,
   usageCard,
 } from './ui.js';
+import { emailsPanel } from './emails.js';
 
 const $ = (id) => document.getElementById(id);
 const PENDING = 'metering.checkout';
@@ -297,6 +299,8 @@ async function start(cred, { openModal = false } = {}) {
   $('main').focus({ preventScroll: true });
   if (openModal) openUpgrade();
   loadPreview(true).catch(() => {});
+  // The customer's email choices (billing-sync's), when billing is configured.
+  if (app.config.billing) emailsPanel($('emails'), billing).load();
   await loadHistory().catch((e) => banner(`The history could not be loaded: ${e.message}`, 'error'));
   schedule(sessionStorage.getItem(PENDING) ? PENDING_POLL_MS : REFRESH_MS);
 }

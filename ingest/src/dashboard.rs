@@ -7,12 +7,14 @@
 //! - `GET /dashboard/compact`: the compact display alone, for an iframe; `GET /dashboard/embed.js`
 //!   defines the `<metering-usage>` web component that embeds it in another site (docs/dashboard.md).
 //! - `GET /dashboard/config.json`: what the page needs besides the API (whether billing is on).
-//! - `GET /dashboard/billing/subscription/{status,portal}`, `POST .../{create,cancel}`: billing-sync's
+//! - `GET /dashboard/billing/subscription/{status,portal,addons}`, `POST .../{create,cancel,addons}`: billing-sync's
 //!   seed endpoints at [`Config::billing_url`](crate::Config::billing_url), forwarded with the
 //!   caller's credential and JSON body only (no query, no `X-Customer-Id`: always the credential's
 //!   own customer). The page stays on one origin: billing-sync needs no CORS and no public address.
 //! - `GET /dashboard/billing/v1/customers/{customer}/invoice-preview`: billing-sync's invoice
 //!   preview, forwarded the same way (billing-sync lets a customer's credential name only itself).
+//! - `GET|PUT /dashboard/billing/v1/email-preferences`: billing-sync's customer email choices
+//!   (issue 22), forwarded the same way (no query: the credential's own customer).
 //! - `GET /v1/plans`: the catalog's plans with price, limit and features (public; [`crate::plans`]).
 //! - `POST /v1/customers/{customer}/dashboard-link` (admin): a sign-in link valid for minutes.
 //! - `POST /dashboard/session` `{"link"}`: exchanges a link, once, for a session token.
@@ -62,6 +64,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../dashboard/ui.js"),
     },
     Asset {
+        name: "emails.js",
+        mime: JS,
+        body: include_bytes!("../dashboard/emails.js"),
+    },
+    Asset {
         name: "compact.js",
         mime: JS,
         body: include_bytes!("../dashboard/compact.js"),
@@ -96,6 +103,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(post_session))
         .routes(routes!(billing_get, billing_post))
         .routes(routes!(billing_invoice_preview))
+        .routes(routes!(email_preferences_get, email_preferences_put))
         .routes(routes!(asset))
         .routes(routes!(crate::plans::plans))
         .routes(routes!(post_link))
@@ -206,7 +214,7 @@ async fn compact() -> Response {
     path = "/dashboard/{file}",
     tag = "dashboard",
     params(("file" = String, Path, description = "One of the page's files: `app.js`, `ui.js`, \
-        `compact.js`, `embed.js` (the `<metering-usage>` web component; any origin may load it), \
+        `compact.js`, `emails.js`, `embed.js` (the `<metering-usage>` web component; any origin may load it), \
         `style.css`, `favicon.svg`", example = "embed.js")),
     responses(
         (status = 200, description = "The file", content(
@@ -286,6 +294,8 @@ pub enum BillingRead {
     Status,
     /// `GET /subscription/portal`.
     Portal,
+    /// `GET /subscription/addons` (the add-ons the customer may buy and has bought).
+    Addons,
 }
 
 /// The `POST` actions the dashboard forwards to billing-sync.
@@ -296,9 +306,11 @@ pub enum BillingWrite {
     Create,
     /// `POST /subscription/cancel`.
     Cancel,
+    /// `POST /subscription/addons` (a Checkout Session for an add-on).
+    Addons,
 }
 
-/// Forwards `status` and `portal` to billing-sync with the caller's key.
+/// Forwards `status`, `portal` and `addons` to billing-sync with the caller's key.
 ///
 /// Always the credential's own customer (no query, no `X-Customer-Id` is forwarded); billing-sync's
 /// answer and status are passed through (see billing-sync's document).
@@ -331,7 +343,8 @@ async fn billing_get(
     billing_proxy(state, action, method, headers, body).await
 }
 
-/// Forwards `create` (checkout) and `cancel` to billing-sync with the caller's key.
+/// Forwards `create` (checkout), `cancel` and `addons` (an add-on's checkout) to billing-sync
+/// with the caller's key.
 ///
 /// Always the credential's own customer; the JSON body (at most 16 KiB) is forwarded, and
 /// billing-sync's answer and status are passed through (see billing-sync's document).
@@ -343,16 +356,17 @@ async fn billing_get(
     security(("bearer" = [])),
     params(("action" = inline(BillingWrite), Path, description = "billing-sync's `POST /subscription/{action}`")),
     request_body(content = Option<Object>, description = "billing-sync's body: `{\"plan\"}` for \
-        `create`, `{\"immediately\"}` for `cancel`"),
+        `create`, `{\"immediately\"}` for `cancel`, `{\"addon\", \"quantity\"}` for `addons`"),
     responses(
         (status = 200, description = "billing-sync's answer (`cancel`)", body = Object),
-        (status = 201, description = "billing-sync's answer (`create`: the Checkout Session)", body = Object),
+        (status = 201, description = "billing-sync's answer (`create`, `addons`: the Checkout Session)", body = Object),
         (status = 400, body = ErrorBody, description = "billing-sync refused the body"),
         (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
         (status = 403, body = ErrorBody, description = "billing-sync refused the key"),
         (status = 404, body = ErrorBody, description = "`not_found`: no such billing route; \
             `no_subscription` (`cancel`)"),
-        (status = 409, body = ErrorBody, description = "`subscription_exists` (`create`)"),
+        (status = 409, body = ErrorBody, description = "`subscription_exists` (`create`); \
+            `addon_not_in_plan`, `addon_active` (`addons`)"),
         (status = 413, body = ErrorBody, description = "`payload_too_large`: over 16 KiB"),
         (status = 502, body = ErrorBody, description = "`stripe_unavailable`: Stripe did not answer billing-sync"),
         (status = 503, body = ErrorBody, description = "`billing_unavailable`: billing is not \
@@ -418,6 +432,65 @@ async fn billing_invoice_preview(
     forward(&state, &Method::GET, &path, &headers, Bytes::new()).await
 }
 
+/// Forwards billing-sync's `GET /v1/email-preferences` with the caller's credential.
+///
+/// The credential's own customer's address and choices per email kind (see billing-sync's
+/// document, tag `emails`); billing-sync's answer and status are passed through.
+#[utoipa::path(
+    get,
+    path = "/dashboard/billing/v1/email-preferences",
+    operation_id = "get_billing_email_preferences",
+    tag = "dashboard",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "billing-sync's answer: `{customer, email, kinds: [{kind, \
+            label, subscribed, can_unsubscribe}], preferences_url}`", body = Object),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = "billing-sync refused the key"),
+        (status = 404, body = ErrorBody, description = "`emails_disabled`: customer emails are off"),
+        (status = 503, body = ErrorBody, description = "`billing_unavailable`: billing is not \
+            configured; `billing_unreachable` (with `Retry-After`): billing-sync is not reachable",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
+async fn email_preferences_get(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let path = "/v1/email-preferences";
+    forward(&state, &Method::GET, path, &headers, Bytes::new()).await
+}
+
+/// Forwards billing-sync's `PUT /v1/email-preferences` with the caller's credential and body.
+///
+/// `{"preferences": {"usage_warning": false}}` for the credential's own customer; receipts cannot
+/// be turned off (400 `cannot_unsubscribe`). billing-sync's answer and status are passed through.
+#[utoipa::path(
+    put,
+    path = "/dashboard/billing/v1/email-preferences",
+    operation_id = "put_billing_email_preferences",
+    tag = "dashboard",
+    security(("bearer" = [])),
+    request_body(content = Object, description = "`{\"preferences\": {\"usage_warning\": false}}`"),
+    responses(
+        (status = 200, description = "billing-sync's answer: the choices after the change", body = Object),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: a bad body or an \
+            unknown kind; `cannot_unsubscribe`: receipts cannot be turned off"),
+        (status = 401, body = ErrorBody, description = doc::UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = "billing-sync refused the key"),
+        (status = 404, body = ErrorBody, description = "`emails_disabled`: customer emails are off"),
+        (status = 413, body = ErrorBody, description = "`payload_too_large`: over 16 KiB"),
+        (status = 503, body = ErrorBody, description = "`billing_unavailable`: billing is not \
+            configured; `billing_unreachable` (with `Retry-After`): billing-sync is not reachable",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
+async fn email_preferences_put(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = "/v1/email-preferences";
+    forward(&state, &Method::PUT, path, &headers, body).await
+}
+
 /// Forwards one of billing-sync's seed endpoints (see the module docs).
 async fn billing_proxy(
     State(state): State<AppState>,
@@ -428,7 +501,8 @@ async fn billing_proxy(
 ) -> Response {
     let allowed = matches!(
         (&method, action.as_str()),
-        (&Method::GET, "status" | "portal") | (&Method::POST, "create" | "cancel")
+        (&Method::GET, "status" | "portal" | "addons")
+            | (&Method::POST, "create" | "cancel" | "addons")
     );
     if !allowed {
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such billing route")
@@ -469,10 +543,10 @@ async fn forward(
         )
         .into_response();
     }
-    let verb = if method == Method::POST {
-        reqwest::Method::POST
-    } else {
-        reqwest::Method::GET
+    let verb = match *method {
+        Method::POST => reqwest::Method::POST,
+        Method::PUT => reqwest::Method::PUT,
+        _ => reqwest::Method::GET,
     };
     let mut req = billing_client()
         .request(verb, format!("{base}{path}"))
@@ -483,7 +557,7 @@ async fn forward(
     {
         req = req.header("authorization", auth);
     }
-    if method == Method::POST {
+    if method == Method::POST || method == Method::PUT {
         req = req
             .header("content-type", "application/json")
             .body(body.to_vec());

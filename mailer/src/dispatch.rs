@@ -45,6 +45,24 @@ pub struct Summary {
     pub duplicate: u32,
 }
 
+/// What [`Mailer::retry_dead`] did.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct Retried {
+    /// Keys queued again (the next dispatch round sends them).
+    pub requeued: Vec<String>,
+    /// Keys that were not, and why.
+    pub refused: Vec<Refused>,
+}
+
+/// A key [`Mailer::retry_dead`] did not requeue.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Refused {
+    /// The key.
+    pub key: String,
+    /// Why (`no such email`, `not a dead letter: ...`).
+    pub reason: String,
+}
+
 /// The mailer of one service instance.
 pub struct Mailer {
     config: MailerConfig,
@@ -140,6 +158,30 @@ impl Mailer {
     /// The link signer.
     pub fn signer(&self) -> &LinkSigner {
         &self.signer
+    }
+
+    /// Requeues dead letters of `tenant`: `keys`, or every one (of the last 35 days) when empty.
+    /// Returns the keys requeued and the refused ones with the reason.
+    pub async fn retry_dead(&self, tenant: &str, keys: &[String]) -> Result<Retried> {
+        let keys = if keys.is_empty() {
+            self.ledger.dead_keys(tenant, 1_000).await?
+        } else {
+            keys.to_vec()
+        };
+        let mut out = Retried::default();
+        for key in keys {
+            match self.ledger.requeue(tenant, &key, &self.owner).await? {
+                Ok(()) => {
+                    tracing::info!(key = %key, "dead letter requeued");
+                    out.requeued.push(key);
+                }
+                Err(reason) => out.refused.push(Refused {
+                    key,
+                    reason: reason.into(),
+                }),
+            }
+        }
+        Ok(out)
     }
 
     /// The metrics.

@@ -22,11 +22,13 @@ pub struct LedgerRow {
     pub kind: String,
     /// Scope within the kind.
     pub scope: String,
-    /// `queued`, `claimed`, `retrying`, `sent`, `dead`, `skipped`.
+    /// `queued`, `claimed`, `retrying`, `sent`, `dead`, `skipped`, `requeued` (an admin retry
+    /// of a dead letter: the rows before it no longer count).
     pub status: String,
     /// The instance that wrote it (claims, attempts, final rows).
     pub owner: String,
-    /// The claim's time (ns since the epoch, the claimer's clock); also on `retrying` rows.
+    /// The claim's time (ns since the epoch, the writer's clock); also on `retrying`, final and
+    /// `requeued` rows (a requeue counts only the final rows written after it).
     pub claimed_ns: u64,
     /// The address (queued: Stripe's if known; final: where it went).
     pub recipient: String,
@@ -69,8 +71,38 @@ pub const LEDGER_COLUMNS: &[(&str, &str)] = &[
     ("at", "DateTime('UTC')"),
 ];
 
-/// Final statuses: a key with one of them is done.
+/// Final statuses: a key with one of them is done (unless a `requeued` row follows it).
 pub const FINAL: [&str; 3] = ["sent", "dead", "skipped"];
+
+/// The rows of one key that count now: those after its last `requeued` row (all of them when it
+/// was never requeued). A requeue is written only after a `dead` row, and the final rows carry
+/// their writer's time, so "after" compares `claimed_ns`.
+pub fn since_requeue(rows: Vec<ClaimRow>) -> Vec<ClaimRow> {
+    let last = rows
+        .iter()
+        .filter(|r| r.status == "requeued")
+        .map(|r| r.claimed_ns)
+        .max();
+    match last {
+        None => rows,
+        Some(t) => rows.into_iter().filter(|r| r.claimed_ns > t).collect(),
+    }
+}
+
+/// Why a key cannot be requeued, or none.
+pub fn requeue_refusal(rows: &[ClaimRow]) -> Option<&'static str> {
+    let current = since_requeue(rows.to_vec());
+    let last_final = current
+        .iter()
+        .filter(|r| FINAL.contains(&r.status.as_str()))
+        .max_by_key(|r| r.claimed_ns);
+    match last_final {
+        None if rows.is_empty() => Some("no such email"),
+        None => Some("not a dead letter: it is still queued or being sent"),
+        Some(r) if r.status != "dead" => Some("not a dead letter: it was sent or skipped"),
+        Some(_) => None,
+    }
+}
 
 impl LedgerRow {
     /// A row about `email` with `status`, everything else empty.
@@ -153,6 +185,10 @@ struct PreferenceRow {
     updated_at: OffsetDateTime,
 }
 
+fn now_ns() -> u64 {
+    u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(0)
+}
+
 fn version_now() -> u64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as u64
 }
@@ -200,7 +236,8 @@ impl Ledger {
                 "SELECT key, any(tenant), any(customer), any(kind), any(scope), \
                  anyIf(recipient, status = 'queued'), anyIf(data, status = 'queued') \
                  FROM email_ledger WHERE at >= now() - 3024000 GROUP BY key \
-                 HAVING countIf(status IN ('sent', 'dead', 'skipped')) = 0 \
+                 HAVING maxIf(claimed_ns, status IN ('sent', 'dead', 'skipped')) \
+                 <= maxIf(claimed_ns, status = 'requeued') \
                  AND countIf(status = 'queued') > 0 ORDER BY min(at) LIMIT ?",
             )
             .bind(limit)
@@ -223,8 +260,8 @@ impl Ledger {
             .collect())
     }
 
-    /// The claim, attempt and final rows of `key`.
-    pub async fn claims(&self, key: &str) -> Result<Vec<ClaimRow>> {
+    /// The claim, attempt, final and requeue rows of `key`, all of them (see [`since_requeue`]).
+    pub async fn all_claims(&self, key: &str) -> Result<Vec<ClaimRow>> {
         Ok(self
             .client
             .query(
@@ -234,6 +271,76 @@ impl Ledger {
             .bind(key)
             .fetch_all()
             .await?)
+    }
+
+    /// The claim, attempt and final rows of `key` that count (after its last requeue).
+    pub async fn claims(&self, key: &str) -> Result<Vec<ClaimRow>> {
+        Ok(since_requeue(self.all_claims(key).await?))
+    }
+
+    /// The keys of (tenant)'s dead letters (of the last 35 days, not requeued since), newest first.
+    pub async fn dead_keys(&self, tenant: &str, limit: u64) -> Result<Vec<String>> {
+        #[derive(Debug, clickhouse::Row, Deserialize)]
+        struct KeyRow {
+            key: String,
+        }
+        let rows: Vec<KeyRow> = self
+            .client
+            .query(
+                "SELECT key FROM email_ledger WHERE tenant = ? AND at >= now() - 3024000 \
+                 GROUP BY key HAVING argMaxIf(status, claimed_ns, \
+                 status IN ('sent', 'dead', 'skipped', 'requeued')) = 'dead' \
+                 ORDER BY max(claimed_ns) DESC LIMIT ?",
+            )
+            .bind(tenant)
+            .bind(limit)
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(|r| r.key).collect())
+    }
+
+    /// Requeues the dead letter `key` of `tenant` (its queued data is sent again, with the same
+    /// `Message-ID`); `Err` with the reason when it is not a dead letter of the tenant.
+    pub async fn requeue(
+        &self,
+        tenant: &str,
+        key: &str,
+        owner: &str,
+    ) -> Result<std::result::Result<(), &'static str>> {
+        if !key.starts_with(&format!("{tenant}:")) {
+            return Ok(Err("no such email"));
+        }
+        let rows = self.all_claims(key).await?;
+        if let Some(why) = requeue_refusal(&rows) {
+            return Ok(Err(why));
+        }
+        let mut parts = key.splitn(4, ':');
+        let (t, c, k, scope) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
+        let Ok(kind) = Kind::parse(k) else {
+            return Ok(Err("no such email"));
+        };
+        let email = Email {
+            tenant: t.into(),
+            customer: c.into(),
+            kind,
+            scope: scope.into(),
+            recipient: String::new(),
+            data: serde_json::Value::Null,
+        };
+        let mut row = LedgerRow::of(&email, "requeued");
+        row.owner = owner.into();
+        // After every row of the key as far as this clock can tell (the dead row's writer may
+        // run ahead: never before it).
+        let newest = rows.iter().map(|r| r.claimed_ns).max().unwrap_or(0);
+        row.claimed_ns = now_ns().max(newest + 1);
+        row.reason = "retry of a dead letter (admin)".into();
+        self.write(&[row]).await?;
+        Ok(Ok(()))
     }
 
     /// Every row of (tenant), newest first, at most `limit` (the admin listing).

@@ -31,6 +31,6 @@ pub mod render;
 pub mod token;
 
 pub use config::{Branding, MailerConfig, SmtpConfig, WarningConfig};
-pub use dispatch::{Mailer, Summary};
+pub use dispatch::{Mailer, Refused, Retried, Summary};
 pub use error::{Error, Result};
 pub use kind::{Email, Kind};

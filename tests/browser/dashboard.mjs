@@ -7,7 +7,9 @@
 // c_warn, 85 calls), DASH_KEY_TENANT (a tenant-wide key), DASH_KEY_OTHER_TENANT (c_ok of another
 // tenant), DASH_ARTIFACTS (screenshot folder), DASH_BILLING=1 with DASH_STRIPE_URL (billing-sync
 // and the Stripe fake run: the next invoice, checkout, portal and cancel are tested),
-// DASH_UPDATE_SCREENSHOTS=1 (also copy the screenshots to docs/screenshots/).
+// DASH_UPDATE_SCREENSHOTS=1 (also copy the screenshots to docs/screenshots/; with
+// DASH_UPDATE_SCREENSHOTS_ONLY=emails,... only those). With billing, c_warn's address is
+// owner@c-warn.test and customer emails are on: the Emails panel is tested on its session.
 
 import assert from 'node:assert/strict';
 import { readFile, mkdir, copyFile, rm } from 'node:fs/promises';
@@ -154,6 +156,84 @@ async function axe(p, what) {
 
 let current = null; // the page to screenshot when a step fails
 
+/** The PUT of the preferences API through the dashboard's proxy: [status, body]. */
+async function putPrefs(token, body) {
+  const r = await fetch(`${BASE}/dashboard/billing/v1/email-preferences`, {
+    method: 'PUT',
+    headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  return [r.status, await r.json().catch(() => null)];
+}
+
+/** The switches of the Emails panel: kind -> [checked, disabled, state text]. */
+async function switches(p) {
+  return p.getByTestId('email-kinds').evaluate((ul) =>
+    Object.fromEntries(
+      [...ul.querySelectorAll('li')].map((li) => {
+        const i = li.querySelector('input');
+        return [li.dataset.kind, [i.checked, i.disabled, li.querySelector('.email-state').textContent]];
+      }),
+    ),
+  );
+}
+
+/**
+ * The Emails panel (issue 22) of a dashboard session: every kind with a switch as the API has it
+ * (receipts always on), usage warnings turned off, still off after a reload and in the API; a
+ * refused change (a receipt turned off behind the page's back) shows the API's error and puts the
+ * switch back.
+ */
+async function emailChoices(p, token) {
+  const PREFS = '/dashboard/billing/v1/email-preferences';
+  const before = await api(PREFS, token);
+  assert.equal(before.customer, 'c_warn');
+  assert.equal(before.email, 'owner@c-warn.test', 'the address the admin set');
+  await until('the Emails panel', async () => (await p.getByTestId('email-kinds').count()) === 1);
+  const shown = await switches(p);
+  assert.deepEqual(Object.keys(shown), before.kinds.map((k) => k.kind), 'one switch per kind, in the API order');
+  for (const k of before.kinds) {
+    assert.equal(shown[k.kind][0], k.subscribed, `${k.kind} as the API has it`);
+    assert.equal(shown[k.kind][1], !k.can_unsubscribe, `${k.kind} can be changed unless it is a receipt`);
+    assert.equal(await p.getByText(k.label, { exact: true }).count(), 1, `${k.label} is shown`);
+  }
+  assert.deepEqual(shown.receipt, [true, true, 'Always on'], 'receipts: always on');
+  assert.deepEqual(shown.usage_warning, [true, false, 'On'], 'usage warnings start on');
+  assert.match(await text(p, 'emails-address'), /owner@c-warn\.test/);
+  // Turn usage warnings off with the keyboard-accessible switch (its label is the kind's).
+  await p.getByRole('switch', { name: 'Usage warnings' }).click();
+  await until('the saved note', async () => (await text(p, 'emails-status')) === 'Saved: Usage warnings off.');
+  assert.deepEqual((await switches(p)).usage_warning, [false, false, 'Off']);
+  const after = await api(PREFS, token);
+  assert.equal(after.kinds.find((k) => k.kind === 'usage_warning').subscribed, false, 'the API has it off');
+  assert.ok(after.kinds.filter((k) => k.kind !== 'usage_warning').every((k) => k.subscribed), 'the others unchanged');
+  await shot(p, 'emails', { clip: await p.locator('#emails').boundingBox() });
+  await axe(p, 'the Emails panel');
+  await p.reload();
+  await until('the Emails panel after the reload', async () => (await p.getByTestId('email-kinds').count()) === 1);
+  assert.deepEqual((await switches(p)).usage_warning, [false, false, 'Off'], 'still off after the reload');
+  ok('emails: every kind with a switch as the API has it, receipts always on; usage warnings turned off, off after a reload and in the API');
+  // A change the API refuses: the receipt switch enabled behind the page's back and turned off.
+  const [status, body] = await putPrefs(token, { preferences: { receipt: false } });
+  assert.equal(status, 400, JSON.stringify(body));
+  assert.equal(body.error.code, 'cannot_unsubscribe');
+  await p.getByTestId('email-toggle-receipt').evaluate((i) => {
+    i.disabled = false;
+  });
+  await p.getByTestId('email-toggle-receipt').click();
+  const refused = await until('the refusal', async () => {
+    const t = await text(p, 'emails-status');
+    return t.includes('could not') && t;
+  });
+  assert.equal(refused, `Payment receipts could not be turned off: ${body.error.message} [cannot_unsubscribe, HTTP 400]`);
+  assert.equal(await p.getByTestId('emails-status').getAttribute('role'), 'alert');
+  assert.deepEqual((await switches(p)).receipt, [true, true, 'Always on'], 'the receipt switch is back on');
+  const [bad, badBody] = await putPrefs(token, { preferences: { newsletter: false } });
+  assert.equal(bad, 400, JSON.stringify(badBody));
+  assert.equal(badBody.error.details[0].field, 'preferences');
+  ok(`emails: a refused change shows the API's error (${refused}) and puts the switch back`);
+}
+
 async function main() {
   // 1. c_ok signs in with its key: every number equals the API's.
   const ctxOk = await context();
@@ -245,6 +325,7 @@ async function main() {
   await pWarn.reload();
   await until('the reloaded page', async () => (await text(pWarn, 'customer')) === 'c_warn');
   ok('over 80 %: warning text, amber bar, signed link exchanged for a session');
+  if (BILLING) await emailChoices(pWarn, sessionToken);
   await ctxWarn.close();
 
   // 3. c_limit at the limit: red, blocked, upgrade prompt in both displays, modal with 4 plans.
@@ -480,7 +561,9 @@ try {
 if (!failed && process.env.DASH_UPDATE_SCREENSHOTS === '1') {
   const docs = path.resolve('docs/screenshots');
   await mkdir(docs, { recursive: true });
-  for (const f of shots) await copyFile(f, path.join(docs, path.basename(f)));
+  // `1`: every screenshot; else a comma-separated list of the names to update (`emails`).
+  const only = process.env.DASH_UPDATE_SCREENSHOTS_ONLY ? new Set(process.env.DASH_UPDATE_SCREENSHOTS_ONLY.split(',')) : null;
+  for (const f of shots) if (!only || only.has(path.basename(f, '.png'))) await copyFile(f, path.join(docs, path.basename(f)));
   console.log(`screenshots copied to ${docs}`);
 }
 console.log(`screenshots: ${shots.join(' ')}`);

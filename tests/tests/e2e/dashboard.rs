@@ -7,7 +7,8 @@
 //! display, that no request leaves the API's origins, and, with billing-sync and the Stripe fake
 //! running, the next invoice next to the projection (none on the free plan, Starter's $29.00 and
 //! its lines after the checkout), the checkout to a new plan, the customer portal and cancel at the
-//! period end. The signed-link and session rules are checked over plain HTTP here.
+//! period end, and the Emails panel of c_warn's session (a kind turned off, still off after a
+//! reload and in billing-sync's preference API; a refused change shows the API's error). The signed-link and session rules are checked over plain HTTP here.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -233,6 +234,7 @@ async fn served(http: &reqwest::Client, url: &str) {
         "style.css",
         "embed.js",
         "compact.js",
+        "emails.js",
         "favicon.svg",
     ] {
         let r = http
@@ -328,6 +330,8 @@ async fn the_dashboard_shows_the_api_numbers_warns_blocks_and_offers_the_plans()
     bcfg.stripe.portal_return_url = dashboard.clone();
     // As deployed: billing-sync takes the dashboard's sessions (the next invoice of c_warn's).
     bcfg.dashboard_secret = SecretString::from("dashboard-test-secret");
+    // Customer emails on (to an outbox): the Emails panel reads and saves the choices.
+    bcfg.emails = tests::emails::mailer_config(None, tests::emails::outbox_dir("dashboard"));
     let sync = start_billing_with(&fake, bcfg).await;
     let mut cfg = env.ingest_config();
     cfg.listen = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -432,6 +436,15 @@ async fn the_dashboard_shows_the_api_numbers_warns_blocks_and_offers_the_plans()
         }
     };
     let warn_link = mint(600).await;
+    // c_warn's address, set by the admin (the panel shows where the emails go).
+    let r = http
+        .put(format!("{}/admin/customers/c_warn/email", sync.running.url))
+        .bearer_auth(&admin)
+        .json(&json!({"email": "owner@c-warn.test"}))
+        .send()
+        .await
+        .expect("set the address");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
     let second_link = mint(600).await;
 
     let vars = vec![
@@ -440,7 +453,7 @@ async fn the_dashboard_shows_the_api_numbers_warns_blocks_and_offers_the_plans()
         ("DASH_STRIPE_URL", fake.url.clone()),
         ("DASH_KEY_OK", k_ok),
         ("DASH_KEY_LIMIT", k_limit.clone()),
-        ("DASH_KEY_TENANT", k_tenant),
+        ("DASH_KEY_TENANT", k_tenant.clone()),
         ("DASH_KEY_OTHER_TENANT", other_tenant),
         ("DASH_LINK_WARN", warn_link),
         ("DASH_LINK_WARN_2", second_link),
@@ -450,6 +463,8 @@ async fn the_dashboard_shows_the_api_numbers_warns_blocks_and_offers_the_plans()
         "ok - the page shows the numbers the API returns",
         "ok - no request leaves the API's origins",
         "ok - over 80 %: warning",
+        "ok - emails: every kind with a switch as the API has it",
+        "ok - emails: a refused change shows the API's error",
         "ok - at the limit: upgrade prompt",
         "ok - upgrade modal",
         "ok - keyboard",
@@ -467,6 +482,23 @@ async fn the_dashboard_shows_the_api_numbers_warns_blocks_and_offers_the_plans()
     ] {
         assert!(out.contains(step), "missing `{step}` in the browser output");
     }
+    // The choice the page saved is the one billing-sync has (read with a tenant key).
+    let (s, v) = get(
+        &http,
+        &format!("{}/v1/email-preferences?customer=c_warn", sync.running.url),
+        &k_tenant,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let subscribed = |kind: &str| {
+        v["kinds"]
+            .as_array()
+            .and_then(|a| a.iter().find(|k| k["kind"] == kind))
+            .map(|k| k["subscribed"].clone())
+    };
+    assert_eq!(subscribed("usage_warning"), Some(json!(false)), "{v}");
+    assert_eq!(subscribed("receipt"), Some(json!(true)), "{v}");
+    assert_eq!(subscribed("renewal_reminder"), Some(json!(true)), "{v}");
     // The plan the page showed is the one billing-sync recorded.
     let (s, v) = get(
         &http,

@@ -1,6 +1,6 @@
 //! Customer emails (issue 22): once per key across two billing-sync instances sending at the same
 //! time and across a restart (the same webhook redelivered to each), retries on SMTP 4xx and a
-//! dead letter with the reason on 5xx, and the signed unsubscribe link (a tampered one refused,
+//! dead letter with the reason on 5xx (and an admin retry of dead letters), and the signed unsubscribe link (a tampered one refused,
 //! receipts never turned off) with the customer's choices in the preference API.
 
 use std::collections::BTreeMap;
@@ -43,7 +43,7 @@ fn per_key(sink: &SmtpSink) -> BTreeMap<String, usize> {
 
 async fn ledger_statuses(env: &TestEnv, key: &str) -> Vec<(String, u32, u16, String)> {
     env.ch()
-        .query("SELECT status, attempt, code, reason FROM email_ledger WHERE key = ? AND status != 'queued' AND status != 'claimed' ORDER BY at, attempt")
+        .query("SELECT status, attempt, code, reason FROM email_ledger WHERE key = ? AND status != 'queued' AND status != 'claimed' ORDER BY claimed_ns, attempt")
         .bind(key)
         .fetch_all()
         .await
@@ -161,7 +161,8 @@ fn own_mailer(env: &TestEnv, sink: &SmtpSink, owner: &str) -> Mailer {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn smtp_4xx_is_retried_with_backoff_and_5xx_is_a_dead_letter_with_the_reason() {
+async fn smtp_4xx_is_retried_with_backoff_and_5xx_is_a_dead_letter_with_the_reason_retried_on_demand()
+ {
     let env = TestEnv::new("emails_retry").await;
     let sink = SmtpSink::start().await;
     let mailer = own_mailer(&env, &sink, "retry-test");
@@ -213,6 +214,49 @@ async fn smtp_4xx_is_retried_with_backoff_and_5xx_is_a_dead_letter_with_the_reas
     let s = mailer.dispatch_once(&cancel).await.expect("dispatch");
     assert_eq!(s, mailer::Summary::default());
     assert_eq!(sink.transactions(), 1 + 2 + 1 + 3);
+
+    // A retry of dead letters (POST /admin/emails/retry): the named one is queued again and sent;
+    // a sent email, another tenant's key and an unknown key are refused with the reason.
+    let r = mailer
+        .retry_dead(
+            "acme",
+            &[
+                dead.key(),
+                e.key(),
+                dead.key().replacen("acme:", "globex:", 1),
+                "acme:nobody:usage_warning:x".into(),
+            ],
+        )
+        .await
+        .expect("retry");
+    assert_eq!(r.requeued, [dead.key()], "{r:?}");
+    let reasons: Vec<&str> = r.refused.iter().map(|x| x.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "not a dead letter: it was sent or skipped",
+            "no such email",
+            "no such email"
+        ],
+        "{r:?}"
+    );
+    let s = mailer.dispatch_once(&cancel).await.expect("dispatch");
+    assert_eq!((s.sent, s.dead), (1, 0), "{s:?}");
+    let rows = ledger_statuses(&env, &dead.key()).await;
+    let shape: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(shape, ["dead", "requeued", "sent"], "{rows:?}");
+    // Without keys: every dead letter of the tenant (now only the 4xx one), sent once.
+    let r = mailer.retry_dead("acme", &[]).await.expect("retry all");
+    assert_eq!(r.requeued, [full.key()], "{r:?}");
+    let s = mailer.dispatch_once(&cancel).await.expect("dispatch");
+    assert_eq!(s.sent, 1, "{s:?}");
+    let s = mailer.dispatch_once(&cancel).await.expect("dispatch");
+    assert_eq!(s, mailer::Summary::default());
+    let r = mailer.retry_dead("acme", &[]).await.expect("retry none");
+    assert!(r.requeued.is_empty() && r.refused.is_empty(), "{r:?}");
+    let per = per_key(&sink);
+    assert_eq!((per[&dead.key()], per[&full.key()]), (1, 1), "{per:?}");
+    assert_eq!(sink.transactions(), 1 + 2 + 1 + 3 + 1 + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
