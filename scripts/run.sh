@@ -59,7 +59,8 @@ export BILLING_LISTEN="127.0.0.1:$BILLING_PORT" BILLING_STRIPE__API_BASE="http:/
   BILLING_STRIPE__PORTAL_RETURN_URL="http://127.0.0.1:$API_PORT/dashboard/" \
   BILLING_STRIPE__SECRET_KEY=sk_test_demo BILLING_STRIPE__WEBHOOK_SECRET=whsec_demo \
   STRIPE_PRICE_ID_STARTER=price_starter STRIPE_PRICE_ID_PROFESSIONAL=price_professional \
-  STRIPE_PRICE_ID_ENTERPRISE=price_enterprise STRIPE_METER_PRICE_ID_API_CALL=price_api_call_usage
+  STRIPE_PRICE_ID_ENTERPRISE=price_enterprise STRIPE_METER_PRICE_ID_API_CALL=price_api_call_usage \
+  STRIPE_PRICE_ID_ADDON_CALLS_1000=price_addon_calls_1000 STRIPE_PRICE_ID_ADDON_ANALYTICS=price_addon_analytics
 setsid nohup "$ROOT/target/debug/billing-sync" serve >"$RUN/billing-sync.log" 2>&1 </dev/null & echo $! >"$RUN/billing-sync.pid"
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$API_PORT/readyz" >/dev/null && break; sleep 0.2; done
 curl -sf "http://127.0.0.1:$API_PORT/readyz" >/dev/null || { tail -20 "$RUN/ingest.log"; exit 1; }

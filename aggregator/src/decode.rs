@@ -368,6 +368,17 @@ pub fn decode_subscription(
             {
                 Some(("unknown_meter", format!("unknown meter {meter:?}")))
             }
+            Change::Addon { addon }
+                if addon
+                    .grant
+                    .as_ref()
+                    .is_some_and(|g| catalog.meter(&g.meter).is_none()) =>
+            {
+                Some((
+                    "unknown_meter",
+                    format!("add-on {:?} grants an unknown meter", addon.addon),
+                ))
+            }
             Change::Contract { contract } if catalog.plan(&contract.terms.plan).is_none() => {
                 Some((
                     "unknown_plan",
@@ -396,6 +407,8 @@ pub fn decode_subscription(
         Change::Grant { .. } => "grant",
         Change::Contract { .. } => "contract",
         Change::ContractEnded { .. } => "contract_ended",
+        Change::Addon { .. } => "addon",
+        Change::AddonRemoved { .. } => "addon_removed",
     };
     Decoded::Subscription(SubscriptionRow {
         tenant: event.tenant.clone(),

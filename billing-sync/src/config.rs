@@ -104,6 +104,10 @@ pub struct StripeConfig {
     /// tiers): checkout adds it instead of the meter's shared price. A plan missing here takes
     /// the environment variable its catalog usage price names in `stripe_price_env`.
     pub usage_prices: BTreeMap<String, BTreeMap<String, String>>,
+    /// Stripe price per catalog add-on key (`[stripe.addon_prices] calls_1000 = "price_..."`):
+    /// one-time for a one-time add-on, monthly licensed for a recurring one. An add-on missing
+    /// here takes the environment variable its catalog entry names in `stripe_price_env`.
+    pub addon_prices: BTreeMap<String, String>,
     /// Timeout of one Stripe request (ms).
     pub timeout_ms: u64,
     /// Most Stripe requests per second, all kinds together; 0 (the default) picks it from the
@@ -149,6 +153,7 @@ impl Default for StripeConfig {
             prices: BTreeMap::new(),
             meter_prices: BTreeMap::new(),
             usage_prices: BTreeMap::new(),
+            addon_prices: BTreeMap::new(),
             timeout_ms: 10_000,
             max_requests_per_sec: 0,
             max_attempts: 5,

@@ -92,6 +92,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi))
         .merge(crate::email_routes::routes())
         .merge(crate::contract_routes::routes())
+        .merge(crate::addon_routes::routes())
 }
 
 /// The router.
@@ -121,11 +122,11 @@ pub fn document() -> &'static str {
 pub(crate) const UNAUTHORIZED: &str = doc::UNAUTHORIZED;
 
 /// 403 of the subscription routes that read.
-const READ_FORBIDDEN: &str = "`insufficient_scope`: the key lacks the `read` scope; \
+pub(crate) const READ_FORBIDDEN: &str = "`insufficient_scope`: the key lacks the `read` scope; \
     `customer_forbidden`: a customer-scoped key named another customer";
 
 /// 403 of the subscription routes that buy or cancel.
-const WRITE_FORBIDDEN: &str = "`insufficient_scope`: a tenant-wide key without the `ingest` \
+pub(crate) const WRITE_FORBIDDEN: &str = "`insufficient_scope`: a tenant-wide key without the `ingest` \
     scope (or a key without `read`); `customer_forbidden`: a customer-scoped key named another \
     customer";
 
@@ -134,7 +135,7 @@ pub(crate) const ADMIN_FORBIDDEN: &str = "`insufficient_scope`: the key lacks th
     `customer_forbidden`: a customer-scoped key cannot run billing jobs";
 
 /// 400 of the routes that name a customer.
-const NO_CUSTOMER: &str = "`invalid_request`: a tenant-wide key named no customer (or a bad \
+pub(crate) const NO_CUSTOMER: &str = "`invalid_request`: a tenant-wide key named no customer (or a bad \
     one) in `X-Customer-Id` or `?customer=`";
 
 /// 502 of the routes that call Stripe.
@@ -190,6 +191,9 @@ pub struct Checkout {
     pub plan: String,
     /// Stripe customer id.
     pub stripe_customer_id: String,
+    /// The enterprise contract bought (its price), when one is in effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
 }
 
 /// What `GET /subscription/portal` answers.
@@ -600,7 +604,10 @@ pub struct CancelRequest {
 
 /// Buying or cancelling: a tenant key needs the `ingest` scope; a customer-scoped key (or a
 /// dashboard session) acts on its own subscription with `read`.
-async fn acting_customer_key(state: &AppState, headers: &HeaderMap) -> Result<KeyInfo, ApiError> {
+pub(crate) async fn acting_customer_key(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<KeyInfo, ApiError> {
     let key = authenticate(&state.keys, headers, Scope::Read).await?;
     if key.customer.is_none() && !key.allows(Scope::Ingest) {
         return Err(ApiError::new(

@@ -13,8 +13,9 @@
 //!   `0010_usage_revisions.sql`) and rollup reads.
 //! - [`billing`]: the subscription → plan change rules (`billing/mod.rs`), how a Stripe
 //!   subscription is observed (`observed.rs`), and customers, checkout, portal and cancel
-//!   (`sales.rs`), the invoice preview (`preview.rs`) and enterprise contracts (`contracts.rs`,
-//!   with [`contract_routes`] their admin routes).
+//!   (`sales.rs`), the invoice preview (`preview.rs`), enterprise contracts (`contracts.rs`,
+//!   with [`contract_routes`] their admin routes) and purchasable add-ons (`addons.rs`, with
+//!   [`addon_routes`] their routes).
 //! - [`webhook`]: signature verification and event handling (v1 events, thin events, events of
 //!   another API version).
 //! - [`usage`]: metered usage to Stripe (`usage/mod.rs`: identifiers, window, meters): the revision
@@ -35,6 +36,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod addon_routes;
 pub mod admin_routes;
 pub mod app;
 pub mod billing;

@@ -93,6 +93,10 @@ pub struct Metrics {
     pub usage_rejected: Counter<f64, AtomicU64>,
     /// `checkouts_expired_total`: Checkout Sessions that expired unpaid.
     pub checkouts_expired: Counter,
+    /// `addons_bought_total`: add-on purchases turned into bought add-ons.
+    pub addons_bought: Counter,
+    /// `addons_removed_total`: bought add-ons removed (refunded, ended, by an admin).
+    pub addons_removed: Counter,
     /// `webhook_version_mismatch_total`: webhook events of another API version than billing-sync's
     /// (their objects are fetched instead of read).
     pub webhook_version_mismatch: Counter,
@@ -123,6 +127,8 @@ impl Default for Metrics {
             meter_error_reports: Counter::default(),
             usage_rejected: Counter::default(),
             checkouts_expired: Counter::default(),
+            addons_bought: Counter::default(),
+            addons_removed: Counter::default(),
             webhook_version_mismatch: Counter::default(),
             work_partitions_owned: Gauge::default(),
             work_partition_owned: Family::default(),
@@ -203,6 +209,16 @@ impl Default for Metrics {
             "checkouts_expired",
             "Checkout Sessions that expired unpaid",
             m.checkouts_expired.clone(),
+        );
+        registry.register(
+            "addons_bought",
+            "Add-on purchases turned into bought add-ons",
+            m.addons_bought.clone(),
+        );
+        registry.register(
+            "addons_removed",
+            "Bought add-ons removed (refunded, subscription ended, by an admin)",
+            m.addons_removed.clone(),
         );
         registry.register(
             "usage_unbillable_quantity",

@@ -312,6 +312,22 @@ impl Client {
         .await
     }
 
+    /// `GET /subscription/addons`: the add-ons the customer may buy, and its bought ones.
+    pub async fn addons(&self) -> Result<AddonList> {
+        send(self.billing(Method::GET, "/subscription/addons")?).await
+    }
+
+    /// `POST /subscription/addons`: a Stripe Checkout Session for `quantity` × `addon`; send the
+    /// customer to its `url`.
+    pub async fn buy_addon(&self, addon: &str, quantity: u32) -> Result<AddonCheckout> {
+        let body = serde_json::json!({"addon": addon, "quantity": quantity});
+        send(
+            self.billing(Method::POST, "/subscription/addons")?
+                .json(&body),
+        )
+        .await
+    }
+
     /// `GET /v1/customers/{c}/invoice-preview` (billing-sync).
     pub async fn invoice_preview(&self, customer: &str) -> Result<InvoicePreview> {
         let path = format!("/v1/customers/{}/invoice-preview", seg(customer));

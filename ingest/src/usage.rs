@@ -177,6 +177,9 @@ pub struct PlanSummary {
     /// The enterprise contract in effect, if any (its terms are the ones above).
     #[schema(required = true)]
     pub contract: Option<ContractSummary>,
+    /// The bought add-ons that count now (call packs are in the limits above, feature add-ons in
+    /// the entitlements).
+    pub addons: Vec<schemas::addon::BoughtAddon>,
 }
 
 /// A contract in a usage answer.
@@ -315,6 +318,7 @@ pub async fn usage_body(
                 starts_at: c.starts_at.format(&Rfc3339).unwrap_or_default(),
                 ends_at: c.ends_at.and_then(|e| e.format(&Rfc3339).ok()),
             }),
+            addons: plan.active_addons(now).cloned().collect(),
         },
         period_start: period.start_time().format(&Rfc3339).unwrap_or_default(),
         period_end: period.end_time().format(&Rfc3339).unwrap_or_default(),

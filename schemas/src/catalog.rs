@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::addon::CatalogAddon;
 use crate::entitlements::{Feature, FeatureKind};
 use crate::plan_version::PlanTerms;
 use crate::pricing::{OnLimit, Tier, TiersMode, UsagePrice};
@@ -178,6 +179,9 @@ pub struct Catalog {
     pub features: Vec<Feature>,
     /// Plans.
     pub plans: Vec<Plan>,
+    /// Purchasable add-ons (call packs, feature add-ons), in display order.
+    #[serde(default)]
+    pub addons: Vec<CatalogAddon>,
     #[serde(skip)]
     meter_index: HashMap<String, usize>,
 }
@@ -208,6 +212,7 @@ impl Catalog {
         catalog.validate()?;
         catalog.validate_features()?;
         catalog.validate_usage_prices()?;
+        catalog.validate_addons()?;
         for i in 0..catalog.plans.len() {
             let terms = catalog.current_terms(&catalog.plans[i]);
             catalog.plans[i].terms = Arc::new(terms);
@@ -266,6 +271,25 @@ impl Catalog {
             }
         }
         Ok(())
+    }
+
+    fn validate_addons(&self) -> Result<()> {
+        let mut keys = HashSet::new();
+        for a in &self.addons {
+            a.validate(self)?;
+            if !keys.insert(a.key.as_str()) {
+                return Err(Error::CatalogInvalid(format!(
+                    "addons[{}]: the add-on is defined twice",
+                    a.key
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The add-on with `key`.
+    pub fn addon(&self, key: &str) -> Option<&CatalogAddon> {
+        self.addons.iter().find(|a| a.key == key)
     }
 
     /// The feature with `key`.

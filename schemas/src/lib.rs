@@ -7,6 +7,7 @@
 //! - [`entitlements`]: the feature kinds (boolean, metered, config) and what a plan grants.
 //! - [`plan_version`]: a plan's terms as a content-hashed version, kept by its subscribers.
 //! - [`pricing`]: usage prices (per unit, volume or graduated tiers) and the limit behaviour.
+//! - [`addon`]: purchasable add-ons (call packs, feature add-ons) and a customer's bought ones.
 //! - [`contract`]: enterprise contracts, a customer's own terms for a time span.
 //! - [`token`]: the identifier rule of tenants, meter keys and endpoints.
 //! - [`topics`]: Kafka topic names.
@@ -21,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod addon;
 pub mod api;
 pub mod catalog;
 pub mod config;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use time::{Date, Month, OffsetDateTime};
 
+use crate::addon::BoughtAddon;
 use crate::catalog::{Catalog, Plan};
 use crate::contract::Contract;
 use crate::plan_version::PlanTerms;
@@ -99,7 +100,20 @@ pub enum Change {
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
-    /// Extra quantity for a meter until `expires_at` (an add-on pack for a period).
+    /// An add-on bought (Stripe Checkout): what it gives, as the catalog said at the purchase.
+    /// The same purchase again replaces it.
+    Addon {
+        /// The bought add-on.
+        addon: BoughtAddon,
+    },
+    /// A bought add-on removed: refunded, its subscription ended, or by an admin.
+    AddonRemoved {
+        /// The purchase id (payment intent or subscription).
+        purchase: String,
+        /// Why (`refunded`, `subscription_ended`, `admin`).
+        reason: String,
+    },
+    /// Extra quantity for a meter until `expires_at` (an admin's grant for a period).
     Grant {
         /// Meter key.
         meter: String,
@@ -165,6 +179,13 @@ pub struct PlanState {
     /// Enterprise contracts, current and scheduled (ended ones are kept for the history).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contracts: Vec<Contract>,
+    /// Bought add-ons not removed (expired one-time packs included; filtered at use).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addons: Vec<BoughtAddon>,
+    /// Purchases removed (refunded, ended): a purchase event that arrives after its removal (a
+    /// late webhook) does not bring it back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_addons: Vec<String>,
     /// Events folded in.
     pub version: u64,
     /// Partition of `subscription.events` the changes came from.
@@ -188,6 +209,8 @@ impl PlanState {
             grants: Vec::new(),
             terms: None,
             contracts: Vec::new(),
+            addons: Vec::new(),
+            removed_addons: Vec::new(),
             version: 0,
             partition: -1,
             as_of_offset: -1,
@@ -240,6 +263,18 @@ impl PlanState {
                 self.contracts.retain(|c| c.id != *id || c.starts_at < *at);
                 if let Some(c) = self.contracts.iter_mut().find(|c| c.id == *id) {
                     c.ends_at = Some(c.ends_at.map_or(*at, |e| e.min(*at)));
+                }
+            }
+            Change::Addon { addon } => {
+                if !self.removed_addons.contains(&addon.purchase) {
+                    self.addons.retain(|a| a.purchase != addon.purchase);
+                    self.addons.push(addon.clone());
+                }
+            }
+            Change::AddonRemoved { purchase, .. } => {
+                self.addons.retain(|a| a.purchase != *purchase);
+                if !self.removed_addons.contains(purchase) {
+                    self.removed_addons.push(purchase.clone());
                 }
             }
             Change::Grant {
@@ -298,6 +333,21 @@ impl PlanState {
         }
     }
 
+    /// [`Self::terms`] with the features and config values of the add-ons active at `now`.
+    pub fn terms_with_addons<'a>(
+        &'a self,
+        catalog: &'a Catalog,
+        now: OffsetDateTime,
+    ) -> Option<std::borrow::Cow<'a, PlanTerms>> {
+        let terms = self.terms(catalog, now)?;
+        Some(crate::addon::with_addons(catalog, terms, &self.addons, now))
+    }
+
+    /// The add-ons that count at `now`.
+    pub fn active_addons(&self, now: OffsetDateTime) -> impl Iterator<Item = &BoughtAddon> {
+        self.addons.iter().filter(move |a| a.active(now))
+    }
+
     /// The version of the terms in effect (see [`Self::terms`]).
     pub fn plan_version<'a>(
         &'a self,
@@ -307,8 +357,8 @@ impl PlanState {
         self.terms(catalog, now).map(|t| t.version.as_str())
     }
 
-    /// The limit for `meter` at `now`: override, else the plan version's, plus active grants.
-    /// `None` = unlimited.
+    /// The limit for `meter` at `now`: override, else the plan version's, plus active grants and
+    /// add-on packs. `None` = unlimited.
     pub fn limit(&self, catalog: &Catalog, meter: &str, now: OffsetDateTime) -> Option<u64> {
         let base = match self.overrides.get(meter) {
             Some(o) => *o,
@@ -320,7 +370,13 @@ impl PlanState {
             .filter(|g| g.meter == meter && g.expires_at > now)
             .map(|g| g.quantity)
             .sum();
-        Some(base.saturating_add(extra))
+        let packs: u64 = self
+            .active_addons(now)
+            .filter_map(|a| a.grant.as_ref())
+            .filter(|g| g.meter == meter)
+            .map(|g| g.quantity)
+            .sum();
+        Some(base.saturating_add(extra).saturating_add(packs))
     }
 
     /// The billing period containing `now`.
@@ -618,6 +674,76 @@ mod tests {
             source: "admin".into(),
             change,
         }
+    }
+
+    #[test]
+    fn addons_fold_by_purchase_and_stay_removed() {
+        let catalog = Catalog::default();
+        let now = datetime!(2026-03-10 00:00 UTC);
+        let mut s = PlanState::initial("t", "c", &catalog);
+        s.apply(&sub(
+            "1",
+            Change::Plan {
+                plan: "starter".into(),
+                status: "active".into(),
+                period_start: None,
+                period_end: None,
+                cancel_at_period_end: false,
+            },
+        ));
+        let pack = catalog.addon("calls_1000").expect("calls_1000").bought(
+            "pi_1",
+            2,
+            datetime!(2026-03-02 00:00 UTC),
+            datetime!(2026-04-01 00:00 UTC),
+        );
+        let bought = Change::Addon { addon: pack };
+        s.apply(&sub("a1", bought.clone()));
+        s.apply(&sub("a1", bought.clone()));
+        assert_eq!(
+            s.limit(&catalog, "api_call", now),
+            Some(2_500),
+            "once per purchase"
+        );
+        assert_eq!(
+            s.limit(&catalog, "api_call", datetime!(2026-04-01 00:00 UTC)),
+            Some(500),
+            "a one-time pack ends with its period"
+        );
+        let feature = catalog.addon("analytics").expect("analytics").bought(
+            "sub_9",
+            1,
+            datetime!(2026-03-02 00:00 UTC),
+            datetime!(2026-04-01 00:00 UTC),
+        );
+        s.apply(&sub("a2", Change::Addon { addon: feature }));
+        let terms = s.terms_with_addons(&catalog, now).expect("terms");
+        assert!(terms.has_feature("analytics"));
+        assert!(
+            !s.terms(&catalog, now)
+                .expect("plan")
+                .has_feature("analytics")
+        );
+        let removed = |p: &str| Change::AddonRemoved {
+            purchase: p.into(),
+            reason: "refunded".into(),
+        };
+        s.apply(&sub("r1", removed("pi_1")));
+        assert_eq!(s.limit(&catalog, "api_call", now), Some(500));
+        // The purchase delivered again after its removal does not bring it back.
+        s.apply(&sub("a1-late", bought));
+        assert_eq!(s.limit(&catalog, "api_call", now), Some(500));
+        s.apply(&sub("r2", removed("sub_9")));
+        assert!(
+            !s.terms_with_addons(&catalog, now)
+                .expect("terms")
+                .has_feature("analytics")
+        );
+        assert_eq!(s.removed_addons, ["pi_1", "sub_9"]);
+        // The state round-trips (it is kept on the compacted state topic).
+        let back: PlanState =
+            serde_json::from_str(&serde_json::to_string(&s).expect("json")).expect("back");
+        assert_eq!(back, s);
     }
 
     #[test]

@@ -380,6 +380,13 @@ fn dispatch(st: &mut State, method: &Method, seg: &[&str], p: &Value, base: &str
         ("POST", ["checkout", "sessions"]) => plain(st.create_checkout_session(p, base)),
         ("GET", ["checkout", "sessions", id]) => plain(st.checkout_session(id)),
         ("POST", ["billing_portal", "sessions"]) => plain(st.create_portal_session(p, base)),
+        ("POST", ["refunds"]) => st.create_refund(p),
+        ("GET", ["refunds"]) => plain(st.list_refunds(p)),
+        ("GET", ["refunds", id]) => plain(st.refund(id)),
+        ("GET", ["charges"]) => plain(st.list_charges(p)),
+        ("GET", ["charges", id]) => plain(st.charge(id)),
+        ("GET", ["payment_intents"]) => plain(st.list_payment_intents(p)),
+        ("GET", ["payment_intents", id]) => plain(st.payment_intent(id)),
         _ => Err(ApiErr {
             status: 404,
             body: objects::error(

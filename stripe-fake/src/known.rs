@@ -233,6 +233,20 @@ const PORTAL_SESSION: &[&str] = &[
     "on_behalf_of",
     "return_url",
 ];
+const REFUND: &[&str] = &[
+    "amount",
+    "charge",
+    "currency",
+    "customer",
+    "expand",
+    "instructions_email",
+    "metadata",
+    "origin",
+    "payment_intent",
+    "reason",
+    "refund_application_fee",
+    "reverse_transfer",
+];
 const INVOICE_PREVIEW: &[&str] = &[
     "automatic_tax",
     "currency",
@@ -278,6 +292,7 @@ fn known(method: &str, segments: &[&str]) -> Option<&'static [&'static str]> {
         ("DELETE", ["subscriptions", _]) => SUBSCRIPTION_CANCEL,
         ("POST", ["checkout", "sessions"]) => CHECKOUT_SESSION,
         ("POST", ["billing_portal", "sessions"]) => PORTAL_SESSION,
+        ("POST", ["refunds"]) => REFUND,
         ("POST", ["invoices", "create_preview"]) => INVOICE_PREVIEW,
         ("POST", ["test_helpers", "test_clocks"]) => TEST_CLOCK,
         ("POST", ["test_helpers", "test_clocks", _, "advance"]) => TEST_CLOCK_ADVANCE,

@@ -17,7 +17,9 @@
 //!   adjustments, subscriptions, sessions, invoices, events, faults, logs) and its rules
 //!   (identifier dedup for 24 hours, the 35-day window, whole-number values, customers validated
 //!   asynchronously with v2 error report events, summaries after a processing lag, cancels within 24
-//!   hours, Checkout Sessions that expire, periods).
+//!   hours, Checkout Sessions that expire, periods), and one-time purchases (`payment`-mode
+//!   Checkout Sessions paying a payment intent with one charge) with their refunds
+//!   (`POST /v1/refunds`: partial, the rest, `charge_already_refunded`, `amount_too_large`).
 //! - `objects`: Stripe-shaped JSON of each object.
 //! - `form`: Stripe's bracket form encoding parsed into JSON.
 //! - `known`: the parameters each modelled endpoint takes (others are `parameter_unknown`).

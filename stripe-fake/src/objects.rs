@@ -1,6 +1,17 @@
 //! Stripe-shaped JSON for the fake's objects (the shapes async-stripe's typed structs decode).
+//!
+//! Submodules: `invoice` (invoice lines and invoices), `checkout` (Checkout and portal sessions),
+//! `payments` (payment intents, charges and refunds of one-time purchases).
+
+mod checkout;
+mod invoice;
+mod payments;
 
 use serde_json::{Map, Value, json};
+
+pub(crate) use checkout::{CheckoutSession, portal_session};
+pub(crate) use invoice::{InvoiceState, Line, invoice, money};
+pub(crate) use payments::{Charge, PaymentIntent, Refund};
 
 /// The API version the fake claims (async-stripe rc.10's `stripe_shared::version::VERSION`).
 pub(crate) const API_VERSION: &str = "2026-09-30.endive";
@@ -415,227 +426,6 @@ impl Subscription {
     pub(crate) fn is_terminal(&self) -> bool {
         matches!(self.status.as_str(), "canceled" | "incomplete_expired")
     }
-}
-
-/// One line of an invoice: a subscription item's charge for a service period.
-#[derive(Debug, Clone)]
-pub(crate) struct Line {
-    /// The subscription item.
-    pub(crate) item_id: String,
-    /// Its price.
-    pub(crate) price: Price,
-    /// The product's name (for the description).
-    pub(crate) product_name: String,
-    /// Units billed: the item's quantity, or a metered item's usage over the period.
-    pub(crate) quantity: u64,
-    /// Service period start.
-    pub(crate) start: i64,
-    /// Service period end.
-    pub(crate) end: i64,
-}
-
-impl Line {
-    /// `quantity × unit_amount`, in the smallest currency unit.
-    pub(crate) fn amount(&self) -> i64 {
-        self.price.charge(self.quantity)
-    }
-
-    fn json(&self, n: usize, invoice: &str, sub: &Subscription) -> Value {
-        let amount = self.amount();
-        let per = self
-            .price
-            .recurring
-            .as_ref()
-            .map_or("unit".to_string(), |r| r.interval.clone());
-        let description = format!(
-            "{} × {} (at {} / {per})",
-            self.quantity,
-            self.product_name,
-            money(self.price.unit_amount, &self.price.currency)
-        );
-        json!({
-            "id": format!("il_{}_{n}", invoice.trim_start_matches("in_")), "object": "line_item",
-            "amount": amount, "currency": self.price.currency, "description": description,
-            "discount_amounts": [], "discountable": true, "discounts": [], "invoice": invoice,
-            "livemode": false, "metadata": {},
-            "parent": {"type": "subscription_item_details", "invoice_item_details": null,
-                       "subscription_item_details": {"invoice_item": null, "proration": false,
-                           "proration_details": {"credited_items": null},
-                           "subscription": sub.id, "subscription_item": self.item_id}},
-            "period": {"end": self.end, "start": self.start},
-            "pretax_credit_amounts": [],
-            "pricing": {"type": "price_details",
-                        "price_details": {"price": self.price.id, "product": self.price.product},
-                        "unit_amount_decimal": self.price.unit_amount.to_string()},
-            "quantity": self.quantity, "quantity_decimal": self.quantity.to_string(),
-            "subtotal": amount, "taxes": [],
-        })
-    }
-}
-
-/// An amount as people read it (`$29.00`, `12.50 EUR`).
-fn money(cents: i64, currency: &str) -> String {
-    let text = format!("{}.{:02}", cents / 100, (cents % 100).abs());
-    if currency.eq_ignore_ascii_case("usd") {
-        format!("${text}")
-    } else {
-        format!("{text} {}", currency.to_uppercase())
-    }
-}
-
-/// Where an invoice is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum InvoiceState {
-    /// Paid at once (the fake's successful payment).
-    Paid,
-    /// Finalized, payment failed: open, retried later.
-    Open,
-    /// Not finalized yet: a preview of the next invoice.
-    Draft,
-}
-
-/// An invoice of a subscription with `lines`; `period_start`/`period_end` are the invoice's
-/// period (Stripe: the period whose usage it bills; each line has its own service period).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn invoice(
-    id: &str,
-    sub: &Subscription,
-    created: i64,
-    period_start: i64,
-    period_end: i64,
-    lines: &[Line],
-    state: InvoiceState,
-    attempt_count: u64,
-    billing_reason: &str,
-) -> Value {
-    let amount: i64 = lines.iter().map(Line::amount).sum();
-    let paid = state == InvoiceState::Paid;
-    let data: Vec<Value> = lines
-        .iter()
-        .enumerate()
-        .map(|(n, l)| l.json(n, id, sub))
-        .collect();
-    let next_attempt = match state {
-        InvoiceState::Paid => Value::Null,
-        InvoiceState::Open => json!(created + 3 * 86_400),
-        // Stripe finalizes a subscription's draft invoice about an hour after creating it, then
-        // charges it (https://docs.stripe.com/billing/subscriptions/webhooks#understand): the
-        // preview of the next renewal is attempted an hour after the period ends.
-        InvoiceState::Draft => json!(period_end + 3_600),
-    };
-    let finalized = (state != InvoiceState::Draft).then_some(created);
-    let status = match state {
-        InvoiceState::Paid => "paid",
-        InvoiceState::Open => "open",
-        InvoiceState::Draft => "draft",
-    };
-    json!({
-        "id": id, "object": "invoice", "account_country": "US", "account_name": "Fake Stripe",
-        "amount_due": amount, "amount_overpaid": 0, "amount_paid": if paid { amount } else { 0 },
-        "amount_remaining": if paid { 0 } else { amount }, "amount_shipping": 0,
-        "attempt_count": attempt_count, "attempted": attempt_count > 0,
-        "auto_advance": !paid, "automatic_tax": {"disabled_reason": null, "enabled": false, "liability": null, "provider": null, "status": null},
-        "billing_reason": billing_reason, "collection_method": "charge_automatically",
-        "created": created, "currency": sub.price.currency, "customer": sub.customer,
-        "default_tax_rates": [], "description": null, "discounts": [],
-        "hosted_invoice_url": null, "issuer": {"type": "self"},
-        "lines": list(data, false, &format!("/v1/invoices/{id}/lines")),
-        "livemode": false, "metadata": {},
-        "next_payment_attempt": next_attempt,
-        "number": null,
-        "parent": {"quote_details": null, "type": "subscription_details",
-                   "subscription_details": {"metadata": sub.metadata, "subscription": sub.id}},
-        "payment_settings": {"default_mandate": null, "payment_method_options": null, "payment_method_types": null},
-        "period_end": period_end, "period_start": period_start,
-        "post_payment_credit_notes_amount": 0, "pre_payment_credit_notes_amount": 0,
-        "starting_balance": 0, "status": status,
-        "status_transitions": {"finalized_at": finalized, "marked_uncollectible_at": null,
-                               "paid_at": if paid { json!(created) } else { Value::Null }, "voided_at": null},
-        "subtotal": amount, "total": amount,
-    })
-}
-
-/// A Checkout Session.
-#[derive(Debug, Clone)]
-pub(crate) struct CheckoutSession {
-    /// Id.
-    pub(crate) id: String,
-    /// Customer id.
-    pub(crate) customer: String,
-    /// Line items: (price id, quantity).
-    pub(crate) line_items: Vec<(String, Option<u64>)>,
-    /// `subscription` (the only mode the fake completes).
-    pub(crate) mode: String,
-    /// Where the customer goes after paying.
-    pub(crate) success_url: Option<String>,
-    /// Where the customer goes after giving up.
-    pub(crate) cancel_url: Option<String>,
-    /// Caller's reference.
-    pub(crate) client_reference_id: Option<String>,
-    /// Session metadata.
-    pub(crate) metadata: Value,
-    /// Metadata for the subscription it creates.
-    pub(crate) subscription_metadata: Value,
-    /// `open`, `complete`, `expired`.
-    pub(crate) status: String,
-    /// The subscription it created.
-    pub(crate) subscription: Option<String>,
-    /// The first invoice.
-    pub(crate) invoice: Option<String>,
-    /// Total of the line items.
-    pub(crate) amount_total: i64,
-    /// Currency.
-    pub(crate) currency: String,
-    /// Creation time.
-    pub(crate) created: i64,
-    /// When it expires unless completed (24 hours after creation by default).
-    pub(crate) expires_at: i64,
-    /// The page that completes it.
-    pub(crate) url: String,
-}
-
-impl CheckoutSession {
-    /// The session object.
-    pub(crate) fn json(&self) -> Value {
-        let complete = self.status == "complete";
-        json!({
-            "id": self.id, "object": "checkout.session", "adaptive_pricing": null,
-            "after_expiration": null, "allow_promotion_codes": null,
-            "amount_subtotal": self.amount_total, "amount_total": self.amount_total,
-            "automatic_tax": {"enabled": false, "liability": null, "provider": null, "status": null},
-            "billing_address_collection": null, "cancel_url": self.cancel_url,
-            "client_reference_id": self.client_reference_id, "consent": null,
-            "consent_collection": null, "created": self.created, "currency": self.currency,
-            "custom_fields": [], "custom_text": {"after_submit": null, "shipping_address": null, "submit": null, "terms_of_service_acceptance": null},
-            "customer": self.customer, "customer_creation": null, "customer_details": null,
-            "customer_email": null, "expires_at": self.expires_at,
-            "invoice": self.invoice, "livemode": false, "locale": null, "metadata": self.metadata,
-            "mode": self.mode, "payment_intent": null, "payment_link": null,
-            "payment_method_collection": "always", "payment_method_types": ["card"],
-            "payment_status": if complete { "paid" } else { "unpaid" },
-            "phone_number_collection": {"enabled": false}, "recovered_from": null,
-            "setup_intent": null, "shipping_address_collection": null, "shipping_cost": null,
-            "shipping_options": [], "status": self.status, "submit_type": null,
-            "subscription": self.subscription, "success_url": self.success_url,
-            "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
-            "ui_mode": "hosted", "url": if self.status == "open" { json!(self.url) } else { Value::Null },
-        })
-    }
-}
-
-/// A billing portal session.
-pub(crate) fn portal_session(
-    id: &str,
-    customer: &str,
-    created: i64,
-    return_url: Option<&str>,
-    url: &str,
-) -> Value {
-    json!({
-        "id": id, "object": "billing_portal.session", "configuration": "bpc_fake_default",
-        "created": created, "customer": customer, "flow": null, "livemode": false,
-        "locale": null, "on_behalf_of": null, "return_url": return_url, "url": url,
-    })
 }
 
 /// An event envelope.

@@ -1,5 +1,5 @@
-//! The hosted pages: visiting a Checkout Session's page completes it; the portal page lists the
-//! customer's subscriptions.
+//! The hosted pages: visiting a Checkout Session's page completes it (starts the subscription or
+//! pays the one-time purchase); the portal page lists the customer's subscriptions.
 
 use std::sync::Arc;
 
@@ -22,12 +22,15 @@ pub(crate) async fn checkout_page(
                 .as_deref()
                 .map(|u| format!("<p><a href=\"{u}\">Continue</a></p>"))
                 .unwrap_or_default();
+            let what = match (&session.subscription, &session.payment_intent) {
+                (Some(sub), _) => format!("subscription {sub}"),
+                (None, Some(pi)) => format!("payment {pi}"),
+                (None, None) => "nothing paid".into(),
+            };
             Html(format!(
                 "<!doctype html><title>Checkout complete</title><h1>Payment complete</h1>\
-                 <p>Session {} is {}; subscription {}.</p>{link}",
-                session.id,
-                session.status,
-                session.subscription.unwrap_or_default()
+                 <p>Session {} is {}; {what}.</p>{link}",
+                session.id, session.status,
             ))
             .into_response()
         }

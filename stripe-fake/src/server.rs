@@ -91,8 +91,11 @@ impl FakeStripe {
     /// Creates a product, a monthly price for every paid plan and a meter for every meter of
     /// `catalog`, with fixed ids (`prod_<plan>`, `price_<plan>`, `mtr_<meter>`), and for every meter
     /// a product and a metered monthly price at 0 (`prod_<meter>`, `price_<meter>_usage`: the
-    /// usage the plans include). Returns the `(env var, price id)` pairs: the ones the plans name in
-    /// `stripe_price_env`, and `STRIPE_METER_PRICE_ID_<METER>` for each meter's price.
+    /// usage the plans include), and for every add-on a product and a price (`prod_addon_<key>`,
+    /// `price_addon_<key>`: one-time, or monthly licensed for a recurring add-on; lookup key
+    /// `addon_<key>`, metadata `addon`). Returns the `(env var, price id)` pairs: the ones the
+    /// plans and add-ons name in `stripe_price_env`, and `STRIPE_METER_PRICE_ID_<METER>` for each
+    /// meter's price.
     pub fn seed_catalog(&self, catalog: &schemas::Catalog) -> Vec<(String, String)> {
         let mut st = self.shared.lock();
         st.seed_catalog(catalog)

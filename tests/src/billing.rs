@@ -152,7 +152,18 @@ pub fn billing_config(env: &TestEnv, fake: &Fake) -> billing_sync::Config {
         .iter()
         .filter_map(|(env_name, price)| {
             let plan = env_name.strip_prefix("STRIPE_PRICE_ID_")?.to_lowercase();
-            Some((plan, price.clone()))
+            (!plan.starts_with("addon_")).then(|| (plan, price.clone()))
+        })
+        .collect::<BTreeMap<_, _>>();
+    // Each add-on's price (`STRIPE_PRICE_ID_ADDON_<KEY>`).
+    config.stripe.addon_prices = fake
+        .prices
+        .iter()
+        .filter_map(|(env_name, price)| {
+            let addon = env_name
+                .strip_prefix("STRIPE_PRICE_ID_ADDON_")?
+                .to_lowercase();
+            Some((addon, price.clone()))
         })
         .collect::<BTreeMap<_, _>>();
     // Every subscription carries the meter's metered price (at 0: the plans include the usage).

@@ -8,7 +8,7 @@
 //! - [`stripe_target`]: the Stripe of the contract suite: the fake, or Stripe's test mode with
 //!   `STRIPE_TEST_SECRET_KEY`, with a catalog made and removed per test.
 //! - [`metered`]: a metered-usage stack (events in past hours, rollups, what Stripe and the ledger
-//!   hold per customer-hour).
+//!   hold per customer-hour), with [`shop`] buying on it (checkout, Stripe reads, the quota).
 //! - [`wait_until`]: polling with a deadline instead of fixed sleeps.
 //! - [`proxy`]: a TCP proxy that loses ClickHouse's answer to a chosen request.
 //! - [`smtp`]: an SMTP sink that records the mail it accepts.
@@ -22,6 +22,7 @@ pub mod emails;
 pub mod metered;
 pub mod proxy;
 pub mod servers;
+pub mod shop;
 pub mod smtp;
 pub mod stripe_target;
 pub mod webhook;

@@ -21,6 +21,7 @@
 //! serialized (the per-customer lock is in-process): the stored state follows the newer event (its
 //! row version is higher), but the plan change produced last may be the older event's.
 
+pub mod addons;
 pub mod contracts;
 mod observed;
 mod preview;

@@ -198,10 +198,14 @@ impl Billing {
             .url
             .clone()
             .ok_or_else(|| Error::StripeData("checkout session without url".into()))?;
-        Ok(json!({
+        let mut answer = json!({
             "url": url, "session_id": session.id.as_str(), "plan": plan,
-            "stripe_customer_id": stripe_customer, "contract": contract,
-        }))
+            "stripe_customer_id": stripe_customer,
+        });
+        if let Some(id) = contract {
+            answer["contract"] = json!(id);
+        }
+        Ok(answer)
     }
 
     /// `GET /subscription/portal`.

@@ -1,6 +1,6 @@
 //! `POST /webhooks/stripe`: the signature is verified with async-stripe (`t=…,v1=HMAC-SHA256`, 5
 //! minutes tolerance), and each handled type becomes at most one plan change (see
-//! [`crate::billing`] for the ordering rules).
+//! [`crate::billing`] for the ordering rules) or add-on change ([`crate::billing::addons`]).
 //!
 //! Any instance handles any event, and an event may be handled twice (Stripe retries; one delivery
 //! raced by two instances). The effect is idempotent by construction, not by a "seen" check: the
@@ -103,6 +103,15 @@ pub async fn handle(billing: &Billing, event: stripe_webhook::Event) -> Result<V
         time: event.created,
     };
     let (outcome, owner) = match event.data.object {
+        // An add-on's session (`metadata.addon`): the purchase becomes a bought add-on.
+        EventObject::CheckoutSessionCompleted(session)
+            if session
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.contains_key("addon")) =>
+        {
+            billing.addon_bought(&session, event.created).await?
+        }
         EventObject::CheckoutSessionCompleted(session) => match session.subscription.as_ref() {
             Some(sub) if session.mode == stripe_shared::CheckoutSessionMode::Subscription => {
                 let obs = billing.fetch(sub.id().as_str()).await?;
@@ -111,6 +120,14 @@ pub async fn handle(billing: &Billing, event: stripe_webhook::Event) -> Result<V
             }
             _ => ("ignored", None),
         },
+        // A recurring add-on's subscription never decides the plan: its end removes the add-on.
+        EventObject::CustomerSubscriptionCreated(sub)
+        | EventObject::CustomerSubscriptionUpdated(sub)
+        | EventObject::CustomerSubscriptionDeleted(sub)
+            if sub.metadata.contains_key("addon") =>
+        {
+            billing.addon_subscription(&sub).await?
+        }
         EventObject::CustomerSubscriptionCreated(sub)
         | EventObject::CustomerSubscriptionUpdated(sub)
         | EventObject::CustomerSubscriptionDeleted(sub) => {
@@ -124,6 +141,8 @@ pub async fn handle(billing: &Billing, event: stripe_webhook::Event) -> Result<V
             billing.metrics.checkouts_expired.inc();
             ("checkout_expired", None)
         }
+        // A full refund of an add-on's payment removes it.
+        EventObject::ChargeRefunded(charge) => billing.charge_refunded(&charge).await?,
         EventObject::InvoicePaid(invoice) => match invoice_subscription(&invoice) {
             Some(sub) => (billing.invoice_paid(&sub, &id, event.created).await?, None),
             None => ("ignored", None),

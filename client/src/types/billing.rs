@@ -48,6 +48,64 @@ pub struct Checkout {
     pub plan: String,
     /// Stripe customer id.
     pub stripe_customer_id: String,
+    /// The enterprise contract bought (its price), when one is in effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
+}
+
+/// An add-on of the catalog as a customer sees it (`GET /subscription/addons`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OfferedAddon {
+    /// Add-on key.
+    pub key: String,
+    /// Human name.
+    pub name: String,
+    /// Price per unit in cents (per month when recurring).
+    pub price_cents: u64,
+    /// ISO currency code.
+    pub currency: String,
+    /// `one_time` or `recurring`.
+    pub billing: String,
+    /// Extra quantity of a meter per unit.
+    pub grant: Option<super::AddonGrant>,
+    /// Boolean features it adds.
+    pub features: Vec<String>,
+    /// Config values it sets.
+    pub config: std::collections::BTreeMap<String, String>,
+    /// Most units in one purchase.
+    pub max_quantity: u32,
+    /// Whether the customer can buy it now.
+    pub purchasable: bool,
+    /// Why not (`addon_not_in_plan`, `addon_active`, `addon_not_purchasable`).
+    pub reason: Option<String>,
+}
+
+/// Answer of `GET /subscription/addons`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AddonList {
+    /// The customer.
+    pub customer: String,
+    /// Its plan.
+    pub plan: String,
+    /// The catalog's add-ons.
+    pub available: Vec<OfferedAddon>,
+    /// Its bought add-ons that count now.
+    pub bought: Vec<super::AddonSummary>,
+}
+
+/// Answer of `POST /subscription/addons`: the Checkout Session for an add-on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AddonCheckout {
+    /// The Checkout Session's URL.
+    pub url: String,
+    /// Checkout Session id.
+    pub session_id: String,
+    /// The add-on.
+    pub addon: String,
+    /// Units.
+    pub quantity: u32,
+    /// Stripe customer id.
+    pub stripe_customer_id: String,
 }
 
 /// Answer of `GET /subscription/portal`.

@@ -45,6 +45,10 @@ pub struct QuotaAnswer {
     /// Why not allowed: `limit_reached` or `unknown_customer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Units over the limit after this request, billed by the plan's usage price (plans with
+    /// `on_limit = "overage"`, once over the limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overage: Option<f64>,
 }
 
 /// One check of `POST /v1/check`.
@@ -115,8 +119,10 @@ pub struct Projection {
     pub projected_used: f64,
     /// In percent of the limit (`None` = unlimited).
     pub projected_percent: Option<f64>,
-    /// The plan's price for the period (cents).
+    /// The period's cost at the projected usage (cents): price plus this meter's usage price.
     pub projected_cost_cents: u64,
+    /// What this meter's usage so far costs by the plan's usage price (cents).
+    pub usage_cost_cents: u64,
     /// Currency.
     pub currency: String,
     /// The cheapest plan covering the projection, when the current one does not.
@@ -138,6 +144,63 @@ pub struct PlanSummary {
     pub status: String,
     /// Whether the subscription ends at the period end.
     pub cancel_at_period_end: bool,
+    /// `block` (refused at the limit) or `overage` (usage runs over, billed).
+    pub on_limit: String,
+    /// The period so far: price plus usage priced by the usage prices (cents).
+    pub cost_to_date_cents: u64,
+    /// The enterprise contract in effect, if any.
+    pub contract: Option<ContractSummary>,
+    /// The bought add-ons that count now.
+    #[serde(default)]
+    pub addons: Vec<AddonSummary>,
+}
+
+/// A bought add-on in a usage answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AddonSummary {
+    /// The purchase (Stripe payment intent or subscription id).
+    pub purchase: String,
+    /// Add-on key.
+    pub addon: String,
+    /// Its name.
+    pub name: String,
+    /// `one_time` or `recurring`.
+    pub billing: String,
+    /// Units bought.
+    pub quantity: u32,
+    /// Extra quantity of a meter (all units together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<AddonGrant>,
+    /// Boolean features it adds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+    /// Config values it sets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// When it was bought (RFC 3339).
+    pub bought_at: String,
+    /// When it stops counting (RFC 3339); `None` = while it lives.
+    pub expires_at: Option<String>,
+}
+
+/// Extra quantity of one meter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AddonGrant {
+    /// Meter key.
+    pub meter: String,
+    /// Quantity.
+    pub quantity: u64,
+}
+
+/// An enterprise contract in a usage answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContractSummary {
+    /// Contract id.
+    pub id: String,
+    /// Start (RFC 3339).
+    pub starts_at: String,
+    /// End, exclusive (RFC 3339); `None` = open-ended.
+    pub ends_at: Option<String>,
 }
 
 /// One meter of a usage answer.

@@ -129,6 +129,14 @@ export class MeteringClient {
   cancel(immediately = false): Promise<T.Cancelled> {
     return this.call('POST', this.billing(), '/subscription/cancel', { body: { immediately } });
   }
+  /** `GET /subscription/addons`: the add-ons the customer may buy, and its bought ones. */
+  addons(): Promise<T.AddonList> {
+    return this.call('GET', this.billing(), '/subscription/addons');
+  }
+  /** `POST /subscription/addons`: a Checkout Session for an add-on; send the customer to its `url`. */
+  buyAddon(addon: string, quantity = 1): Promise<T.AddonCheckout> {
+    return this.call('POST', this.billing(), '/subscription/addons', { body: { addon, quantity } });
+  }
   invoicePreview(customer: string): Promise<T.InvoicePreview> {
     return this.call('GET', this.billing(), `/v1/customers/${seg(customer)}/invoice-preview`);
   }

@@ -27,6 +27,8 @@ export interface QuotaAnswer {
   limit: number | null; remaining: number | null; percent: number | null; warning: boolean;
   period_start: string; period_end: string; plan: string; status: string;
   reason?: 'limit_reached' | 'unknown_customer';
+  /** On a plan that lets usage run over: the units over the limit after this call (billed). */
+  overage?: number;
 }
 export interface CheckItem {
   customer: string; meter?: string; quantity?: number; endpoint?: string; id?: string;
@@ -60,12 +62,38 @@ export interface CheckResponse { results: CheckResult[] }
 
 export interface Projection {
   projected_used: number; projected_percent: number | null; projected_cost_cents: number;
+  /** What this meter's usage so far costs by the plan's usage price (cents). */
+  usage_cost_cents: number;
   currency: string; recommended_plan: string | null;
+}
+/** An enterprise contract in effect. */
+export interface ContractSummary { id: string; starts_at: string; ends_at: string | null }
+/** Extra quantity of one meter. */
+export interface AddonGrant { meter: string; quantity: number }
+/** A bought add-on that counts now. */
+export interface AddonSummary {
+  purchase: string; addon: string; name: string; billing: 'one_time' | 'recurring'; quantity: number;
+  grant?: AddonGrant; features?: string[]; config?: Record<string, string>;
+  bought_at: string; expires_at: string | null;
 }
 export interface PlanSummary {
   key: string | null; name: string | null; price_cents: number | null; currency: string | null;
   status: string; cancel_at_period_end: boolean;
+  /** `block` (refused at the limit) or `overage` (usage runs over, billed). */
+  on_limit: 'block' | 'overage';
+  /** The period so far: price plus usage priced by the usage prices (cents). */
+  cost_to_date_cents: number;
+  contract: ContractSummary | null;
+  addons: AddonSummary[];
 }
+/** An add-on of the catalog as the customer sees it. */
+export interface OfferedAddon {
+  key: string; name: string; price_cents: number; currency: string; billing: 'one_time' | 'recurring';
+  grant: AddonGrant | null; features: string[]; config: Record<string, string>; max_quantity: number;
+  purchasable: boolean; reason: 'addon_not_in_plan' | 'addon_active' | 'addon_not_purchasable' | null;
+}
+export interface AddonList { customer: string; plan: string; available: OfferedAddon[]; bought: AddonSummary[] }
+export interface AddonCheckout { url: string; session_id: string; addon: string; quantity: number; stripe_customer_id: string }
 export interface MeterUsage extends QuotaAnswer { by_endpoint: Record<string, number>; projection: Projection }
 export interface UsageBody {
   customer: string; known: boolean; plan: PlanSummary; period_start: string; period_end: string;
@@ -117,7 +145,11 @@ export interface SubscriptionStatus {
   current_period_start: string | null; current_period_end: string | null;
   cancel_at_period_end: boolean; payment_failed_at: string | null; downgraded: boolean;
 }
-export interface Checkout { url: string; session_id: string; plan: string; stripe_customer_id: string }
+export interface Checkout {
+  url: string; session_id: string; plan: string; stripe_customer_id: string;
+  /** The enterprise contract bought, when one is in effect. */
+  contract?: string;
+}
 export interface Portal { url: string; stripe_customer_id: string }
 export interface Cancelled {
   subscription_id: string; status: string; cancel_at_period_end: boolean;

@@ -83,7 +83,7 @@ test('auth errors are typed codes, not bare statuses', async () => {
 
 test('quota, check and check-and-track', async () => {
   const q = await tenant.quota('ts_check', { quantity: 1 });
-  fields(q, QUOTA, ['reason']);
+  fields(q, QUOTA, ['reason', 'overage']);
   assert.deepEqual([q.allowed, q.used, q.limit, q.plan], [true, 0, 100, 'free']);
   const r = await tenant.check({ track: true, checks: [{ customer: 'ts_check', endpoint: 'redact', id: `chk-${run}` }] });
   fields(r.results[0], [...QUOTA, 'tracked', 'event_id'], ['reason']);
@@ -113,7 +113,7 @@ test('admin: limits, grants, plans; then the seed API at the limit is a LimitRea
   fields(u, ['customer', 'plan', 'plan_name', 'status', 'cancel_at_period_end', 'used', 'limit', 'remaining', 'percent', 'warning', 'blocked', 'period_start', 'period_end', 'by_endpoint', 'projection', 'features']);
   assert.deepEqual([u.used, u.limit, u.blocked, u.warning], [3, 3, true, true]);
   assert.ok(u.features.length > 0);
-  fields(u.projection, ['projected_used', 'projected_percent', 'projected_cost_cents', 'currency', 'recommended_plan']);
+  fields(u.projection, ['projected_used', 'projected_percent', 'projected_cost_cents', 'usage_cost_cents', 'currency', 'recommended_plan']);
   const g = await tenant.grant('ts_seed', { quantity: 2, id: `grant-${run}` });
   assert.equal(g.quota[0].remaining, 2);
   assert.equal((await seed.track('redact')).usage.used, 4);
@@ -151,7 +151,7 @@ test('usage and history from ClickHouse', async () => {
     return b.meters[0].by_endpoint.analyze === 3 ? b : null;
   });
   fields(u, ['customer', 'known', 'plan', 'period_start', 'period_end', 'warn_percent', 'meters']);
-  fields(u.plan, ['key', 'name', 'price_cents', 'currency', 'status', 'cancel_at_period_end']);
+  fields(u.plan, ['key', 'name', 'price_cents', 'currency', 'status', 'cancel_at_period_end', 'on_limit', 'cost_to_date_cents', 'contract', 'addons']);
   fields(u.meters[0], [...QUOTA, 'by_endpoint', 'projection'], ['reason']);
   const h = await tenant.history('ts_events', { granularity: 'day', group_by: 'endpoint' });
   fields(h, ['customer', 'granularity', 'from', 'to', 'points']);

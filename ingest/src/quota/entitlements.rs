@@ -79,11 +79,14 @@ impl QuotaView {
             let plan = self.plan_of(c);
             let catalog = &*self.catalog;
             let fallback = catalog.plan(&catalog.default_plan).map(|p| p.terms());
-            let terms: &PlanTerms = match (plan.terms(catalog, now), fallback) {
+            // The plan's (or contract's) terms with the features of active add-ons.
+            let default_terms = PlanTerms::default();
+            let terms: Cow<'_, PlanTerms> = match (plan.terms_with_addons(catalog, now), fallback) {
                 (Some(t), _) => t,
-                (None, Some(t)) => t,
-                (None, None) => &PlanTerms::default(),
+                (None, Some(t)) => Cow::Borrowed(&**t),
+                (None, None) => Cow::Borrowed(&default_terms),
             };
+            let terms = &*terms;
             let entitlements = features
                 .iter()
                 .zip(&meter_ids)

@@ -310,7 +310,11 @@ impl QuotaView {
                 if runs_over && after > l {
                     overage = Some(after - l);
                 }
-                (after <= l || runs_over, Some((l - used).max(0.0)), Some(percent))
+                (
+                    after <= l || runs_over,
+                    Some((l - used).max(0.0)),
+                    Some(percent),
+                )
             }
         };
         let warning = percent.is_some_and(|p| p >= f64::from(self.catalog.warn_percent));

@@ -1,5 +1,5 @@
-//! Checkout Sessions (subscription mode, completed on the hosted page, expired after 24 hours) and
-//! billing portal sessions.
+//! Checkout Sessions (subscription and payment mode, completed on the hosted page, expired after
+//! 24 hours) and billing portal sessions.
 
 use serde_json::{Value, json};
 
@@ -9,14 +9,30 @@ use crate::error::{ApiErr, ApiResult};
 use crate::objects::{self, CheckoutSession};
 
 impl State {
-    /// `POST /v1/checkout/sessions` (subscription mode).
+    /// `POST /v1/checkout/sessions` in `subscription` mode (recurring prices: the subscription's
+    /// items) or `payment` mode (one-time prices with quantities: a payment intent).
     pub(crate) fn create_checkout_session(&mut self, p: &Value, base_url: &str) -> ApiResult {
         let mode = req_str(p, "mode")?;
-        if mode != "subscription" {
+        if mode != "subscription" && mode != "payment" {
             return Err(ApiErr::invalid(
                 "parameter_invalid_string",
-                format!("The fake completes only subscription-mode sessions, not '{mode}'."),
+                format!(
+                    "The fake completes only subscription- and payment-mode sessions, not '{mode}'."
+                ),
                 Some("mode"),
+            ));
+        }
+        // Each mode's own data: Stripe refuses the other's
+        // ("You can not pass `payment_intent_data` in `subscription` mode.").
+        let other = if mode == "payment" {
+            "subscription_data"
+        } else {
+            "payment_intent_data"
+        };
+        if p.get(other).is_some() {
+            return Err(refused(
+                format!("You can not pass `{other}` in `{mode}` mode."),
+                other,
             ));
         }
         let items = p
@@ -28,16 +44,51 @@ impl State {
         let mut amount = 0;
         let mut currency = "usd".to_string();
         for (i, item) in items.iter().enumerate() {
-            let pid = str_param(item, "price")
-                .ok_or_else(|| ApiErr::param_missing(&format!("line_items[{i}][price]")))?;
-            let price = self.prices.get(pid).ok_or_else(|| {
-                ApiErr::missing("price", pid, Some(&format!("line_items[{i}][price]")))
-            })?;
+            let param = format!("line_items[{i}][price]");
+            let pid = str_param(item, "price").ok_or_else(|| ApiErr::param_missing(&param))?;
+            let price = self
+                .prices
+                .get(pid)
+                .ok_or_else(|| ApiErr::missing("price", pid, Some(&param)))?;
             let quantity = int_param(item, "quantity")?.map(|q| q.max(1) as u64);
-            let metered = price
-                .recurring
-                .as_ref()
-                .is_some_and(|r| r.usage_type == "metered");
+            let metered = price.metered();
+            match (mode, price.recurring.is_some()) {
+                ("payment", true) => {
+                    return Err(refused(
+                        "You specified `payment` mode but passed a recurring price. Either switch to `subscription` mode or use only one-time prices.".into(),
+                        &param,
+                    ));
+                }
+                // Stripe adds one-time prices of a subscription-mode session to the first
+                // invoice; the fake does not model those invoice items.
+                ("subscription", false) => {
+                    return Err(refused(
+                        format!(
+                            "The fake takes only recurring prices in `subscription` mode; {pid} is a one-time price (Stripe would add it to the first invoice, the fake does not model that)."
+                        ),
+                        &param,
+                    ));
+                }
+                _ => {}
+            }
+            if mode == "payment" {
+                if !price.active {
+                    return Err(refused(
+                        "The price specified is inactive. This field only accepts active prices."
+                            .into(),
+                        &param,
+                    ));
+                }
+                if i > 0 && price.currency != currency {
+                    return Err(refused(
+                        format!(
+                            "All line items must use the same currency: {} is not {currency}.",
+                            price.currency
+                        ),
+                        &param,
+                    ));
+                }
+            }
             if metered && quantity.is_some() {
                 return Err(ApiErr::invalid(
                     "parameter_invalid_integer",
@@ -48,7 +99,11 @@ impl State {
             if !metered && quantity.is_none() {
                 return Err(ApiErr::param_missing(&format!("line_items[{i}][quantity]")));
             }
-            amount += price.unit_amount * quantity.unwrap_or(0) as i64;
+            amount += if mode == "payment" {
+                price.charge(quantity.unwrap_or(1))
+            } else {
+                price.unit_amount * quantity.unwrap_or(0) as i64
+            };
             currency.clone_from(&price.currency);
             line_items.push((pid.to_string(), quantity));
         }
@@ -94,9 +149,18 @@ impl State {
                 .get("subscription_data")
                 .map(|d| metadata(d, "metadata"))
                 .unwrap_or_else(|| json!({})),
+            payment_intent_metadata: p
+                .get("payment_intent_data")
+                .map(|d| metadata(d, "metadata"))
+                .unwrap_or_else(|| json!({})),
+            payment_intent_description: p
+                .get("payment_intent_data")
+                .and_then(|d| str_param(d, "description"))
+                .map(String::from),
             status: "open".into(),
             subscription: None,
             invoice: None,
+            payment_intent: None,
             amount_total: amount,
             currency,
             created: now,
@@ -115,8 +179,9 @@ impl State {
             .ok_or_else(|| ApiErr::missing("checkout.session", id, Some("session")))
     }
 
-    /// The customer pays on the hosted page: the subscription starts and the session completes.
-    /// Visiting a completed session again changes nothing.
+    /// The customer pays on the hosted page: the subscription starts (or, in `payment` mode, the
+    /// payment intent is paid) and the session completes. Visiting a completed session again
+    /// changes nothing.
     pub(crate) fn complete_checkout(
         &mut self,
         id: &str,
@@ -137,6 +202,9 @@ impl State {
         }
         if session.status != "open" {
             return Ok((session, Vec::new()));
+        }
+        if session.mode == "payment" {
+            return self.complete_payment(&session);
         }
         // The subscription has one item per line item, in their order.
         let (price, quantity) = session.line_items[0].clone();
@@ -205,5 +273,14 @@ impl State {
         );
         self.portal_sessions.insert(id, session.clone());
         Ok(session)
+    }
+}
+
+/// A 400 `invalid_request_error` without a code naming `param` (how Stripe words the Checkout
+/// refusals the fake models; their codes, if any, are not documented).
+fn refused(message: String, param: &str) -> ApiErr {
+    ApiErr {
+        status: 400,
+        body: objects::error("invalid_request_error", None, &message, Some(param)),
     }
 }

@@ -3,12 +3,15 @@
 //!
 //! # Layout
 //! - [`params`]: reading form parameters, and list pages.
-//! - [`catalog`]: customers, products, prices, meters, and the catalog seed.
+//! - [`catalog`]: customers, products, prices and meters.
+//! - [`seed`]: the catalog seed (plans, usage prices, meters, add-ons).
 //! - [`meter_events`]: meter events (identifier dedup, the 35-day window) and their summaries.
 //! - [`adjustments`]: meter event adjustments (cancel by identifier within 24 hours).
 //! - [`subscriptions`]: subscriptions, their payment outcomes, renewals and the clock's advance.
 //! - [`invoices`]: invoice lines (licensed in advance, metered in arrears), the invoice preview.
 //! - [`checkout`]: Checkout Sessions and billing portal sessions.
+//! - [`payments`]: one-time purchases (the payment intent and charge of a `payment`-mode
+//!   session) and their refunds.
 //! - [`clocks`]: test clocks (they move the fake's one clock).
 //! - [`faults`]: injected API faults.
 //! - [`logs`]: the request and delivery logs and the idempotency cache's entries.
@@ -22,6 +25,8 @@ mod invoices;
 mod logs;
 mod meter_events;
 mod params;
+mod payments;
+mod seed;
 mod subscriptions;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -29,7 +34,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::objects::{self, CheckoutSession, Meter, MeterEvent, Price, Subscription};
+use crate::objects::{
+    self, Charge, CheckoutSession, Meter, MeterEvent, PaymentIntent, Price, Refund, Subscription,
+};
 
 pub(crate) use faults::Fault;
 pub(crate) use logs::{Cached, Delivery, RequestLog};
@@ -62,6 +69,12 @@ pub(crate) struct State {
     pub(crate) portal_sessions: BTreeMap<String, Value>,
     /// Invoices by id.
     pub(crate) invoices: BTreeMap<String, Value>,
+    /// Payment intents by id (ids sort in creation order).
+    pub(crate) payment_intents: BTreeMap<String, PaymentIntent>,
+    /// Charges by id (ids sort in creation order).
+    pub(crate) charges: BTreeMap<String, Charge>,
+    /// Refunds by id (ids sort in creation order).
+    pub(crate) refunds: BTreeMap<String, Refund>,
     /// Every event, in creation order.
     pub(crate) events: Vec<Value>,
     /// Test clocks by id.

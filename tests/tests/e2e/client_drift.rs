@@ -328,6 +328,107 @@ async fn every_answer_round_trips_through_the_clients_types() {
     )
     .await;
     lossless::<SubscriptionStatus>("status, subscribed", &v);
+    // Add-ons: the offer, a pack's checkout paid at the fake, then the usage answer with it.
+    let v = raw(
+        &http,
+        Method::GET,
+        &format!("{bill}/subscription/addons"),
+        &ck,
+        None,
+        200,
+    )
+    .await;
+    let offer: AddonList = lossless("add-ons", &v);
+    assert!(
+        offer
+            .available
+            .iter()
+            .any(|a| a.key == "calls_1000" && a.purchasable),
+        "{v}"
+    );
+    let v = raw(
+        &http,
+        Method::POST,
+        &format!("{bill}/subscription/addons"),
+        &ck,
+        Some(json!({"addon": "calls_1000", "quantity": 2})),
+        201,
+    )
+    .await;
+    let pack: AddonCheckout = lossless("add-on checkout", &v);
+    assert!(
+        http.get(&pack.url)
+            .send()
+            .await
+            .expect("pay the pack")
+            .status()
+            .is_success()
+    );
+    let bought = wait_until(Duration::from_secs(30), "the pack", || async {
+        let l = b.addons().await.ok()?;
+        (!l.bought.is_empty()).then_some(l)
+    })
+    .await;
+    assert_eq!(
+        bought.bought[0].grant.as_ref().map(|g| g.quantity),
+        Some(2_000)
+    );
+    let v = raw(
+        &http,
+        Method::GET,
+        &format!("{bill}/subscription/addons"),
+        &ck,
+        None,
+        200,
+    )
+    .await;
+    lossless::<AddonList>("add-ons, one bought", &v);
+    let v = wait_until(Duration::from_secs(30), "the pack in /usage", || async {
+        let v = raw(
+            &http,
+            Method::GET,
+            &format!("{api}/v1/customers/d1/usage"),
+            &ck,
+            None,
+            200,
+        )
+        .await;
+        (v["plan"]["addons"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty()))
+        .then_some(v)
+    })
+    .await;
+    lossless::<UsageBody>("usage with an add-on", &v);
+    // The admin removes it (a refund at the fake), so the limits below are the plan's again.
+    let purchase = bought.bought[0].purchase.clone();
+    raw(
+        &http,
+        Method::DELETE,
+        &format!("{bill}/admin/customers/d1/addons/{purchase}"),
+        &key,
+        None,
+        200,
+    )
+    .await;
+    wait_until(Duration::from_secs(30), "the pack removed", || async {
+        let v = raw(
+            &http,
+            Method::GET,
+            &format!("{api}/v1/customers/d1/usage"),
+            &ck,
+            None,
+            200,
+        )
+        .await;
+        (v["plan"]["addons"] == json!([])).then_some(())
+    })
+    .await;
+    let e = b
+        .buy_addon("teleport", 1)
+        .await
+        .expect_err("unknown add-on");
+    assert_eq!(e.code(), Some(&ErrorCode::UnknownAddon), "{e}");
     let v = raw(
         &http,
         Method::GET,

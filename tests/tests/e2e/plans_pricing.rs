@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use platform::principal::Scope;
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::{Value, json};
 use tests::metered::{Metered, TENANT, hour_start, now};
+use tests::shop::{call, quota, stripe_get, subscribe};
 use tests::wait_until;
 
 /// The built-in catalog with Starter at 10 calls, running over into graduated tiers: 10 included,
@@ -33,63 +34,6 @@ fn overage_catalog() -> String {
     )
 }
 
-async fn call(
-    http: &reqwest::Client,
-    method: Method,
-    url: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = http.request(method, url).bearer_auth(key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.expect("request");
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-/// The customer of `key` checks out `plan` (the fake completes it on the visit) and billing-sync
-/// shows it active; returns the status.
-async fn subscribe(m: &Metered, key: &str, plan: &str, expect_plan: &str) -> Value {
-    let sync = &m.sync.running.url;
-    let (s, v) = call(
-        &m.http,
-        Method::POST,
-        &format!("{sync}/subscription/create"),
-        key,
-        Some(json!({"plan": plan})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let url = v["url"].as_str().expect("checkout url");
-    assert_eq!(m.http.get(url).send().await.expect("visit").status(), 200);
-    wait_until(Duration::from_secs(20), "subscription active", || async {
-        let (s, v) = call(
-            &m.http,
-            Method::GET,
-            &format!("{sync}/subscription/status"),
-            key,
-            None,
-        )
-        .await;
-        (s == 200 && v["status"] == "active" && v["subscribed_plan"] == expect_plan).then_some(v)
-    })
-    .await
-}
-
-async fn stripe_get(m: &Metered, path: &str) -> Value {
-    let r = m
-        .http
-        .get(format!("{}/v1/{path}", m.fake.url))
-        .bearer_auth(tests::billing::STRIPE_KEY)
-        .send()
-        .await
-        .expect("stripe get");
-    assert_eq!(r.status(), 200, "GET /v1/{path}");
-    r.json().await.expect("stripe JSON")
-}
-
 fn item_prices(sub: &Value) -> Vec<String> {
     sub["items"]["data"]
         .as_array()
@@ -97,23 +41,6 @@ fn item_prices(sub: &Value) -> Vec<String> {
         .iter()
         .filter_map(|i| i["price"]["id"].as_str().map(String::from))
         .collect()
-}
-
-/// The ingest's quota answer for one more call.
-async fn quota(m: &Metered, key: &str, customer: &str) -> Value {
-    let (s, v) = call(
-        &m.http,
-        Method::GET,
-        &format!(
-            "{}/v1/customers/{customer}/quota?meter=api_call",
-            m.ingest_url()
-        ),
-        key,
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -50,6 +50,7 @@ const INGEST_PATHS: &[&str] = &[
     "/dashboard/session",
     "/dashboard/billing/subscription/{action}",
     "/dashboard/billing/v1/customers/{customer}/invoice-preview",
+    "/dashboard/billing/v1/email-preferences",
 ];
 
 /// billing-sync's documented paths.
@@ -68,6 +69,12 @@ const BILLING_PATHS: &[&str] = &[
     "/admin/emails/preview/{kind}",
     "/admin/emails/reminders",
     "/admin/emails/dispatch",
+    "/admin/emails/retry",
+    "/admin/customers/{customer}/contract",
+    "/admin/customers/{customer}/contracts",
+    "/admin/customers/{customer}/contracts/{id}",
+    "/subscription/addons",
+    "/admin/customers/{customer}/addons/{purchase}",
     "/admin/customers/{customer}/email",
     "/emails/unsubscribe",
     "/emails/preferences",
