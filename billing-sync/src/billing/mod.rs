@@ -254,8 +254,29 @@ impl Billing {
         let after = self.effective(&after_rows);
         let changed = after != before;
         if changed && let Some(change) = after {
-            self.produce(tenant, customer, event_id, source, change)
+            let plan_of = |c: &Option<Change>| match c {
+                Some(Change::Plan { plan, .. }) => Some(plan.clone()),
+                _ => None,
+            };
+            let new_plan =
+                plan_of(&Some(change.clone())).filter(|p| plan_of(&before).as_ref() != Some(p));
+            self.produce(tenant, customer, event_id.clone(), source, change)
                 .await?;
+            // A customer that moves to another plan gets its current version, pinned (it keeps
+            // it when the catalog changes until an admin migrates it), as the ingest's plan
+            // route does. Deterministic id: a retry pins once.
+            if let Some(terms) = new_plan
+                .and_then(|p| self.catalog.plan(&p))
+                .map(|p| p.terms().clone())
+            {
+                let pin = Change::PlanVersion {
+                    plan: terms.plan.clone(),
+                    terms,
+                    from_version: None,
+                };
+                self.produce(tenant, customer, format!("{event_id}:version"), source, pin)
+                    .await?;
+            }
         }
         self.store.save_subscription(&row).await?;
         Ok(if changed { "applied" } else { "unchanged" })

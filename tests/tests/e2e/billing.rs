@@ -155,10 +155,12 @@ impl Ctx {
     }
 
     /// Plan changes the aggregator stored for `customer`, by source.
+    /// The customer's plan changes (`kind = 'plan'`; the version pins that follow a change to
+    /// another plan are not counted here).
     async fn plan_events(&self, customer: &str) -> Vec<(String, String)> {
         self.env
             .ch()
-            .query("SELECT id, source FROM subscription_events WHERE customer = ? ORDER BY kafka_offset")
+            .query("SELECT id, source FROM subscription_events WHERE customer = ? AND kind = 'plan' ORDER BY kafka_offset")
             .bind(customer)
             .fetch_all()
             .await

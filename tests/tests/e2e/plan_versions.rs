@@ -285,3 +285,66 @@ async fn migrating_a_plan_moves_every_subscriber_of_the_tenant_once() {
     agg.stop().await;
     let _ = std::fs::remove_file(v2_path);
 }
+
+/// A customer that subscribes through Stripe Checkout (billing-sync) is pinned to the plan's
+/// current version like one set by the admin route: the log holds a `plan_version` event after the
+/// plan change, so folding it under a later catalog (Starter at 800 calls and analytics) still
+/// gives the customer 500 calls and no analytics, while a customer of that catalog gets 800.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stripe_subscriber_is_pinned_to_the_version_it_bought() {
+    let m = tests::metered::Metered::start("versions_stripe", |_| {}).await;
+    let key = m
+        .env
+        .key(
+            tests::metered::TENANT,
+            &[Scope::Read, Scope::Ingest],
+            Some("sam"),
+        )
+        .await;
+    tests::shop::subscribe(&m, &key, "starter", "starter").await;
+    let customers = [(tests::metered::TENANT.to_string(), "sam".to_string())];
+    let old = schemas::Catalog::default();
+    let pinned = wait_until(Duration::from_secs(20), "the pin stored", || async {
+        let mut states = schemas::quota_store::plans(&m.env.ch(), &old, Some(&customers))
+            .await
+            .expect("plans");
+        let s = states.remove(&customers[0]).expect("sam");
+        s.terms.is_some().then_some(s)
+    })
+    .await;
+    let starter = old.plan("starter").expect("starter").terms();
+    assert_eq!(pinned.terms.as_deref(), Some(&**starter), "{pinned:?}");
+    let kinds: Vec<(String, String)> = m
+        .env
+        .ch()
+        .query(
+            "SELECT kind, id FROM subscription_events WHERE customer = 'sam' ORDER BY kafka_offset",
+        )
+        .fetch_all()
+        .await
+        .expect("events");
+    let plan_at = kinds
+        .iter()
+        .position(|(k, _)| k == "plan")
+        .expect("a plan event");
+    let (kind, id) = &kinds[plan_at + 1];
+    assert_eq!(kind, "plan_version", "{kinds:?}");
+    assert_eq!(*id, format!("{}:version", kinds[plan_at].1), "{kinds:?}");
+
+    // The catalog moves on: the log still gives sam the version it bought.
+    let text = std::fs::read_to_string(catalog_v2(&m.env)).expect("v2");
+    let new = schemas::Catalog::from_toml(&text).expect("v2 catalog");
+    let mut states = schemas::quota_store::plans(&m.env.ch(), &new, Some(&customers))
+        .await
+        .expect("plans");
+    let s = states.remove(&customers[0]).expect("sam");
+    let now = time::OffsetDateTime::now_utc();
+    assert_eq!(s.limit(&new, "api_call", now), Some(500));
+    assert!(!s.terms(&new, now).expect("terms").has_feature("analytics"));
+    let fresh = schemas::quota::PlanState {
+        plan: "starter".into(),
+        ..schemas::quota::PlanState::initial("acme", "new", &new)
+    };
+    assert_eq!(fresh.limit(&new, "api_call", now), Some(800));
+    m.stop().await;
+}
