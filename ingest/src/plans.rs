@@ -1,5 +1,6 @@
-//! `GET /v1/plans`: the catalog's plans (current versions) with price, the first meter's limit and
-//! the features each includes, as the dashboard's upgrade modal shows them (public).
+//! `GET /v1/plans`: the catalog's plans (current versions, with their ids) with price, the first
+//! meter's limit, the limit behaviour and the features each includes, as the dashboard's upgrade
+//! modal shows them (public).
 
 use axum::Json;
 use axum::extract::State;
@@ -49,6 +50,12 @@ pub struct PlanOffer {
     pub features: Vec<String>,
     /// Whether it is the plan of new customers.
     pub default: bool,
+    /// The current version's id (what new subscribers get; subscribers keep theirs until
+    /// migrated).
+    pub version: String,
+    /// `block` (refused at the limit) or `overage` (usage runs over, billed per unit or in tiers).
+    #[schema(value_type = String)]
+    pub on_limit: schemas::pricing::OnLimit,
 }
 
 /// Answer of `GET /v1/plans`.
@@ -87,6 +94,8 @@ pub async fn plans(State(state): State<AppState>) -> Json<PlansBody> {
             limit: p.limit(&meter.key),
             features: labels(c, p),
             default: p.key == c.default_plan,
+            version: p.terms().version.clone(),
+            on_limit: p.on_limit,
         })
         .collect();
     Json(PlansBody {

@@ -366,6 +366,10 @@ pub struct PlanOffer {
     pub features: Vec<String>,
     /// Whether new customers get it.
     pub default: bool,
+    /// The current version's id.
+    pub version: String,
+    /// `block` or `overage`.
+    pub on_limit: String,
 }
 
 /// Answer of `GET /v1/plans`.

@@ -116,6 +116,9 @@ export interface ChangeAccepted { event_id: string; quota: QuotaAnswer[] }
 export interface PlanOffer {
   key: string; name: string; price_cents: number; currency: string; limit: number | null;
   features: string[]; default: boolean;
+  /** The current version's id (subscribers keep theirs until migrated). */
+  version: string;
+  on_limit: 'block' | 'overage';
 }
 export interface PlansBody {
   meter: { key: string; name: string }; warn_percent: number; default_plan: string; plans: PlanOffer[];

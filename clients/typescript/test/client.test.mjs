@@ -47,7 +47,7 @@ test('plans: the public catalog', async () => {
   const p = await tenant.plans();
   fields(p, ['meter', 'warn_percent', 'default_plan', 'plans']);
   assert.deepEqual(p.plans.map((x) => [x.key, x.limit]), [['free', 100], ['starter', 500], ['professional', 5000], ['enterprise', null]]);
-  fields(p.plans[0], ['key', 'name', 'price_cents', 'currency', 'limit', 'features', 'default']);
+  fields(p.plans[0], ['key', 'name', 'price_cents', 'currency', 'limit', 'features', 'default', 'version', 'on_limit']);
 });
 
 test('events: accepted once the broker has them; invalid ones are typed errors with every field', async () => {

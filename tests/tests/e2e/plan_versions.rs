@@ -104,6 +104,22 @@ async fn subscribers_keep_their_version_new_ones_get_the_new_one_until_an_admin_
     );
     let version2 = e["current_version"].as_str().expect("current").to_string();
     assert_ne!(version2, version1);
+    // The public plan list shows the current version (what a new subscriber gets).
+    let plans: Value = http
+        .get(format!("{}/v1/plans", ingest.url))
+        .send()
+        .await
+        .expect("plans")
+        .json()
+        .await
+        .expect("json");
+    let starter = plans["plans"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["key"] == "starter"))
+        .cloned()
+        .expect("starter");
+    assert_eq!(starter["version"], version2.as_str(), "{starter}");
+    assert_eq!(starter["on_limit"], "block", "{starter}");
     assert_eq!(feature(&e, "analytics")["has_access"], false, "{e}");
     assert_eq!(limit(&http, &ingest, &key, "old").await, json!(500));
     assert_eq!(
