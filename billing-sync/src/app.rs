@@ -151,6 +151,20 @@ impl App {
             )
             .with_ownership(ownership),
         );
+        // What Stripe bills must be what the catalog says (the projection and the dashboard use
+        // the catalog): a price that differs refuses the start; Stripe unreachable does not.
+        match billing.price_differences().await {
+            Ok(d) if d.is_empty() => {}
+            Ok(d) => {
+                return Err(crate::Error::Config(format!(
+                    "Stripe prices differ from the catalog: {}",
+                    d.join("; ")
+                )));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check the Stripe prices against the catalog");
+            }
+        }
         Ok(Self {
             listener,
             billing,

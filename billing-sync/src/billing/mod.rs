@@ -25,6 +25,7 @@ pub mod addons;
 pub mod contracts;
 mod observed;
 mod preview;
+mod price_check;
 mod sales;
 
 pub use observed::{Observed, Source, current, is_terminal, observe};

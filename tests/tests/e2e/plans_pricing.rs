@@ -366,3 +366,67 @@ async fn a_contract_sets_price_limits_and_features_is_sold_by_checkout_and_ends(
     );
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn billing_sync_refuses_to_start_when_a_stripe_price_differs_from_the_catalog() {
+    let env = tests::TestEnv::new("pricing_check").await;
+    // The fake's prices are made from the catalog with Starter's tiers; billing-sync's catalog
+    // has 30 ¢ instead of 25 ¢ in the second tier.
+    let text = overage_catalog();
+    let fake = tests::billing::Fake::start_with_catalog(
+        &schemas::Catalog::from_toml(&text).expect("catalog"),
+    )
+    .await;
+    let other = text.replacen(
+        "{ up_to = 20, unit_cents = 25 }",
+        "{ up_to = 20, unit_cents = 30 }",
+        1,
+    );
+    assert_ne!(other, text);
+    let path = std::env::temp_dir().join(format!("catalog_{}.toml", env.name));
+    std::fs::write(&path, &other).expect("write");
+    let price = |env_name: &str| {
+        fake.prices
+            .iter()
+            .find(|(n, _)| n == env_name)
+            .map(|(_, p)| p.clone())
+            .expect("seeded price")
+    };
+    let mut config = tests::billing::billing_config(&env, &fake);
+    config.catalog = Some(path.clone());
+    config.stripe.usage_prices.insert(
+        "starter".into(),
+        [(
+            "api_call".to_string(),
+            price("STRIPE_USAGE_PRICE_ID_STARTER"),
+        )]
+        .into(),
+    );
+    // And the one-time pack is configured with the monthly add-on's price.
+    config.stripe.addon_prices.insert(
+        "calls_1000".into(),
+        price("STRIPE_PRICE_ID_ADDON_ANALYTICS"),
+    );
+    let e = billing_sync::App::build(config.clone())
+        .await
+        .err()
+        .expect("refused to start")
+        .to_string();
+    assert!(
+        e.contains("plans[starter].usage_prices.api_call") && e.contains("tiers"),
+        "{e}"
+    );
+    assert!(
+        e.contains("addons[calls_1000]")
+            && e.contains("a recurring price; the catalog sells it one_time"),
+        "{e}"
+    );
+    // The same prices against the catalog they were made from: it starts.
+    std::fs::write(&path, &text).expect("write");
+    config.stripe.addon_prices.insert(
+        "calls_1000".into(),
+        price("STRIPE_PRICE_ID_ADDON_CALLS_1000"),
+    );
+    assert!(billing_sync::App::build(config).await.is_ok());
+    fake.stop().await;
+}
