@@ -1,5 +1,6 @@
-//! The admin routes of enterprise contracts: set (create or replace), list and end a customer's
-//! contract (a tenant-wide key with the `admin` scope).
+//! The admin routes of plans as products: set (create or replace), list and end a customer's
+//! enterprise contract, and migrate a Stripe subscriber to its plan's current version (a
+//! tenant-wide key with the `admin` scope).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -23,6 +24,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(put_contract))
         .routes(routes!(list_contracts))
         .routes(routes!(end_contract))
+        .routes(routes!(migrate_subscriber))
 }
 
 /// A contract as the API shows it.
@@ -207,4 +209,50 @@ pub(crate) async fn end_contract(
         &contract,
         time::OffsetDateTime::now_utc(),
     )))
+}
+
+/// Move a Stripe subscriber to its plan's current version.
+///
+/// When the plan's current Stripe price differs from the subscription's, the plan item moves to it
+/// (no proration: the new price bills from the next invoice); then the customer is pinned to the
+/// current terms (limits, features). Migrating again changes nothing. Needs a tenant-wide key
+/// with the `admin` scope.
+#[utoipa::path(
+    post,
+    path = "/admin/customers/{customer}/plan/migrate",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("customer" = String, Path, description = "The customer")),
+    responses(
+        (status = 200, description = "`{customer, plan, from_version, to_version, migrated, \
+            subscription_id, stripe_price_from, stripe_price_to, price_moved}`", body = Object),
+        (status = 401, body = ErrorBody, description = UNAUTHORIZED),
+        (status = 403, body = ErrorBody, description = ADMIN_FORBIDDEN),
+        (status = 404, body = ErrorBody, description = "`no_subscription`: no live Stripe \
+            subscription (the ingest's migration route pins other customers)"),
+        (status = 409, body = ErrorBody, description = "`unknown_plan`: the subscription's plan \
+            left the catalog; `subscription_changed`: its price is no longer on it"),
+        (status = 502, body = ErrorBody, description = STRIPE_FAILED),
+        (status = 503, body = ErrorBody, description = DEPENDENCY_FAILED),
+    )
+)]
+pub(crate) async fn migrate_subscriber(
+    State(state): State<AppState>,
+    Path(customer): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = admin(&state, &headers).await?;
+    let r = state
+        .billing
+        .migrate_subscriber(&key.tenant, &customer)
+        .await
+        .map_err(failure)?
+        .map_err(|(status, code, message)| {
+            ApiError::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT),
+                code,
+                message,
+            )
+        })?;
+    Ok(Json(r))
 }

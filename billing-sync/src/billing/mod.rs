@@ -23,6 +23,7 @@
 
 pub mod addons;
 pub mod contracts;
+mod migrate;
 mod observed;
 mod preview;
 mod price_check;

@@ -1,5 +1,5 @@
 //! The start-up check that the Stripe prices billing-sync sells match the catalog: each plan's
-//! usage price has the catalog's tiers (mode, `up_to`, unit and flat amounts) on a metered
+//! price is its amount and currency, recurring; each plan's usage price has the catalog's tiers (mode, `up_to`, unit and flat amounts) on a metered
 //! recurring price, and each add-on's price is its amount, currency and kind (one-time or
 //! monthly). A mismatch would make Stripe's invoice differ from the projection and the dashboard,
 //! so billing-sync refuses to start and names every difference.
@@ -90,6 +90,29 @@ impl Billing {
                         }
                     }
                 }
+            }
+        }
+        for (plan, id) in self.plans.all() {
+            let Some(p) = self.catalog.plan(plan) else {
+                continue;
+            };
+            let at = format!("plans[{plan}] (Stripe price {id})");
+            let Some(price) = self.retrieve_price(id).await? else {
+                out.push(format!("{at}: no such price in Stripe"));
+                continue;
+            };
+            let currency = price.currency.to_string();
+            if price.type_ != PriceType::Recurring
+                || price.unit_amount != Some(p.price_cents as i64)
+                || currency != p.currency
+            {
+                out.push(format!(
+                    "{at}: {} {:?} {currency}; the catalog has a recurring {} {}",
+                    price.type_.as_str(),
+                    price.unit_amount,
+                    p.price_cents,
+                    p.currency
+                ));
             }
         }
         for a in &self.catalog.addons {

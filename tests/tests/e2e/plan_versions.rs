@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use platform::principal::Scope;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tests::{Running, TestEnv, wait_until};
 
@@ -362,5 +362,162 @@ async fn a_stripe_subscriber_is_pinned_to_the_version_it_bought() {
         ..schemas::quota::PlanState::initial("acme", "new", &new)
     };
     assert_eq!(fresh.limit(&new, "api_call", now), Some(800));
+    m.stop().await;
+}
+
+/// Waits until the ingest answers `customer`'s quota (its key known there) with `limit`.
+async fn limit_becomes(m: &tests::metered::Metered, key: &str, customer: &str, limit: u64) {
+    let url = format!(
+        "{}/v1/customers/{customer}/quota?meter=api_call",
+        m.ingest_url()
+    );
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{customer} on {limit}"),
+        || async {
+            let (s, v) = tests::shop::call(&m.http, Method::GET, &url, key, None).await;
+            (s == 200 && v["limit"] == json!(limit)).then_some(())
+        },
+    )
+    .await;
+}
+
+/// An admin migration through billing-sync moves a Stripe subscriber to the plan's current
+/// version: the subscription's plan item to the new Stripe price and the quota to the new terms,
+/// once; new subscribers buy the new price and version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admin_migration_moves_a_stripe_subscriber_to_the_new_price_and_terms() {
+    use tests::metered::TENANT;
+    use tests::shop::{call, quota, stripe_get, subscribe};
+    let mut m = tests::metered::Metered::start("versions_migrate", |_| {}).await;
+    let mia = m
+        .env
+        .key(TENANT, &[Scope::Read, Scope::Ingest], Some("mia"))
+        .await;
+    let first = subscribe(&m, &mia, "starter", "starter").await;
+    let sub_id = first["subscription_id"].as_str().expect("sub").to_string();
+    limit_becomes(&m, &mia, "mia", 500).await;
+    let v1 = schemas::Catalog::default()
+        .plan("starter")
+        .expect("starter")
+        .terms()
+        .version
+        .clone();
+
+    // Starter's second version ($39, 800 calls, analytics) and its Stripe price.
+    let r = m
+        .http
+        .post(format!("{}/v1/prices", m.fake.url))
+        .bearer_auth(tests::billing::STRIPE_KEY)
+        .form(&[
+            ("product", "prod_starter"),
+            ("unit_amount", "3900"),
+            ("currency", "usd"),
+            ("recurring[interval]", "month"),
+        ])
+        .send()
+        .await
+        .expect("create price");
+    assert_eq!(r.status(), 200);
+    let new_price = r.json::<Value>().await.expect("price")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let v2_path = catalog_v2(&m.env);
+    let v2 = schemas::Catalog::load(Some(&v2_path))
+        .expect("v2")
+        .plan("starter")
+        .expect("starter")
+        .terms()
+        .version
+        .clone();
+    m.config.catalog = Some(v2_path);
+    m.config
+        .stripe
+        .prices
+        .insert("starter".into(), new_price.clone());
+    m.restart_billing().await;
+    let sync = m.sync.running.url.clone();
+    assert_eq!(
+        quota(&m, &mia, "mia").await["limit"],
+        json!(500),
+        "mia keeps her version"
+    );
+
+    let url = format!("{sync}/admin/customers/mia/plan/migrate");
+    let (s, v) = call(&m.http, Method::POST, &url, &m.admin, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (
+            &v["from_version"],
+            &v["to_version"],
+            &v["migrated"],
+            &v["price_moved"]
+        ),
+        (&json!(v1), &json!(v2), &json!(true), &json!(true)),
+        "{v}"
+    );
+    let sub = stripe_get(&m, &format!("subscriptions/{sub_id}")).await;
+    let prices: Vec<&str> = sub["items"]["data"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["price"]["id"].as_str())
+        .collect();
+    assert!(
+        prices.contains(&new_price.as_str()) && !prices.contains(&"price_starter"),
+        "{sub}"
+    );
+    limit_becomes(&m, &mia, "mia", 800).await;
+    let (s, again) = call(&m.http, Method::POST, &url, &m.admin, None).await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(
+        (&again["migrated"], &again["price_moved"]),
+        (&json!(false), &json!(false)),
+        "{again}"
+    );
+    let (_, status) = call(
+        &m.http,
+        Method::GET,
+        &format!("{sync}/subscription/status"),
+        &mia,
+        None,
+    )
+    .await;
+    assert_eq!(status["subscribed_plan"], "starter", "{status}");
+
+    // A new subscriber buys the new price and version; a customer without a subscription is 404.
+    let neo = m
+        .env
+        .key(TENANT, &[Scope::Read, Scope::Ingest], Some("neo"))
+        .await;
+    let s2 = subscribe(&m, &neo, "starter", "starter").await;
+    let sub2 = stripe_get(
+        &m,
+        &format!(
+            "subscriptions/{}",
+            s2["subscription_id"].as_str().expect("sub")
+        ),
+    )
+    .await;
+    assert_eq!(
+        sub2["items"]["data"][0]["price"]["id"],
+        new_price.as_str(),
+        "{sub2}"
+    );
+    limit_becomes(&m, &neo, "neo", 800).await;
+    let (s, none) = call(
+        &m.http,
+        Method::POST,
+        &format!("{sync}/admin/customers/nobody/plan/migrate"),
+        &m.admin,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s.as_u16(), &none["error"]["code"]),
+        (404, &json!("no_subscription")),
+        "{none}"
+    );
     m.stop().await;
 }

@@ -73,6 +73,7 @@ const BILLING_PATHS: &[&str] = &[
     "/admin/customers/{customer}/contract",
     "/admin/customers/{customer}/contracts",
     "/admin/customers/{customer}/contracts/{id}",
+    "/admin/customers/{customer}/plan/migrate",
     "/subscription/addons",
     "/admin/customers/{customer}/addons/{purchase}",
     "/admin/customers/{customer}/email",
