@@ -9,6 +9,12 @@ echo "disk before the build: $(df -h --output=avail . | tail -1 | tr -d ' ') fre
 bash scripts/install.sh
 bash scripts/unused-deps.sh  # every declared dependency is named by its crate's code
 bash scripts/deny.sh         # licenses, bans, sources (and advisories when reachable)
+# The client crate (and the example service built on it) must not link librdkafka.
+for p in client threat-api; do
+  if cargo tree -p "$p" -e normal -i rdkafka >/dev/null 2>&1; then
+    echo "$p depends on rdkafka: the client must use schemas without its kafka feature" >&2; exit 1
+  fi
+done
 bash scripts/servers.sh start
 cargo build --workspace --bins --tests --benches  # benches too: they must keep compiling
 if cargo nextest --version >/dev/null 2>&1; then

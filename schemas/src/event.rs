@@ -62,7 +62,7 @@ impl UsageEvent {
 
     /// The events-topic partition of [`Self::partition_key`] among `partitions`.
     pub fn partition(&self, partitions: i32) -> i32 {
-        crate::kafka::customer_partition(&self.tenant, &self.customer, partitions)
+        crate::partition::customer_partition(&self.tenant, &self.customer, partitions)
     }
 }
 

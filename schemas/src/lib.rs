@@ -11,7 +11,8 @@
 //! - [`contract`]: enterprise contracts, a customer's own terms for a time span.
 //! - [`token`]: the identifier rule of tenants, meter keys and endpoints.
 //! - [`topics`]: Kafka topic names.
-//! - [`kafka`]: broker client settings and topic creation.
+//! - `kafka` (feature `kafka`): broker client settings and topic creation.
+//! - [`partition`]: the partitioner, batch content type and origin header (no broker client).
 //! - [`config`]: broker and ClickHouse connection settings embedded in every service's config.
 //! - [`migrate`]: numbered ClickHouse DDL (`migrations/`) and the runner.
 //! - [`quota`]: plan changes and versions, plan and usage state, billing periods, alerts.
@@ -30,7 +31,9 @@ pub mod contract;
 pub mod entitlements;
 mod error;
 pub mod event;
+#[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod partition;
 pub mod migrate;
 pub mod plan_version;
 pub mod pricing;
