@@ -54,6 +54,10 @@ pub struct Config {
     /// Empty: a random key per process, so links and sessions work only on that instance until it
     /// stops; give every instance the same value (and billing-sync, should it accept the sessions).
     pub dashboard_secret: secrecy::SecretString,
+    /// How long the exchange of a sign-in link waits before reading back the other instances'
+    /// attempts (ms): at least the write time of a claim plus the clock difference between
+    /// instances, so that a link signs in once across all of them (`ingest::links`).
+    pub dashboard_link_settle_ms: u64,
     /// Base URL of billing-sync (e.g. `http://127.0.0.1:8090`): the dashboard page's checkout,
     /// portal and cancel calls go to `/dashboard/billing/subscription/*` on this API, which forwards
     /// them there; empty disables the upgrade actions.
@@ -82,6 +86,7 @@ impl Default for Config {
             max_future_secs: 300,
             unknown_customer: crate::quota::UnknownCustomer::DefaultPlan,
             dashboard_secret: secrecy::SecretString::from(""),
+            dashboard_link_settle_ms: 300,
             billing_url: String::new(),
             cloudevents: crate::cloudevents::Settings::default(),
         }

@@ -69,6 +69,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../dashboard/emails.js"),
     },
     Asset {
+        name: "addons.js",
+        mime: JS,
+        body: include_bytes!("../dashboard/addons.js"),
+    },
+    Asset {
         name: "compact.js",
         mime: JS,
         body: include_bytes!("../dashboard/compact.js"),
@@ -214,7 +219,7 @@ async fn compact() -> Response {
     path = "/dashboard/{file}",
     tag = "dashboard",
     params(("file" = String, Path, description = "One of the page's files: `app.js`, `ui.js`, \
-        `compact.js`, `emails.js`, `embed.js` (the `<metering-usage>` web component; any origin may load it), \
+        `compact.js`, `emails.js`, `addons.js`, `embed.js` (the `<metering-usage>` web component; any origin may load it), \
         `style.css`, `favicon.svg`", example = "embed.js")),
     responses(
         (status = 200, description = "The file", content(
@@ -721,6 +726,9 @@ pub struct Session {
         (status = 400, body = ErrorBody, description = "`invalid_request`: a bad body"),
         (status = 401, body = ErrorBody, description = "`invalid_link`, `link_expired`, `link_used`"),
         (status = 501, body = ErrorBody, description = "`links_disabled`: no `dashboard_secret` is configured"),
+        (status = 503, body = ErrorBody, description = "`dependency_unavailable` (with \
+            `Retry-After`): the link's use could not be recorded in ClickHouse",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
 async fn post_session(
@@ -738,11 +746,30 @@ async fn post_session(
             "link_expired",
             "this sign-in link has expired; ask for a new one",
         ),
-        LinkError::Used => ApiError::unauthorized(
-            "link_used",
-            "this sign-in link was already used; ask for a new one",
-        ),
+        LinkError::Used => link_used(),
     })?;
+    // Once across instances too: the first attempt any instance recorded wins.
+    let settle = std::time::Duration::from_millis(state.config.dashboard_link_settle_ms);
+    match crate::links::claim_once(
+        &state.ch,
+        &claims.n,
+        claims.exp,
+        crate::links::instance(),
+        settle,
+    )
+    .await
+    {
+        Ok(true) => {}
+        Ok(false) => return Err(link_used()),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not record a sign-in link's use");
+            return Err(ApiError::unavailable(
+                "dependency_unavailable",
+                "the sign-in could not be recorded; retry shortly",
+                1,
+            ));
+        }
+    }
     let exp = now + time::Duration::seconds(SESSION_TTL_SECS);
     let token = signer.session(&claims.t, &claims.c, exp);
     let mut r = Json(Session {
@@ -755,6 +782,13 @@ async fn post_session(
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
+}
+
+fn link_used() -> ApiError {
+    ApiError::unauthorized(
+        "link_used",
+        "this sign-in link was already used; ask for a new one",
+    )
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@
 //!   feature), [`entitlements`] (what a customer's plan version grants), [`usage`] (usage and
 //!   history), [`admin`] (plans, limits, grants), [`migrate`] (plan version migrations), [`seed`]
 //!   (the seed application's `/usage` endpoints), [`dashboard`] (the customer dashboard, its
-//!   compact display and sign-in links), [`plans`] (the plans list).
+//!   compact display and sign-in links, with [`links`] a link exchanged once across instances),
+//!   [`plans`] (the plans list).
 //! - [`request`]: the per-request layer (request id, tracing span, per-route metrics).
 //! - [`http`]: the router on top, health, readiness, metrics and the OpenAPI document.
 //! - [`app`]: build, serve, shut down.
@@ -40,6 +41,7 @@ pub mod error;
 pub mod follow;
 pub mod http;
 pub mod intake;
+pub mod links;
 pub mod metrics;
 pub mod migrate;
 pub mod plans;

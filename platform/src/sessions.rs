@@ -5,7 +5,9 @@
 //! and the hex claims). Claims: kind, tenant, customer, expiry (unix seconds) and a random nonce. A
 //! session token authenticates everywhere a key does, as a customer-scoped key with only the `read`
 //! scope (`keys::KeyStore::with_sessions`); a link is good only
-//! for the exchange, once per instance, and a session cannot mint links (that needs `admin`).
+//! for the exchange, once ([`Signer::redeem`] refuses a second use in this process; the ingest also
+//! records each use in ClickHouse so that it is once across instances: `ingest::links`), and a
+//! session cannot mint links (that needs `admin`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

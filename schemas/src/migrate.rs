@@ -45,6 +45,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(11, "0011_cloudevents_attributes.sql", false),
     migration!(12, "0012_key_lifecycle.sql", false),
     migration!(13, "0013_customer_emails.sql", false),
+    migration!(14, "0014_dashboard_link_claims.sql", false),
 ];
 
 /// Oldest ClickHouse major version that gets the `modern_only` migrations.

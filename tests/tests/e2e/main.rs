@@ -13,7 +13,7 @@
 //! `billing_invoices` (usage on Stripe's invoices, lagging summaries, the test-mode pace),
 //! `keys` (the key lifecycle: revocation on every instance, expiry, rotation, listing, the CLI),
 //! `limits` (rate limits per key and tenant),
-//! `dashboard` (headless Chromium), `client_drift`, `client_layer` and `client_ts` (the Rust client's types against real answers, the Rust layer, the TypeScript
+//! `dashboard` and `dashboard_plans` (headless Chromium; the latter: overage, contracts, add-ons), `client_drift`, `client_layer` and `client_ts` (the Rust client's types against real answers, the Rust layer, the TypeScript
 //! client and its React page in Chromium), `openapi`
 //! (both services' generated OpenAPI documents against their routes). Run one area with
 //! `cargo nextest run -p tests -E 'test(/^quota::/)'`.
@@ -34,6 +34,8 @@ mod cloudevents;
 mod cloudevents_sdk;
 mod compose;
 mod dashboard;
+mod dashboard_links;
+mod dashboard_plans;
 mod dead_letters;
 mod emails;
 mod emails_once;
