@@ -80,6 +80,5 @@ async fn create(
 }
 
 pub use crate::partition::{
-    BATCH_CONTENT_TYPE, ORIGIN_HEADER, crc32, customer_partition, partition_for,
-    partition_of_parts,
+    BATCH_CONTENT_TYPE, ORIGIN_HEADER, crc32, customer_partition, partition_for, partition_of_parts,
 };

@@ -33,8 +33,8 @@ mod error;
 pub mod event;
 #[cfg(feature = "kafka")]
 pub mod kafka;
-pub mod partition;
 pub mod migrate;
+pub mod partition;
 pub mod plan_version;
 pub mod pricing;
 pub mod quota;
