@@ -1,16 +1,18 @@
 // The usage dashboard page: signs in (customer-scoped key, or a signed link exchanged for a
-// session), shows the full and compact usage displays, the projection and next to it the next
-// invoice (billing-sync's invoice preview), the history charts and the per-endpoint table from the
-// ingest API, the Emails panel (emails.js), and runs the upgrade modal against billing-sync
-// (checkout, customer portal, cancel).
+// session), shows the full and compact usage displays (an enterprise contract, usage over the
+// limit of an overage plan), the projection with the cost so far and next to it the next invoice
+// (billing-sync's invoice preview), the history charts and the per-endpoint table from the ingest
+// API, the Add-ons card (addons.js) and the Emails panel (emails.js), and runs the upgrade modal
+// against billing-sync (checkout, customer portal, cancel; none for a contract customer).
 // Every credential stays in this tab's sessionStorage.
 
 import {
   ApiError, call, color, compactDisplay, endpointTable, exchangeLink, fmtDate, fmtInt, fmtLimit, fmtMoney,
-  fmtPct, h, lastDay, legend, level, loadCredential, signInMessage, stackedChart, storeCredential, takeHashCredential,
-  usageCard,
+  contractPlan, fmtPct, h, lastDay, legend, level, loadCredential, planTerms, signInMessage, stackedChart, storeCredential,
+  takeHashCredential, usageCard,
 } from './ui.js';
 import { emailsPanel } from './emails.js';
+import { ADDON_PENDING, addonsPanel } from './addons.js';
 
 const $ = (id) => document.getElementById(id);
 const PENDING = 'metering.checkout';
@@ -20,7 +22,7 @@ const PENDING_GIVE_UP_MS = 120000;
 // The invoice preview asks Stripe: at most once a minute (and when the plan changes).
 const PREVIEW_MS = 60000;
 
-const app = { cred: null, config: { billing: false }, plans: null, usage: null, opener: null, timer: null, historyAt: 0, preview: null, previewAt: 0, previewPlan: null };
+const app = { cred: null, config: { billing: false }, plans: null, usage: null, opener: null, timer: null, historyAt: 0, preview: null, previewAt: 0, previewPlan: null, addons: null };
 
 const api = (path, opts) => call('', app.cred && app.cred.token, path, opts);
 // billing-sync's endpoints, forwarded by the API under /dashboard/billing (one origin, no CORS).
@@ -55,6 +57,7 @@ function showSignIn(message) {
 function signOut() {
   storeCredential(null);
   sessionStorage.removeItem(PENDING);
+  sessionStorage.removeItem(ADDON_PENDING);
   // A full reload: nothing of this customer stays in memory or in the DOM.
   location.replace('/dashboard/');
 }
@@ -63,6 +66,17 @@ function signOut() {
 
 function currentPlan() {
   return (app.plans && app.plans.plans.find((p) => p.key === app.usage.plan)) || null;
+}
+
+/** The seed's `/usage` with the plan's terms of the native usage answer merged in (planTerms). */
+async function loadUsage() {
+  const u = await api('/usage');
+  try {
+    Object.assign(u, planTerms(await api(`/v1/customers/${encodeURIComponent(u.customer)}/usage`)));
+  } catch {
+    // The seed's fields alone: no contract, cost so far or overage shown.
+  }
+  return u;
 }
 
 function isTopPlan() {
@@ -79,6 +93,17 @@ function projectionCard(u) {
   const cur = currentPlan();
   const row = (label, value, testid) => h('div', {}, h('dt', {}, label), h('dd', { 'data-testid': testid }, value));
   const pct = p.projected_percent === null || p.projected_percent === undefined ? null : h('span', { class: 'muted' }, ` (${fmtPct(p.projected_percent)} of your limit)`);
+  // The price /usage gives (the customer's plan version or contract), else the catalog's.
+  const price = u.price_cents ?? (cur && cur.price_cents);
+  const currency = u.price_cents === undefined ? cur && cur.currency : u.currency;
+  const overage = u.on_limit === 'overage';
+  const l = level(u);
+  let note;
+  if (u.contract) note = 'Your contract sets your limit and price.';
+  else if (l === 'over') note = 'Calls over your limit are billed by your plan\'s usage price; a bigger plan may cost less.';
+  else if (l === 'limit') note = 'Your limit is reached; an upgrade takes effect at once.';
+  else if (overage && p.projected_percent > 100) note = 'At this pace you go over your limit; the calls over it are billed.';
+  else note = 'At this pace you stay within your plan.';
   return [
     h('h2', { id: 'projection-title' }, 'Projection to the period end'),
     h(
@@ -86,16 +111,20 @@ function projectionCard(u) {
       { class: 'kv' },
       row(`Calls by ${fmtDate(lastDay(u))}`, [h('span', { 'data-testid': 'projected-used' }, fmtInt(p.projected_used)), pct]),
       row('Cost this period', fmtMoney(p.projected_cost_cents, p.currency), 'projected-cost'),
-      cur ? row('Plan', `${cur.name} · ${fmtMoney(cur.price_cents, cur.currency, false)} / month`, 'plan-price') : null,
+      overage && u.cost_to_date_cents !== undefined ? row('Cost so far', fmtMoney(u.cost_to_date_cents, u.currency), 'cost-to-date') : null,
+      overage && u.usage_cost_cents !== undefined ? row('Usage billed so far', fmtMoney(u.usage_cost_cents, u.currency), 'usage-cost') : null,
+      price !== undefined && price !== null && u.plan_name
+        ? row('Plan', `${u.plan_name}${u.contract ? ' (contract)' : ''} · ${fmtMoney(price, currency, false)} / month`, 'plan-price')
+        : null,
     ),
-    rec
+    rec && !u.contract
       ? h(
           'div',
           { class: 'notice warn', 'data-testid': 'recommendation' },
           h('p', {}, `At this pace you will need about ${fmtInt(p.projected_used)} calls this period. `, h('strong', {}, rec.name), ` (${fmtLimit(rec.limit)} calls for ${fmtMoney(rec.price_cents, rec.currency, false)} / month) covers it.`),
           h('button', { type: 'button', class: 'btn secondary small', onclick: openUpgrade, 'aria-haspopup': 'dialog', 'data-testid': 'see-recommended' }, `See ${rec.name}`),
         )
-      : h('p', { class: 'muted' }, level(u) === 'limit' ? 'Your limit is reached; an upgrade takes effect at once.' : 'At this pace you stay within your plan.'),
+      : h('p', { class: 'muted', 'data-testid': 'projection-note' }, note),
   ];
 }
 
@@ -176,6 +205,7 @@ function render() {
   $('compact-slot').replaceChildren(compactDisplay(u, { onUpgrade: openUpgrade, topPlan: top }));
   $('usage-card').replaceChildren(usageCard(u, { onUpgrade: openUpgrade, onPortal: portal, topPlan: top, billing: hasBilling }));
   $('projection').replaceChildren(...projectionCard(u).filter(Boolean), ...[invoiceSection()].filter(Boolean));
+  if (app.addons) app.addons.usage(u);
   const total = Object.values(u.by_endpoint || {}).reduce((a, b) => a + b, 0);
   $('endpoints').replaceChildren(h('h2', { id: 'endpoints-title' }, 'Calls by endpoint this period'), endpointTable(u.by_endpoint, total));
   show('loading', false);
@@ -233,7 +263,7 @@ async function loadHistory() {
 // ---- data flow ---------------------------------------------------------------------------------
 
 async function refresh({ history = false } = {}) {
-  app.usage = await api('/usage');
+  app.usage = await loadUsage();
   render();
   await loadPreview();
   if (history || Date.now() - app.historyAt > 60000) {
@@ -254,12 +284,16 @@ function schedule(ms = REFRESH_MS) {
         if (e.status === 401) return showSignIn('Your session has ended. Sign in again.');
       }
     }
-    schedule(sessionStorage.getItem(PENDING) ? PENDING_POLL_MS : REFRESH_MS);
+    schedule(pendingAny() ? PENDING_POLL_MS : REFRESH_MS);
   }, ms);
 }
 
+/** Whether a checkout (of a plan or an add-on) waits for its webhook: the page polls faster. */
+const pendingAny = () => !!(sessionStorage.getItem(PENDING) || sessionStorage.getItem(ADDON_PENDING));
+
 /** After a checkout: waits for the new plan to arrive (Stripe webhook → billing-sync → quota). */
 function checkPending() {
+  if (app.addons) app.addons.checkPending(app.usage);
   let pending = null;
   try {
     pending = JSON.parse(sessionStorage.getItem(PENDING) || 'null');
@@ -283,7 +317,7 @@ async function start(cred, { openModal = false } = {}) {
   app.cred = cred;
   show('loading');
   try {
-    const [usage, plans] = await Promise.all([api('/usage'), call('', null, '/v1/plans')]);
+    const [usage, plans] = await Promise.all([loadUsage(), call('', null, '/v1/plans')]);
     app.usage = usage;
     app.plans = plans;
   } catch (e) {
@@ -294,6 +328,11 @@ async function start(cred, { openModal = false } = {}) {
     show('loading', false);
     return banner(`The dashboard could not load: ${e.message}`, 'error');
   }
+  // The Add-ons card (billing-sync's add-ons), when billing is configured.
+  if (app.config.billing) {
+    app.addons = addonsPanel($('addons'), { billing, banner, plans: app.plans, usage: app.usage });
+    app.addons.load();
+  }
   render();
   checkPending();
   $('main').focus({ preventScroll: true });
@@ -302,7 +341,7 @@ async function start(cred, { openModal = false } = {}) {
   // The customer's email choices (billing-sync's), when billing is configured.
   if (app.config.billing) emailsPanel($('emails'), billing).load();
   await loadHistory().catch((e) => banner(`The history could not be loaded: ${e.message}`, 'error'));
-  schedule(sessionStorage.getItem(PENDING) ? PENDING_POLL_MS : REFRESH_MS);
+  schedule(pendingAny() ? PENDING_POLL_MS : REFRESH_MS);
 }
 
 // ---- upgrade modal -----------------------------------------------------------------------------
@@ -318,8 +357,21 @@ function unlocks(p, owned) {
   return p.key === app.usage.plan ? [] : p.features.filter((f) => !owned.has(f));
 }
 
+/** The modal of a contract customer: its contract instead of the catalog's plans, and whom to ask. */
+function renderContract() {
+  const u = app.usage;
+  const c = u.contract;
+  $('upgrade-title').textContent = 'Your plan';
+  $('upgrade-desc').textContent = `You are on the ${u.plan_name} plan under enterprise contract ${c.id}: ${fmtInt(u.used)} of ${fmtLimit(u.limit)} calls used this period.`;
+  $('plans').replaceChildren(contractPlan(u));
+  $('portal').hidden = true;
+  $('cancel-sub').hidden = true;
+}
+
 function renderPlans() {
   const u = app.usage;
+  if (u.contract) return renderContract();
+  $('upgrade-title').textContent = 'Choose your plan';
   const owned = ownedLabels();
   const cur = currentPlan();
   const curPrice = cur ? cur.price_cents : 0;
@@ -352,6 +404,7 @@ function renderPlans() {
         h('h3', {}, p.name),
         h('p', { class: 'price', id: priceId }, h('span', { class: 'amount', 'data-testid': 'plan-price' }, fmtMoney(p.price_cents, p.currency, false)), h('span', { class: 'per' }, ' / month')),
         h('p', { class: 'plan-limit', 'data-testid': 'plan-limit' }, p.limit === null ? 'Unlimited API calls' : `${fmtInt(p.limit)} API calls / month`),
+        p.on_limit === 'overage' && p.limit !== null ? h('p', { class: 'hint', 'data-testid': 'plan-overage' }, 'Calls over the limit are billed, never refused') : null,
         featureList(p, unlocks(p, owned)),
         h(
           'button',
@@ -518,7 +571,8 @@ async function boot() {
   if (query.has('checkout')) {
     if (query.get('checkout') === 'cancel') {
       sessionStorage.removeItem(PENDING);
-      banner('Checkout canceled: your plan is unchanged.', 'info');
+      sessionStorage.removeItem(ADDON_PENDING);
+      banner('Checkout canceled: nothing was bought.', 'info');
     }
     history.replaceState(null, '', location.pathname + location.hash);
   }

@@ -1,9 +1,10 @@
 // The embeddable compact display: signs in with the `#token=` (customer key or session) or
-// `#link=` (signed link, exchanged once) it is framed with, shows used / limit with a mini bar,
+// `#link=` (signed link, exchanged once) it is framed with, shows used / limit with a mini bar
+// (amber, without an upgrade prompt, over the limit of an overage plan),
 // refreshes every 30 s, tells the framing page its height, and on "Upgrade" posts a
 // `metering-usage:upgrade` message to it (or opens the dashboard when not framed).
 
-import { call, compactDisplay, exchangeLink, h, signInMessage, takeHashCredential } from './ui.js';
+import { call, compactDisplay, exchangeLink, h, planTerms, signInMessage, takeHashCredential } from './ui.js';
 
 const CURRENT = 'metering.compact.current';
 const REFRESH_MS = 30000;
@@ -49,6 +50,9 @@ function message(text) {
 
 async function show(token) {
   const [u, plans] = await Promise.all([call('', token, '/usage'), call('', null, '/v1/plans').catch(() => null)]);
+  // The plan's terms: an overage plan is not blocked at its limit (no upgrade prompt then).
+  const full = await call('', token, `/v1/customers/${encodeURIComponent(u.customer)}/usage`).catch(() => null);
+  if (full) Object.assign(u, planTerms(full));
   const cur = plans && plans.plans.find((p) => p.key === u.plan);
   const top = u.limit === null || (!!cur && plans.plans.every((p) => p.price_cents <= cur.price_cents));
   root.replaceChildren(

@@ -1,7 +1,8 @@
 // Shared code of the usage dashboard (dashboard page and embeddable compact display): the API
-// client, the stored credential, number formats, and the renderers of the usage card, the compact
-// display, the per-endpoint table and the history charts. DOM is built with h()/s(), never from
-// HTML strings, so customer ids and endpoint names cannot inject markup.
+// client, the stored credential, number formats, and the renderers of the usage card (with an
+// enterprise contract and usage over the limit on an overage plan), the compact display, the
+// per-endpoint table and the history charts. DOM is built with h()/s(), never from HTML strings,
+// so customer ids and endpoint names cannot inject markup.
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
@@ -61,12 +62,43 @@ export const plural = (n, one, many) => `${fmtInt(n)} ${Math.round(n) === 1 ? on
 /** `limit` or "Unlimited". */
 export const fmtLimit = (limit) => (limit === null || limit === undefined ? 'Unlimited' : fmtInt(limit));
 
-/** ok (green), warn (amber, above the warning threshold) or limit (red, at or over the limit). */
+/**
+ * ok (green), warn (amber, above the warning threshold), limit (red, at or over the limit: new
+ * calls are refused) or over (amber: at or over the limit of a plan that lets usage run over and
+ * bills it, `on_limit = "overage"`; nothing is refused).
+ */
 export function level(u) {
   const atLimit = u.limit !== null && u.limit !== undefined && Number(u.used) >= Number(u.limit);
-  if (u.blocked || atLimit) return 'limit';
+  if (u.blocked) return 'limit';
+  if (atLimit) return u.on_limit === 'overage' ? 'over' : 'limit';
   if (u.warning) return 'warn';
   return 'ok';
+}
+
+/** Units over the limit now (0 when within it or unlimited). */
+export function overBy(u) {
+  if (u.limit === null || u.limit === undefined) return 0;
+  return Math.max(0, Number(u.used) - Number(u.limit));
+}
+
+/**
+ * What the native usage answer (`GET /v1/customers/{c}/usage`) adds to the seed's `/usage`: the
+ * plan's terms (price, currency, limit behaviour, cost so far, contract, add-ons) and the first
+ * meter's overage and usage cost. Merged into the seed's object the renderers take.
+ */
+export function planTerms(full) {
+  const p = (full && full.plan) || {};
+  const m = (full && full.meters && full.meters[0]) || {};
+  return {
+    on_limit: p.on_limit || 'block',
+    price_cents: p.price_cents,
+    currency: p.currency || 'usd',
+    cost_to_date_cents: p.cost_to_date_cents,
+    contract: p.contract || null,
+    addons: p.addons || [],
+    overage: m.overage,
+    usage_cost_cents: m.projection ? m.projection.usage_cost_cents : undefined,
+  };
 }
 
 /** Bar width in percent (0-100) of a usage summary. */
@@ -163,7 +195,9 @@ export function takeHashCredential() {
 
 // ---- usage renderers ---------------------------------------------------------------------------
 
-const LEVEL_TEXT = { ok: 'within limit', warn: 'approaching limit', limit: 'limit reached' };
+const LEVEL_TEXT = { ok: 'within limit', warn: 'approaching limit', limit: 'limit reached', over: 'over the limit, billed as overage' };
+const STATUS_TEXT = { ok: 'OK', warn: 'Warning', limit: 'Blocked', over: 'Overage' };
+const LONG_DATE = { month: 'short', day: 'numeric', year: 'numeric' };
 
 /** A progress bar (role=progressbar) for a usage summary. */
 export function bar(u, { mini = false, label = 'API calls used' } = {}) {
@@ -200,7 +234,18 @@ export function notice(u) {
       'p',
       { class: 'notice limit', role: 'alert', 'data-testid': 'limit-notice' },
       h('strong', {}, 'Limit reached. '),
-      `You have used all ${fmtInt(u.limit)} calls of your ${u.plan_name || u.plan} plan, so new calls are refused until ${resets}. Upgrade to continue now.`,
+      `You have used all ${fmtInt(u.limit)} calls of your ${u.plan_name || u.plan} plan, so new calls are refused until ${resets}. `,
+      u.contract ? 'Your contract sets this limit: contact sales or your administrator to raise it.' : 'Upgrade to continue now.',
+    );
+  if (l === 'over')
+    return h(
+      'p',
+      { class: 'notice warn', role: 'status', 'data-testid': 'overage-notice' },
+      h('strong', {}, 'Over your limit: usage runs over and is billed. '),
+      'You have used ',
+      h('span', { 'data-testid': 'over-by' }, fmtInt(overBy(u))),
+      ` calls more than the ${fmtInt(u.limit)} your ${u.plan_name || u.plan} plan includes. Calls keep working; each one over the limit is billed by your plan's usage price`,
+      u.overage === undefined || u.overage === null ? '.' : [' (the next call makes ', h('span', { 'data-testid': 'overage-next' }, fmtInt(u.overage)), ' over).'],
     );
   if (l === 'warn')
     return h(
@@ -212,10 +257,51 @@ export function notice(u) {
   return null;
 }
 
+/** The enterprise contract of a usage summary: its id, dates, and the plan's name and price. */
+export function contractBlock(u) {
+  const c = u.contract;
+  if (!c) return null;
+  // `ends_at` is exclusive: the contract's last day is the one before.
+  const until = c.ends_at ? `until ${fmtDate(new Date(new Date(c.ends_at).getTime() - 1).toISOString(), LONG_DATE)}` : 'open-ended';
+  return h(
+    'div',
+    { class: 'contract', 'data-testid': 'contract' },
+    h('p', { class: 'contract-title' }, h('strong', {}, 'Enterprise contract '), h('span', { class: 'contract-id', 'data-testid': 'contract-id' }, c.id)),
+    h(
+      'p',
+      {},
+      h('span', { 'data-testid': 'contract-plan' }, u.plan_name || u.plan),
+      ' · ',
+      h('span', { 'data-testid': 'contract-price' }, fmtMoney(u.price_cents, u.currency)),
+      ' / month',
+    ),
+    h('p', { 'data-testid': 'contract-term' }, `From ${fmtDate(c.starts_at, LONG_DATE)}, ${until}`),
+    h('p', { class: 'hint' }, 'Your contract sets your price, limits and features. To change them, contact sales or your administrator.'),
+  );
+}
+
+/** The upgrade modal's only card for a contract customer: the contract's plan and whom to ask. */
+export function contractPlan(u) {
+  return h(
+    'li',
+    { class: 'plan current contract-plan', 'aria-current': 'true', 'data-testid': 'plan-contract' },
+    h('span', { class: 'tag current-tag' }, 'Your contract'),
+    h('h3', {}, u.plan_name),
+    h('p', { class: 'price' }, h('span', { class: 'amount', 'data-testid': 'plan-price' }, fmtMoney(u.price_cents, u.currency, false)), h('span', { class: 'per' }, ' / month')),
+    h('p', { class: 'plan-limit', 'data-testid': 'plan-limit' }, u.limit === null ? 'Unlimited API calls' : `${fmtInt(u.limit)} API calls / month`),
+    h(
+      'p',
+      { class: 'notice info', 'data-testid': 'contract-note' },
+      `Your plan is set by your enterprise contract ${u.contract.id}, so the catalog's plans are not offered here. To change your plan, price or limits, contact sales or your administrator.`,
+    ),
+  );
+}
+
 /** The full usage display: card with used / limit, color-coded bar, warning text, actions. */
 export function usageCard(u, { onUpgrade, onPortal, topPlan = false, billing = false } = {}) {
   const l = level(u);
   const unlimited = u.limit === null || u.limit === undefined;
+  const over = l === 'over';
   const days = Math.max(0, Math.ceil((new Date(u.period_end) - Date.now()) / 86400000));
   return h(
     'div',
@@ -240,9 +326,12 @@ export function usageCard(u, { onUpgrade, onPortal, topPlan = false, billing = f
       'dl',
       { class: 'stats' },
       h('div', {}, h('dt', {}, 'Used'), h('dd', { 'data-testid': 'percent' }, unlimited ? '—' : fmtPct(u.percent))),
-      h('div', {}, h('dt', {}, 'Remaining'), h('dd', { 'data-testid': 'remaining' }, unlimited ? 'Unlimited' : fmtInt(u.remaining))),
-      h('div', {}, h('dt', {}, 'Status'), h('dd', { 'data-testid': 'status' }, l === 'limit' ? 'Blocked' : l === 'warn' ? 'Warning' : 'OK')),
+      over
+        ? h('div', {}, h('dt', {}, 'Over the limit'), h('dd', { 'data-testid': 'over-limit' }, fmtInt(overBy(u))))
+        : h('div', {}, h('dt', {}, 'Remaining'), h('dd', { 'data-testid': 'remaining' }, unlimited ? 'Unlimited' : fmtInt(u.remaining))),
+      h('div', {}, h('dt', {}, 'Status'), h('dd', { 'data-testid': 'status' }, STATUS_TEXT[l])),
     ),
+    contractBlock(u),
     notice(u),
     u.cancel_at_period_end
       ? h('p', { class: 'notice info', 'data-testid': 'cancel-notice' }, `Your ${u.plan_name} subscription ends on ${fmtDate(u.period_end)}; you then move to the free plan.`)
@@ -250,9 +339,13 @@ export function usageCard(u, { onUpgrade, onPortal, topPlan = false, billing = f
     h(
       'div',
       { class: 'actions' },
-      topPlan
+      topPlan && !u.contract
         ? null
-        : h('button', { type: 'button', class: l === 'ok' ? 'btn secondary' : 'btn primary', 'data-testid': 'upgrade', onclick: onUpgrade, 'aria-haspopup': 'dialog' }, 'Upgrade plan'),
+        : h(
+            'button',
+            { type: 'button', class: l === 'ok' || l === 'over' || u.contract ? 'btn secondary' : 'btn primary', 'data-testid': 'upgrade', onclick: onUpgrade, 'aria-haspopup': 'dialog' },
+            u.contract ? 'Change plan' : 'Upgrade plan',
+          ),
       billing && u.plan !== 'free' ? h('button', { type: 'button', class: 'btn ghost', onclick: onPortal }, 'Manage billing') : null,
     ),
   );

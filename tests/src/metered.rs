@@ -17,6 +17,10 @@ use crate::{Running, TestEnv, send_all, wait_until};
 /// The tenant of every customer of a [`Metered`] stack.
 pub const TENANT: &str = "acme";
 
+/// The `dashboard_secret` of a [`Metered::start_with_dashboard`] stack (the ingest's and
+/// billing-sync's).
+pub const DASHBOARD_SECRET: &str = "dashboard-test-secret";
+
 /// The start of the hour `t` (unix seconds) falls in.
 pub fn hour_start(t: i64) -> i64 {
     t - t.rem_euclid(3_600)
@@ -61,6 +65,27 @@ impl Metered {
         toml: Option<&str>,
         tweak: impl FnOnce(&mut billing_sync::Config),
     ) -> Self {
+        Self::build(name, toml, None, tweak).await
+    }
+
+    /// [`Self::start_with_catalog`] set up for the dashboard, as deployed: the ingest (on a port
+    /// chosen first) forwards `/dashboard/billing` to billing-sync (`billing_url`), both take the
+    /// dashboard's sessions (one `dashboard_secret`), and Checkout returns to the dashboard
+    /// (`?checkout=success` / `?checkout=cancel`). billing-sync starts before the ingest here.
+    pub async fn start_with_dashboard(
+        name: &str,
+        toml: Option<&str>,
+        tweak: impl FnOnce(&mut billing_sync::Config),
+    ) -> Self {
+        Self::build(name, toml, Some(DASHBOARD_SECRET), tweak).await
+    }
+
+    async fn build(
+        name: &str,
+        toml: Option<&str>,
+        dashboard_secret: Option<&str>,
+        tweak: impl FnOnce(&mut billing_sync::Config),
+    ) -> Self {
         let env = TestEnv::new(name).await;
         let catalog = match toml {
             Some(text) => schemas::Catalog::from_toml(text).expect("test catalog"),
@@ -78,10 +103,28 @@ impl Metered {
         let (agg, _) = env.start_aggregator_with(agg_config).await;
         let mut ingest_config = env.ingest_config();
         ingest_config.catalog = path.clone();
-        let ingest = env.start_ingest_with(ingest_config).await;
+        // Without the dashboard the ingest starts first (as it always did); with it, after
+        // billing-sync, whose address it needs.
+        let mut ingest = None;
+        let mut dashboard = None;
+        match dashboard_secret {
+            None => ingest = Some(env.start_ingest_with(ingest_config.clone()).await),
+            Some(secret) => {
+                let port = crate::servers::free_port();
+                ingest_config.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+                ingest_config.dashboard_secret = secret.to_string().into();
+                dashboard = Some(format!("http://127.0.0.1:{port}/dashboard/"));
+            }
+        }
         let fake = Fake::start_with_catalog(&catalog).await;
         let mut config = billing_config(&env, &fake);
         config.catalog = path;
+        if let (Some(secret), Some(page)) = (dashboard_secret, &dashboard) {
+            config.stripe.success_url = format!("{page}?checkout=success");
+            config.stripe.cancel_url = format!("{page}?checkout=cancel");
+            config.stripe.portal_return_url = page.clone();
+            config.dashboard_secret = secret.to_string().into();
+        }
         for plan in &catalog.plans {
             for (meter, usage) in &plan.usage_prices {
                 let seeded = usage
@@ -101,6 +144,13 @@ impl Metered {
         config.usage.create_customers = true;
         tweak(&mut config);
         let sync = start_billing_with(&fake, config.clone()).await;
+        let ingest = match ingest {
+            Some(running) => running,
+            None => {
+                ingest_config.billing_url = sync.running.url.clone();
+                env.start_ingest_with(ingest_config).await
+            }
+        };
         let http = reqwest::Client::new();
         crate::wait_ready(&http, &ingest.url).await;
         Self {

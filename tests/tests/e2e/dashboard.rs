@@ -25,7 +25,7 @@ use time::format_description::well_known::Rfc3339;
 const ENDPOINTS: [&str; 4] = ["analyze", "redact", "report", "drill"];
 
 /// `node`, the npm packages and the browser, or a panic that says how to install them.
-fn browser_tools() -> (PathBuf, String) {
+pub(crate) fn browser_tools() -> (PathBuf, String) {
     let dir = workspace_root().join("tests/browser");
     let chromium = std::env::var("CHROMIUM_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let missing: Vec<String> = [
@@ -235,6 +235,7 @@ async fn served(http: &reqwest::Client, url: &str) {
         "embed.js",
         "compact.js",
         "emails.js",
+        "addons.js",
         "favicon.svg",
     ] {
         let r = http

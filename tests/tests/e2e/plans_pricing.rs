@@ -16,7 +16,7 @@ use tests::wait_until;
 
 /// The built-in catalog with Starter at 10 calls, running over into graduated tiers: 10 included,
 /// 11-20 at 25 ¢, then 10 ¢ each plus a 100 ¢ flat amount on reaching the third tier.
-fn overage_catalog() -> String {
+pub(crate) fn overage_catalog() -> String {
     let starter = "config = { support = \"priority\" }\n[plans.limits]\napi_call = 500\n";
     let text = schemas::catalog::DEFAULT_CATALOG_TOML;
     assert!(
@@ -409,8 +409,7 @@ async fn billing_sync_refuses_to_start_when_a_stripe_price_differs_from_the_cata
     );
     let e = billing_sync::App::build(config.clone())
         .await
-        .err()
-        .expect("refused to start")
+        .expect_err("refused to start")
         .to_string();
     assert!(
         e.contains("plans[starter].usage_prices.api_call") && e.contains("tiers"),
