@@ -4,6 +4,9 @@
 # it says so. Run by scripts/test.sh; cargo-deny is installed by scripts/install.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# cargo-deny reads the metadata of every target's dependencies; a build downloads only the host's,
+# so fetch the rest of the lockfile first (a no-op once cached).
+cargo fetch --locked --quiet
 if ! out=$(cargo deny --offline check licenses bans sources 2>&1); then
   echo "$out"; exit 1
 fi
