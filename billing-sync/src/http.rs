@@ -258,7 +258,8 @@ async fn record_metrics(State(state): State<AppState>, req: Request, next: Next)
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let start = Instant::now();
-    let response = next.run(req).await;
+    // Concurrency permits taken by the handler's authentication live until the response.
+    let response = platform::concurrency::scoped(next.run(req)).await;
     state
         .billing
         .metrics

@@ -99,7 +99,8 @@ where
         let start = Instant::now();
         Box::pin(
             async move {
-                let Ok(mut response) = inner.call(req).await;
+                // Concurrency permits taken by the handler's authentication live until here.
+                let Ok(mut response) = platform::concurrency::scoped(inner.call(req)).await;
                 let latency = start.elapsed();
                 let status = response.status();
                 if status.is_server_error() {

@@ -51,6 +51,19 @@ pub async fn authenticate(
         e.retry_after = Some(r.retry_after.as_secs_f64().ceil().max(1.0) as u64);
         return Err(e);
     }
+    if let Err(b) = keys.hold(&id, &info) {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "concurrency_limited",
+            format!(
+                "more than {} requests at once for this {}; retry after Retry-After seconds (this limit is apart from the plan's quota)",
+                b.max,
+                b.limit.trim_end_matches("_concurrency")
+            ),
+        );
+        e.retry_after = Some(1);
+        return Err(e);
+    }
     Ok(info)
 }
 

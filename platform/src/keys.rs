@@ -263,6 +263,8 @@ pub struct KeyStore {
     sessions: Option<Arc<crate::sessions::Signer>>,
     /// Inbound rate limits per key and tenant, when configured.
     limits: Option<Arc<crate::limits::RateLimits>>,
+    /// Inbound concurrency limits per key and tenant, when configured.
+    concurrency: Option<Arc<crate::concurrency::Concurrency>>,
 }
 
 /// The least time between two reloads caused by unknown keys.
@@ -285,13 +287,25 @@ impl KeyStore {
             flushed: Arc::default(),
             sessions: None,
             limits: None,
+            concurrency: None,
         }
     }
 
     /// Also applies `config`'s rate limits to every authenticated request.
     pub fn with_limits(mut self, config: &crate::limits::LimitsConfig) -> Self {
         self.limits = crate::limits::RateLimits::new(config).map(Arc::new);
+        self.concurrency =
+            crate::concurrency::Concurrency::new(config.key_concurrency, config.tenant_concurrency);
         self
+    }
+
+    /// Takes a place in flight for this request of key `id` (its hash, as `lookup` gives it) under
+    /// the concurrency limits, held until the request ends (`crate::concurrency::scoped`).
+    pub fn hold(&self, id: &str, info: &KeyInfo) -> Result<(), crate::concurrency::Busy> {
+        match &self.concurrency {
+            Some(c) => c.acquire(id, &info.tenant),
+            None => Ok(()),
+        }
     }
 
     /// Admits one request of the key named `id` by [`KeyStore::lookup`] (already authenticated

@@ -6,7 +6,8 @@
 //! - [`principal`]: who a request is (tenant, optional customer, scopes).
 //! - [`extract`]: extractors that reject with the standard error body.
 //! - [`keys`]: API key creation, hashing and the in-memory key store.
-//! - [`limits`]: inbound rate limits per key and per tenant (429 `rate_limited`).
+//! - [`limits`]: inbound rate limits per key and per tenant (429 `rate_limited`), with
+//!   [`concurrency`] the requests in flight per key and tenant (429 `concurrency_limited`).
 //! - [`sessions`]: the dashboard's signed sign-in links and sessions.
 //! - [`auth`]: the bearer key (or session) of a request, its scope, and the customer it may act for.
 //! - [`notes`]: what the quota view counts of an accepted event, and the batch header that carries it.
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod concurrency;
 pub mod error;
 pub mod extract;
 pub mod keys;

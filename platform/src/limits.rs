@@ -22,6 +22,10 @@ pub struct LimitsConfig {
     pub tenant_per_sec: u32,
     /// The tenant's burst; the rate when 0.
     pub tenant_burst: u32,
+    /// Requests one API key may have in flight at once (0 = no limit; `crate::concurrency`).
+    pub key_concurrency: u32,
+    /// Requests all keys of one tenant may have in flight at once (0 = no limit).
+    pub tenant_concurrency: u32,
 }
 
 /// Which limit refused a request, and when to retry.
@@ -104,6 +108,7 @@ mod tests {
             key_burst: 2,
             tenant_per_sec: 3,
             tenant_burst: 3,
+            ..LimitsConfig::default()
         })
         .expect("on");
         assert!(limits.check("k1", "t").is_ok());

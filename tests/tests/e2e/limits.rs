@@ -120,3 +120,97 @@ async fn metrics_move_off_the_api_port_when_metrics_listen_is_set() {
     assert_eq!(other.status(), 404);
     ingest.stop().await;
 }
+
+/// `GET /subscription/portal` with `key`: (status, Retry-After, body).
+async fn portal(http: &reqwest::Client, url: &str, key: &str) -> (u16, Option<String>, Value) {
+    let r = http
+        .get(format!("{url}/subscription/portal"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("portal");
+    let status = r.status().as_u16();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    (status, retry, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Concurrency limits on billing-sync (the same code guards the ingest): with Stripe answering the
+/// portal in 700 ms, a key holds at most 2 requests in flight and the tenant 3; the refused ones
+/// are 429 `concurrency_limited` with `Retry-After: 1`, and the places free up when the answers
+/// are made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_and_tenants_over_their_concurrency_get_429_and_their_places_come_back() {
+    let env = TestEnv::new("limits_concurrency").await;
+    let fake = tests::billing::Fake::start().await;
+    let mut config = tests::billing::billing_config(&env, &fake);
+    config.limits.key_concurrency = 2;
+    config.limits.tenant_concurrency = 3;
+    let sync = tests::billing::start_billing_with(&fake, config).await;
+    let url = sync.running.url.clone();
+    let http = reqwest::Client::new();
+    let mut keys = Vec::new();
+    for c in ["p1", "p2", "p3"] {
+        keys.push(env.key("acme", &[Scope::Read], Some(c)).await);
+    }
+    // Each customer's Stripe customer exists before the slow portal calls.
+    for k in &keys {
+        assert_eq!(portal(&http, &url, k).await.0, 200);
+    }
+    fake.post(
+        "/_fake/faults",
+        serde_json::json!({"kind": "delay", "ms": 700, "path": "/v1/billing_portal"}),
+    )
+    .await;
+
+    // Three at once with one key: two pass, one is refused at once.
+    let started = std::time::Instant::now();
+    let (a, b, c) = tokio::join!(
+        portal(&http, &url, &keys[0]),
+        portal(&http, &url, &keys[0]),
+        portal(&http, &url, &keys[0])
+    );
+    let mut statuses = [a.0, b.0, c.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 429], "{a:?} {b:?} {c:?}");
+    let refused = [&a, &b, &c]
+        .into_iter()
+        .find(|r| r.0 == 429)
+        .expect("refused");
+    assert_eq!(refused.1.as_deref(), Some("1"));
+    assert_eq!(
+        refused.2["error"]["code"], "concurrency_limited",
+        "{refused:?}"
+    );
+    assert!(
+        refused.2["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2 requests at once for this key")),
+        "{refused:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    // The places are back once the answers are made.
+    assert_eq!(portal(&http, &url, &keys[0]).await.0, 200);
+
+    // Four at once over three keys of the tenant: the tenant's 3 pass, one is refused.
+    let (a, b, c, d) = tokio::join!(
+        portal(&http, &url, &keys[0]),
+        portal(&http, &url, &keys[1]),
+        portal(&http, &url, &keys[2]),
+        portal(&http, &url, &keys[1])
+    );
+    let all = [&a, &b, &c, &d];
+    assert_eq!(all.iter().filter(|r| r.0 == 200).count(), 3, "{all:?}");
+    let refused = all.iter().find(|r| r.0 == 429).expect("refused");
+    assert!(
+        refused.2["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("for this tenant")),
+        "{refused:?}"
+    );
+    sync.running.stop().await;
+    fake.stop().await;
+}
