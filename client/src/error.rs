@@ -57,13 +57,20 @@ impl Error {
         }
     }
 
-    /// Whether trying again later may succeed: unreachable, 5xx, 429 `overloaded`-like answers.
+    /// Whether trying again later may succeed: unreachable, 5xx, 429 `overloaded`, `rate_limited`
+    /// and `concurrency_limited`.
     /// Invalid requests, auth failures and `limit_reached` are not retryable.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Transport(_) => true,
             Self::Api { status, code, .. } => {
-                *status >= 500 || matches!(code, ErrorCode::Overloaded)
+                *status >= 500
+                    || matches!(
+                        code,
+                        ErrorCode::Overloaded
+                            | ErrorCode::RateLimited
+                            | ErrorCode::ConcurrencyLimited
+                    )
             }
             Self::Decode { status, .. } => *status >= 500,
             Self::Config(_) | Self::Closed => false,
@@ -131,6 +138,8 @@ codes! {
     PayloadTooLarge = "payload_too_large",
     TooManyEvents = "too_many_events",
     LimitReached = "limit_reached",
+    RateLimited = "rate_limited",
+    ConcurrencyLimited = "concurrency_limited",
     SubscriptionExists = "subscription_exists",
     UnknownPlan = "unknown_plan",
     PlanNotPurchasable = "plan_not_purchasable",

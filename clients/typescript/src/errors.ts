@@ -10,6 +10,8 @@ export type ErrorCode =
   | 'link_expired' | 'link_used' | 'insufficient_scope' | 'customer_forbidden' | 'forbidden' | 'not_found'
   | 'payload_too_large' | 'too_many_events' | 'limit_reached' | 'subscription_exists'
   | 'unknown_plan' | 'plan_not_purchasable' | 'no_subscription' | 'links_disabled'
+  | 'rate_limited' | 'concurrency_limited' | 'no_contract' | 'contract_in_effect'
+  | 'unknown_addon' | 'addon_not_in_plan' | 'addon_active' | 'addon_not_purchasable'
   | 'broker_unavailable' | 'overloaded' | 'quota_view_starting' | 'billing_unavailable'
   | 'billing_unreachable' | 'stripe_unavailable' | 'dependency_unavailable' | 'internal'
   // The client's own: the API could not be reached, or answered no error body.
@@ -34,9 +36,11 @@ export class MeteringError extends Error {
     this.details = detail.details ?? [];
     this.retryAfter = retryAfter;
   }
-  /** Whether trying again later may succeed (unreachable, 5xx). */
+  /** Whether trying again later may succeed (unreachable, 5xx, `overloaded`, `rate_limited`,
+   * `concurrency_limited`: wait `retryAfter` seconds). */
   get retryable(): boolean {
-    return this.status === 0 || this.status >= 500 || this.code === 'overloaded';
+    return this.status === 0 || this.status >= 500
+      || ['overloaded', 'rate_limited', 'concurrency_limited'].includes(this.code);
   }
 }
 
