@@ -64,6 +64,57 @@ pub async fn handle_foreign(billing: &Billing, event: Value) -> Result<Value> {
         id: id.clone(),
         time: created,
     };
+    // Add-ons: the session, the add-on's own subscription and a refunded charge, fetched.
+    let addon = object["metadata"]["addon"].is_string();
+    let fetched = match kind.as_str() {
+        "checkout.session.completed" if addon => {
+            let id = object["id"].as_str().unwrap_or_default();
+            let session = billing
+                .stripe
+                .send(
+                    "retrieve_checkout_session",
+                    &stripe_checkout::checkout_session::RetrieveCheckoutSession::new(id),
+                    None,
+                )
+                .await?;
+            Some(billing.addon_bought(&session, created).await?)
+        }
+        "customer.subscription.created"
+        | "customer.subscription.updated"
+        | "customer.subscription.deleted"
+            if addon =>
+        {
+            let id = object["id"].as_str().unwrap_or_default();
+            let sub = billing
+                .stripe
+                .send(
+                    "retrieve_subscription",
+                    &stripe_billing::subscription::RetrieveSubscription::new(id),
+                    None,
+                )
+                .await?;
+            Some(billing.addon_subscription(&sub).await?)
+        }
+        "charge.refunded" => {
+            let id = object["id"].as_str().unwrap_or_default();
+            let charge = billing
+                .stripe
+                .send(
+                    "retrieve_charge",
+                    &stripe_core::charge::RetrieveCharge::new(id),
+                    None,
+                )
+                .await?;
+            Some(billing.charge_refunded(&charge).await?)
+        }
+        _ => None,
+    };
+    if let Some((outcome, owner)) = fetched {
+        billing.mark_event(&id, &kind, owner, outcome).await?;
+        billing.metrics.webhook(&kind, outcome);
+        tracing::info!(event = %id, kind = %kind, outcome, version = %version, "webhook of another API version handled");
+        return Ok(json!({"received": true, "id": id, "outcome": outcome}));
+    }
     let subscription = match kind.as_str() {
         "customer.subscription.created"
         | "customer.subscription.updated"

@@ -561,6 +561,57 @@ async fn an_endpoint_on_an_older_api_version_is_handled_by_fetching_its_objects(
         .collect();
     assert!(refused.is_empty(), "deliveries refused: {refused:?}");
     assert!(sync.billing.metrics.webhook_version_mismatch.get() >= 4);
+
+    // An add-on bought and refunded through the old-version endpoint: the session and the charge
+    // are fetched, the purchase and its removal reach the log.
+    let r = http
+        .post(format!("{}/subscription/addons", sync.running.url))
+        .bearer_auth(&key)
+        .json(&json!({"addon": "calls_1000"}))
+        .send()
+        .await
+        .expect("add-on checkout");
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.expect("JSON");
+    let url = v["url"].as_str().expect("url");
+    assert_eq!(http.get(url).send().await.expect("pay").status(), 200);
+    let kinds = |kind: &'static str| {
+        let env = &env;
+        async move {
+            wait_until(Duration::from_secs(20), kind, || async {
+                let n: u64 = env
+                    .ch()
+                    .query("SELECT count() FROM subscription_events WHERE customer = 'c-old' AND kind = ?")
+                    .bind(kind)
+                    .fetch_one()
+                    .await
+                    .ok()?;
+                (n == 1).then_some(())
+            })
+            .await
+        }
+    };
+    kinds("addon").await;
+    let pi = fake.events_of("checkout.session.completed").await;
+    let pi = pi
+        .iter()
+        .find_map(|e| e["data"]["object"]["payment_intent"].as_str())
+        .expect("the pack's payment intent")
+        .to_string();
+    let r = post(&fake, "/v1/refunds", &[("payment_intent", pi)], None).await;
+    assert_eq!(r.status(), 200);
+    kinds("addon_removed").await;
+    let outcomes: Vec<String> = env
+        .ch()
+        .query("SELECT outcome FROM billing_webhook_events WHERE event_type IN ('checkout.session.completed', 'charge.refunded') ORDER BY received_at")
+        .fetch_all()
+        .await
+        .expect("outcomes");
+    assert!(
+        outcomes.iter().any(|o| o == "addon_bought")
+            && outcomes.iter().any(|o| o == "addon_refunded"),
+        "{outcomes:?}"
+    );
     sync.running.stop().await;
     agg.stop().await;
     fake.stop().await;
