@@ -122,7 +122,7 @@ pub struct Batcher {
 /// customer, its (meter, endpoint, minute) slots. The worker takes the whole map per batch.
 #[derive(Debug, Default)]
 struct Folds {
-    by_customer: HashMap<String, Vec<Call>>,
+    by_customer: HashMap<String, Vec<Call>, foldhash::fast::RandomState>,
     slots: usize,
 }
 

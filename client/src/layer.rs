@@ -16,7 +16,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::MatchedPath;
 use axum::response::Response;
-use http::{HeaderValue, Request, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, StatusCode, header};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -65,7 +65,7 @@ struct Shared {
     config: MeteringConfig,
     batcher: Batcher,
     counters: Counters,
-    allowances: Mutex<HashMap<String, Allowance>>,
+    allowances: Mutex<HashMap<String, Allowance, foldhash::fast::RandomState>>,
 }
 
 /// The tower layer; clones share the batcher and the counters.
@@ -84,7 +84,7 @@ impl MeteringLayer {
                 config,
                 batcher,
                 counters: Counters::default(),
-                allowances: Mutex::new(HashMap::new()),
+                allowances: Mutex::new(HashMap::default()),
             }),
         }
     }
@@ -149,10 +149,90 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
+        // The common case answered here, without building the check's future: check-then-track
+        // from a fresh cached allowance, the call folded with the minute's others.
+        if let Some((customer, endpoint, quantity)) = from_allowance(&shared, &req) {
+            return Box::pin(async move {
+                let response = call(&mut inner, req).await;
+                if response.status().is_success() {
+                    let meter = &shared.config.meter;
+                    shared.batcher.record(&customer, meter, &endpoint, quantity);
+                } else {
+                    release(&shared, &customer, quantity);
+                }
+                Ok(response)
+            });
+        }
         Box::pin(async move { Ok(meter(shared, inner, req).await) })
     }
+}
+
+/// The endpoint of a route template (`endpoint_of`), computed once per template and thread (the
+/// router's templates are a fixed, small set).
+fn endpoint_for(pattern: &str) -> Arc<str> {
+    thread_local! {
+        static CACHE: std::cell::RefCell<HashMap<String, Arc<str>, foldhash::fast::RandomState>> =
+            std::cell::RefCell::default();
+    }
+    CACHE.with(|c| {
+        if let Some(e) = c.borrow().get(pattern) {
+            return e.clone();
+        }
+        let e: Arc<str> = endpoint_of(pattern).into();
+        c.borrow_mut().insert(pattern.to_string(), e.clone());
+        e
+    })
+}
+
+/// The route's endpoint and quantity, and whether the route is skipped.
+fn route_of(cfg: &MeteringConfig, req: &Request<Body>) -> (bool, Arc<str>, f64, Policy) {
+    let pattern = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    let route = pattern.and_then(|p| cfg.routes.get(p));
+    let endpoint = match (route.and_then(|r| r.endpoint.as_deref()), pattern) {
+        (Some(e), _) => Arc::from(e),
+        (None, Some(p)) => endpoint_for(p),
+        (None, None) => Arc::from(cfg.unmatched_endpoint.as_str()),
+    };
+    (
+        route.is_some_and(|r| r.skip),
+        endpoint,
+        route.and_then(|r| r.quantity).unwrap_or(1.0),
+        route.and_then(|r| r.policy).unwrap_or(cfg.policy),
+    )
+}
+
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A check-then-track call without an id of the caller's that a fresh cached allowance admits:
+/// (customer, endpoint, quantity), counted as allowed from the cache; `None` for every other case
+/// (then [`meter`] decides, exactly as before).
+fn from_allowance(shared: &Shared, req: &Request<Body>) -> Option<(String, Arc<str>, f64)> {
+    let cfg = &shared.config;
+    let ttl = cfg
+        .allowance_ttl
+        .filter(|_| cfg.mode == Mode::CheckThenTrack)?;
+    let h = req.headers();
+    if h.contains_key(IDEMPOTENCY_KEY) || h.contains_key(REQUEST_ID) {
+        return None;
+    }
+    let (skip, endpoint, quantity, _) = route_of(cfg, req);
+    if skip {
+        return None;
+    }
+    let customer = (cfg.customer)(req)?;
+    if !take_cached(shared, &customer, quantity, ttl) {
+        return None;
+    }
+    let c = &shared.counters;
+    c.cached.fetch_add(1, Ordering::Relaxed);
+    c.allowed.fetch_add(1, Ordering::Relaxed);
+    Some((customer, endpoint, quantity))
 }
 
 /// What the pre-flight check decided.
@@ -168,20 +248,10 @@ where
     S: tower::Service<Request<Body>, Response = Response, Error = Infallible>,
 {
     let cfg = &shared.config;
-    let pattern = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string());
-    let route = pattern.as_deref().and_then(|p| cfg.routes.get(p));
-    if route.is_some_and(|r| r.skip) {
+    let (skip, endpoint, quantity, policy) = route_of(cfg, &req);
+    if skip {
         return call(&mut inner, req).await;
     }
-    let endpoint = route
-        .and_then(|r| r.endpoint.clone())
-        .or_else(|| pattern.as_deref().map(endpoint_of))
-        .unwrap_or_else(|| cfg.unmatched_endpoint.clone());
-    let policy = route.and_then(|r| r.policy).unwrap_or(cfg.policy);
-    let quantity = route.and_then(|r| r.quantity).unwrap_or(1.0);
     let request_id = header_str(&req, "x-request-id");
     let Some(customer) = (cfg.customer)(&req) else {
         return error(
@@ -263,7 +333,7 @@ where
         // The check's id (check-and-track failing open: the check may have landed) or the
         // caller's: an event of its own, so a retry of either counts once.
         let mut data = Map::new();
-        data.insert("endpoint".into(), Value::String(endpoint));
+        data.insert("endpoint".into(), Value::String(endpoint.to_string()));
         data.insert("quantity".into(), json!(quantity));
         shared.batcher.enqueue(IncomingEvent {
             specversion: None,
