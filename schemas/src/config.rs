@@ -17,6 +17,13 @@ pub struct KafkaConfig {
     /// Every consumer decompresses what it reads, but the broker handles a quarter of the bytes:
     /// on the local broker `none` cost more CPU in total than `lz4` (see the README's benchmark).
     pub compression: Compression,
+    /// Replicas of each topic the service creates (1 for the local broker; 3 for a production
+    /// cluster). Checked at start against the cluster's broker count.
+    pub replication_factor: i32,
+    /// `min.insync.replicas` of each topic the service creates (0: the broker's default). With
+    /// the producers' `acks=all`, a write is acknowledged once this many replicas have it; at most
+    /// `replication_factor`.
+    pub min_insync_replicas: i32,
 }
 
 /// A Kafka compression codec (librdkafka's `compression.type`).
@@ -56,6 +63,8 @@ impl Default for KafkaConfig {
             partitions: 6,
             create_topics: true,
             compression: Compression::Lz4,
+            replication_factor: 1,
+            min_insync_replicas: 0,
         }
     }
 }

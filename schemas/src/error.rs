@@ -34,6 +34,12 @@ pub enum Error {
         /// Checksum of the file now.
         current: String,
     },
+    /// The broker refused or could not be reached while topics were checked or created.
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// The replication settings cannot be met by the cluster, or contradict each other.
+    #[error("kafka replication: {0}")]
+    Replication(String),
     /// A name that goes into SQL identifiers is not safe.
     #[error("invalid identifier {0:?}: use ASCII letters, digits and underscores")]
     InvalidIdentifier(String),

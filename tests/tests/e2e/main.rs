@@ -41,6 +41,7 @@ mod emails;
 mod emails_once;
 mod entitlements;
 mod faults;
+mod kafka_settings;
 mod keys;
 mod limits;
 mod notify;
