@@ -17,7 +17,7 @@
 //!   with [`contract_routes`] their admin routes) and purchasable add-ons (`addons.rs`, with
 //!   [`addon_routes`] their routes).
 //! - [`webhook`]: signature verification and event handling (v1 events, thin events, events of
-//!   another API version).
+//!   another API version), with [`webhook_route`] its HTTP route.
 //! - [`usage`]: metered usage to Stripe (`usage/mod.rs`: identifiers, window, meters): the revision
 //!   ledger (`ledger.rs`), the correction path shared by report and reconciliation
 //!   (`corrections.rs`), the report run (`report.rs`), the reconciliation that heals
@@ -55,6 +55,7 @@ pub mod store;
 pub mod stripe_api;
 pub mod usage;
 pub mod webhook;
+pub mod webhook_route;
 
 pub use app::App;
 pub use config::Config;
