@@ -287,12 +287,18 @@ async fn served(http: &reqwest::Client, url: &str) {
     );
 }
 
-/// Runs the browser script with `vars`; returns its output, panicking with it on failure.
-async fn run_browser(dir: &std::path::Path, chromium: &str, vars: &[(&str, String)]) -> String {
-    let artifacts = workspace_root().join(".data/artifacts/dashboard");
+/// Runs the browser script `tests/browser/{script}.mjs` with `vars` (screenshots under
+/// `.data/artifacts/{script}`); returns its output, panicking with it on failure.
+pub(crate) async fn run_browser(
+    dir: &std::path::Path,
+    chromium: &str,
+    script: &str,
+    vars: &[(&str, String)],
+) -> String {
+    let artifacts = workspace_root().join(format!(".data/artifacts/{script}"));
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");
     let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(dir.join("dashboard.mjs"))
+    cmd.arg(dir.join(format!("{script}.mjs")))
         .current_dir(workspace_root())
         .env("CHROMIUM_BIN", chromium)
         .env("DASH_ARTIFACTS", &artifacts)
@@ -459,7 +465,7 @@ async fn the_dashboard_shows_the_api_numbers_warns_blocks_and_offers_the_plans()
         ("DASH_LINK_WARN", warn_link),
         ("DASH_LINK_WARN_2", second_link),
     ];
-    let out = run_browser(&dir, &chromium, &vars).await;
+    let out = run_browser(&dir, &chromium, "dashboard", &vars).await;
     for step in [
         "ok - the page shows the numbers the API returns",
         "ok - no request leaves the API's origins",

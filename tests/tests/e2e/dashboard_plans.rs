@@ -11,7 +11,6 @@
 //! open-ended), `pat` on Starter, signed in with a signed link, who buys the pack. After the
 //! browser script, billing-sync's add-on list and the ingest's quota must have the purchase.
 
-use std::path::Path;
 use std::time::Duration;
 
 use platform::principal::Scope;
@@ -19,46 +18,16 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tests::metered::{Metered, TENANT, hour_start, now};
 use tests::shop::{call, quota, subscribe};
-use tests::{wait_until, workspace_root};
+use tests::wait_until;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::dashboard::browser_tools;
+use crate::dashboard::{browser_tools, run_browser};
 use crate::plans_pricing::overage_catalog;
 
 /// The call pack `pat` buys.
 const PACK: &str = "calls_1000";
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Runs `tests/browser/dashboard_plans.mjs` with `vars`; returns its output, panicking with it on
-/// failure.
-async fn run_browser(dir: &Path, chromium: &str, vars: &[(&str, String)]) -> String {
-    let artifacts = workspace_root().join(".data/artifacts/dashboard_plans");
-    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
-    let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(dir.join("dashboard_plans.mjs"))
-        .current_dir(workspace_root())
-        .env("CHROMIUM_BIN", chromium)
-        .env("DASH_ARTIFACTS", &artifacts)
-        .kill_on_drop(true);
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
-        .await
-        .expect("the browser script finished within 300 s")
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    println!("--- browser script stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
-    assert!(
-        out.status.success(),
-        "the browser script failed ({}); screenshots in {}",
-        out.status,
-        artifacts.display()
-    );
-    stdout
-}
 
 /// The quota answer of `customer` once `ready` holds for it.
 async fn quota_when(
@@ -166,7 +135,7 @@ async fn the_dashboard_shows_overage_and_contracts_and_sells_addons() {
         ("DASH_LINK_ADDON", link),
         ("DASH_ADDON", PACK.to_string()),
     ];
-    let out = run_browser(&dir, &chromium, &vars).await;
+    let out = run_browser(&dir, &chromium, "dashboard_plans", &vars).await;
     for step in [
         "ok - overage: ",
         "ok - contract: ct_1 ",

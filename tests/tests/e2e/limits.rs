@@ -10,13 +10,14 @@ use platform::principal::Scope;
 use serde_json::Value;
 use tests::TestEnv;
 
-async fn quota(http: &reqwest::Client, url: &str, key: &str) -> (u16, Option<String>, Value) {
+/// `GET {url}` with `key`: (status, Retry-After, body).
+async fn get(http: &reqwest::Client, url: &str, key: &str) -> (u16, Option<String>, Value) {
     let r = http
-        .get(format!("{url}/v1/customers/c1/quota"))
+        .get(url)
         .bearer_auth(key)
         .send()
         .await
-        .expect("quota");
+        .expect("request");
     let status = r.status().as_u16();
     let retry = r
         .headers()
@@ -24,6 +25,10 @@ async fn quota(http: &reqwest::Client, url: &str, key: &str) -> (u16, Option<Str
         .and_then(|v| v.to_str().ok())
         .map(String::from);
     (status, retry, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn quota(http: &reqwest::Client, url: &str, key: &str) -> (u16, Option<String>, Value) {
+    get(http, &format!("{url}/v1/customers/c1/quota"), key).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -123,19 +128,7 @@ async fn metrics_move_off_the_api_port_when_metrics_listen_is_set() {
 
 /// `GET /subscription/portal` with `key`: (status, Retry-After, body).
 async fn portal(http: &reqwest::Client, url: &str, key: &str) -> (u16, Option<String>, Value) {
-    let r = http
-        .get(format!("{url}/subscription/portal"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .expect("portal");
-    let status = r.status().as_u16();
-    let retry = r
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    (status, retry, r.json().await.unwrap_or(Value::Null))
+    get(http, &format!("{url}/subscription/portal"), key).await
 }
 
 /// Concurrency limits on billing-sync (the same code guards the ingest): with Stripe answering the
