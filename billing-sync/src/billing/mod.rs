@@ -256,12 +256,12 @@ impl Billing {
         let after = self.effective(&after_rows);
         let changed = after != before;
         if changed && let Some(change) = after {
-            let plan_of = |c: &Option<Change>| match c {
+            let plan_of = |c: Option<&Change>| match c {
                 Some(Change::Plan { plan, .. }) => Some(plan.clone()),
                 _ => None,
             };
             let new_plan =
-                plan_of(&Some(change.clone())).filter(|p| plan_of(&before).as_ref() != Some(p));
+                plan_of(Some(&change)).filter(|p| plan_of(before.as_ref()).as_ref() != Some(p));
             self.produce(tenant, customer, event_id.clone(), source, change)
                 .await?;
             // A customer that moves to another plan gets its current version, pinned (it keeps
